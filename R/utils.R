@@ -1,0 +1,86 @@
+# Argument checks shared by every model. Each names the argument and says what is wrong.
+
+stopf <- function(fmt, ..., call. = FALSE) {
+  stop(sprintf(fmt, ...), call. = call.)
+}
+
+warnf <- function(fmt, ..., call. = FALSE) {
+  warning(sprintf(fmt, ...), call. = call.)
+}
+
+check_flag <- function(x, arg) {
+  if (!is.logical(x) || length(x) != 1L || is.na(x)) {
+    stopf("'%s' must be TRUE or FALSE", arg)
+  }
+  invisible(x)
+}
+
+# A single finite number in [min, max] (or (min, max] with min_open = TRUE).
+check_number <- function(x, arg, min = -Inf, max = Inf, whole = FALSE, min_open = FALSE,
+                         allow_null = FALSE) {
+  if (is.null(x) && allow_null) return(invisible(x))
+  if (!is.numeric(x) || length(x) != 1L || is.na(x) || !is.finite(x)) {
+    stopf("'%s' must be a single finite number", arg)
+  }
+  if (whole && x != round(x)) stopf("'%s' must be a whole number, not %s", arg, format(x))
+  if (min_open && x <= min) stopf("'%s' must be greater than %s, not %s", arg, format(min), format(x))
+  if (!min_open && x < min) stopf("'%s' must be at least %s, not %s", arg, format(min), format(x))
+  if (x > max) stopf("'%s' must be at most %s, not %s", arg, format(max), format(x))
+  invisible(x)
+}
+
+check_string <- function(x, arg, allow_null = FALSE) {
+  if (is.null(x) && allow_null) return(invisible(x))
+  if (!is.character(x) || length(x) != 1L || is.na(x)) stopf("'%s' must be a single string", arg)
+  invisible(x)
+}
+
+# A numeric matrix (dense or a Matrix) with no NA/NaN/Inf; optionally non-negative or
+# integer-valued. Returns a dense double matrix with the dimnames kept.
+as_checked_matrix <- function(x, arg, nonneg = FALSE, integer_valued = FALSE, dense = TRUE) {
+  if (is.data.frame(x)) x <- as.matrix(x)
+  if (inherits(x, "Matrix")) {
+    vals <- methods::as(x, "generalMatrix")
+    v <- if (methods::is(vals, "sparseMatrix")) methods::as(vals, "CsparseMatrix")@x else as.vector(vals)
+  } else if (is.matrix(x) && (is.numeric(x) || is.logical(x))) {
+    v <- x
+  } else {
+    stopf("'%s' must be a numeric matrix or a Matrix (dgCMatrix), not %s", arg, class(x)[1L])
+  }
+  if (anyNA(v)) stopf("'%s' contains NA/NaN values", arg)
+  if (any(is.infinite(v))) stopf("'%s' contains infinite values", arg)
+  if (nonneg && any(v < 0)) stopf("'%s' contains negative values", arg)
+  if (integer_valued && any(v != round(v))) stopf("'%s' must hold integer counts; it has non-integer values", arg)
+  if (!dense) return(x)
+  out <- as.matrix(x)
+  storage.mode(out) <- "double"
+  out
+}
+
+# The seed handed to the C core: a whole number in [0, 2^53). NULL draws one from R's RNG,
+# so set.seed() makes runs reproducible.
+resolve_seed <- function(seed) {
+  if (is.null(seed)) return(floor(stats::runif(1) * 2^31))
+  check_number(seed, "seed", min = 0, max = 2^53 - 1, whole = TRUE)
+  as.double(seed)
+}
+
+# Counter-based random numbers from the C core (used by tests and simulations).
+rng_normal <- function(n, seed, stream = 0, offset = 0, threads = NULL) {
+  .Call(C_scnative_rng, resolve_seed(seed), as.double(stream), as.double(offset), as.double(n),
+        TRUE, resolve_threads(threads))
+}
+
+rng_uniform <- function(n, seed, stream = 0, offset = 0, threads = NULL) {
+  .Call(C_scnative_rng, resolve_seed(seed), as.double(stream), as.double(offset), as.double(n),
+        FALSE, resolve_threads(threads))
+}
+
+# op(A) %*% op(B) through the package's BLAS wrapper.
+gemm <- function(A, B, transA = FALSE, transB = FALSE) {
+  storage.mode(A) <- "double"
+  storage.mode(B) <- "double"
+  .Call(C_scnative_dgemm, A, B, transA, transB)
+}
+
+`%||%` <- function(a, b) if (is.null(a)) b else a

@@ -1,0 +1,34 @@
+/* blas.c: the one wrapper around R's BLAS, used by every model (R: the internal gemm()
+ * helper used in tests and bench/). Dimensions are int as BLAS needs; callers check that they
+ * fit. Does nothing when the result is empty; scales C by beta when the inner dimension is 0. */
+#include "scnative.h"
+
+void scn_dgemm(char transA, char transB, int m, int n, int k, double alpha, const double *A,
+               int lda, const double *B, int ldb, double beta, double *C, int ldc) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) {
+    for (int j = 0; j < n; j++)
+      for (int i = 0; i < m; i++) C[i + (R_xlen_t)j * ldc] = beta == 0.0 ? 0.0 : beta * C[i + (R_xlen_t)j * ldc];
+    return;
+  }
+  const char ta[2] = {transA, '\0'}, tb[2] = {transB, '\0'};
+  if (lda < 1) lda = 1;
+  if (ldb < 1) ldb = 1;
+  if (ldc < 1) ldc = 1;
+  F77_CALL(dgemm)(ta, tb, &m, &n, &k, &alpha, A, &lda, B, &ldb, &beta, C, &ldc FCONE FCONE);
+}
+
+/* R: .Call(C_scnative_dgemm, A, B, transA, transB) -> op(A) %*% op(B). */
+SEXP scnative_dgemm(SEXP A, SEXP B, SEXP transA, SEXP transB) {
+  if (!isReal(A) || !isMatrix(A)) error(_("'%s' must be a double matrix"), "A");
+  if (!isReal(B) || !isMatrix(B)) error(_("'%s' must be a double matrix"), "B");
+  int ta = asLogical(transA), tb = asLogical(transB);
+  int ra = nrows(A), ca = ncols(A), rb = nrows(B), cb = ncols(B);
+  int m = ta ? ca : ra, k = ta ? ra : ca, kb = tb ? cb : rb, n = tb ? rb : cb;
+  if (k != kb) error(_("non-conformable matrices: %d and %d"), k, kb);
+  SEXP ans = PROTECT(allocMatrix(REALSXP, m, n));
+  scn_dgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, 1.0, REAL(A), ra, REAL(B), rb, 0.0,
+            REAL(ans), m);
+  UNPROTECT(1);
+  return ans;
+}

@@ -1,0 +1,50 @@
+/* init.c: registration of every .Call routine with its exact argument count.
+ * Keep each topic's block between its own marker comments (merges stay clean). */
+#include "scnative.h"
+
+void scn_threads_init(void);
+
+/* core: threads, BLAS, RNG */
+SEXP scnative_threads_info(void);
+SEXP scnative_threads_set(SEXP);
+SEXP scnative_threads_colsums(SEXP, SEXP);
+SEXP scnative_dgemm(SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_rng(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+/* end core */
+
+
+/* dynamics (scVelo recover_dynamics): declarations */
+/* end dynamics declarations */
+
+
+/* cell2location: declarations */
+/* end cell2location declarations */
+
+
+#define CALLDEF(name, n) {#name, (DL_FUNC)&name, n}
+
+static const R_CallMethodDef callMethods[] = {
+    CALLDEF(scnative_threads_info, 0),
+    CALLDEF(scnative_threads_set, 1),
+    CALLDEF(scnative_threads_colsums, 2),
+    CALLDEF(scnative_dgemm, 4),
+    CALLDEF(scnative_rng, 6),
+    /* end core table */
+
+
+    /* dynamics table */
+    /* end dynamics table */
+
+
+    /* cell2location table */
+    /* end cell2location table */
+
+
+    {NULL, NULL, 0}};
+
+void attribute_visible R_init_scnative(DllInfo *dll) {
+  R_registerRoutines(dll, NULL, callMethods, NULL, NULL);
+  R_useDynamicSymbols(dll, FALSE);
+  R_forceSymbols(dll, TRUE);
+  scn_threads_init();
+}

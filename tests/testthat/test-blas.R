@@ -1,0 +1,13 @@
+test_that("the BLAS wrapper matches R's matrix product for all transposes and edge shapes", {
+  set.seed(2)
+  A <- matrix(rnorm(12), 3, 4)
+  B <- matrix(rnorm(20), 4, 5)
+  expect_equal(scnative:::gemm(A, B), A %*% B)
+  expect_equal(scnative:::gemm(t(A), B, transA = TRUE), A %*% B)
+  expect_equal(scnative:::gemm(A, t(B), transB = TRUE), A %*% B)
+  expect_equal(scnative:::gemm(t(A), t(B), TRUE, TRUE), A %*% B)
+  expect_equal(scnative:::gemm(matrix(0, 0, 4), B), matrix(0, 0, 5))
+  expect_equal(scnative:::gemm(matrix(0, 3, 0), matrix(0, 0, 2)), matrix(0, 3, 2))
+  expect_equal(scnative:::gemm(matrix(2), matrix(3)), matrix(6))
+  expect_error(scnative:::gemm(A, A), "non-conformable")
+})
