@@ -40,3 +40,19 @@ skip_if_no_peers <- function() {
   }
   invisible(py)
 }
+
+# Binds reticulate to the peers venv (once per R session; every parity test shares it) and
+# returns the python path. Skips (or fails under SCNATIVE_REQUIRE_PEERS=true) without it.
+use_peers <- function() {
+  py <- skip_if_no_peers()
+  skip_if_not_installed("reticulate")
+  if (!reticulate::py_available(initialize = FALSE)) {
+    Sys.setenv(RETICULATE_PYTHON = py)
+    reticulate::use_python(py, required = TRUE)
+  }
+  cfg <- reticulate::py_config()
+  if (!identical(normalizePath(cfg$python), normalizePath(py))) {
+    stop("reticulate is bound to ", cfg$python, ", not the peers venv ", py)
+  }
+  invisible(py)
+}
