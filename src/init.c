@@ -21,6 +21,14 @@ SEXP scnative_rng(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 /* end cell2location declarations */
 
 
+/* velocity (moments, velocity, simulation): declarations */
+/* end velocity declarations */
+
+
+/* spatial extras (simulation): declarations */
+/* end spatial extras declarations */
+
+
 #define CALLDEF(name, n) {#name, (DL_FUNC)&name, n}
 
 static const R_CallMethodDef callMethods[] = {
@@ -38,6 +46,14 @@ static const R_CallMethodDef callMethods[] = {
 
     /* cell2location table */
     /* end cell2location table */
+
+
+    /* velocity table */
+    /* end velocity table */
+
+
+    /* spatial extras table */
+    /* end spatial extras table */
 
 
     {NULL, NULL, 0}};
