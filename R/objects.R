@@ -21,8 +21,11 @@ seurat_is_v5 <- function() {
   utils::packageVersion("SeuratObject") >= "5.0.0"
 }
 
+# SeuratObject v5 functions, looked up at run time (they do not exist in v4).
+seurat_v5_fn <- function(name) getExportedValue("SeuratObject", name)
+
 seurat_layers <- function(assay_obj) {
-  if (seurat_is_v5()) return(SeuratObject::Layers(assay_obj))
+  if (seurat_is_v5()) return(seurat_v5_fn("Layers")(assay_obj))
   slots <- c("counts", "data", "scale.data")
   slots[vapply(slots, function(s) {
     m <- methods::slot(assay_obj, s)
@@ -31,7 +34,7 @@ seurat_layers <- function(assay_obj) {
 }
 
 seurat_get_layer <- function(assay_obj, layer) {
-  if (seurat_is_v5()) return(SeuratObject::LayerData(assay_obj, layer = layer))
+  if (seurat_is_v5()) return(seurat_v5_fn("LayerData")(assay_obj, layer = layer))
   SeuratObject::GetAssayData(assay_obj, slot = layer)
 }
 
@@ -94,7 +97,7 @@ obj_set_matrix <- function(object, name, value) {
       stopf("cannot store '%s': its cells (columns) are not the object's cells in order", name)
     }
     assay_obj <- if (seurat_is_v5()) {
-      SeuratObject::CreateAssay5Object(data = value)
+      seurat_v5_fn("CreateAssay5Object")(data = value)
     } else {
       SeuratObject::CreateAssayObject(data = value)
     }
