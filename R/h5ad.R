@@ -282,8 +282,8 @@ h5ad_check_path <- function(path) {
 #'   write_h5ad(f, X = counts, layers = list(spliced = Matrix::Matrix(counts, sparse = TRUE)),
 #'              obs = obs)
 #'   ad <- read_h5ad(f)
-#'   ad
-#'   ad$layers$spliced
+#'   print(ad)
+#'   print(ad$layers$spliced)
 #'   unlink(f)
 #' }
 #' @export

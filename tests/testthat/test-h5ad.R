@@ -191,6 +191,66 @@ test_that("read_h5ad agrees with anndata on real files", {
   }
 })
 
+test_that("read_h5ad reads what anndata 0.12 writes: csc, nullable columns, obsm data frames", {
+  use_peers_venv()
+  f <- withr::local_tempfile(fileext = ".h5ad")
+  reticulate::py_run_string(sprintf("
+import anndata as ad, numpy as np, pandas as pd, scipy.sparse as sp
+rng = np.random.default_rng(0)
+X = sp.random(4, 6, density=0.5, format='csc', random_state=1)
+obs = pd.DataFrame({
+  'ct': pd.Categorical(['a', None, 'b', 'a'], categories=['b', 'a']),
+  'ord': pd.Categorical(['lo', 'hi', 'lo', 'hi'], categories=['lo', 'hi'], ordered=True),
+  'bn': pd.array([True, None, False, True], dtype='boolean'),
+  'iv': pd.array([1, None, 3, 4], dtype='Int64'),
+  'f': [0.5, np.nan, 2.0, 3.0], 'b': [True, False, True, False], 's': ['w', 'x', 'y', 'z']},
+  index=['c%%d' %% i for i in range(4)])
+a = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=['g%%d' %% i for i in range(6)]),
+  layers={'dense': rng.normal(size=(4, 6)), 'csr': sp.csr_matrix(X)},
+  obsm={'df': pd.DataFrame({'u': [1.0, 2, 3, 4]}, index=obs.index), 'emb': rng.normal(size=(4, 3))},
+  obsp={'dist': rng.normal(size=(4, 4))})
+a.write_h5ad(r'%s')
+", f))
+  py <- reticulate::import_main(convert = FALSE)
+  r <- reticulate::py_to_r
+  ours <- read_h5ad(f)
+  X <- r(py$X$toarray())
+  expect_s4_class(ours$X, "dgCMatrix")
+  expect_equal(unname(as.matrix(ours$X)), t(X))
+  expect_equal(unname(as.matrix(ours$layers$csr)), t(X))
+  expect_equal(unname(ours$layers$dense), t(r(py$a$layers$`__getitem__`("dense"))))
+  expect_identical(levels(ours$obs$ct), c("b", "a"))
+  expect_identical(as.character(ours$obs$ct), c("a", NA, "b", "a"))
+  expect_true(is.ordered(ours$obs$ord))
+  expect_identical(ours$obs$bn, c(TRUE, NA, FALSE, TRUE))
+  expect_equal(ours$obs$iv, c(1, NA, 3, 4))
+  expect_identical(ours$obs$f, c(0.5, NA, 2, 3))
+  expect_identical(ours$obs$b, c(TRUE, FALSE, TRUE, FALSE))
+  expect_identical(ours$obs$s, c("w", "x", "y", "z"))
+  expect_s3_class(ours$obsm$df, "data.frame")
+  expect_identical(ours$obsm$df$u, c(1, 2, 3, 4))
+  expect_identical(rownames(ours$obsm$df), paste0("c", 0:3))
+  expect_equal(unname(ours$obsm$emb), r(py$a$obsm$`__getitem__`("emb")))
+  expect_equal(unname(ours$obsp$dist), r(py$a$obsp$`__getitem__`("dist")))
+})
+
+test_that("read_h5ad reads the pre-0.7 layout: obs/var as compound datasets", {
+  f <- withr::local_tempfile(fileext = ".h5ad")
+  h <- hdf5r::H5File$new(f, "w")
+  h[["obs"]] <- data.frame(index = c("c1", "c2", "c3"), cluster = c(1L, 0L, 1L), size = c(1.5, 2, 3),
+                           stringsAsFactors = FALSE)
+  h[["var"]] <- data.frame(index = c("g1", "g2"), stringsAsFactors = FALSE)
+  h[["X"]] <- matrix(c(1, 2, 3, 4, 5, 6), 2, 3)  # hdf5r reverses: HDF5 (3 cells, 2 genes)
+  u <- h$create_group("uns")
+  u[["cluster_categories"]] <- c("alpha", "beta")
+  h$close_all()
+  ad <- read_h5ad(f)
+  expect_identical(rownames(ad$obs), c("c1", "c2", "c3"))
+  expect_identical(ad$obs$cluster, factor(c("beta", "alpha", "beta")))
+  expect_identical(ad$obs$size, c(1.5, 2, 3))
+  expect_identical(ad$X, matrix(c(1, 2, 3, 4, 5, 6), 2, 3, dimnames = list(c("g1", "g2"), c("c1", "c2", "c3"))))
+})
+
 small_object <- function() {
   set.seed(42)
   counts <- matrix(rpois(30, 2), nrow = 6,
