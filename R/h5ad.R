@@ -51,8 +51,43 @@ h5_has <- function(parent, name) {
   isTRUE(tryCatch(parent$exists(name), error = function(e) FALSE))
 }
 
-# Reads a dataset's values with integer64 turned into double.
+# Every HDF5 object opened or created is tracked and closed explicitly at the end, so that the
+# file can be closed without H5File$close_all(), whose gc() call took most of the run time.
+h5ad_state <- new.env(parent = emptyenv())
+h5ad_state$objs <- list()
+
+h5_track <- function(o) {
+  h5ad_state$objs[[length(h5ad_state$objs) + 1L]] <- o
+  o
+}
+
+h5_sub <- function(parent, name) h5_track(parent[[name]])
+
+h5_close_file <- function(h5) {
+  objs <- h5ad_state$objs
+  h5ad_state$objs <- list()
+  for (o in rev(objs)) try(o$close(), silent = TRUE)
+  n_open <- tryCatch(h5$get_obj_count(), error = function(e) NA)
+  if (getOption("scnative.h5ad_debug", FALSE)) message("h5ad: open objects at close: ", n_open)
+  if (isTRUE(n_open <= 1)) {
+    h5$close()
+  } else {
+    h5$close_all()
+  }
+}
+
+# Reads a dataset's values with integer64 turned into double. hdf5r fails on empty
+# variable-length string datasets, so empty datasets are built here.
 h5_read_dataset <- function(d) {
+  dims <- d$dims
+  if (length(dims) && prod(dims) == 0) {
+    cls <- d$get_type()$get_class()
+    v <- if (identical(as.character(cls), "H5T_STRING")) character(0)
+         else if (identical(as.character(cls), "H5T_INTEGER")) integer(0)
+         else if (identical(as.character(cls), "H5T_ENUM")) logical(0) else numeric(0)
+    if (length(dims) > 1L) dim(v) <- dims  # hdf5r reports dims in R order
+    return(v)
+  }
   v <- d$read()
   if (inherits(v, "integer64")) v <- as.double(v)
   v
@@ -73,9 +108,9 @@ h5ad_read_matrix_t <- function(obj, what) {
     stopf("%s has unsupported encoding '%s' (expected a dense array, csr_matrix or csc_matrix)", what, enc)
   }
   shape <- as.integer(h5_attr(obj, "shape") %||% h5_attr(obj, "h5sparse_shape"))
-  data <- as.double(h5_read_dataset(obj[["data"]]))
-  indices <- as.integer(h5_read_dataset(obj[["indices"]]))
-  indptr <- as.integer(h5_read_dataset(obj[["indptr"]]))
+  data <- as.double(h5_read_dataset(h5_sub(obj, "data")))
+  indices <- as.integer(h5_read_dataset(h5_sub(obj, "indices")))
+  indptr <- as.integer(h5_read_dataset(h5_sub(obj, "indptr")))
   if (startsWith(enc, "csr")) {
     # CSR of A (n x m) is CSC of t(A) (m x n). sparseMatrix sorts indices and sums duplicates,
     # which scipy allows in CSR.
@@ -99,11 +134,11 @@ h5ad_old_categories <- function(df_group, d, name) {
   cats_obj <- NULL
   ref <- tryCatch(h5_attr(d, "categories"), error = function(e) NULL)
   if (!is.null(ref) && inherits(ref, "H5R_OBJECT")) {
-    cats_obj <- tryCatch(ref$dereference(obj = d)[[1L]], error = function(e) NULL)
+    cats_obj <- tryCatch(h5_track(ref$dereference(obj = d)[[1L]]), error = function(e) NULL)
   }
   if (is.null(cats_obj) && h5_has(df_group, "__categories") &&
-      h5_has(df_group[["__categories"]], name)) {
-    cats_obj <- df_group[["__categories"]][[name]]
+      h5_has(h5_sub(df_group, "__categories"), name)) {
+    cats_obj <- h5_sub(h5_sub(df_group, "__categories"), name)
   }
   if (is.null(cats_obj)) return(NULL)
   list(cats = h5_read_dataset(cats_obj), ordered = h5_attr(cats_obj, "ordered") %||% FALSE)
@@ -114,12 +149,12 @@ h5ad_read_vector <- function(obj, what, df_group = NULL, name = NULL) {
   if (is_h5_group(obj)) {
     enc <- h5_encoding(obj)
     if (enc == "categorical") {
-      return(h5ad_factor(h5_read_dataset(obj[["codes"]]), h5_read_dataset(obj[["categories"]]),
-                         h5_attr(obj, "ordered")))
+      return(h5ad_factor(h5_read_dataset(h5_sub(obj, "codes")),
+                         h5_read_dataset(h5_sub(obj, "categories")), h5_attr(obj, "ordered")))
     }
     if (enc %in% c("nullable-integer", "nullable-boolean", "nullable-string-array")) {
-      v <- h5_read_dataset(obj[["values"]])
-      if (h5_has(obj, "mask")) v[as.logical(h5_read_dataset(obj[["mask"]]))] <- NA
+      v <- h5_read_dataset(h5_sub(obj, "values"))
+      if (h5_has(obj, "mask")) v[as.logical(h5_read_dataset(h5_sub(obj, "mask")))] <- NA
       return(v)
     }
     stopf("%s has unsupported encoding '%s'", what, enc)
@@ -154,7 +189,7 @@ h5ad_read_df <- function(obj, what, uns_group = NULL) {
     for (nm in names(raw)) {
       key <- paste0(nm, "_categories")
       if (!is.null(uns_group) && h5_has(uns_group, key)) {
-        raw[[nm]] <- h5ad_factor(raw[[nm]], h5_read_dataset(uns_group[[key]]), FALSE)
+        raw[[nm]] <- h5ad_factor(raw[[nm]], h5_read_dataset(h5_sub(uns_group, key)), FALSE)
       }
     }
     rownames(raw) <- rn
@@ -177,12 +212,12 @@ h5ad_read_df <- function(obj, what, uns_group = NULL) {
   n <- NULL
   rn <- NULL
   if (!is.null(index_name)) {
-    rn <- as.character(h5ad_read_vector(obj[[index_name]], paste0(what, " index")))
+    rn <- as.character(h5ad_read_vector(h5_sub(obj, index_name), paste0(what, " index")))
     n <- length(rn)
   }
   cols <- list()
   for (nm in order) {
-    v <- tryCatch(h5ad_read_vector(obj[[nm]], sprintf("%s column '%s'", what, nm), obj, nm),
+    v <- tryCatch(h5ad_read_vector(h5_sub(obj, nm), sprintf("%s column '%s'", what, nm), obj, nm),
                   error = function(e) {
                     warnf("%s; column skipped", conditionMessage(e))
                     NULL
@@ -211,7 +246,7 @@ h5ad_read_uns <- function(obj, what) {
     if (enc %in% c("", "dict")) {
       out <- list()
       for (nm in names(obj)) {
-        v <- h5ad_read_uns(obj[[nm]], paste0(what, "/", nm))
+        v <- h5ad_read_uns(h5_sub(obj, nm), paste0(what, "/", nm))
         if (!is.null(v)) out[nm] <- list(v)
       }
       return(out)
@@ -304,15 +339,16 @@ read_h5ad <- function(path, layers = NULL, X = TRUE, obsm = TRUE, obsp = TRUE, u
   h5 <- tryCatch(hdf5r::H5File$new(path, mode = "r"),
                  error = function(e) stopf("'path' could not be opened as HDF5: %s (%s)", path,
                                            conditionMessage(e)))
-  on.exit(h5$close_all(), add = TRUE)
+  h5ad_state$objs <- list()
+  on.exit(h5_close_file(h5), add = TRUE)
   top <- names(h5)
   if (!all(c("obs", "var") %in% top)) {
     stopf("'path' is not an AnnData .h5ad file (no 'obs' and 'var' at the top level; found %s): %s",
           if (length(top)) paste0("'", top, "'", collapse = ", ") else "nothing", path)
   }
-  uns_group <- if ("uns" %in% top) h5[["uns"]] else NULL
-  obs_df <- h5ad_read_df(h5[["obs"]], "obs", uns_group)
-  var_df <- h5ad_read_df(h5[["var"]], "var", uns_group)
+  uns_group <- if ("uns" %in% top) h5_sub(h5, "uns") else NULL
+  obs_df <- h5ad_read_df(h5_sub(h5, "obs"), "obs", uns_group)
+  var_df <- h5ad_read_df(h5_sub(h5, "var"), "var", uns_group)
   cells <- rownames(obs_df)
   genes <- rownames(var_df)
   n_obs <- nrow(obs_df)
@@ -328,9 +364,9 @@ read_h5ad <- function(path, layers = NULL, X = TRUE, obsm = TRUE, obsp = TRUE, u
   }
 
   Xm <- NULL
-  if (X && "X" %in% top) Xm <- fix_gc(h5ad_read_matrix_t(h5[["X"]], "X"), "X")
+  if (X && "X" %in% top) Xm <- fix_gc(h5ad_read_matrix_t(h5_sub(h5, "X"), "X"), "X")
 
-  avail <- if ("layers" %in% top) names(h5[["layers"]]) else character(0)
+  avail <- if ("layers" %in% top) names(h5_sub(h5, "layers")) else character(0)
   want <- layers %||% avail
   bad <- setdiff(want, avail)
   if (length(bad)) {
@@ -341,15 +377,15 @@ read_h5ad <- function(path, layers = NULL, X = TRUE, obsm = TRUE, obsp = TRUE, u
   lay <- list()
   for (nm in want) {
     what <- sprintf("layer '%s'", nm)
-    lay[[nm]] <- fix_gc(h5ad_read_matrix_t(h5[["layers"]][[nm]], what), what)
+    lay[[nm]] <- fix_gc(h5ad_read_matrix_t(h5_sub(h5_sub(h5, "layers"), nm), what), what)
   }
 
   read_axis_m <- function(group, n, names_, what) {
     out <- list()
     if (!group %in% top) return(out)
-    g <- h5[[group]]
+    g <- h5_sub(h5, group)
     for (nm in names(g)) {
-      el <- g[[nm]]
+      el <- h5_sub(g, nm)
       w <- sprintf("%s '%s'", what, nm)
       if (is_h5_group(el) && h5_encoding(el) == "dataframe") {
         v <- h5ad_read_df(el, w)
@@ -371,10 +407,10 @@ read_h5ad <- function(path, layers = NULL, X = TRUE, obsm = TRUE, obsp = TRUE, u
   read_axis_p <- function(group, n, names_, what) {
     out <- list()
     if (!group %in% top) return(out)
-    g <- h5[[group]]
+    g <- h5_sub(h5, group)
     for (nm in names(g)) {
       w <- sprintf("%s '%s'", what, nm)
-      v <- Matrix::t(h5ad_read_matrix_t(g[[nm]], w))
+      v <- Matrix::t(h5ad_read_matrix_t(h5_sub(g, nm), w))
       if (!identical(dim(v), c(n, n))) stopf("%s is not %d x %d", w, n, n)
       dimnames(v) <- list(names_, names_)
       out[[nm]] <- v
@@ -424,10 +460,19 @@ print.scnative_h5ad <- function(x, ...) {
 # ---------------------------------------------------------------------------------------------
 # Writing helpers (anndata 0.12 encoding)
 
+# hdf5r builds an R6 object per datatype, which dominates the time of writing many small
+# elements; write_h5ad() fills this cache once per call.
+h5ad_type_cache <- new.env(parent = emptyenv())
+
 h5ad_str_type <- function() {
+  if (!is.null(h5ad_type_cache$str)) return(h5ad_type_cache$str)
   t <- hdf5r::H5T_STRING$new(type = "c", size = Inf)
   t$set_cset("UTF-8")
   t
+}
+
+h5ad_bool_type <- function() {
+  h5ad_type_cache$bool %||% hdf5r::H5T_LOGICAL$new(include_NA = FALSE)
 }
 
 h5_set_attr <- function(obj, name, value, type = c("str", "int64", "bool", "float64"),
@@ -436,7 +481,7 @@ h5_set_attr <- function(obj, name, value, type = c("str", "int64", "bool", "floa
   dt <- switch(type,
                str = h5ad_str_type(),
                int64 = hdf5r::h5types$H5T_STD_I64LE,
-               bool = hdf5r::H5T_LOGICAL$new(include_NA = FALSE),
+               bool = h5ad_bool_type(),
                float64 = hdf5r::h5types$H5T_IEEE_F64LE)
   space <- if (scalar) hdf5r::H5S$new("scalar") else hdf5r::H5S$new("simple", dims = length(value), maxdims = length(value))
   if (type == "bool") value <- as.logical(value)
@@ -452,7 +497,7 @@ h5_set_encoding <- function(obj, type, version) {
 }
 
 h5_new_group <- function(parent, name, enc = "dict", version = "0.1.0") {
-  g <- parent$create_group(name)
+  g <- h5_track(parent$create_group(name))
   if (!is.null(enc)) h5_set_encoding(g, enc, version)
   g
 }
@@ -463,7 +508,7 @@ h5_write_array <- function(parent, name, value, kind = NULL, scalar = FALSE) {
           else if (is.integer(value)) "int" else "double"
   dt <- switch(kind,
                str = h5ad_str_type(),
-               bool = hdf5r::H5T_LOGICAL$new(include_NA = FALSE),
+               bool = h5ad_bool_type(),
                int = hdf5r::h5types$H5T_STD_I32LE,
                int8 = hdf5r::h5types$H5T_STD_I8LE,
                int16 = hdf5r::h5types$H5T_STD_I16LE,
@@ -471,13 +516,13 @@ h5_write_array <- function(parent, name, value, kind = NULL, scalar = FALSE) {
                double = hdf5r::h5types$H5T_IEEE_F64LE)
   if (kind == "str") value <- enc2utf8(as.character(value))
   if (scalar) {
-    d <- parent$create_dataset(name, robj = value, dtype = dt, space = hdf5r::H5S$new("scalar"),
-                               chunk_dims = NULL)
+    d <- h5_track(parent$create_dataset(name, robj = value, dtype = dt,
+                                        space = hdf5r::H5S$new("scalar"), chunk_dims = NULL))
   } else {
     dims <- dim(value) %||% length(value)
-    d <- parent$create_dataset(name, robj = value, dtype = dt,
-                               space = hdf5r::H5S$new("simple", dims = dims, maxdims = dims),
-                               chunk_dims = NULL)
+    d <- h5_track(parent$create_dataset(name, robj = value, dtype = dt,
+                                        space = hdf5r::H5S$new("simple", dims = dims, maxdims = dims),
+                                        chunk_dims = NULL))
   }
   d
 }
@@ -685,6 +730,7 @@ write_h5ad <- function(path, X = NULL, layers = list(), obs = NULL, var = NULL, 
     if (missing(uns)) uns <- src$uns
   }
   check_string(path, "path")
+  path <- path.expand(path)
   check_flag(overwrite, "overwrite")
   if (file.exists(path) && !overwrite) {
     stopf("'path' already exists: %s (use overwrite = TRUE to replace it)", path)
@@ -752,9 +798,13 @@ write_h5ad <- function(path, X = NULL, layers = list(), obs = NULL, var = NULL, 
   }
   h5ad_check_uns(uns, "uns")
 
+  h5ad_type_cache$str <- h5ad_str_type()
+  h5ad_type_cache$bool <- h5ad_bool_type()
+  on.exit(rm(list = ls(h5ad_type_cache), envir = h5ad_type_cache), add = TRUE)
   tmp <- tempfile(pattern = ".scnative-", tmpdir = dirname(path), fileext = ".h5ad")
   on.exit(unlink(tmp), add = TRUE)
   h5 <- hdf5r::H5File$new(tmp, mode = "w")
+  h5ad_state$objs <- list()
   ok <- FALSE
   tryCatch({
     h5_set_encoding(h5, "anndata", "0.1.0")
@@ -787,7 +837,7 @@ write_h5ad <- function(path, X = NULL, layers = list(), obs = NULL, var = NULL, 
     g <- h5_new_group(h5, "uns")
     for (nm in names(uns)) h5ad_write_uns(g, nm, uns[[nm]], paste0("uns$", nm))
     ok <- TRUE
-  }, finally = h5$close_all())
+  }, finally = h5_close_file(h5))
   if (ok) {
     if (file.exists(path)) unlink(path)
     if (!file.rename(tmp, path)) {

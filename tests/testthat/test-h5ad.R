@@ -132,6 +132,13 @@ test_that("read_h5ad reads every shared velocity file and matches raw hdf5r read
       }
     }
     h5$close_all()
+    # and it round-trips through write_h5ad (written in the current encoding)
+    out <- withr::local_tempfile(fileext = ".h5ad")
+    write_h5ad(out, ad)
+    back <- read_h5ad(out)
+    for (part in c("X", "layers", "obs", "var", "obsm", "obsp", "uns")) {
+      expect_identical(back[[part]], ad[[part]], info = paste(basename(f), part))
+    }
   }
 })
 
@@ -306,6 +313,14 @@ test_that("write_h5ad then read_h5ad returns the original object", {
   expect_identical(ad2$layers, ad$layers)
   expect_identical(ad2$uns, ad$uns)
   expect_output(print(ad), "6 genes x 5 cells")
+  # empty vectors and zero cells
+  f3 <- withr::local_tempfile(fileext = ".h5ad")
+  write_h5ad(f3, X = matrix(numeric(0), 2, 0), var = data.frame(s = c("a", "b")),
+             uns = list(e = numeric(0), ec = character(0), el = logical(0)))
+  ad3 <- read_h5ad(f3)
+  expect_identical(dim(ad3$X), c(2L, 0L))
+  expect_identical(ad3$var$s, c("a", "b"))
+  expect_identical(ad3$uns, list(e = numeric(0), ec = character(0), el = logical(0)))
 })
 
 test_that("anndata reads files written by write_h5ad with the right shapes, values and dtypes", {
