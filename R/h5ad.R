@@ -97,7 +97,6 @@ h5_read_dataset <- function(d) {
 h5ad_read_matrix_t <- function(obj, what) {
   if (!is_h5_group(obj)) {
     v <- h5_read_dataset(obj)
-    if (is.null(dim(v))) v <- matrix(v, ncol = length(v) > 0)
     if (length(dim(v)) != 2L) stopf("%s is not a 2-d array", what)
     if (is.logical(v) || is.integer(v)) storage.mode(v) <- "double"
     return(v)
@@ -396,7 +395,6 @@ read_h5ad <- function(path, layers = NULL, X = TRUE, obsm = TRUE, obsp = TRUE, u
           NULL
         })
         if (is.null(v)) next
-        if (is.matrix(v) && !is.null(v)) v <- as.matrix(v)
         if (nrow(v) != n) stopf("%s has %d rows but there are %d", w, nrow(v), n)
         rownames(v) <- names_
       }

@@ -18,7 +18,11 @@ use_peers_venv <- function() {
     reticulate::py_config()
   }
   use_peers()
-  if (!reticulate::py_module_available("anndata")) skip("anndata is not importable in the peers venv")
+  if (!reticulate::py_module_available("anndata")) {
+    msg <- paste("anndata is not importable from", reticulate::py_config()$python)
+    if (identical(tolower(Sys.getenv("SCNATIVE_REQUIRE_PEERS")), "true")) stop(msg)
+    skip(msg)
+  }
 }
 
 sort_lists <- function(x) {
