@@ -99,8 +99,8 @@ static void sort_dbl(double *a, ptrdiff_t n, uint64_t *k1, uint64_t *k2) {
     }
     return;
   }
-  enum { BITS = 11, NB = 1 << BITS, PASSES = 6 };
-  static const int shifts[PASSES] = {0, 11, 22, 33, 44, 55};
+  enum { BITS = 8, NB = 1 << BITS, PASSES = 8 };
+  static const int shifts[PASSES] = {0, 8, 16, 24, 32, 40, 48, 56};
   uint32_t cnt[PASSES][NB];
   memset(cnt, 0, sizeof cnt);
   for (ptrdiff_t i = 0; i < n; i++) {
@@ -111,18 +111,8 @@ static void sort_dbl(double *a, ptrdiff_t n, uint64_t *k1, uint64_t *k2) {
   uint64_t *src = k1, *dst = k2;
   for (int p = 0; p < PASSES; p++) {
     uint32_t *c = cnt[p];
-    int trivial = 0;
-    for (int b = 0; b < NB; b++) {
-      if (c[b] == (uint32_t)n) trivial = 1;
-      if (c[b]) break;
-    }
-    if (!trivial) {
-      /* also trivial if the single non-empty bucket is not the first one */
-      int nonempty = 0;
-      for (int b = 0; b < NB && nonempty < 2; b++) nonempty += c[b] != 0;
-      trivial = nonempty < 2;
-    }
-    if (trivial) continue;
+    /* a digit shared by all keys needs no pass */
+    if (c[(src[0] >> shifts[p]) & (NB - 1)] == (uint32_t)n) continue;
     uint32_t sum = 0;
     for (int b = 0; b < NB; b++) {
       uint32_t t = c[b];
