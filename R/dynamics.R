@@ -287,10 +287,7 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
   fidx <- which(fitted)
   if (length(fidx) == 0L) stopf("recover_dynamics: no gene could be fitted")
 
-  # fit_t: smoothed over the graph (spec 6.2)
-  if (!is.null(conn)) {
-    T_[fidx, ] <- as.matrix(T_[fidx, , drop = FALSE] %*% Matrix::t(conn))
-  }
+  # fit_t comes back from C already smoothed over the graph (spec 6.2)
   # loss matrix (varm["loss"])
   prev_loss <- if (!is.null(load_pars)) load_pars$loss else NULL
   cur_len <- if (!is.null(prev_loss)) ncol(prev_loss) else 2L

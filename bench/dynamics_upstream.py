@@ -19,9 +19,14 @@ a.layers["Ms"] = np.asarray(a.layers["Ms"], dtype=np.float64)
 a.layers["Mu"] = np.asarray(a.layers["Mu"], dtype=np.float64)
 b = a[:, :n_genes].copy()
 w = a[:, :4].copy()
-scv.tl.recover_dynamics(w, var_names="all", n_jobs=threads, show_progress_bar=False)  # warm-up
+# joblib's default "loky" backend cannot start workers in this venv (multiprocessing's
+# resource tracker fails), so more than one worker uses the "multiprocessing" backend
+kw = {"n_jobs": threads, "show_progress_bar": False}
+if threads > 1:
+    kw["backend"] = "multiprocessing"
+scv.tl.recover_dynamics(w, var_names="all", **kw)  # warm-up
 t0 = time.perf_counter()
-scv.tl.recover_dynamics(b, var_names="all", n_jobs=threads, show_progress_bar=False)
+scv.tl.recover_dynamics(b, var_names="all", **kw)
 el = time.perf_counter() - t0
 print(f"fitted {int(np.sum(~np.isnan(b.var['fit_alpha'].values)))} genes x {b.n_obs} cells in {el:.3f} s")
 print(f"BENCH_SECONDS={el * n_total / n_genes:.6f}")

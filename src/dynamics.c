@@ -1312,7 +1312,8 @@ static int scratch_alloc(dyn_scratch *w, int n, int M) {
  *   prior: NULL or logical n
  *   load: NULL or list(pars G x 8 (alpha, beta, gamma, t_, scaling, steady_u, steady_s,
  *         pval), t n x G)
- * returns list(pars G x 14, t n x G, tau, tau_, loss G x DYN_MAX_LOSS, ok int G) */
+ * returns list(pars G x 14, t n x G (smoothed by conn when given), tau, tau_,
+ *              loss G x DYN_MAX_LOSS, ok int G) */
 SEXP scnative_dynamics_fit(SEXP S, SEXP U, SEXP conn, SEXP iopts, SEXP dopts, SEXP prior,
                            SEXP load, SEXP threads) {
   int nprot = 0;
@@ -1453,7 +1454,16 @@ SEXP scnative_dynamics_fit(SEXP S, SEXP U, SEXP conn, SEXP iopts, SEXP dopts, SE
     pr[8] = u0b;
     pr[9] = s0b;
     for (int c = 0; c < DYN_NPAR; c++) pp[j + (size_t)c * G] = pr[c];
-    memcpy(pt + nd * (size_t)j, g.t, sizeof(double) * nd);
+    if (sh.cp) { /* fit_t = C t (spec 6.2), row sums in stored order as scipy */
+      double *ot = pt + nd * (size_t)j;
+      for (int i = 0; i < n; i++) {
+        double acc = 0;
+        for (int q = sh.cp[i]; q < sh.cp[i + 1]; q++) acc += sh.cx[q] * g.t[sh.ci[q]];
+        ot[i] = acc;
+      }
+    } else {
+      memcpy(pt + nd * (size_t)j, g.t, sizeof(double) * nd);
+    }
     for (int k = 0; k < g.nloss; k++) pl[j + (size_t)k * G] = g.loss[k];
     pok[j] = g.fail ? 2 : 1;
   }

@@ -195,7 +195,7 @@ test_that("recover_dynamics matches live upstream on the preprocessed real subse
   pooled <- list()
   for (f in preprocessed) {
     ds <- dyn_dataset(f)
-    up <- dyn_run_upstream(ds, n_jobs = 2L) # two worker processes (tests use <= 2 cores)
+    up <- dyn_run_upstream(ds)
     fit <- recover_dynamics(ds$Ms, ds$Mu, var_names = "all", connectivities = ds$conn,
                             threads = 2, progress = FALSE)
     st <- dyn_compare(fit, up)
