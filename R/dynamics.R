@@ -1,0 +1,442 @@
+# scVelo's dynamical model (tl.recover_dynamics) natively; the per-gene EM runs in
+# src/dynamics.c (OpenMP over genes). Spec: /work/shared/spec/scvelo-dynamics.md.
+
+dynamics_par_names <- c("alpha", "beta", "gamma", "t_", "scaling", "std_u", "std_s",
+                        "likelihood", "u0", "s0", "pval_steady", "steady_u", "steady_s",
+                        "variance")
+
+#' Recover the splicing kinetics of each gene (scVelo's dynamical model)
+#'
+#' Fits, gene by gene, transcription (`alpha`), splicing (`beta`), degradation (`gamma`)
+#' rates, the switching time `t_` and every cell's latent time by the EM of
+#' `scvelo.tl.recover_dynamics` (scVelo 0.3.4): the same initialisation, time assignment,
+#' Nelder-Mead steps and acceptance rule, in double precision, with the genes fitted in
+#' parallel.
+#'
+#' @param x The moments of spliced counts `Ms` (default method), or an object holding them
+#'   (methods for other classes). It may also be given by name as `Ms =`.
+#' @param Mu Numeric genes x cells matrices (dense or `dgCMatrix`) of first-order moments
+#'   of unspliced (`Mu`) counts, like `x` (`Ms`): same dimensions and dimnames, finite,
+#'   non-negative.
+#' @param var_names Genes to fit: `"velocity_genes"` (the `velocity_genes` column of `var`,
+#'   or the steady-state selection of scVelo when that column is absent, which also writes
+#'   `fit_r2`), `"all"`, the name of a logical column of `var`, or a character vector of gene
+#'   names.
+#' @param n_top_genes `NULL` or a positive whole number: keep only this many selected genes,
+#'   those with the largest sum of `Ms`.
+#' @param max_iter Whole number >= 0 (default 10): the Nelder-Mead iteration cap of every
+#'   stage is `floor(max_iter / 5)`; 0 fits nothing beyond the initialisation.
+#' @param assignment_mode One of `"projection"`, `"inverse"`, `"partial_projection"`,
+#'   `"full_projection"`: how cell times are assigned after pre-training.
+#' @param t_max `NULL` (align total time to 20), a positive number, or `FALSE` (no
+#'   alignment).
+#' @param fit_time `TRUE` (re-assign cell times at every evaluation) or `FALSE` (keep the
+#'   loaded times; needs `load_pars`).
+#' @param fit_scaling `TRUE`, `FALSE` or a positive number (initial scaling, then fitted).
+#' @param fit_steady_states Logical: include the two steady states in the state choice.
+#' @param fit_connected_states `NULL` (`TRUE` unless `use_raw`) or logical: smooth state
+#'   distances and `fit_t` over `connectivities`.
+#' @param fit_basal_transcription `NULL` or logical: subtract per-gene minima first.
+#' @param use_raw Logical; recorded in `uns` (pass raw spliced/unspliced as `Ms`/`Mu` to fit
+#'   them). With `TRUE`, `"velocity_genes"` without a column means all genes.
+#' @param load_pars `NULL` or a previous `scnative_dynamics` fit: start from its parameters
+#'   and `fit_t` instead of initialising.
+#' @param steady_state_prior `NULL` or a logical vector, one per cell, OR-ed into the cells
+#'   of the initial gamma regression.
+#' @param add_key Single string; kept for upstream compatibility (columns are always `fit_*`).
+#' @param connectivities `NULL` or the cells x cells neighbour graph (as scanpy's
+#'   `obsp["connectivities"]`); it is binarised, given self loops and row-normalised.
+#' @param var `NULL` or a data.frame with one row per gene (row names = gene names) of
+#'   annotations: `velocity_genes`, `highly_variable`, previous `fit_*` columns.
+#' @param perc Percentile (0-100) used to trim the weighted cells (default 99).
+#' @param threads `NULL` (package default) or a positive whole number of threads.
+#' @param progress Logical: show a progress bar.
+#' @param ... Passed to methods.
+#' @return An object of class `scnative_dynamics`: a list with `var` (data.frame, one row
+#'   per input gene: `fit_alpha`, `fit_beta`, `fit_gamma`, `fit_t_`, `fit_scaling`,
+#'   `fit_std_u`, `fit_std_s`, `fit_likelihood`, `fit_u0`, `fit_s0`, `fit_pval_steady`,
+#'   `fit_steady_u`, `fit_steady_s`, `fit_variance`, `fit_alignment_scaling`, and `fit_r2`
+#'   when computed; `NA` for genes not fitted), `layers` (`fit_t`, `fit_tau`, `fit_tau_`,
+#'   genes x cells), `uns` (`recover_dynamics` settings), `loss` (genes x steps accepted
+#'   losses), `connectivities` (the normalised graph used, or `NULL`) and `settings`.
+#' @examples
+#' set.seed(1)
+#' n <- 120
+#' t <- sort(runif(n, 0, 10))
+#' Mu <- rbind(g1 = 2 * (1 - exp(-0.5 * t)) + abs(rnorm(n, 0, 0.05)),
+#'             g2 = 1 - exp(-0.3 * t) + abs(rnorm(n, 0, 0.05)))
+#' Ms <- rbind(g1 = 4 * (1 - exp(-0.25 * t)) + abs(rnorm(n, 0, 0.05)),
+#'             g2 = 2 * (1 - exp(-0.2 * t)) + abs(rnorm(n, 0, 0.05)))
+#' colnames(Ms) <- colnames(Mu) <- paste0("c", seq_len(n))
+#' fit <- recover_dynamics(Ms, Mu, var_names = "all", threads = 1)
+#' fit
+#' @export
+recover_dynamics <- function(x, ...) {
+  if (missing(x)) {
+    dots <- list(...)
+    if (is.null(dots$Ms)) stopf("'Ms' (the first argument) is missing")
+    x <- dots$Ms
+    dots$Ms <- NULL
+    return(do.call(recover_dynamics, c(list(x), dots)))
+  }
+  UseMethod("recover_dynamics")
+}
+
+#' @rdname recover_dynamics
+#' @export
+recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_genes = NULL,
+                                     max_iter = 10, assignment_mode = "projection",
+                                     t_max = NULL, fit_time = TRUE, fit_scaling = TRUE,
+                                     fit_steady_states = TRUE, fit_connected_states = NULL,
+                                     fit_basal_transcription = NULL, use_raw = FALSE,
+                                     load_pars = NULL, steady_state_prior = NULL,
+                                     add_key = "fit", connectivities = NULL, var = NULL,
+                                     perc = 99, threads = NULL, progress = interactive(),
+                                     ...) {
+  Ms <- as_checked_matrix(x, "Ms", nonneg = TRUE)
+  Mu <- as_checked_matrix(Mu, "Mu", nonneg = TRUE)
+  if (!identical(dim(Ms), dim(Mu))) {
+    stopf("'Ms' and 'Mu' must have the same dimensions (Ms is %d x %d, Mu is %d x %d)",
+          nrow(Ms), ncol(Ms), nrow(Mu), ncol(Mu))
+  }
+  if (!identical(dimnames(Ms), dimnames(Mu))) {
+    stopf("'Ms' and 'Mu' must have the same dimnames (genes in rows, cells in columns)")
+  }
+  n_genes <- nrow(Ms)
+  n_cells <- ncol(Ms)
+  if (n_genes < 1L || n_cells < 3L) stopf("'Ms' must have at least 1 gene and 3 cells")
+  genes <- rownames(Ms) %||% as.character(seq_len(n_genes))
+  if (anyDuplicated(genes)) genes <- make.unique(genes)
+  cells <- colnames(Ms) %||% as.character(seq_len(n_cells))
+
+  check_number(max_iter, "max_iter", min = 0, whole = TRUE)
+  modes <- c("projection", "inverse", "partial_projection", "full_projection")
+  check_string(assignment_mode, "assignment_mode")
+  if (!assignment_mode %in% modes) {
+    stopf("'assignment_mode' must be one of %s, not '%s'",
+          paste0("'", modes, "'", collapse = ", "), assignment_mode)
+  }
+  if (!is.null(t_max) && !isFALSE(t_max)) check_number(t_max, "t_max", min = 0, min_open = TRUE)
+  check_flag(fit_time, "fit_time")
+  if (is.logical(fit_scaling)) {
+    check_flag(fit_scaling, "fit_scaling")
+  } else {
+    check_number(fit_scaling, "fit_scaling", min = 0, min_open = TRUE)
+  }
+  check_flag(fit_steady_states, "fit_steady_states")
+  check_flag(use_raw, "use_raw")
+  if (!is.null(fit_connected_states)) check_flag(fit_connected_states, "fit_connected_states")
+  if (!is.null(fit_basal_transcription)) {
+    check_flag(fit_basal_transcription, "fit_basal_transcription")
+  }
+  check_string(add_key, "add_key")
+  check_number(perc, "perc", min = 0, max = 100)
+  check_flag(progress, "progress")
+  n_threads <- resolve_threads(threads)
+  if (!is.null(n_top_genes)) check_number(n_top_genes, "n_top_genes", min = 1, whole = TRUE)
+  if (!is.null(steady_state_prior)) {
+    if (!is.logical(steady_state_prior) || length(steady_state_prior) != n_cells ||
+        anyNA(steady_state_prior)) {
+      stopf("'steady_state_prior' must be a logical vector without NA, one value per cell (%d)",
+            n_cells)
+    }
+  }
+  if (!is.null(var)) {
+    if (!is.data.frame(var) || nrow(var) != n_genes) {
+      stopf("'var' must be a data.frame with one row per gene (%d)", n_genes)
+    }
+    if (!is.null(rownames(var)) && !identical(rownames(var), as.character(seq_len(n_genes))) &&
+        !identical(rownames(var), genes)) {
+      stopf("rownames of 'var' must be the gene names (rownames of 'Ms')")
+    }
+  }
+  if (!is.null(load_pars) && !isFALSE(load_pars)) {
+    if (!inherits(load_pars, "scnative_dynamics")) {
+      stopf("'load_pars' must be NULL or a previous recover_dynamics() result")
+    }
+    if (!identical(rownames(load_pars$var), genes) ||
+        ncol(load_pars$layers$fit_t) != n_cells) {
+      stopf("'load_pars' must be a fit of the same genes and cells")
+    }
+  } else {
+    load_pars <- NULL
+  }
+  if (!fit_time && is.null(load_pars)) {
+    stopf("'fit_time = FALSE' keeps given cell times, so it needs 'load_pars'")
+  }
+  if (is.null(fit_connected_states)) fit_connected_states <- !use_raw
+
+  # connectivities: binarise, self loops, row-normalise, float32 weights (spec 8.3)
+  conn <- NULL
+  conn_list <- NULL
+  if (fit_connected_states && !is.null(connectivities)) {
+    conn <- normalise_connectivities(connectivities, n_cells)
+    tc <- Matrix::t(conn) # CSC of t(C) = CSR of C (row-sorted column indices)
+    conn_list <- list(tc@p, tc@i, tc@x)
+  }
+
+  # gene selection (spec 1.3)
+  r2 <- NULL
+  if (is.character(var_names) && length(var_names) == 1L && !var_names %in% genes) {
+    if (!is.null(var) && var_names %in% names(var)) {
+      col <- var[[var_names]]
+      if (!is.logical(col)) stopf("column '%s' of 'var' must be logical", var_names)
+      sel <- genes[!is.na(col) & col]
+    } else if (use_raw || var_names == "all") {
+      sel <- genes
+    } else if (grepl("_genes", var_names, fixed = TRUE)) {
+      vg <- steady_state_genes(Ms, Mu, hv = if (!is.null(var)) var[["highly_variable"]])
+      sel <- genes[vg$velocity_genes]
+      r2 <- vg$r2
+    } else {
+      stopf("'var_names' = '%s' is neither a gene, a column of 'var', nor \"all\"", var_names)
+    }
+  } else {
+    if (!is.character(var_names)) stopf("'var_names' must be a character vector")
+    sel <- var_names
+  }
+  sel <- unique(sel)
+  sel <- sel[sel %in% genes]
+  if (length(sel) == 0L) stopf("'var_names': none of the requested genes is in 'Ms'")
+  if (!is.null(n_top_genes) && length(sel) > n_top_genes) {
+    cs <- rowSums(Ms[match(sel, genes), , drop = FALSE])
+    ord <- rev(order(cs, method = "radix"))
+    sel <- sel[ord[seq_len(n_top_genes)]]
+  }
+  idx <- match(sel, genes)
+
+  # outputs, starting from previous values (upstream keeps earlier fits of other genes)
+  pars <- matrix(NA_real_, n_genes, length(dynamics_par_names),
+                 dimnames = list(genes, paste0("fit_", dynamics_par_names)))
+  prev_var <- if (!is.null(load_pars)) load_pars$var else var
+  if (!is.null(prev_var)) {
+    for (nm in colnames(pars)) if (nm %in% names(prev_var)) pars[, nm] <- prev_var[[nm]]
+  }
+  T_ <- Tau <- Tau_ <- matrix(NA_real_, n_genes, n_cells, dimnames = list(genes, cells))
+  if (!is.null(load_pars)) {
+    T_[] <- load_pars$layers$fit_t
+    Tau[] <- load_pars$layers$fit_tau
+    Tau_[] <- load_pars$layers$fit_tau_
+  }
+  mz_prev <- if (!is.null(prev_var) && "fit_alignment_scaling" %in% names(prev_var)) {
+    prev_var$fit_alignment_scaling
+  } else {
+    NULL
+  }
+
+  amode <- switch(assignment_mode, projection = 1L, inverse = 0L, partial_projection = 2L,
+                  full_projection = 3L)
+  scaling_mode <- if (is.logical(fit_scaling)) as.integer(fit_scaling) else 2L
+  iopts <- c(as.integer(max_iter), amode, scaling_mode, as.integer(fit_time),
+             as.integer(fit_steady_states), as.integer(isTRUE(fit_basal_transcription)),
+             as.integer(!is.null(load_pars)))
+  dopts <- c(if (is.logical(fit_scaling)) 0 else as.double(fit_scaling), as.double(perc))
+
+  chunk <- max(64L, 32L * n_threads)
+  starts <- seq(1L, length(idx), by = chunk)
+  pb <- NULL
+  if (progress) {
+    pb <- utils::txtProgressBar(min = 0, max = length(idx), style = 3)
+    on.exit(close(pb), add = TRUE)
+  }
+  fitted <- logical(n_genes)
+  unrec <- character(0)
+  loss_rows <- vector("list", n_genes)
+  raw_T <- matrix(NA_real_, n_cells, 0)
+  for (st in starts) {
+    ii <- idx[st:min(st + chunk - 1L, length(idx))]
+    S <- t(Ms[ii, , drop = FALSE])
+    U <- t(Mu[ii, , drop = FALSE])
+    load <- NULL
+    if (!is.null(load_pars) && !is.null(load_pars)) {
+      lv <- load_pars$var[ii, , drop = FALSE]
+      get <- function(nm) if (nm %in% names(lv)) as.double(lv[[nm]]) else rep(NA_real_, length(ii))
+      lp <- cbind(get("fit_alpha"), get("fit_beta"), get("fit_gamma"), get("fit_t_"),
+                  get("fit_scaling"), get("fit_steady_u"), get("fit_steady_s"),
+                  get("fit_pval_steady"))
+      lt <- t(load_pars$layers$fit_t[ii, , drop = FALSE])
+      storage.mode(lt) <- "double"
+      load <- list(lp, lt)
+    }
+    res <- .Call(C_scnative_dynamics_fit, S, U, conn_list, iopts, dopts,
+                 if (is.null(steady_state_prior)) NULL else as.logical(steady_state_prior),
+                 load, n_threads)
+    ok <- res[[6]] == 1L
+    if (any(res[[6]] == 2L)) stopf("internal error: loss history overflow; please report it")
+    for (k in seq_along(ii)) {
+      g <- ii[k]
+      if (!ok[k]) {
+        unrec <- c(unrec, genes[g])
+        next
+      }
+      fitted[g] <- TRUE
+      pars[g, ] <- res[[1]][k, ]
+      T_[g, ] <- res[[2]][, k]
+      Tau[g, ] <- res[[3]][, k]
+      Tau_[g, ] <- res[[4]][, k]
+      l <- res[[5]][k, ]
+      loss_rows[[g]] <- l[!is.na(l)]
+    }
+    if (!is.null(pb)) utils::setTxtProgressBar(pb, min(st + chunk - 1L, length(idx)))
+    if (.Call(C_scnative_dynamics_interrupt)) stopf("recover_dynamics: interrupted by the user")
+  }
+  if (length(unrec)) {
+    warnf("%d gene(s) not recoverable due to insufficient samples (<= 2 cells with Mu > 0 and Ms > 0): %s",
+          length(unrec), paste(utils::head(unrec, 10), collapse = ", "))
+  }
+  fidx <- which(fitted)
+  if (length(fidx) == 0L) stopf("recover_dynamics: no gene could be fitted")
+
+  # fit_t comes back from C already smoothed over the graph (spec 6.2)
+  # loss matrix (varm["loss"])
+  prev_loss <- if (!is.null(load_pars)) load_pars$loss else NULL
+  cur_len <- if (!is.null(prev_loss)) ncol(prev_loss) else 2L
+  max_len <- max(vapply(loss_rows[fidx], length, 1L), cur_len)
+  loss <- matrix(NA_real_, n_genes, max_len, dimnames = list(genes, NULL))
+  if (!is.null(prev_loss)) loss[, seq_len(cur_len)] <- prev_loss
+  for (g in fidx) {
+    loss[g, ] <- NA_real_
+    loss[g, seq_along(loss_rows[[g]])] <- loss_rows[[g]]
+  }
+
+  # alignment (spec 6.3)
+  mz <- if (is.null(mz_prev)) rep(1, n_genes) else mz_prev
+  if (!isFALSE(t_max)) {
+    target <- if (is.null(t_max)) 20 else t_max
+    mz[fidx] <- 1
+    m <- rep(1, n_genes)
+    for (g in fidx) {
+      Tg <- T_[g, ]
+      tg <- pars[g, "fit_t_"]
+      Tmax <- max(Tg * (Tg < tg)) + max((Tg - tg) * (Tg > tg))
+      denom <- 1 - sum(Tg == tg | Tg == 0) / n_cells
+      denom <- denom + (denom == 0)
+      Tmax <- Tmax / denom
+      Tmax <- Tmax + (Tmax == 0)
+      m[g] <- target / Tmax
+    }
+    mz <- mz * m
+    mf <- m[fidx]
+    pars[fidx, "fit_alpha"] <- pars[fidx, "fit_alpha"] / mf
+    pars[fidx, "fit_beta"] <- pars[fidx, "fit_beta"] / mf
+    pars[fidx, "fit_gamma"] <- pars[fidx, "fit_gamma"] / mf
+    pars[fidx, "fit_t_"] <- pars[fidx, "fit_t_"] * mf
+    T_[fidx, ] <- T_[fidx, , drop = FALSE] * mf
+    Tau[fidx, ] <- Tau[fidx, , drop = FALSE] * mf
+    Tau_[fidx, ] <- Tau_[fidx, , drop = FALSE] * mf
+    mz[!is.na(mz) & mz == 1] <- NA_real_
+  }
+  out_var <- as.data.frame(pars)
+  out_var$fit_alignment_scaling <- if (isFALSE(t_max) && is.null(mz_prev)) NA_real_ else mz
+  if (isFALSE(t_max) && !is.null(mz_prev)) out_var$fit_alignment_scaling <- mz_prev
+  if (!is.null(r2)) out_var$fit_r2 <- r2
+  rownames(out_var) <- genes
+
+  structure(list(
+    var = out_var,
+    layers = list(fit_t = T_, fit_tau = Tau, fit_tau_ = Tau_),
+    uns = list(recover_dynamics = list(fit_connected_states = fit_connected_states,
+                                       fit_basal_transcription = fit_basal_transcription,
+                                       use_raw = use_raw)),
+    loss = loss,
+    connectivities = conn,
+    settings = list(var_names = sel, n_top_genes = n_top_genes, max_iter = max_iter,
+                    assignment_mode = assignment_mode, t_max = t_max, fit_time = fit_time,
+                    fit_scaling = fit_scaling, fit_steady_states = fit_steady_states,
+                    fit_connected_states = fit_connected_states,
+                    fit_basal_transcription = fit_basal_transcription, use_raw = use_raw,
+                    load_pars = !is.null(load_pars), steady_state_prior = steady_state_prior,
+                    add_key = add_key, perc = perc, threads = n_threads)
+  ), class = "scnative_dynamics")
+}
+
+# Binarised graph with self loops, rows divided by their counts, weights rounded to float32.
+normalise_connectivities <- function(connectivities, n_cells) {
+  C <- connectivities
+  if (!(is.matrix(C) || inherits(C, "Matrix")) || nrow(C) != n_cells || ncol(C) != n_cells) {
+    stopf("'connectivities' must be a %d x %d matrix (cells x cells)", n_cells, n_cells)
+  }
+  C <- methods::as(methods::as(C, "CsparseMatrix"), "generalMatrix")
+  C <- methods::as(C, "dMatrix")
+  if (anyNA(C@x) || any(is.infinite(C@x))) stopf("'connectivities' contains NA or infinite values")
+  C@x <- as.double(C@x > 0)
+  C <- Matrix::drop0(C)
+  diag(C) <- 1
+  C <- Matrix::drop0(C)
+  cnt <- Matrix::rowSums(C)
+  C <- Matrix::Diagonal(x = 1 / cnt) %*% C
+  C <- methods::as(C, "CsparseMatrix")
+  C@x <- .Call(C_scnative_dynamics_f32, C@x)
+  C
+}
+
+# Steady-state velocity genes and R^2 (spec 8.1, 5.5).
+steady_state_genes <- function(Ms, Mu, hv = NULL) {
+  n_genes <- nrow(Ms)
+  r2 <- numeric(n_genes)
+  gq <- numeric(n_genes)
+  pct <- function(x, q) stats::quantile(x, q, type = 7, names = FALSE)
+  for (g in seq_len(n_genes)) {
+    s <- Ms[g, ]
+    u <- Mu[g, ]
+    xs <- s / max(max(s), 1e-3) + u / max(max(u), 1e-3)
+    keep <- xs >= pct(xs, 0.95)
+    gam <- sum(s[keep] * u[keep]) / sum(s[keep]^2)
+    if (is.nan(gam)) gam <- 0
+    gq[g] <- gam
+    gf <- sum(s * u) / sum(s^2)
+    if (is.nan(gf)) gf <- 0
+    res <- u - gf * s
+    tot <- u - mean(u)
+    r <- 1 - sum(res^2) / sum(tot^2)
+    r2[g] <- if (is.nan(r)) 0 else r
+  }
+  vg <- r2 > 0.01 & gq > 0.01 & apply(Ms > 0, 1, any) & apply(Mu > 0, 1, any)
+  if (!is.null(hv)) vg <- vg & as.logical(hv)
+  if (sum(vg) < 2) {
+    warnf("very low signal in splicing dynamics: the R^2 threshold was lowered")
+    vg <- r2 > pct(r2, 0.8)
+  }
+  list(velocity_genes = vg, r2 = r2)
+}
+
+#' @export
+print.scnative_dynamics <- function(x, ...) {
+  v <- x$var
+  nf <- sum(!is.na(v$fit_alpha))
+  cat(sprintf("<scnative_dynamics> %d genes x %d cells; %d genes fitted (%s assignment, max_iter %d)\n",
+              nrow(v), ncol(x$layers$fit_t), nf, x$settings$assignment_mode,
+              as.integer(x$settings$max_iter)))
+  if (nf > 0) {
+    q <- function(col) {
+      z <- stats::quantile(v[[col]], c(0, 0.5, 1), na.rm = TRUE, names = FALSE)
+      sprintf("%-15s min %.4g  median %.4g  max %.4g", col, z[1], z[2], z[3])
+    }
+    cat(paste0("  ", vapply(c("fit_alpha", "fit_beta", "fit_gamma", "fit_t_",
+                               "fit_likelihood"), q, ""), collapse = "\n"), "\n", sep = "")
+  }
+  invisible(x)
+}
+
+#' @export
+summary.scnative_dynamics <- function(object, ...) {
+  v <- object$var
+  cols <- intersect(c("fit_alpha", "fit_beta", "fit_gamma", "fit_t_", "fit_scaling",
+                      "fit_likelihood", "fit_variance", "fit_alignment_scaling"), names(v))
+  tab <- t(vapply(cols, function(cl) {
+    stats::quantile(v[[cl]], c(0, 0.25, 0.5, 0.75, 1), na.rm = TRUE, names = FALSE)
+  }, numeric(5)))
+  colnames(tab) <- c("min", "q25", "median", "q75", "max")
+  structure(list(n_genes = nrow(v), n_cells = ncol(object$layers$fit_t),
+                 n_fitted = sum(!is.na(v$fit_alpha)), table = tab,
+                 settings = object$settings),
+            class = "summary.scnative_dynamics")
+}
+
+#' @export
+print.summary.scnative_dynamics <- function(x, ...) {
+  cat(sprintf("scVelo dynamical model: %d of %d genes fitted over %d cells\n", x$n_fitted,
+              x$n_genes, x$n_cells))
+  print(signif(x$table, 4))
+  invisible(x)
+}

@@ -1,0 +1,1498 @@
+/* dynamics.c: scVelo's dynamical model (tl.recover_dynamics) per gene, in double precision.
+ *
+ * Every gene is fitted independently by the EM of /work/shared/spec/scvelo-dynamics.md:
+ * weights and initial estimates (spec 2), time assignment (4), loss and accept rule (3.1-3.2),
+ * scipy's Nelder-Mead (3.3), the stage schedule (3.4), likelihood and variance (5.4).
+ * The shim runs a chunk of genes in parallel (OpenMP over genes, one scratch per thread);
+ * each gene's fit is sequential and deterministic, so results do not depend on threads.
+ * Reductions follow numpy's order (pairwise sums, linear percentiles, first-index argmin)
+ * so that trajectories track upstream's float64 run.
+ */
+#include "scnative.h"
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
+#define DYN_MAX_LOSS 64
+#define DYN_NPAR 14 /* output columns per gene */
+#define DYN_CACHE 6  /* cached assignments per gene */
+
+enum { AM_NONE = 0, AM_PROJECTION = 1, AM_PARTIAL = 2, AM_FULL = 3 };
+
+/* ---------------------------------------------------------------- numpy-like helpers */
+
+/* numpy's pairwise summation of a contiguous double array */
+static double pw_sum(const double *a, ptrdiff_t n) {
+  if (n < 8) {
+    double res = 0.;
+    for (ptrdiff_t i = 0; i < n; i++) res += a[i];
+    return res;
+  } else if (n <= 128) {
+    double r[8];
+    ptrdiff_t i;
+    for (int j = 0; j < 8; j++) r[j] = a[j];
+    for (i = 8; i < n - (n % 8); i += 8)
+      for (int j = 0; j < 8; j++) r[j] += a[i + j];
+    double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+    for (; i < n; i++) res += a[i];
+    return res;
+  } else {
+    ptrdiff_t n2 = n / 2;
+    n2 -= n2 % 8;
+    return pw_sum(a, n2) + pw_sum(a + n2, n - n2);
+  }
+}
+
+static double np_mean(const double *a, ptrdiff_t n) { return pw_sum(a, n) / (double)n; }
+
+/* population std (ddof 0), numpy order; tmp has room for n values */
+static double np_std(const double *a, ptrdiff_t n, double *tmp) {
+  double m = np_mean(a, n);
+  for (ptrdiff_t i = 0; i < n; i++) {
+    double d = a[i] - m;
+    tmp[i] = d * d;
+  }
+  return sqrt(pw_sum(tmp, n) / (double)n);
+}
+
+/* numpy maximum/minimum (NaN propagates) */
+static inline double np_max2(double a, double b) {
+  if (isnan(a)) return a;
+  if (isnan(b)) return b;
+  return a >= b ? a : b;
+}
+static inline double np_min2(double a, double b) {
+  if (isnan(a)) return a;
+  if (isnan(b)) return b;
+  return a <= b ? a : b;
+}
+static inline double np_clip(double x, double lo, double hi) { return np_min2(np_max2(x, lo), hi); }
+
+/* ascending sort with NaN last (numpy order), LSD radix on the order-preserving bit image
+ * of the doubles; tmp and keys have room for n values */
+static inline uint64_t dbl_key(double x) {
+  uint64_t b;
+  if (isnan(x)) x = NAN;
+  memcpy(&b, &x, sizeof b);
+  if (isnan(x)) return UINT64_MAX; /* NaN after +Inf */
+  return (b >> 63) ? ~b : (b | 0x8000000000000000ULL);
+}
+static inline double key_dbl(uint64_t k) {
+  if (k == UINT64_MAX) return NAN;
+  uint64_t b = (k >> 63) ? (k & 0x7fffffffffffffffULL) : ~k;
+  double x;
+  memcpy(&x, &b, sizeof x);
+  return x;
+}
+static void sort_dbl(double *a, ptrdiff_t n, uint64_t *k1, uint64_t *k2) {
+  if (n < 2) return;
+  if (n < 32) { /* insertion sort */
+    for (ptrdiff_t i = 1; i < n; i++) {
+      double v = a[i];
+      uint64_t kv = dbl_key(v);
+      ptrdiff_t j = i - 1;
+      while (j >= 0 && dbl_key(a[j]) > kv) {
+        a[j + 1] = a[j];
+        j--;
+      }
+      a[j + 1] = v;
+    }
+    return;
+  }
+  enum { BITS = 8, NB = 1 << BITS, PASSES = 8 };
+  static const int shifts[PASSES] = {0, 8, 16, 24, 32, 40, 48, 56};
+  uint32_t cnt[PASSES][NB];
+  memset(cnt, 0, sizeof cnt);
+  for (ptrdiff_t i = 0; i < n; i++) {
+    uint64_t k = dbl_key(a[i]);
+    k1[i] = k;
+    for (int p = 0; p < PASSES; p++) cnt[p][(k >> shifts[p]) & (NB - 1)]++;
+  }
+  uint64_t *src = k1, *dst = k2;
+  for (int p = 0; p < PASSES; p++) {
+    uint32_t *c = cnt[p];
+    /* a digit shared by all keys needs no pass */
+    if (c[(src[0] >> shifts[p]) & (NB - 1)] == (uint32_t)n) continue;
+    uint32_t sum = 0;
+    for (int b = 0; b < NB; b++) {
+      uint32_t t = c[b];
+      c[b] = sum;
+      sum += t;
+    }
+    for (ptrdiff_t i = 0; i < n; i++) dst[c[(src[i] >> shifts[p]) & (NB - 1)]++] = src[i];
+    uint64_t *t = src;
+    src = dst;
+    dst = t;
+  }
+  for (ptrdiff_t i = 0; i < n; i++) a[i] = key_dbl(src[i]);
+}
+
+/* k-th smallest (0-based) by quickselect; a is permuted; no NaN in a */
+static double select_kth(double *a, ptrdiff_t n, ptrdiff_t k) {
+  ptrdiff_t lo = 0, hi = n - 1;
+  while (hi > lo) {
+    ptrdiff_t mid = lo + (hi - lo) / 2;
+    /* median of three as pivot */
+    double x = a[lo], y = a[mid], z = a[hi], piv;
+    if (x < y) piv = (y < z) ? y : ((x < z) ? z : x);
+    else piv = (x < z) ? x : ((y < z) ? z : y);
+    ptrdiff_t i = lo, j = hi;
+    while (i <= j) {
+      while (a[i] < piv) i++;
+      while (a[j] > piv) j--;
+      if (i <= j) {
+        double t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+        i++;
+        j--;
+      }
+    }
+    if (k <= j) hi = j;
+    else if (k >= i) lo = i;
+    else return a[k];
+  }
+  return a[k];
+}
+
+/* numpy percentile, method "linear", of a (permuted in place); NaN if any NaN */
+static double np_percentile(double *a, ptrdiff_t n, double q) {
+  if (n == 0) return NAN;
+  for (ptrdiff_t i = 0; i < n; i++)
+    if (isnan(a[i])) return NAN;
+  double qq = q / 100.0;
+  double vi = (double)(n - 1) * qq;
+  double fl = floor(vi);
+  ptrdiff_t prev = (ptrdiff_t)fl, next = prev + 1;
+  double g = vi - fl;
+  if (vi >= (double)(n - 1)) {
+    prev = next = n - 1;
+  } else if (vi < 0) {
+    prev = next = 0;
+  }
+  double lo = select_kth(a, n, prev);
+  double hi = lo;
+  if (next != prev) {
+    /* smallest of the upper part */
+    hi = a[prev + 1];
+    for (ptrdiff_t i = prev + 2; i < n; i++)
+      if (a[i] < hi) hi = a[i];
+  }
+  double diff = hi - lo;
+  double r = lo + diff * g;
+  if (g >= 0.5) r = hi - diff * (1 - g);
+  return r;
+}
+
+/* numpy linspace point i of num from a to b */
+static inline double lsp(double a, double b, int num, int i) {
+  if (i == num - 1) return b;
+  double div = (double)(num - 1);
+  double step = (b - a) / div;
+  if (step == 0) return ((double)i / div) * (b - a) + a;
+  return (double)i * step + a;
+}
+
+/* ---------------------------------------------------------------- model pieces */
+
+static inline double inv0(double x) { return (1.0 / x) * (double)(x != 0); }
+
+/* U(tau) from u0 under transcription a */
+static inline double sol_u(double tau, double u0, double a, double b) {
+  double eu = exp(-b * tau);
+  return u0 * eu + a / b * (1 - eu);
+}
+static inline void sol_us(double tau, double u0, double s0, double a, double b, double g,
+                          double *U, double *S) {
+  double eu = exp(-b * tau), es = exp(-g * tau);
+  *U = u0 * eu + a / b * (1 - eu);
+  double c = (a - u0 * b) * inv0(g - b);
+  *S = s0 * es + a / g * (1 - es) + c * (es - eu);
+}
+
+static inline double clipped_log(double x) { return log(np_clip(x, 1e-6, 1 - 1e-6)); }
+
+/* tau_inv for one cell (spec 5.2); u-branch if gamma >= beta */
+static inline double tau_inv1(double u, double s, double u0, double s0, double a, double b,
+                              double g) {
+  if (g >= b) {
+    double uinf = a / b;
+    return -1 / b * clipped_log((u - uinf) / (u0 - uinf));
+  }
+  double b_ = b * inv0(g - b);
+  double xinf = a / g - b_ * (a / b);
+  return -1 / g * clipped_log((s - b_ * u - xinf) / (s0 - b_ * u0 - xinf));
+}
+
+/* ---------------------------------------------------------------- per-gene state */
+
+typedef struct {
+  int n;
+  /* connectivities: CSR with float32-rounded weights, or NULL */
+  const int *cp, *ci;
+  const double *cx;
+  int fit_steady;
+  int proj_grid; /* M */
+} dyn_shared;
+
+typedef struct {
+  double *uhat, *tau, *tau_, *r0, *r1, *r2, *r3, *d0, *d1, *d2, *d3;
+  double *sbuf, *sbuf2, *dbuf, *wbuf, *ilv, *eU, *eS, *eU_, *eS_;
+  uint64_t *k1, *k2;
+  double *ct, *ctau, *at, *atau, *grid;
+  int *co, *ao, *idx_on, *idx_off;
+  /* assignments already computed for this gene, keyed by the exact parameters */
+  double ckey[DYN_CACHE][6];
+  double *ct_[DYN_CACHE], *ctau_[DYN_CACHE];
+  int *co_[DYN_CACHE];
+  unsigned long cstamp[DYN_CACHE], clock;
+  int cvalid[DYN_CACHE];
+  double *cbuf;
+  int *cibuf;
+} dyn_scratch;
+
+typedef struct {
+  const dyn_shared *sh;
+  dyn_scratch *w;
+  const double *u, *s; /* after basal subtraction */
+  int *W, nW, *Wup, nWup;
+  double std_u, std_s;
+  double alpha, beta, gamma, t_, z;
+  double ratio;
+  int has_ratio;
+  double steady_u, steady_s, pval;
+  int mode;  /* current assignment mode */
+  int refit; /* refit_time */
+  double *t, *tau;
+  int *o;
+  double key[6];
+  int key_valid;
+  double loss[DYN_MAX_LOSS];
+  int nloss;
+  int fail;
+} dyn_gene;
+
+static inline int use_projection(int mode, double beta, double gamma) {
+  return mode == AM_FULL || mode == AM_PARTIAL || (mode == AM_PROJECTION && beta < gamma);
+}
+
+/* y_m = C x_m for k = 2 or 4 vectors stored interleaved (x[i * k + m]); each row is
+ * accumulated in stored order, one multiply and one add per term as scipy does (packed
+ * SSE2 lanes do exactly the scalar operations) */
+static void smooth2(const dyn_shared *sh, const double *x, double *y0, double *y1) {
+  int n = sh->n;
+  const int *cp = sh->cp, *ci = sh->ci;
+  const double *cx = sh->cx;
+  for (int i = 0; i < n; i++) {
+#ifdef __SSE2__
+    __m128d a = _mm_setzero_pd();
+    for (int p = cp[i]; p < cp[i + 1]; p++) {
+      __m128d wv = _mm_set1_pd(cx[p]);
+      a = _mm_add_pd(a, _mm_mul_pd(wv, _mm_loadu_pd(x + 2 * (size_t)ci[p])));
+    }
+    double r[2];
+    _mm_storeu_pd(r, a);
+    y0[i] = r[0];
+    y1[i] = r[1];
+#else
+    double a0 = 0, a1 = 0;
+    for (int p = cp[i]; p < cp[i + 1]; p++) {
+      const double *xj = x + 2 * (size_t)ci[p];
+      double wv = cx[p];
+      a0 += wv * xj[0];
+      a1 += wv * xj[1];
+    }
+    y0[i] = a0;
+    y1[i] = a1;
+#endif
+  }
+}
+static void smooth4(const dyn_shared *sh, const double *x, double *const *y) {
+  int n = sh->n;
+  const int *cp = sh->cp, *ci = sh->ci;
+  const double *cx = sh->cx;
+  for (int i = 0; i < n; i++) {
+#ifdef __SSE2__
+    __m128d a = _mm_setzero_pd(), b = _mm_setzero_pd();
+    for (int p = cp[i]; p < cp[i + 1]; p++) {
+      const double *xj = x + 4 * (size_t)ci[p];
+      __m128d wv = _mm_set1_pd(cx[p]);
+      a = _mm_add_pd(a, _mm_mul_pd(wv, _mm_loadu_pd(xj)));
+      b = _mm_add_pd(b, _mm_mul_pd(wv, _mm_loadu_pd(xj + 2)));
+    }
+    double r[4];
+    _mm_storeu_pd(r, a);
+    _mm_storeu_pd(r + 2, b);
+    y[0][i] = r[0];
+    y[1][i] = r[1];
+    y[2][i] = r[2];
+    y[3][i] = r[3];
+#else
+    double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    for (int p = cp[i]; p < cp[i + 1]; p++) {
+      const double *xj = x + 4 * (size_t)ci[p];
+      double wv = cx[p];
+      a0 += wv * xj[0];
+      a1 += wv * xj[1];
+      a2 += wv * xj[2];
+      a3 += wv * xj[3];
+    }
+    y[0][i] = a0;
+    y[1][i] = a1;
+    y[2][i] = a2;
+    y[3][i] = a3;
+#endif
+  }
+}
+
+#define DYN_BLK 16
+/* bounding boxes of consecutive blocks of DYN_BLK curve points */
+static int curve_boxes(const double *gU, const double *gS, int M, double *box) {
+  int nb = (M + DYN_BLK - 1) / DYN_BLK;
+  for (int b = 0; b < nb; b++) {
+    int k0 = b * DYN_BLK, k1 = k0 + DYN_BLK < M ? k0 + DYN_BLK : M;
+    double u0 = gU[k0], u1 = gU[k0], s0 = gS[k0], s1 = gS[k0];
+    for (int k = k0 + 1; k < k1; k++) {
+      if (gU[k] < u0) u0 = gU[k];
+      if (gU[k] > u1) u1 = gU[k];
+      if (gS[k] < s0) s0 = gS[k];
+      if (gS[k] > s1) s1 = gS[k];
+    }
+    box[4 * b] = u0;
+    box[4 * b + 1] = u1;
+    box[4 * b + 2] = s0;
+    box[4 * b + 3] = s1;
+  }
+  return nb;
+}
+
+/* Same result as curve_argmin (first index of the minimal distance), evaluating only the
+ * blocks whose box could hold a point at least as close. Rounded subtraction, squaring and
+ * addition are monotone, so the box bound never exceeds a point's computed distance. */
+static int curve_argmin_pruned(const double *gU, const double *gS, int M, const double *box,
+                               int nb, double u, double s, double *lb) {
+  int bb = 0;
+  for (int b = 0; b < nb; b++) {
+    const double *x = box + 4 * b;
+    double dx = u < x[0] ? x[0] - u : (u > x[1] ? u - x[1] : 0);
+    double dy = s < x[2] ? x[2] - s : (s > x[3] ? s - x[3] : 0);
+    lb[b] = dx * dx + dy * dy;
+    if (lb[b] < lb[bb]) bb = b;
+  }
+  double best = INFINITY;
+  int bk = -1;
+  for (int pass = 0; pass < 2; pass++) {
+    for (int b = (pass ? 0 : bb); b < (pass ? nb : bb + 1); b++) {
+      if (pass && b == bb) continue;
+      int k0 = b * DYN_BLK;
+      if (bk >= 0 && !(lb[b] < best || (lb[b] == best && k0 < bk))) continue;
+      int k1 = k0 + DYN_BLK < M ? k0 + DYN_BLK : M;
+      for (int k = k0; k < k1; k++) {
+        double du = gU[k] - u, ds = gS[k] - s;
+        double d = du * du + ds * ds;
+        if (bk < 0 || d < best || (d == best && k < bk)) {
+          best = d;
+          bk = k;
+        }
+      }
+    }
+  }
+  return bk < 0 ? 0 : bk;
+}
+
+/* adjust_increments on values v (in cell order, length m) with sorted copy srt and increments */
+static void apply_jumps(double *v, const double *orig, int m, const double *srt, const double *dt,
+                        double ub, int *jumps) {
+  int nj = 0;
+  for (int j = 0; j < m; j++)
+    if (dt[j] > ub) jumps[nj++] = j;
+  if (nj == 0) return;
+  for (int i = 0; i < m; i++) {
+    double x = orig[i], val = v[i];
+    for (int q = 0; q < nj; q++) {
+      if (x >= srt[jumps[q]]) val -= dt[jumps[q]];
+      else break;
+    }
+    v[i] = val;
+  }
+}
+
+/* Full time assignment at the given parameters (spec 4). If t_out is NULL, writes the raw
+ * adjusted branch times into tau_raw/tau_raw_ (mode "tau"). */
+static void assign(dyn_gene *g, double alpha, double beta, double gamma, double z, double t_,
+                   double *t_out, double *tau_out, int *o_out, double *tau_raw,
+                   double *tau_raw_) {
+  const dyn_shared *sh = g->sh;
+  dyn_scratch *w = g->w;
+  int n = sh->n;
+  const double *s = g->s;
+  double *uh = w->uhat, *tau = w->tau, *tau_ = w->tau_;
+  for (int i = 0; i < n; i++) uh[i] = g->u[i] / z;
+  double su = g->std_u / z, ss = g->std_s;
+  double u0_, s0_;
+  sol_us(t_, 0, 0, alpha, beta, gamma, &u0_, &s0_);
+
+  int have_e = use_projection(g->mode, beta, gamma);
+  if (have_e) {
+    double umin = INFINITY;
+    int first = 1;
+    for (int i = 0; i < n; i++)
+      if (s[i] > 0) {
+        if (first || isnan(uh[i]) || uh[i] < umin) umin = uh[i];
+        first = 0;
+        if (isnan(umin)) break;
+      }
+    double t0 = -1 / beta * clipped_log((umin - 0 / beta) / (u0_ - 0 / beta));
+    int M = sh->proj_grid;
+    double *gU = w->grid, *gS = gU + M, *hU = gS + M, *hS = hU + M;
+    double *tp = hS + M, *tp_ = tp + M;
+    int nan_on = -1, nan_off = -1;
+    for (int k = 0; k < M; k++) {
+      tp[k] = lsp(0, t_, M, k);
+      sol_us(tp[k], 0, 0, alpha, beta, gamma, &gU[k], &gS[k]);
+      if (nan_on < 0 && (isnan(gU[k]) || isnan(gS[k]))) nan_on = k;
+    }
+    for (int k = 0; k < M - 1; k++) {
+      tp_[k] = lsp(0, t0, M, k + 1);
+      sol_us(tp_[k], u0_, s0_, 0, beta, gamma, &hU[k], &hS[k]);
+      if (nan_off < 0 && (isnan(hU[k]) || isnan(hS[k]))) nan_off = k;
+    }
+    double *box_on = tp_ + M, *box_off = box_on + 4 * (M / DYN_BLK + 1);
+    int nb_on = nan_on < 0 ? curve_boxes(gU, gS, M, box_on) : 0;
+    int nb_off = nan_off < 0 ? curve_boxes(hU, hS, M - 1, box_off) : 0;
+    for (int i = 0; i < n; i++) {
+      double ui = uh[i], si = s[i];
+      int best;
+      if (nan_on >= 0 || isnan(ui) || isnan(si)) best = nan_on >= 0 ? nan_on : 0;
+      else best = curve_argmin_pruned(gU, gS, M, box_on, nb_on, ui, si, w->dbuf);
+      tau[i] = tp[best];
+      w->eU[i] = gU[best];
+      w->eS[i] = gS[best];
+      if (nan_off >= 0 || isnan(ui) || isnan(si)) best = nan_off >= 0 ? nan_off : 0;
+      else best = curve_argmin_pruned(hU, hS, M - 1, box_off, nb_off, ui, si, w->dbuf);
+      tau_[i] = tp_[best];
+      w->eU_[i] = hU[best];
+      w->eS_[i] = hS[best];
+    }
+  } else {
+    double mx = -INFINITY;
+    int anys = 0;
+    for (int i = 0; i < n; i++) {
+      tau[i] = np_clip(tau_inv1(uh[i], s[i], 0, 0, alpha, beta, gamma), 0, t_);
+      tau_[i] = tau_inv1(uh[i], s[i], u0_, s0_, 0, beta, gamma);
+      if (s[i] > 0) {
+        mx = anys ? np_max2(mx, tau_[i]) : tau_[i];
+        anys = 1;
+      }
+    }
+    for (int i = 0; i < n; i++) tau_[i] = np_clip(tau_[i], 0, mx);
+  }
+
+  /* increment constraint (spec 4.3); model values kept for the state step */
+  double *eU = w->eU, *eS = w->eS, *eU_ = w->eU_, *eS_ = w->eS_;
+  for (int i = 0; i < n; i++) {
+    if (!have_e) {
+      sol_us(tau[i], 0, 0, alpha, beta, gamma, &eU[i], &eS[i]);
+      sol_us(tau_[i], u0_, s0_, 0, beta, gamma, &eU_[i], &eS_[i]);
+    }
+    double U = eU[i], S = eS[i], U_ = eU_[i], S_ = eS_[i];
+    double du = (uh[i] - U) / su, du_ = (uh[i] - U_) / su;
+    double ds = (s[i] - S) / ss, ds_ = (s[i] - S_) / ss;
+    w->r0[i] = du_ * du_ + ds_ * ds_;
+    w->r1[i] = du * du + ds * ds;
+  }
+  double *a0 = w->r0, *a1 = w->r1;
+  if (sh->cp) {
+    double *X = w->ilv;
+    for (int i = 0; i < n; i++) {
+      X[2 * (size_t)i] = w->r0[i];
+      X[2 * (size_t)i + 1] = w->r1[i];
+    }
+    smooth2(sh, X, w->d0, w->d1);
+    a0 = w->d0;
+    a1 = w->d1;
+  }
+  int non = 0, noff = 0;
+  for (int i = 0; i < n; i++) {
+    int on = (isnan(a1[i]) && !isnan(a0[i])) || (!isnan(a0[i]) && a1[i] < a0[i]);
+    if (on) w->idx_on[non++] = i;
+    else w->idx_off[noff++] = i;
+  }
+  {
+    /* values, sorted copies and increments of both sets */
+    double *von = w->sbuf, *soff = w->sbuf2; /* sbuf: [on values | off values] */
+    double *voff = von + non;
+    double *son = soff, *soff2 = soff + non;
+    for (int k = 0; k < non; k++) von[k] = tau[w->idx_on[k]];
+    for (int k = 0; k < noff; k++) voff[k] = tau_[w->idx_off[k]];
+    memcpy(son, von, sizeof(double) * (size_t)non);
+    memcpy(soff2, voff, sizeof(double) * (size_t)noff);
+    sort_dbl(son, non, w->k1, w->k2);
+    sort_dbl(soff2, noff, w->k1, w->k2);
+    double *dt = w->dbuf, *dt_ = w->dbuf + non;
+    for (int k = 0; k < non; k++) dt[k] = son[k] - (k ? son[k - 1] : 0);
+    for (int k = 0; k < noff; k++) dt_[k] = soff2[k] - (k ? soff2[k - 1] : 0);
+    memcpy(w->wbuf, dt, sizeof(double) * (size_t)(non + noff));
+    double ub = 3 * np_percentile(w->wbuf, non + noff, 99.5);
+    /* new values in the r2/r3 buffers (free at this point) */
+    double *non_v = w->r2, *noff_v = w->r3;
+    memcpy(non_v, von, sizeof(double) * (size_t)non);
+    memcpy(noff_v, voff, sizeof(double) * (size_t)noff);
+    int *jumps = w->ao; /* free int buffer of length n */
+    if (noff > 0) apply_jumps(noff_v, voff, noff, soff2, dt_, ub, jumps);
+    if (non > 0) apply_jumps(non_v, von, non, son, dt, ub, jumps);
+    for (int k = 0; k < non; k++) {
+      int i = w->idx_on[k];
+      tau[i] = non_v[k];
+      if (!(non_v[k] == von[k])) sol_us(tau[i], 0, 0, alpha, beta, gamma, &eU[i], &eS[i]);
+    }
+    for (int k = 0; k < noff; k++) {
+      int i = w->idx_off[k];
+      tau_[i] = noff_v[k];
+      if (!(noff_v[k] == voff[k])) sol_us(tau_[i], u0_, s0_, 0, beta, gamma, &eU_[i], &eS_[i]);
+    }
+  }
+  if (!t_out) {
+    memcpy(tau_raw, tau, sizeof(double) * (size_t)n);
+    memcpy(tau_raw_, tau_, sizeof(double) * (size_t)n);
+    return;
+  }
+
+  /* state distances (spec 4.4) */
+  double uinf = alpha / beta, sinf = alpha / gamma;
+  int K = sh->fit_steady ? 4 : 2;
+  for (int i = 0; i < n; i++) {
+    double U = eU[i], S = eS[i], U_ = eU_[i], S_ = eS_[i];
+    double du = (uh[i] - U) / su, du_ = (uh[i] - U_) / su;
+    double ds = (s[i] - S) / ss, ds_ = (s[i] - S_) / ss;
+    w->r0[i] = du_ * du_ + ds_ * ds_;
+    w->r1[i] = du * du + ds * ds;
+    if (K == 4) {
+      double a = (uh[i] - uinf) / su, b = (s[i] - sinf) / ss;
+      double a2 = uh[i] / su, b2 = s[i] / ss;
+      w->r2[i] = a2 * a2 + b2 * b2;
+      w->r3[i] = a * a + b * b;
+    }
+  }
+  double *D[4] = {w->r0, w->r1, w->r2, w->r3};
+  if (sh->cp) {
+    double *X = w->ilv;
+    if (K == 4) {
+      for (int i = 0; i < n; i++) {
+        double *xi = X + 4 * (size_t)i;
+        xi[0] = w->r0[i];
+        xi[1] = w->r1[i];
+        xi[2] = w->r2[i];
+        xi[3] = w->r3[i];
+      }
+      double *yout[4] = {w->d0, w->d1, w->d2, w->d3};
+      smooth4(sh, X, yout);
+    } else {
+      for (int i = 0; i < n; i++) {
+        X[2 * (size_t)i] = w->r0[i];
+        X[2 * (size_t)i + 1] = w->r1[i];
+      }
+      smooth2(sh, X, w->d0, w->d1);
+    }
+    D[0] = w->d0;
+    D[1] = w->d1;
+    D[2] = w->d2;
+    D[3] = w->d3;
+  }
+  for (int i = 0; i < n; i++) {
+    int k = 0;
+    double best = D[0][i];
+    if (!isnan(best)) {
+      for (int m = 1; m < K; m++) {
+        double v = D[m][i];
+        if (isnan(v)) {
+          k = m;
+          break;
+        }
+        if (v < best) {
+          best = v;
+          k = m;
+        }
+      }
+    }
+    double tm = tau[i] * (double)(k == 1), tm_ = tau_[i] * (double)(k == 0);
+    int ob = (k == 1 || k == 2);
+    t_out[i] = tm * (double)ob + (tm_ + t_) * (double)(!ob);
+    tau_out[i] = tm;
+    o_out[i] = ob;
+  }
+}
+
+/* time assignment at candidate parameters, or the stored one when times are not refitted;
+ * reuses the stored assignment when it was computed at exactly these parameters */
+static void get_assignment(dyn_gene *g, const double *p, double *t, double *tau, int *o) {
+  int n = g->sh->n;
+  if (!g->refit) {
+    memcpy(t, g->t, sizeof(double) * (size_t)n);
+    memcpy(tau, g->tau, sizeof(double) * (size_t)n);
+    memcpy(o, g->o, sizeof(int) * (size_t)n);
+    return;
+  }
+  double key[6] = {p[0], p[1], p[2], p[3], p[4], (double)use_projection(g->mode, p[1], p[2])};
+  size_t nb = sizeof(double) * (size_t)n, ni = sizeof(int) * (size_t)n;
+  if (g->key_valid && memcmp(g->key, key, sizeof key) == 0) {
+    memcpy(t, g->t, nb);
+    memcpy(tau, g->tau, nb);
+    memcpy(o, g->o, ni);
+    return;
+  }
+  dyn_scratch *w = g->w;
+  for (int c = 0; c < DYN_CACHE; c++) {
+    if (w->cvalid[c] && memcmp(w->ckey[c], key, sizeof key) == 0) {
+      memcpy(t, w->ct_[c], nb);
+      memcpy(tau, w->ctau_[c], nb);
+      memcpy(o, w->co_[c], ni);
+      w->cstamp[c] = ++w->clock;
+      return;
+    }
+  }
+  assign(g, p[0], p[1], p[2], p[3], p[4], t, tau, o, NULL, NULL);
+  int slot = 0;
+  for (int c = 0; c < DYN_CACHE; c++) {
+    if (!w->cvalid[c]) {
+      slot = c;
+      break;
+    }
+    if (w->cstamp[c] < w->cstamp[slot]) slot = c;
+  }
+  memcpy(w->ckey[slot], key, sizeof key);
+  memcpy(w->ct_[slot], t, nb);
+  memcpy(w->ctau_[slot], tau, nb);
+  memcpy(w->co_[slot], o, ni);
+  w->cvalid[slot] = 1;
+  w->cstamp[slot] = ++w->clock;
+}
+
+/* sum of d over W (mean if mean), d from spec 3.1; t is the full cell-time vector */
+static double se_loss(dyn_gene *g, const double *p, const double *t, int mean, int upper,
+                      int with_reg, double *var_out) {
+  double alpha = p[0], beta = p[1], gamma = p[2], z = p[3], t_ = p[4];
+  const int *idx = upper ? g->Wup : g->W;
+  int m = upper ? g->nWup : g->nW;
+  double *d = g->w->wbuf, *e = g->w->dbuf;
+  double u0_ = sol_u(t_, 0, alpha, beta), s0_;
+  {
+    double tmpu;
+    sol_us(t_, 0, 0, alpha, beta, gamma, &tmpu, &s0_);
+  }
+  double reg_c = g->has_ratio ? (gamma / beta - g->ratio) : 0;
+  for (int k = 0; k < m; k++) {
+    int i = idx[k];
+    double ti = t[i];
+    double o = (double)(ti < t_);
+    double tau = ti * o + (ti - t_) * (1 - o);
+    double u0 = 0 * o + u0_ * (1 - o), s0 = 0 * o + s0_ * (1 - o);
+    double a = alpha * o + 0 * (1 - o);
+    double U, S;
+    sol_us(tau, u0, s0, a, beta, gamma, &U, &S);
+    double ud = (U - g->u[i] / z) / g->std_u * z;
+    double sd = (S - g->s[i]) / g->std_s;
+    double dd = ud * ud + sd * sd;
+    if (with_reg && g->has_ratio) {
+      double r = reg_c * g->s[i] / g->std_s;
+      dd += r * r;
+    }
+    d[k] = dd;
+    if (var_out) e[k] = (double)((sd > 0) - (sd < 0)) * sqrt(dd) + (isnan(sd) ? NAN : 0);
+  }
+  if (var_out) {
+    double md = pw_sum(d, m) / (double)m, me = pw_sum(e, m) / (double)m;
+    *var_out = md - me * me;
+  }
+  double sum = pw_sum(d, m);
+  return mean ? sum / (double)m : sum;
+}
+
+/* ---------------------------------------------------------------- update (spec 3.2) */
+
+static void store(dyn_gene *g, const double *p, double *t, double *tau, int *o, double loss,
+                  int key_valid) {
+  int n = g->sh->n;
+  g->steady_u *= g->z / p[3];
+  memcpy(g->t, t, sizeof(double) * (size_t)n);
+  memcpy(g->tau, tau, sizeof(double) * (size_t)n);
+  memcpy(g->o, o, sizeof(int) * (size_t)n);
+  g->alpha = p[0];
+  g->beta = p[1];
+  g->gamma = p[2];
+  g->z = p[3];
+  g->t_ = p[4];
+  if (key_valid) {
+    memcpy(g->key, p, sizeof(double) * 5);
+    g->key[5] = (double)use_projection(g->mode, p[1], p[2]);
+  }
+  g->key_valid = key_valid && g->refit;
+  if (g->nloss < DYN_MAX_LOSS) g->loss[g->nloss++] = loss;
+  else g->fail = 1;
+}
+
+static inline void cur_pars(const dyn_gene *g, double *p) {
+  p[0] = g->alpha;
+  p[1] = g->beta;
+  p[2] = g->gamma;
+  p[3] = g->z;
+  p[4] = g->t_;
+}
+
+/* candidate p (alpha, beta, gamma, z, t_), already filled with current values where omitted */
+static int update(dyn_gene *g, double *p, int adjust) {
+  dyn_scratch *w = g->w;
+  int n = g->sh->n;
+  double loss_prev = g->nloss > 0 ? g->loss[g->nloss - 1] : 1e6;
+  if (p[4] == 0) p[4] = g->t_;
+  get_assignment(g, p, w->ct, w->ctau, w->co);
+  double loss = se_loss(g, p, w->ct, 0, 0, 1, NULL);
+  int perform = loss < loss_prev;
+  int key_ok = 1;
+  int any_on = 0;
+  for (int i = 0; i < n; i++)
+    if (g->o[i] == 1) {
+      any_on = 1;
+      break;
+    }
+  if (adjust && any_on) {
+    if (!perform) {
+      cur_pars(g, p);
+      get_assignment(g, p, w->ct, w->ctau, w->co);
+      loss = se_loss(g, p, w->ct, 0, 0, 1, NULL);
+    }
+    double alt = 0;
+    int first = 1;
+    for (int i = 0; i < n; i++)
+      if (g->o[i] == 1) {
+        alt = first ? w->ct[i] : np_max2(alt, w->ct[i]);
+        first = 0;
+      }
+    if (0 < alt && alt < p[4]) {
+      double mx = w->ct[0];
+      double cnt = 0;
+      for (int i = 0; i < n; i++) {
+        mx = np_max2(mx, w->ct[i]);
+        cnt += (w->ct[i] == p[4]);
+      }
+      alt += mx / (double)n * cnt;
+      double pa[5] = {p[0], p[1], p[2], p[3], alt};
+      if (pa[4] == 0) pa[4] = g->t_;
+      get_assignment(g, pa, w->at, w->atau, w->ao);
+      double alt_loss = se_loss(g, pa, w->at, 0, 0, 1, NULL);
+      double ut_cur = sol_u(p[4], 0, p[0], p[1]);
+      double ut_alt = sol_u(pa[4], 0, p[0], p[1]);
+      double min_loss = np_min2(loss, loss_prev);
+      if (alt_loss * 0.99 <= min_loss || ut_cur * 0.99 < ut_alt) {
+        memcpy(w->ct, w->at, sizeof(double) * (size_t)n);
+        memcpy(w->ctau, w->atau, sizeof(double) * (size_t)n);
+        memcpy(w->co, w->ao, sizeof(int) * (size_t)n);
+        p[4] = pa[4];
+        loss = alt_loss;
+        perform = 1;
+      }
+    }
+  }
+  if (perform) store(g, p, w->ct, w->ctau, w->co, loss, key_ok);
+  return perform;
+}
+
+/* ---------------------------------------------------------------- Nelder-Mead (scipy) */
+
+/* which parameters a stage optimises: indices into (alpha, beta, gamma, z, t_) */
+typedef struct {
+  dyn_gene *g;
+  int np;
+  int which[4];
+  int refit; /* objective re-assigns times */
+} nm_ctx;
+
+static double nm_obj(nm_ctx *c, const double *x) {
+  dyn_gene *g = c->g;
+  double p[5];
+  cur_pars(g, p);
+  for (int k = 0; k < c->np; k++) p[c->which[k]] = x[k];
+  if (p[4] == 0) p[4] = g->t_;
+  double *t;
+  if (c->refit && g->refit) {
+    get_assignment(g, p, g->w->at, g->w->atau, g->w->ao);
+    t = g->w->at;
+  } else {
+    t = g->t;
+  }
+  return se_loss(g, p, t, 1, 0, 1, NULL);
+}
+
+static void nm_sort(int N, double sim[5][4], double *f) {
+  /* stable insertion sort by f, NaN last */
+  for (int i = 1; i <= N; i++) {
+    double fv = f[i], xv[4];
+    memcpy(xv, sim[i], sizeof(xv));
+    int j = i - 1;
+    while (j >= 0 && (isnan(f[j]) ? !isnan(fv) : (fv < f[j]))) {
+      f[j + 1] = f[j];
+      memcpy(sim[j + 1], sim[j], sizeof(xv));
+      j--;
+    }
+    f[j + 1] = fv;
+    memcpy(sim[j + 1], xv, sizeof(xv));
+  }
+}
+
+static void nelder_mead(nm_ctx *c, const double *x0, int maxiter, double tol, double *xout) {
+  int N = c->np;
+  double sim[5][4], f[5];
+  for (int k = 0; k <= N; k++) {
+    for (int j = 0; j < N; j++) sim[k][j] = x0[j];
+    if (k > 0) {
+      double y = sim[k][k - 1];
+      sim[k][k - 1] = (y != 0) ? (1 + 0.05) * y : 0.00025;
+    }
+  }
+  for (int k = 0; k <= N; k++) f[k] = nm_obj(c, sim[k]);
+  nm_sort(N, sim, f);
+  nm_sort(N, sim, f);
+  int iterations = 1;
+  while (iterations < maxiter) {
+    double mx = -INFINITY, mf = -INFINITY;
+    int nanx = 0, nanf = 0;
+    for (int k = 1; k <= N; k++) {
+      for (int j = 0; j < N; j++) {
+        double a = fabs(sim[k][j] - sim[0][j]);
+        if (isnan(a)) nanx = 1;
+        else if (a > mx) mx = a;
+      }
+      double b = fabs(f[0] - f[k]);
+      if (isnan(b)) nanf = 1;
+      else if (b > mf) mf = b;
+    }
+    if (!nanx && !nanf && mx <= tol && mf <= tol) break;
+    double xbar[4], xr[4], xe[4], xc[4];
+    for (int j = 0; j < N; j++) {
+      double acc = sim[0][j];
+      for (int k = 1; k < N; k++) acc += sim[k][j];
+      xbar[j] = acc / N;
+    }
+    for (int j = 0; j < N; j++) xr[j] = (1 + 1.0) * xbar[j] - 1.0 * sim[N][j];
+    double fxr = nm_obj(c, xr);
+    int doshrink = 0;
+    if (fxr < f[0]) {
+      for (int j = 0; j < N; j++) xe[j] = (1 + 2.0) * xbar[j] - 2.0 * sim[N][j];
+      double fxe = nm_obj(c, xe);
+      if (fxe < fxr) {
+        memcpy(sim[N], xe, sizeof(double) * N);
+        f[N] = fxe;
+      } else {
+        memcpy(sim[N], xr, sizeof(double) * N);
+        f[N] = fxr;
+      }
+    } else {
+      if (fxr < f[N - 1]) {
+        memcpy(sim[N], xr, sizeof(double) * N);
+        f[N] = fxr;
+      } else {
+        if (fxr < f[N]) {
+          for (int j = 0; j < N; j++) xc[j] = (1 + 0.5) * xbar[j] - 0.5 * sim[N][j];
+          double fxc = nm_obj(c, xc);
+          if (fxc <= fxr) {
+            memcpy(sim[N], xc, sizeof(double) * N);
+            f[N] = fxc;
+          } else {
+            doshrink = 1;
+          }
+        } else {
+          for (int j = 0; j < N; j++) xc[j] = (1 - 0.5) * xbar[j] + 0.5 * sim[N][j];
+          double fxcc = nm_obj(c, xc);
+          if (fxcc < f[N]) {
+            memcpy(sim[N], xc, sizeof(double) * N);
+            f[N] = fxcc;
+          } else {
+            doshrink = 1;
+          }
+        }
+        if (doshrink) {
+          for (int k = 1; k <= N; k++) {
+            for (int j = 0; j < N; j++) sim[k][j] = sim[0][j] + 0.5 * (sim[k][j] - sim[0][j]);
+            f[k] = nm_obj(c, sim[k]);
+          }
+        }
+      }
+    }
+    iterations++;
+    nm_sort(N, sim, f);
+  }
+  memcpy(xout, sim[0], sizeof(double) * N);
+}
+
+/* run one optimiser stage over the parameters `which` and update with the result */
+static void stage(dyn_gene *g, int np, const int *which, double tol, int refit_obj, int maxiter) {
+  nm_ctx c;
+  c.g = g;
+  c.np = np;
+  c.refit = refit_obj;
+  double p[5], x0[4], x[4];
+  cur_pars(g, p);
+  for (int k = 0; k < np; k++) {
+    c.which[k] = which[k];
+    x0[k] = p[which[k]];
+  }
+  nelder_mead(&c, x0, maxiter, tol, x);
+  cur_pars(g, p);
+  for (int k = 0; k < np; k++) p[which[k]] = x[k];
+  update(g, p, 1);
+}
+
+/* ---------------------------------------------------------------- bimodality (spec 2.4) */
+
+/* returns 0 when the KDE cannot be built (upstream's ValueError path) */
+static int bimodality(const double *x, int n, double *pval, double *mode_hi, double *tmp) {
+  const int bins = 30;
+  double lb = x[0], mxv = x[0];
+  for (int i = 1; i < n; i++) {
+    lb = np_min2(lb, x[i]);
+    mxv = np_max2(mxv, x[i]);
+  }
+  memcpy(tmp, x, sizeof(double) * (size_t)n);
+  double ub = np_percentile(tmp, n, 99.9);
+  double hi = (ub <= lb) ? ub : mxv;
+  double grid[30], f[30];
+  for (int k = 0; k < bins; k++) grid[k] = lsp(lb, hi, bins, k);
+  /* scipy gaussian_kde with equal weights 1/n and Scott's factor */
+  double wv = 1.0 / (double)n;
+  for (int i = 0; i < n; i++) tmp[i] = wv * wv;
+  double neff = 1.0 / pw_sum(tmp, n);
+  double factor = pow(neff, -1.0 / 5.0);
+  for (int i = 0; i < n; i++) tmp[i] = x[i] * wv;
+  double wsum = wv * (double)n;
+  for (int i = 0; i < n; i++) tmp[i] = wv;
+  wsum = pw_sum(tmp, n);
+  for (int i = 0; i < n; i++) tmp[i] = x[i] * wv;
+  double avg = pw_sum(tmp, n) / wsum;
+  for (int i = 0; i < n; i++) tmp[i] = wv * wv;
+  double fact = wsum - 1 * pw_sum(tmp, n) / wsum;
+  for (int i = 0; i < n; i++) {
+    double d = x[i] - avg;
+    tmp[i] = d * (d * wv);
+  }
+  double cov = pw_sum(tmp, n) * (1.0 / fact);
+  if (!(cov > 0) || !isfinite(cov) || n < 2) {
+    *pval = 1;
+    *mode_hi = 0;
+    return 0;
+  }
+  double h = sqrt(cov) * factor;
+  double norm = pow(2 * M_PI, -0.5) / h;
+  double gs[30];
+  for (int k = 0; k < bins; k++) {
+    gs[k] = grid[k] / h;
+    f[k] = 0;
+  }
+  for (int i = 0; i < n; i++) {
+    double xi = x[i] / h;
+    for (int k = 0; k < bins; k++) {
+      double r = xi - gs[k];
+      double arg = r * r;
+      f[k] += wv * (exp(-arg / 2.) * norm);
+    }
+  }
+  int idx = bins / 2 - 2;
+  {
+    int best = idx;
+    for (int k = idx + 1; k < idx + 4; k++)
+      if (f[k] < f[best]) best = k;
+    idx = best;
+  }
+  int p0 = 0, p1 = 0;
+  for (int k = 1; k < idx; k++)
+    if (f[k] > f[p0]) p0 = k;
+  for (int k = 1; k < bins - idx; k++)
+    if (f[idx + k] > f[idx + p1]) p1 = k;
+  double peak = f[idx + p1];
+  double mid = pw_sum(f + idx, bins - idx) / (double)(bins - idx);
+  double fm = pw_sum(f, bins) / bins, dv[30];
+  for (int k = 0; k < bins; k++) dv[k] = (f[k] - fm) * (f[k] - fm);
+  double sd = sqrt(pw_sum(dv, bins) / bins);
+  double den = sd / sqrt((double)bins);
+  if (den < 1) den = 1;
+  double tst = (peak - mid) / den;
+  /* scipy norm.sf(t) = ndtr(-t) */
+  double xx = -tst * M_SQRT1_2, y;
+  double zz = fabs(xx);
+  if (zz < M_SQRT1_2) y = 0.5 + 0.5 * erf(xx);
+  else {
+    y = 0.5 * erfc(zz);
+    if (xx > 0) y = 1.0 - y;
+  }
+  *pval = y;
+  int n1 = bins - idx;
+  *mode_hi = (grid[idx + p1] + grid[idx + (p1 + 1 < n1 - 1 ? p1 + 1 : n1 - 1)]) / 2;
+  (void)p0;
+  return 1;
+}
+
+/* ---------------------------------------------------------------- per-gene driver */
+
+typedef struct {
+  int max_iter;
+  int amode; /* requested mode */
+  int scaling_mode; /* 0 FALSE, 1 TRUE, 2 number */
+  double scaling_val;
+  int fit_time;
+  double perc;
+  const int *prior; /* n or NULL */
+} dyn_opts;
+
+/* weights (spec 2.2); returns 0 if not recoverable */
+static int init_weights(dyn_gene *g, double perc) {
+  int n = g->sh->n;
+  double *tmp = g->w->wbuf;
+  int m = 0;
+  for (int i = 0; i < n; i++)
+    if (g->s[i] > 0 && g->u[i] > 0) g->W[m++] = i;
+  if (m <= 2) return 0;
+  for (int k = 0; k < m; k++) tmp[k] = g->s[g->W[k]];
+  double ub_s = np_percentile(tmp, m, perc);
+  for (int k = 0; k < m; k++) tmp[k] = g->u[g->W[k]];
+  double ub_u = np_percentile(tmp, m, perc);
+  int nW = 0;
+  for (int k = 0; k < m; k++) {
+    int i = g->W[k];
+    if (ub_s > 0 && !(g->s[i] <= ub_s)) continue;
+    if (ub_u > 0 && !(g->u[i] <= ub_u)) continue;
+    g->W[nW++] = i;
+  }
+  g->nW = nW;
+  double *a = g->w->dbuf;
+  for (int k = 0; k < nW; k++) a[k] = g->u[g->W[k]];
+  g->std_u = np_std(a, nW, tmp);
+  double mu = a[0];
+  for (int k = 1; k < nW; k++) mu = np_max2(mu, a[k]);
+  for (int k = 0; k < nW; k++) a[k] = g->s[g->W[k]];
+  g->std_s = np_std(a, nW, tmp);
+  double ms = a[0];
+  for (int k = 1; k < nW; k++) ms = np_max2(ms, a[k]);
+  int nu = 0;
+  if (nW > 0)
+    for (int k = 0; k < nW; k++) {
+      int i = g->W[k];
+      if (g->u[i] > mu / 3 && g->s[i] > ms / 3) g->Wup[nu++] = i;
+    }
+  g->nWup = nu;
+  return 1;
+}
+
+static void initialize(dyn_gene *g, const dyn_opts *op) {
+  int n = g->sh->n, nW = g->nW;
+  dyn_scratch *w = g->w;
+  double *uw = w->r0, *sw = w->r1, *tmp = w->wbuf;
+  for (int k = 0; k < nW; k++) {
+    uw[k] = g->u[g->W[k]];
+    sw[k] = g->s[g->W[k]];
+  }
+  g->std_u = np_std(uw, nW, tmp);
+  g->std_s = np_std(sw, nW, tmp);
+  if (g->std_u == 0 || g->std_s == 0) g->std_u = g->std_s = 1;
+  double z = op->scaling_mode == 1 ? g->std_u / g->std_s : (op->scaling_mode == 0 ? 1 : op->scaling_val);
+  for (int k = 0; k < nW; k++) uw[k] = uw[k] / z;
+  memcpy(tmp, sw, sizeof(double) * nW);
+  double ps = np_percentile(tmp, nW, 98);
+  memcpy(tmp, uw, sizeof(double) * nW);
+  double pu = np_percentile(tmp, nW, 98);
+  double *a = w->r2, *b = w->r3;
+  for (int k = 0; k < nW; k++) {
+    int es = sw[k] >= ps;
+    int gg = es || (op->prior && op->prior[g->W[k]]);
+    double uu = gg ? uw[k] : 0, ssv = gg ? sw[k] : 0;
+    a[k] = ssv * ssv;
+    b[k] = ssv * uu;
+  }
+  double gamma = pw_sum(b, nW) / pw_sum(a, nW) + 1e-6;
+  if (gamma < 0.05 / z) gamma *= 1.2;
+  else if (gamma > 1.5 / z) gamma /= 1.2;
+  int m1 = 0, m2 = 0;
+  for (int k = 0; k < nW; k++) {
+    int es = sw[k] >= ps, eu = uw[k] >= pu;
+    if (eu || es) a[m1++] = uw[k];
+    if (es) b[m2++] = sw[k];
+  }
+  double u_inf = pw_sum(a, m1) / m1, s_inf = pw_sum(b, m2) / m2;
+  double u0_ = u_inf, s0_ = s_inf;
+  double beta = 1, alpha = u_inf * beta;
+  double pu_, ps_, mu_, ms_;
+  if (!bimodality(uw, nW, &pu_, &mu_, tmp) || !bimodality(sw, nW, &ps_, &ms_, tmp)) {
+    pu_ = ps_ = 1;
+    mu_ = ms_ = 0;
+  }
+  g->pval = (ps_ > pu_) ? ps_ : pu_;
+  g->steady_u = mu_;
+  g->steady_s = ms_;
+  if (g->pval < 1e-3) {
+    u_inf = (u_inf + g->steady_u) / 2;
+    alpha = gamma * s_inf;
+    beta = alpha / u_inf;
+    u0_ = u_inf;
+    s0_ = s_inf;
+  }
+  double t_ = tau_inv1(u0_, s0_, 0, 0, alpha, beta, gamma);
+  g->alpha = alpha;
+  g->beta = beta;
+  g->gamma = gamma;
+  g->z = z;
+  g->t_ = t_;
+  g->has_ratio = 0;
+  double p[5];
+  cur_pars(g, p);
+  assign(g, p[0], p[1], p[2], p[3], p[4], g->t, g->tau, g->o, NULL, NULL);
+  memcpy(g->key, p, sizeof(double) * 5);
+  g->key[5] = (double)use_projection(g->mode, p[1], p[2]);
+  g->key_valid = g->refit;
+  g->nloss = 0;
+  /* get_loss() at the current parameters: re-assigns (cache) */
+  get_assignment(g, p, w->ct, w->ctau, w->co);
+  g->loss[g->nloss++] = se_loss(g, p, w->ct, 0, 0, 1, NULL);
+  (void)n;
+  if (op->scaling_mode != 0 && !(op->scaling_mode == 2 && op->scaling_val == 0)) {
+    const double sights[2] = {0.5, 0.1};
+    for (int si = 0; si < 2; si++) {
+      double z0 = g->z;
+      for (int k = 0; k < 4; k++) {
+        double c = lsp(-1, 1, 4, k);
+        double zk = z0 + c * z0 * sights[si];
+        cur_pars(g, p);
+        p[1] = g->beta / g->z * zk;
+        p[3] = zk;
+        update(g, p, 1);
+      }
+    }
+  }
+  g->ratio = g->gamma / g->beta;
+  g->has_ratio = 1;
+}
+
+static void fit_gene(dyn_gene *g, const dyn_opts *op) {
+  int maxiter = (int)(op->max_iter / 5);
+  double p[5];
+  int scal = op->scaling_mode != 0 && !(op->scaling_mode == 2 && op->scaling_val == 0);
+  if (op->max_iter > 0) {
+    if (op->amode == AM_FULL) g->mode = AM_FULL;
+    /* fit_t_and_alpha */
+    double a0 = g->alpha;
+    for (int k = 0; k < 5; k++) {
+      double c = lsp(-1, 1, 5, k);
+      cur_pars(g, p);
+      p[0] = a0 + c * a0 / 10;
+      update(g, p, 1);
+    }
+    static const int w_ta[2] = {4, 0}, w_sc[3] = {4, 1, 3}, w_r[2] = {0, 2}, w_t[1] = {4},
+                     w_all[4] = {4, 0, 1, 2};
+    stage(g, 2, w_ta, 1e-4, 1, maxiter);
+    if (scal) stage(g, 3, w_sc, 1e-4, 1, maxiter);
+    stage(g, 2, w_r, 1e-2, 1, maxiter);
+    stage(g, 1, w_t, 1e-4, 1, maxiter);
+    stage(g, 4, w_all, 1e-2, 1, maxiter);
+    g->mode = op->amode;
+    cur_pars(g, p);
+    update(g, p, 0);
+    stage(g, 4, w_all, 1e-2, 0, maxiter);
+  }
+  cur_pars(g, p);
+  update(g, p, 1);
+}
+
+/* outputs for one fitted gene: pars[14], tau, tau_ (n each) */
+static void finish_gene(dyn_gene *g, double *pars, double *tau, double *tau_) {
+  double p[5];
+  cur_pars(g, p);
+  assign(g, p[0], p[1], p[2], p[3], p[4], NULL, NULL, NULL, tau, tau_);
+  double var_lik = 0;
+  double sum = se_loss(g, p, g->t, 0, 1, 1, &var_lik);
+  int m = g->nWup;
+  double nn = (double)m - (double)g->sh->n * 0.01;
+  if (nn < 2) nn = 2;
+  double varx = var_lik;
+  varx += (double)(varx == 0);
+  double ll = -1.0 / 2 / nn * sum / varx;
+  ll -= 1.0 / 2 * log(2 * M_PI * varx);
+  double lik = exp(ll);
+  /* variance: fresh assignment, no regulariser */
+  dyn_scratch *w = g->w;
+  get_assignment(g, p, w->ct, w->ctau, w->co);
+  double variance = 0;
+  se_loss(g, p, w->ct, 0, 1, 0, &variance);
+  pars[0] = g->alpha;
+  pars[1] = g->beta / g->z;
+  pars[2] = g->gamma;
+  pars[3] = g->t_;
+  pars[4] = g->z;
+  pars[5] = g->std_u;
+  pars[6] = g->std_s;
+  pars[7] = lik;
+  pars[10] = g->pval;
+  pars[11] = g->steady_u * g->z;
+  pars[12] = g->steady_s;
+  pars[13] = variance;
+}
+
+/* ---------------------------------------------------------------- shim */
+
+static void scratch_free(dyn_scratch *w) {
+  if (!w) return;
+  free(w->uhat);
+  free(w->co);
+  free(w->cbuf);
+  free(w->cibuf);
+}
+
+static int scratch_alloc(dyn_scratch *w, int n, int M) {
+  size_t nd = (size_t)n;
+  double *b = malloc(sizeof(double) * (nd * 29 + 16 * (size_t)M + 64));
+  int *ib = malloc(sizeof(int) * (nd * 4 + 8));
+  double *cb = malloc(sizeof(double) * nd * 2 * DYN_CACHE);
+  int *cib = malloc(sizeof(int) * nd * DYN_CACHE);
+  w->uhat = b;
+  w->co = ib;
+  w->cbuf = cb;
+  w->cibuf = cib;
+  if (!b || !ib || !cb || !cib) {
+    free(b);
+    free(ib);
+    free(cb);
+    free(cib);
+    w->uhat = NULL;
+    w->co = NULL;
+    w->cbuf = NULL;
+    w->cibuf = NULL;
+    return 0;
+  }
+  for (int c = 0; c < DYN_CACHE; c++) {
+    w->ct_[c] = cb + nd * (size_t)(2 * c);
+    w->ctau_[c] = cb + nd * (size_t)(2 * c + 1);
+    w->co_[c] = cib + nd * (size_t)c;
+    w->cvalid[c] = 0;
+  }
+  double *q = b;
+  w->uhat = q; q += nd;
+  w->tau = q; q += nd;
+  w->tau_ = q; q += nd;
+  w->r0 = q; q += nd;
+  w->r1 = q; q += nd;
+  w->r2 = q; q += nd;
+  w->r3 = q; q += nd;
+  w->d0 = q; q += nd;
+  w->d1 = q; q += nd;
+  w->d2 = q; q += nd;
+  w->d3 = q; q += nd;
+  w->sbuf = q; q += nd;
+  w->sbuf2 = q; q += nd;
+  w->dbuf = q; q += nd;
+  w->wbuf = q; q += nd;
+  w->ct = q; q += nd;
+  w->ctau = q; q += nd;
+  w->at = q; q += nd;
+  w->atau = q; q += nd;
+  w->ilv = q; q += 4 * nd;
+  w->eU = q; q += nd;
+  w->eS = q; q += nd;
+  w->eU_ = q; q += nd;
+  w->eS_ = q; q += nd;
+  w->k1 = (uint64_t *)q; q += nd;
+  w->k2 = (uint64_t *)q; q += nd;
+  w->grid = q;
+  w->ao = ib + nd;
+  w->idx_on = ib + 2 * nd;
+  w->idx_off = ib + 3 * nd;
+  return 1;
+}
+
+/* .Call(C_scnative_dynamics_fit, S, U, conn, iopts, dopts, prior, load, threads)
+ *   S, U: n x G double (cells x genes of the chunk)
+ *   conn: NULL or list(p, j, x) CSR (0-based) with row-normalised weights
+ *   iopts: (max_iter, amode, scaling_mode, fit_time, fit_steady, basal, load)
+ *   dopts: (scaling_val, perc)
+ *   prior: NULL or logical n
+ *   load: NULL or list(pars G x 8 (alpha, beta, gamma, t_, scaling, steady_u, steady_s,
+ *         pval), t n x G)
+ * returns list(pars G x 14, t n x G (smoothed by conn when given), tau, tau_,
+ *              loss G x DYN_MAX_LOSS, ok int G) */
+SEXP scnative_dynamics_fit(SEXP S, SEXP U, SEXP conn, SEXP iopts, SEXP dopts, SEXP prior,
+                           SEXP load, SEXP threads) {
+  int nprot = 0;
+  int n = nrows(S), G = ncols(S);
+  if (nrows(U) != n || ncols(U) != G || !isReal(S) || !isReal(U))
+    SCN_INTERNAL_ERROR("S and U must be double matrices of the same shape");
+  const int *io = INTEGER(iopts);
+  const double *dop = REAL(dopts);
+  dyn_shared sh;
+  sh.n = n;
+  sh.cp = sh.ci = NULL;
+  sh.cx = NULL;
+  sh.fit_steady = io[4];
+  int M = n / 5;
+  if (M < 200) M = 200;
+  if (M > 500) M = 500;
+  sh.proj_grid = M;
+  if (!isNull(conn)) {
+    sh.cp = INTEGER(VECTOR_ELT(conn, 0));
+    sh.ci = INTEGER(VECTOR_ELT(conn, 1));
+    sh.cx = REAL(VECTOR_ELT(conn, 2));
+    if (XLENGTH(VECTOR_ELT(conn, 0)) != n + 1) SCN_INTERNAL_ERROR("bad connectivities");
+  }
+  dyn_opts op;
+  op.max_iter = io[0];
+  op.amode = io[1];
+  op.scaling_mode = io[2];
+  op.fit_time = io[3];
+  op.scaling_val = dop[0];
+  op.perc = dop[1];
+  op.prior = isNull(prior) ? NULL : LOGICAL(prior);
+  int basal = io[5], doload = io[6];
+  const double *lp = NULL, *lt = NULL;
+  if (doload) {
+    lp = REAL(VECTOR_ELT(load, 0));
+    lt = REAL(VECTOR_ELT(load, 1));
+  }
+  size_t nd = (size_t)n;
+  SEXP pars = PROTECT(allocMatrix(REALSXP, G, DYN_NPAR)); nprot++;
+  SEXP Tm = PROTECT(allocMatrix(REALSXP, n, G)); nprot++;
+  SEXP Tau = PROTECT(allocMatrix(REALSXP, n, G)); nprot++;
+  SEXP Tau_ = PROTECT(allocMatrix(REALSXP, n, G)); nprot++;
+  SEXP Loss = PROTECT(allocMatrix(REALSXP, G, DYN_MAX_LOSS)); nprot++;
+  SEXP ok = PROTECT(allocVector(INTSXP, G)); nprot++;
+  double *pp = REAL(pars), *pt = REAL(Tm), *ptau = REAL(Tau), *ptau_ = REAL(Tau_),
+         *pl = REAL(Loss);
+  int *pok = INTEGER(ok);
+  for (R_xlen_t k = 0; k < XLENGTH(pars); k++) pp[k] = NA_REAL;
+  for (R_xlen_t k = 0; k < XLENGTH(Loss); k++) pl[k] = NA_REAL;
+  for (R_xlen_t k = 0; k < XLENGTH(Tm); k++) pt[k] = ptau[k] = ptau_[k] = NA_REAL;
+  const double *Sp = REAL(S), *Up = REAL(U);
+
+  int nth = scn_threads_for(G, asInteger(threads));
+  dyn_scratch *ws = calloc((size_t)nth, sizeof(dyn_scratch));
+  double *gbuf = malloc(sizeof(double) * nd * 4 * (size_t)nth);
+  int *ibuf = malloc(sizeof(int) * nd * 3 * (size_t)nth);
+  int okalloc = ws && gbuf && ibuf;
+  for (int k = 0; okalloc && k < nth; k++) okalloc = scratch_alloc(&ws[k], n, M);
+  if (!okalloc) {
+    if (ws)
+      for (int k = 0; k < nth; k++) scratch_free(&ws[k]);
+    free(ws);
+    free(gbuf);
+    free(ibuf);
+    error(_("recover_dynamics: out of memory for %d threads x %d cells"), nth, n);
+  }
+#pragma omp parallel for num_threads(nth) schedule(dynamic)
+  for (int j = 0; j < G; j++) {
+    int tid = omp_get_thread_num();
+    dyn_scratch *w = &ws[tid];
+    double *ub = gbuf + nd * 4 * (size_t)tid;
+    int *ib = ibuf + nd * 3 * (size_t)tid;
+    double *u = ub, *s = ub + nd, *tt = ub + 2 * nd, *ttau = ub + 3 * nd;
+    const double *S0 = Sp + nd * (size_t)j, *U0 = Up + nd * (size_t)j;
+    double u0b = 0, s0b = 0;
+    if (basal) {
+      u0b = U0[0];
+      s0b = S0[0];
+      for (int i = 1; i < n; i++) {
+        u0b = np_min2(u0b, U0[i]);
+        s0b = np_min2(s0b, S0[i]);
+      }
+    }
+    for (int i = 0; i < n; i++) {
+      u[i] = U0[i] - u0b;
+      s[i] = S0[i] - s0b;
+    }
+    dyn_gene g;
+    memset(&g, 0, sizeof(g));
+    g.sh = &sh;
+    g.w = w;
+    g.u = u;
+    g.s = s;
+    g.W = ib;
+    g.Wup = ib + nd;
+    g.o = ib + 2 * nd;
+    g.t = tt;
+    g.tau = ttau;
+    g.refit = op.fit_time;
+    g.mode = AM_NONE;
+    for (int c = 0; c < DYN_CACHE; c++) w->cvalid[c] = 0;
+    w->clock = 0;
+    if (!init_weights(&g, op.perc)) {
+      pok[j] = 0;
+      continue;
+    }
+    if (doload) {
+      const double *q = lp;
+      g.alpha = q[j];
+      g.beta = q[j + G] * q[j + 4 * (size_t)G];
+      g.gamma = q[j + 2 * (size_t)G];
+      g.z = q[j + 4 * (size_t)G];
+      g.t_ = q[j + 3 * (size_t)G];
+      g.ratio = g.gamma / g.beta;
+      g.has_ratio = 1;
+      g.steady_u = q[j + 5 * (size_t)G];
+      g.steady_s = q[j + 6 * (size_t)G];
+      g.pval = q[j + 7 * (size_t)G];
+      const double *tl = lt + nd * (size_t)j;
+      for (int i = 0; i < n; i++) {
+        int o = tl[i] < g.t_;
+        g.t[i] = tl[i];
+        g.o[i] = o;
+        g.tau[i] = tl[i] * o + (tl[i] - g.t_) * (1 - o);
+      }
+      g.key_valid = 0;
+      double p[5];
+      cur_pars(&g, p);
+      get_assignment(&g, p, w->ct, w->ctau, w->co);
+      g.loss[0] = se_loss(&g, p, w->ct, 0, 0, 1, NULL);
+      g.nloss = 1;
+    } else {
+      initialize(&g, &op);
+    }
+    fit_gene(&g, &op);
+    double pr[DYN_NPAR];
+    finish_gene(&g, pr, ptau + nd * (size_t)j, ptau_ + nd * (size_t)j);
+    pr[8] = u0b;
+    pr[9] = s0b;
+    for (int c = 0; c < DYN_NPAR; c++) pp[j + (size_t)c * G] = pr[c];
+    if (sh.cp) { /* fit_t = C t (spec 6.2), row sums in stored order as scipy */
+      double *ot = pt + nd * (size_t)j;
+      for (int i = 0; i < n; i++) {
+        double acc = 0;
+        for (int q = sh.cp[i]; q < sh.cp[i + 1]; q++) acc += sh.cx[q] * g.t[sh.ci[q]];
+        ot[i] = acc;
+      }
+    } else {
+      memcpy(pt + nd * (size_t)j, g.t, sizeof(double) * nd);
+    }
+    for (int k = 0; k < g.nloss; k++) pl[j + (size_t)k * G] = g.loss[k];
+    pok[j] = g.fail ? 2 : 1;
+  }
+  for (int k = 0; k < nth; k++) scratch_free(&ws[k]);
+  free(ws);
+  free(gbuf);
+  free(ibuf);
+  SEXP res = PROTECT(allocVector(VECSXP, 6)); nprot++;
+  SET_VECTOR_ELT(res, 0, pars);
+  SET_VECTOR_ELT(res, 1, Tm);
+  SET_VECTOR_ELT(res, 2, Tau);
+  SET_VECTOR_ELT(res, 3, Tau_);
+  SET_VECTOR_ELT(res, 4, Loss);
+  SET_VECTOR_ELT(res, 5, ok);
+  UNPROTECT(nprot);
+  return res;
+}
+
+/* .Call(C_scnative_dynamics_f32, x): x rounded to single precision (upstream stores the
+ * normalised connectivities as float32) */
+SEXP scnative_dynamics_f32(SEXP x) {
+  R_xlen_t n = XLENGTH(x);
+  SEXP out = PROTECT(allocVector(REALSXP, n));
+  const double *px = REAL(x);
+  double *po = REAL(out);
+  for (R_xlen_t i = 0; i < n; i++) po[i] = (double)(float)px[i];
+  UNPROTECT(1);
+  return out;
+}
+
+/* .Call(C_scnative_dynamics_interrupt): TRUE if Ctrl-C is pending (checked between chunks) */
+SEXP scnative_dynamics_interrupt(void) { return ScalarLogical(scn_interrupt_pending()); }
