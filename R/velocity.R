@@ -1,0 +1,603 @@
+# RNA velocity around the dynamical model: first-order moments (scv.pp.moments), dynamical
+# velocities (scv.tl.velocity(mode = "dynamical")), the simulator (scv.datasets.simulation),
+# plots and the Seurat / SingleCellExperiment methods. kNN search and the Mersenne Twister
+# streams are in src/velocity.c. Spec: /work/shared/spec/scvelo-dynamics.md sections 5.1, 7,
+# 8 and 10.
+
+# ------------------------------------------------------------------ helpers
+
+# Values rounded to float32 (as numpy's astype(np.float32)), kept as doubles.
+as_f32 <- function(x) {
+  if (!length(x)) return(x)
+  d <- dim(x)
+  dn <- dimnames(x)
+  out <- .Call(C_scnative_dynamics_f32, as.double(x))
+  dim(out) <- d
+  dimnames(out) <- dn
+  out
+}
+
+# scVelo's test for raw counts: the first 5 cells (columns here) hold whole numbers only.
+looks_like_counts <- function(x) {
+  m <- x[, seq_len(min(5L, ncol(x))), drop = FALSE]
+  v <- if (inherits(m, "sparseMatrix")) methods::as(m, "CsparseMatrix")@x else as.vector(m)
+  all(abs(v %% 1) <= 1e-3)
+}
+
+# scVelo's normalize_per_cell: each cell divided by (its total / median total).
+normalise_cells <- function(x) {
+  counts <- Matrix::colSums(x)
+  after <- stats::median(counts)
+  after <- after + (after == 0)
+  counts <- counts / after
+  counts <- counts + (counts == 0)
+  if (inherits(x, "sparseMatrix")) {
+    x %*% Matrix::Diagonal(x = 1 / counts)
+  } else {
+    sweep(x, 2L, counts, "/")
+  }
+}
+
+# Top principal component scores (cells x n_comps) of the cells of a genes x cells matrix,
+# centred per gene (scanpy's pp.pca, zero_center = TRUE; signs are arbitrary).
+pca_scores <- function(x, n_comps) {
+  x <- as.matrix(x)
+  storage.mode(x) <- "double"
+  xc <- t(x - rowMeans(x))  # cells x genes, centred
+  n <- nrow(xc)
+  p <- ncol(xc)
+  if (p <= n) {
+    e <- eigen(crossprod(xc), symmetric = TRUE)
+    v <- e$vectors[, seq_len(n_comps), drop = FALSE]
+    return(xc %*% v)
+  }
+  if (n <= 4000L) {
+    s <- La.svd(xc, nu = n_comps, nv = 0L)
+    return(sweep(s$u, 2L, s$d[seq_len(n_comps)], "*"))
+  }
+  e <- eigen(tcrossprod(xc), symmetric = TRUE)
+  sweep(e$vectors[, seq_len(n_comps), drop = FALSE], 2L,
+        sqrt(pmax(e$values[seq_len(n_comps)], 0)), "*")
+}
+
+# umap's smooth_knn_dist (local_connectivity = 1, bandwidth = 1) on float32 distances
+# (n x k, self first): returns sigma and rho per cell.
+smooth_knn <- function(d, k) {
+  n <- nrow(d)
+  target <- log2(k)
+  fmax <- 3.4028234663852886e38
+  nz <- d > 0
+  rho <- numeric(n)
+  has <- rowSums(nz) > 0
+  if (any(has)) {
+    first <- max.col(nz[has, , drop = FALSE], ties.method = "first")
+    rho[has] <- d[has, , drop = FALSE][cbind(seq_len(sum(has)), first)]
+  }
+  lo <- numeric(n)
+  hi <- rep(fmax, n)
+  mid <- rep(1, n)
+  active <- rep(TRUE, n)
+  dd <- d[, -1L, drop = FALSE] - rho
+  for (it in seq_len(64L)) {
+    ia <- which(active)
+    if (!length(ia)) break
+    dsub <- dd[ia, , drop = FALSE]
+    term <- exp(-(dsub / mid[ia]))
+    term[dsub <= 0] <- 1
+    psum <- rowSums(term)
+    done <- abs(psum - target) < 1e-5
+    up <- !done & psum > target
+    down <- !done & !up
+    i_up <- ia[up]
+    hi[i_up] <- mid[i_up]
+    mid[i_up] <- (lo[i_up] + hi[i_up]) / 2
+    i_dn <- ia[down]
+    lo[i_dn] <- mid[i_dn]
+    dbl <- hi[i_dn] >= fmax
+    mid[i_dn[dbl]] <- mid[i_dn[dbl]] * 2
+    mid[i_dn[!dbl]] <- (lo[i_dn[!dbl]] + hi[i_dn[!dbl]]) / 2
+    active[ia[done]] <- FALSE
+  }
+  sigma <- as_f32(mid)
+  mean_all <- mean(d)
+  mean_row <- rowMeans(d)
+  floor_ <- ifelse(rho > 0, 1e-3 * mean_row, 1e-3 * mean_all)
+  sigma <- ifelse(sigma < floor_, as_f32(floor_), sigma)
+  list(sigma = sigma, rho = rho)
+}
+
+# scanpy's umap connectivities (fuzzy union of the kNN memberships) from kNN indices and
+# distances (n x k, self first, 1-based).
+umap_connectivities <- function(idx, dst, k) {
+  n <- nrow(idx)
+  d <- as_f32(dst)
+  sr <- smooth_knn(d, k)
+  rho <- sr$rho
+  sigma <- sr$sigma
+  val <- exp(-((d - rho) / sigma))
+  val[(d - rho) <= 0 | sigma == 0] <- 1
+  val[idx == seq_len(n)] <- 0
+  val <- as_f32(val)
+  ok <- idx > 0 & val > 0
+  P <- Matrix::sparseMatrix(i = row(idx)[ok], j = idx[ok], x = val[ok], dims = c(n, n))
+  Pt <- Matrix::t(P)
+  G <- P + Pt - P * Pt
+  G <- Matrix::drop0(methods::as(G, "CsparseMatrix"))
+  G@x <- as_f32(G@x)
+  G
+}
+
+check_pair <- function(spliced, unspliced, a = "spliced", b = "unspliced") {
+  s <- as_checked_matrix(spliced, a, nonneg = TRUE, dense = FALSE)
+  u <- as_checked_matrix(unspliced, b, nonneg = TRUE, dense = FALSE)
+  if (!identical(dim(s), dim(u))) {
+    stopf("'%s' and '%s' must have the same dimensions (%s is %d x %d, %s is %d x %d)", a, b,
+          a, nrow(s), ncol(s), b, nrow(u), ncol(u))
+  }
+  if (!identical(dimnames(s), dimnames(u))) {
+    stopf("'%s' and '%s' must have the same dimnames (genes in rows, cells in columns)", a, b)
+  }
+  if (ncol(s) < 3L) stopf("'%s' must have at least 3 cells (columns)", a)
+  to <- function(m) {
+    if (inherits(m, "Matrix")) {
+      m <- methods::as(methods::as(methods::as(m, "CsparseMatrix"), "generalMatrix"), "dMatrix")
+    } else {
+      m <- as.matrix(m)
+      storage.mode(m) <- "double"
+    }
+    m
+  }
+  list(s = to(s), u = to(u))
+}
+
+# ------------------------------------------------------------------ moments
+
+#' First-order moments of spliced and unspliced counts (scVelo's `pp.moments`)
+#'
+#' Averages each cell's spliced and unspliced abundances over its nearest neighbours, as
+#' `scvelo.pp.moments(adata, n_neighbors = 30)` does (scVelo 0.3.4) when given raw counts
+#' and no neighbour graph: layers that look like raw counts (whole numbers in the first five
+#' cells) are divided per cell by total / median total (`normalize_per_cell`, each layer by
+#' its own totals); the principal components of the normalised `X` (by default the spliced
+#' counts, as in scVelo's data sets; no log transform) are computed (centred, `min(30,
+#' genes - 1, cells - 1)` components; fewer than 50 genes: `X` itself); each cell's
+#' `n_neighbors` nearest cells (itself included) are found exactly by Euclidean distance; the
+#' UMAP fuzzy-union connectivities are formed (scanpy's `method = "umap"`); finally the graph
+#' is binarised, given self loops and row-normalised (`get_connectivities`), and
+#' `Ms = C spliced`, `Mu = C unspliced`.
+#'
+#' With `connectivities` (a cells x cells graph: scanpy's `obsp["connectivities"]`, a Seurat
+#' `FindNeighbors()` graph, ...), no PCA/kNN is run and every edge of the graph is used.
+#'
+#' @param spliced,unspliced Genes x cells numeric matrices (dense or `dgCMatrix`) of
+#'   spliced and unspliced counts, same dimensions and dimnames, finite, non-negative. For
+#'   `moments()` on a Seurat or SingleCellExperiment object, `spliced` is the object.
+#' @param n_neighbors Whole number >= 2 (default 30): neighbours per cell, self included.
+#' @param n_pcs `NULL` (upstream's default: 30 components) or a whole number >= 1 of
+#'   principal components.
+#' @param connectivities `NULL` or a cells x cells neighbour graph (matrix or `Matrix`);
+#'   entries > 0 are edges.
+#' @param normalize Logical: normalise layers that look like raw counts (upstream always
+#'   does).
+#' @param X `NULL` (the spliced counts) or a genes x cells matrix on which PCA is run.
+#' @param threads `NULL` (package default) or a whole number of threads for the kNN search.
+#' @param ... Passed to methods.
+#' @return An object of class `scnative_moments`: a list with `Ms`, `Mu` (dense genes x
+#'   cells), `connectivities` (the cells x cells graph: UMAP weights, or the given one),
+#'   `distances` (kNN distances, self excluded; `NULL` when a graph was given),
+#'   `normalized_connectivities` (the row-normalised matrix applied) and `normalized`
+#'   (whether the counts were normalised).
+#' @details The kNN search is exact (brute force, `O(cells^2)` time, `O(cells x k)` memory,
+#'   OpenMP over cells), like scanpy's for fewer than 8,192 cells; scanpy switches to the
+#'   approximate pynndescent beyond that, so large data sets may differ in a few neighbours.
+#' @examples
+#' sim <- simulate_velocity(n_obs = 100, n_vars = 8)
+#' m <- moments(sim$spliced, sim$unspliced, n_neighbors = 10, normalize = FALSE)
+#' dim(m$Ms)
+#' @export
+moments <- function(spliced, ...) UseMethod("moments")
+
+#' @rdname moments
+#' @export
+moments.default <- function(spliced, unspliced, n_neighbors = 30, n_pcs = NULL,
+                            connectivities = NULL, normalize = TRUE, X = NULL, threads = NULL,
+                            ...) {
+  pr <- check_pair(spliced, unspliced)
+  s <- pr$s
+  u <- pr$u
+  check_number(n_neighbors, "n_neighbors", min = 2, whole = TRUE)
+  check_number(n_pcs, "n_pcs", min = 1, whole = TRUE, allow_null = TRUE)
+  check_flag(normalize, "normalize")
+  nth <- resolve_threads(threads)
+  n_cells <- ncol(s)
+  cells <- colnames(s)
+  if (!is.null(X)) {
+    X <- as_checked_matrix(X, "X", dense = FALSE)
+    if (ncol(X) != n_cells) stopf("'X' must have %d columns (cells), not %d", n_cells, ncol(X))
+  }
+  was_norm <- FALSE
+  if (normalize && (looks_like_counts(s) || looks_like_counts(u))) {
+    if (looks_like_counts(s)) s <- normalise_cells(s)
+    if (looks_like_counts(u)) u <- normalise_cells(u)
+    was_norm <- TRUE
+  }
+  dist <- NULL
+  if (is.null(connectivities)) {
+    if (is.null(X)) {
+      X <- pr$s
+    }
+    if (normalize && looks_like_counts(X)) X <- normalise_cells(X)
+    n_genes <- nrow(X)
+    k <- n_neighbors
+    if (k > n_cells) k <- 1L + as.integer(0.5 * n_cells)
+    if (n_genes < 50L) {
+      rep_ <- t(as.matrix(X))
+      if (!is.null(n_pcs)) rep_ <- rep_[, seq_len(min(n_pcs, ncol(rep_))), drop = FALSE]
+    } else {
+      n_comps <- min(n_pcs %||% 30, n_genes - 1L, n_cells - 1L)
+      rep_ <- pca_scores(X, n_comps)
+    }
+    storage.mode(rep_) <- "double"
+    rep_ <- as_f32(rep_)
+    nn <- .Call(C_scnative_velocity_knn, rep_, as.integer(k), nth)
+    idx <- nn[[1L]]
+    dst <- nn[[2L]]
+    connectivities <- umap_connectivities(idx, dst, k)
+    keep <- col(idx) > 1L & idx > 0L
+    dist <- Matrix::sparseMatrix(i = row(idx)[keep], j = idx[keep], x = dst[keep],
+                                 dims = c(n_cells, n_cells), dimnames = list(cells, cells))
+    dimnames(connectivities) <- list(cells, cells)
+  } else {
+    connectivities <- methods::as(methods::as(connectivities, "CsparseMatrix"), "generalMatrix")
+    if (nrow(connectivities) != n_cells || ncol(connectivities) != n_cells) {
+      stopf("'connectivities' must be a %d x %d matrix (cells x cells), not %d x %d", n_cells,
+            n_cells, nrow(connectivities), ncol(connectivities))
+    }
+  }
+  C <- normalise_connectivities(connectivities, n_cells)
+  # C is cells x cells (rows sum to 1); genes x cells moments are x C'.
+  Ms <- as.matrix(s %*% Matrix::t(C))
+  Mu <- as.matrix(u %*% Matrix::t(C))
+  Ms <- as_f32(Ms)
+  Mu <- as_f32(Mu)
+  dimnames(Ms) <- dimnames(Mu) <- dimnames(pr$s)
+  structure(list(Ms = Ms, Mu = Mu, connectivities = connectivities, distances = dist,
+                 normalized_connectivities = C, normalized = was_norm),
+            class = "scnative_moments")
+}
+
+#' @export
+print.scnative_moments <- function(x, ...) {
+  cat(sprintf("<scnative_moments> %d genes x %d cells; graph with %d edges%s\n", nrow(x$Ms),
+              ncol(x$Ms), length(x$connectivities@x),
+              if (isTRUE(x$normalized)) "; counts normalised per cell" else ""))
+  invisible(x)
+}
+
+# ------------------------------------------------------------------ velocity
+
+# Closed-form solution (spec 5.1), element-wise with recycling, upstream's evaluation order.
+ode_u <- function(tau, u0, a, b) {
+  eu <- exp(-b * tau)
+  u0 * eu + (a / b) * (1 - eu)
+}
+ode_s <- function(tau, s0, u0, a, b, g) {
+  eu <- exp(-b * tau)
+  es <- exp(-g * tau)
+  gb <- g - b
+  inv <- (1 / gb) * (gb != 0)
+  cc <- (a - u0 * b) * inv
+  ((s0 * es) + (a / g) * (1 - es)) + cc * (es - eu)
+}
+
+#' RNA velocity of the dynamical model (scVelo's `tl.velocity(mode = "dynamical")`)
+#'
+#' Computes, for every fitted gene and cell, the spliced velocity `beta U - gamma S` and the
+#' unspliced velocity `(alpha on - beta U) z` of a [recover_dynamics()] fit exactly as
+#' `scvelo.tl.velocity(adata, mode = "dynamical")` (scVelo 0.3.4): each cell is put in the
+#' most likely of induction, repression and the two steady states (distances smoothed over
+#' the neighbour graph and scaled by a per-gene variance), its time is smoothed over the
+#' graph, the model is re-evaluated at that time, and velocities are clipped at `-Ms` and
+#' `-Mu`. Genes are flagged as `velocity_genes` by likelihood, R^2 and scaling.
+#'
+#' @param x A `scnative_dynamics` fit (default method) or a Seurat / SingleCellExperiment
+#'   object (methods).
+#' @param Ms,Mu Genes x cells moments, the matrices the fit was made on (same genes in the
+#'   same order as `x$var`).
+#' @param mode Only `"dynamical"` is supported.
+#' @param connectivities Cells x cells neighbour graph (binarised, self loops added,
+#'   row-normalised as scVelo's `get_connectivities`); default: the one the fit used. `NULL`
+#'   turns smoothing off (upstream requires a graph unless `use_raw`).
+#' @param min_likelihood,min_r2 Thresholds for `velocity_genes` (defaults 1e-3 and 1e-2).
+#' @param ... Passed to methods.
+#' @return An object of class `scnative_velocity`: a list with `velocity` and `velocity_u`
+#'   (genes x cells, `NA` for unfitted genes), `var` (data.frame: `velocity_genes`,
+#'   `fit_r2`) and `params` (upstream's `velocity_params`).
+#' @examples
+#' sim <- simulate_velocity(n_obs = 200, n_vars = 4)
+#' fit <- recover_dynamics(sim$spliced, sim$unspliced, var_names = "all", threads = 1,
+#'                         progress = FALSE)
+#' v <- velocity(fit, sim$spliced, sim$unspliced)
+#' dim(v$velocity)
+#' @export
+velocity <- function(x, ...) UseMethod("velocity")
+
+#' @rdname velocity
+#' @export
+velocity.scnative_dynamics <- function(x, Ms, Mu, mode = "dynamical",
+                                       connectivities = x$connectivities,
+                                       min_likelihood = 1e-3, min_r2 = 1e-2, ...) {
+  check_string(mode, "mode")
+  if (!identical(mode, "dynamical")) stopf("'mode' must be \"dynamical\", not '%s'", mode)
+  check_number(min_likelihood, "min_likelihood")
+  check_number(min_r2, "min_r2", allow_null = TRUE)
+  Ms <- as_checked_matrix(Ms, "Ms", nonneg = TRUE)
+  Mu <- as_checked_matrix(Mu, "Mu", nonneg = TRUE)
+  var <- x$var
+  if (!identical(dim(Ms), dim(Mu))) stopf("'Ms' and 'Mu' must have the same dimensions")
+  if (nrow(Ms) != nrow(var)) {
+    stopf("'Ms' has %d genes but the fit has %d", nrow(Ms), nrow(var))
+  }
+  if (!is.null(rownames(Ms)) && !identical(rownames(Ms), rownames(var))) {
+    stopf("the genes (rows) of 'Ms' are not the fit's genes in order")
+  }
+  n_cells <- ncol(Ms)
+  if (!identical(ncol(x$layers$fit_tau), n_cells)) {
+    stopf("'Ms' has %d cells but the fit has %d", n_cells, ncol(x$layers$fit_tau))
+  }
+  C <- if (is.null(connectivities)) NULL else normalise_connectivities(connectivities, n_cells)
+  uns <- x$uns$recover_dynamics %||% list()
+  use_raw <- isTRUE(uns$use_raw)
+  basal <- isTRUE(uns$fit_basal_transcription)
+  connect <- !use_raw && !is.null(C)
+
+  g <- which(!is.na(var$fit_alpha))
+  vel <- matrix(NA_real_, nrow(Ms), n_cells, dimnames = dimnames(Ms))
+  vel_u <- vel
+  if (length(g)) {
+    alpha <- var$fit_alpha[g]
+    scaling <- var$fit_scaling[g]
+    beta <- var$fit_beta[g] * scaling
+    gamma <- var$fit_gamma[g]
+    t_ <- var$fit_t_[g]
+    std_u <- var$fit_std_u[g] / scaling
+    std_s <- var$fit_std_s[g]
+    u <- Mu[g, , drop = FALSE] / scaling
+    s <- Ms[g, , drop = FALSE]
+    if (basal) {
+      u <- u - var$fit_u0[g] / scaling
+      s <- s - var$fit_s0[g]
+    }
+    tau <- unname(as.matrix(x$layers$fit_tau[g, , drop = FALSE]))
+    tau_ <- unname(as.matrix(x$layers$fit_tau_[g, , drop = FALSE]))
+    zero <- 0 * tau
+    u0_ <- ode_u(t_, 0, alpha, beta)
+    s0_ <- ode_s(t_, 0, 0, alpha, beta, gamma)
+    ut <- ode_u(tau, 0, alpha, beta)
+    st <- ode_s(tau, 0, 0, alpha, beta, gamma)
+    ut_ <- ode_u(tau_, u0_, 0, beta)
+    st_ <- ode_s(tau_, s0_, u0_, 0, beta, gamma)
+    distu <- (u - ut) / std_u
+    distu_ <- (u - ut_) / std_u
+    dists <- (s - st) / std_s
+    dists_ <- (s - st_) / std_s
+    distx <- distu^2 + dists^2
+    distx_ <- distu_^2 + dists_^2
+    d_st <- ((u - alpha / beta) / std_u)^2 + ((s - alpha / gamma) / std_s)^2
+    d_st_ <- (u / std_u)^2 + (s / std_s)^2
+    o <- distx < distx_
+    dist <- ifelse(o, distx, distx_)
+    sgn <- sign(ifelse(o, dists, dists_))
+    varx <- rowMeans(dist) - rowMeans(sgn * sqrt(dist))^2
+    smooth <- function(m) if (connect) as.matrix(m %*% Matrix::t(C)) else m
+    res <- list(distx_, distx, d_st_, d_st)
+    lik <- lapply(res, function(r) {
+      1 / (2 * pi * sqrt(varx)) * exp(-0.5 * (smooth(r) / varx))
+    })
+    k <- matrix(4L, nrow(s), n_cells)
+    best <- matrix(1e-6, nrow(s), n_cells)
+    for (j in 4:1) {
+      take <- !is.na(lik[[j]]) & lik[[j]] >= best
+      best[take] <- lik[[j]][take]
+      k[take] <- j - 1L
+    }
+    t <- tau * (k == 1L) + (tau_ + t_) * (k == 0L)
+    if (connect) {
+      t <- smooth(t)
+      on <- (k < 2L) & (t < t_)
+      off <- (k < 2L) & (t >= t_)
+      o2 <- t < t_
+      tau2 <- t * o2 + (t - t_) * (1 - o2)
+      u0v <- 0 * o2 + u0_ * (1 - o2)
+      s0v <- 0 * o2 + s0_ * (1 - o2)
+      av <- alpha * o2 + 0 * (1 - o2)
+      ut <- ode_u(tau2, u0v, av, beta)
+      st <- ode_s(tau2, s0v, u0v, av, beta, gamma)
+      ut <- ut * on + ut * off
+      st <- st * on + st * off
+      av <- av * on
+    } else {
+      on <- k == 1L
+      off <- k == 0L
+      ut <- ut * on + ut_ * off
+      st <- st * on + st_ * off
+      av <- alpha * on
+    }
+    vt <- ut * beta - st * gamma
+    wt <- (av - beta * ut) * scaling
+    vt <- pmax(vt, -s)
+    wt <- pmax(wt, -u * scaling)
+    vel[g, ] <- vt
+    vel_u[g, ] <- wt
+  }
+  r2 <- var$fit_r2
+  if (is.null(r2) && !is.null(min_r2)) r2 <- steady_state_genes(Ms, Mu)$r2
+  vg <- !is.na(var$fit_likelihood) & var$fit_likelihood > min_likelihood
+  if (!is.null(min_r2)) vg <- vg & !is.na(r2) & r2 > min_r2
+  q <- stats::quantile(var$fit_scaling, c(0.1, 0.9), na.rm = TRUE, names = FALSE, type = 7)
+  sc <- var$fit_scaling
+  vg <- vg & !is.na(sc) & sc > min(q[1L], 0.03) & sc < max(q[2L], 3)
+  out_var <- data.frame(velocity_genes = vg, row.names = rownames(var))
+  if (!is.null(r2)) out_var$fit_r2 <- r2
+  structure(list(velocity = vel, velocity_u = vel_u, var = out_var,
+                 params = list(mode = "dynamical", fit_offset = FALSE, perc = c(5, 95))),
+            class = "scnative_velocity")
+}
+
+#' @export
+print.scnative_velocity <- function(x, ...) {
+  cat(sprintf("<scnative_velocity> %d genes x %d cells; %d velocity genes\n", nrow(x$velocity),
+              ncol(x$velocity), sum(x$var$velocity_genes)))
+  invisible(x)
+}
+
+# ------------------------------------------------------------------ simulation
+
+# numpy's percentile (linear method) of a vector.
+np_percentile <- function(x, q) {
+  x <- sort(x)
+  n <- length(x)
+  v <- (n - 1) * (q / 100)
+  lo <- floor(v)
+  t <- v - lo
+  a <- x[lo + 1]
+  b <- x[min(lo + 2, n)]
+  d <- b - a
+  if (t >= 0.5) b - d * (1 - t) else a + d * t
+}
+
+#' Simulated spliced and unspliced counts (scVelo's `datasets.simulation`)
+#'
+#' Reproduces `scvelo.datasets.simulation()` (scVelo 0.3.4) number for number: cell times
+#' from Python's `random` module (exponential increments), switching times at fractions of
+#' the total time, the closed-form splicing kinetics, and Gaussian noise from numpy's legacy
+#' `RandomState` (both Mersenne Twister streams and their seedings are re-implemented in C).
+#'
+#' @param n_obs Whole number >= 2: cells.
+#' @param n_vars `NULL` (one gene per switch) or a whole number >= 1: genes.
+#' @param alpha,beta,gamma Positive numbers (or vectors, one per gene) of transcription,
+#'   splicing and degradation rates.
+#' @param alpha_ Non-negative number: transcription in the repression phase.
+#' @param t_max `NULL` or a positive number: total time.
+#' @param noise_model `"normal"` (Gaussian noise, sd 1/10 of the 99th percentile) or
+#'   `"gillespie"`.
+#' @param noise_level Non-negative number or vector, one per gene.
+#' @param switches `NULL` (fractions 0.4, 0.7, 1, 0.1, cycled) or a numeric vector of
+#'   switching fractions of `t_max` in (0, 1].
+#' @param random_seed Whole number in `[0, 2^32)`.
+#' @return A list with `spliced` and `unspliced` (genes x cells matrices, genes "0", "1",
+#'   ...), `obs` (data.frame with `true_t`, rounded to 2 decimals as upstream) and `var`
+#'   (data.frame with `true_t_`, `true_alpha`, `true_beta`, `true_gamma`, `true_scaling`),
+#'   and `t` (the unrounded cell times).
+#' @examples
+#' sim <- simulate_velocity(n_obs = 50, n_vars = 3, random_seed = 1)
+#' sim$var
+#' @export
+simulate_velocity <- function(n_obs = 300, n_vars = NULL, alpha = 5, beta = 0.5, gamma = 0.3,
+                              alpha_ = 0, t_max = NULL, noise_model = "normal",
+                              noise_level = 1, switches = NULL, random_seed = 0) {
+  check_number(n_obs, "n_obs", min = 2, whole = TRUE)
+  check_number(n_vars, "n_vars", min = 1, whole = TRUE, allow_null = TRUE)
+  for (a in c("alpha", "beta", "gamma", "noise_level")) {
+    v <- get(a)
+    if (!is.numeric(v) || !length(v) || anyNA(v) || any(!is.finite(v)) || any(v < 0)) {
+      stopf("'%s' must be non-negative finite numbers", a)
+    }
+  }
+  check_number(alpha_, "alpha_", min = 0)
+  check_number(t_max, "t_max", min = 0, min_open = TRUE, allow_null = TRUE)
+  check_string(noise_model, "noise_model")
+  if (!noise_model %in% c("normal", "gillespie")) {
+    stopf("'noise_model' must be \"normal\" or \"gillespie\", not '%s'", noise_model)
+  }
+  check_number(random_seed, "random_seed", min = 0, max = 2^32 - 1, whole = TRUE)
+  if (!is.null(switches) && (!is.numeric(switches) || !length(switches) || anyNA(switches) ||
+                               any(switches <= 0) || any(switches > 1))) {
+    stopf("'switches' must be numbers in (0, 1]")
+  }
+  n_obs <- as.integer(n_obs)
+  U0 <- .Call(C_scnative_velocity_mt, as.double(random_seed), as.double(n_obs - 1L), 0L)
+  t <- c(0, cumsum(-0.1 * log(U0)))
+  if (!is.null(t_max)) t <- t * (t_max / max(t))
+  t_max <- max(t)
+  cyc <- function(x, n) if (is.null(n)) x else rep(x, ceiling(n / length(x)))
+  sw <- cyc(if (is.null(switches)) c(0.4, 0.7, 1, 0.1) else switches, n_vars)
+  t_sw <- vapply(sw, function(f) max(t[t < f * t_max]), numeric(1))
+  nl <- if (length(noise_level) > 1L) cyc(noise_level, n_vars %||% length(sw)) else
+    rep(noise_level, n_vars %||% length(sw))
+  nv <- if (is.null(n_vars)) min(length(sw), length(nl)) else as.integer(n_vars)
+  per_gene <- function(x, i) if (length(x) > 1L && length(x) != n_obs) x[i] else x
+  U <- S <- matrix(0, n_obs, nv)
+  if (noise_model == "normal") {
+    z <- .Call(C_scnative_velocity_mt, as.double(random_seed), as.double(2 * n_obs * nv), 1L)
+  } else {
+    z <- .Call(C_scnative_velocity_mt, as.double(random_seed), as.double(n_obs * nv), 2L)
+  }
+  zpos <- 0
+  for (i in seq_len(nv)) {
+    ai <- per_gene(alpha, i)
+    bi <- per_gene(beta, i)
+    gi <- per_gene(gamma, i)
+    ts <- t_sw[i]
+    o <- as.integer(t < ts)
+    tau <- t * o + (t - ts) * (1 - o)
+    u0s <- ode_u(ts, 0, ai, bi)
+    s0s <- ode_s(ts, 0, 0, ai, bi, gi)
+    u0v <- 0 * o + u0s * (1 - o)
+    s0v <- 0 * o + s0s * (1 - o)
+    av <- ai * o + alpha_ * (1 - o)
+    if (noise_model == "gillespie") {
+      uu <- numeric(n_obs)
+      ss <- numeric(n_obs)
+      b1 <- beta[1L]
+      g1 <- gamma[1L]
+      for (c in seq_len(n_obs)) {
+        up <- if (c > 1L) uu[c - 1L] else 0
+        sp <- if (c > 1L) ss[c - 1L] else 0
+        du <- 0
+        ds <- 0
+        if (!(av[c] == 0 && up == 0 && sp == 0)) {
+          props <- c(av[c], b1 * up, g1 * sp)
+          tot <- sum(props)
+          if (tot > 0) props <- props / tot
+          cs <- cumsum(props)
+          zpos <- zpos + 1
+          p <- z[zpos]
+          j <- 1L
+          while (j <= 3L && p > cs[j]) j <- j + 1L
+          du <- c(1, -1, 0, 0)[j]
+          ds <- c(0, 1, -1, 0)[j]
+        }
+        uu[c] <- up + du
+        ss[c] <- sp + ds
+      }
+      U[, i] <- pmax(uu, 0)
+      S[, i] <- pmax(ss, 0)
+    } else {
+      ut <- ode_u(tau, u0v, av, bi)
+      st <- ode_s(tau, s0v, u0v, av, bi, gi)
+      sdu <- nl[i] * np_percentile(ut, 99) / 10
+      ut <- ut + sdu * z[zpos + seq_len(n_obs)]
+      zpos <- zpos + n_obs
+      sds <- nl[i] * np_percentile(st, 99) / 10
+      st <- st + sds * z[zpos + seq_len(n_obs)]
+      zpos <- zpos + n_obs
+      U[, i] <- pmax(ut, 0)
+      S[, i] <- pmax(st, 0)
+    }
+  }
+  genes <- as.character(seq_len(nv) - 1L)
+  cells <- as.character(seq_len(n_obs) - 1L)
+  scal <- function(x) if (length(x) > 1L && length(x) == n_obs) NA_real_ else x
+  rate <- function(x) {
+    x <- scal(x)
+    if (length(x) > 1L) x[seq_len(nv)] else rep(x, nv)
+  }
+  var <- data.frame(true_t_ = t_sw[seq_len(nv)], true_alpha = rate(alpha),
+                    true_beta = rate(beta), true_gamma = rate(gamma),
+                    true_scaling = rep(1, nv), row.names = genes)
+  obs <- data.frame(true_t = round(t, 2), row.names = cells)
+  list(spliced = matrix(t(S), nv, n_obs, dimnames = list(genes, cells)),
+       unspliced = matrix(t(U), nv, n_obs, dimnames = list(genes, cells)),
+       obs = obs, var = var, t = t)
+}
