@@ -34,7 +34,7 @@ normalise_cells <- function(x) {
   if (inherits(x, "sparseMatrix")) {
     x %*% Matrix::Diagonal(x = 1 / counts)
   } else {
-    sweep(x, 2L, counts, "/")
+    x / rep(counts, each = nrow(x))
   }
 }
 
@@ -362,7 +362,8 @@ velocity.scnative_dynamics <- function(x, Ms, Mu, mode = "dynamical",
     t_ <- var$fit_t_[g]
     std_u <- var$fit_std_u[g] / scaling
     std_s <- var$fit_std_s[g]
-    u <- Mu[g, , drop = FALSE] / scaling
+    # upstream divides the float32 Mu layer in place, so u stays float32
+    u <- as_f32(Mu[g, , drop = FALSE] / scaling)
     s <- Ms[g, , drop = FALSE]
     if (basal) {
       u <- u - var$fit_u0[g] / scaling
