@@ -169,9 +169,11 @@ check_pair <- function(spliced, unspliced, a = "spliced", b = "unspliced") {
 #' With `connectivities` (a cells x cells graph: scanpy's `obsp["connectivities"]`, a Seurat
 #' `FindNeighbors()` graph, ...), no PCA/kNN is run and every edge of the graph is used.
 #'
-#' @param spliced,unspliced Genes x cells numeric matrices (dense or `dgCMatrix`) of
-#'   spliced and unspliced counts, same dimensions and dimnames, finite, non-negative. For
-#'   `moments()` on a Seurat or SingleCellExperiment object, `spliced` is the object.
+#' @param x The spliced counts (default method; may also be given by name as `spliced =`),
+#'   or a Seurat / SingleCellExperiment object.
+#' @param unspliced Default method: genes x cells numeric matrix (dense or `dgCMatrix`) of
+#'   unspliced counts, with the same dimensions and dimnames as the spliced counts `x`;
+#'   finite, non-negative. Object methods: the name of the unspliced assay.
 #' @param n_neighbors Whole number >= 2 (default 30): neighbours per cell, self included.
 #' @param n_pcs `NULL` (upstream's default: 30 components) or a whole number >= 1 of
 #'   principal components.
@@ -195,14 +197,24 @@ check_pair <- function(spliced, unspliced, a = "spliced", b = "unspliced") {
 #' m <- moments(sim$spliced, sim$unspliced, n_neighbors = 10, normalize = FALSE)
 #' dim(m$Ms)
 #' @export
-moments <- function(spliced, ...) UseMethod("moments")
+moments <- function(x, ...) {
+  if (missing(x)) {
+    dots <- list(...)
+    if (is.null(dots$spliced)) stopf("'spliced' (the first argument) is missing")
+    x <- dots$spliced
+    dots$spliced <- NULL
+    return(do.call(moments, c(list(x), dots)))
+  }
+  UseMethod("moments")
+}
 
 #' @rdname moments
 #' @export
-moments.default <- function(spliced, unspliced, n_neighbors = 30, n_pcs = NULL,
+moments.default <- function(x, unspliced, n_neighbors = 30, n_pcs = NULL,
                             connectivities = NULL, normalize = TRUE, X = NULL, threads = NULL,
                             ...) {
-  pr <- check_pair(spliced, unspliced)
+  if (missing(unspliced)) stopf("'unspliced' is missing")
+  pr <- check_pair(x, unspliced)
   s <- pr$s
   u <- pr$u
   check_number(n_neighbors, "n_neighbors", min = 2, whole = TRUE)
@@ -601,4 +613,296 @@ simulate_velocity <- function(n_obs = 300, n_vars = NULL, alpha = 5, beta = 0.5,
   list(spliced = matrix(t(S), nv, n_obs, dimnames = list(genes, cells)),
        unspliced = matrix(t(U), nv, n_obs, dimnames = list(genes, cells)),
        obs = obs, var = var, t = t)
+}
+
+# ------------------------------------------------------------------ plots
+
+need_ggplot <- function() need_pkg("ggplot2", "for the plots")
+
+#' Phase portrait of one gene with its fitted dynamics
+#'
+#' Plots unspliced (`Mu`) against spliced (`Ms`) moments of every cell for one gene, the
+#' trajectory of the fitted model in the same (raw) units (induction from 0 to the switching
+#' time `t_`, then repression; `u = scaling * U(t)`), and the steady-state line
+#' `Mu = (gamma / beta) Ms`.
+#'
+#' @param fit A `scnative_dynamics` fit ([recover_dynamics()]).
+#' @param gene A single gene name (or row number) of the fit.
+#' @param Ms,Mu Genes x cells moments the fit was made on.
+#' @param color `NULL` (colour cells by the gene's fitted time `fit_t`), or a vector with
+#'   one value per cell (a factor or character for groups, numeric for a continuous
+#'   variable such as latent time).
+#' @param n_points Whole number: points along each branch of the trajectory.
+#' @return A `ggplot` object (layers: cells, trajectory, steady-state line).
+#' @examples
+#' if (requireNamespace("ggplot2", quietly = TRUE)) {
+#'   sim <- simulate_velocity(n_obs = 200, n_vars = 2)
+#'   fit <- recover_dynamics(sim$spliced, sim$unspliced, var_names = "all", threads = 1,
+#'                           progress = FALSE)
+#'   plot_phase_portrait(fit, "0", sim$spliced, sim$unspliced)
+#' }
+#' @export
+plot_phase_portrait <- function(fit, gene, Ms, Mu, color = NULL, n_points = 200) {
+  need_ggplot()
+  if (!inherits(fit, "scnative_dynamics")) stopf("'fit' must be a scnative_dynamics object")
+  check_number(n_points, "n_points", min = 2, whole = TRUE)
+  genes <- rownames(fit$var)
+  if (is.numeric(gene) && length(gene) == 1L && gene >= 1 && gene <= length(genes)) {
+    gene <- genes[gene]
+  }
+  check_string(gene, "gene")
+  if (!gene %in% genes) stopf("'gene' = \"%s\" is not a gene of the fit", gene)
+  gi <- match(gene, genes)
+  rn <- rownames(Ms) %||% genes
+  if (!gene %in% rn || !gene %in% (rownames(Mu) %||% genes)) {
+    stopf("'gene' = \"%s\" is not a row of 'Ms' and 'Mu'", gene)
+  }
+  s <- as.numeric(Ms[gene, ])
+  u <- as.numeric(Mu[gene, ])
+  n_cells <- length(s)
+  if (length(u) != n_cells) stopf("'Ms' and 'Mu' must have the same cells")
+  v <- fit$var[gi, ]
+  df <- data.frame(Ms = s, Mu = u)
+  if (is.null(color)) {
+    df$color <- as.numeric(fit$layers$fit_t[gi, ])
+    clab <- "fit_t"
+  } else {
+    if (length(color) != n_cells) stopf("'color' must have one value per cell (%d)", n_cells)
+    df$color <- if (is.character(color)) factor(color) else color
+    clab <- "color"
+  }
+  p <- ggplot2::ggplot(df, ggplot2::aes(x = .data$Ms, y = .data$Mu)) +
+    ggplot2::geom_point(ggplot2::aes(colour = .data$color), size = 1, alpha = 0.8) +
+    ggplot2::labs(title = gene, x = "spliced (Ms)", y = "unspliced (Mu)", colour = clab) +
+    ggplot2::theme_minimal()
+  if (!is.na(v$fit_alpha)) {
+    a <- v$fit_alpha
+    z <- v$fit_scaling
+    b <- v$fit_beta * z
+    g <- v$fit_gamma
+    t_ <- v$fit_t_
+    u0b <- if (isTRUE(fit$uns$recover_dynamics$fit_basal_transcription)) v$fit_u0 %||% 0 else 0
+    s0b <- if (isTRUE(fit$uns$recover_dynamics$fit_basal_transcription)) v$fit_s0 %||% 0 else 0
+    if (is.na(u0b)) u0b <- 0
+    if (is.na(s0b)) s0b <- 0
+    t_on <- seq(0, t_, length.out = n_points)
+    u_sw <- ode_u(t_, 0, a, b)
+    s_sw <- ode_s(t_, 0, 0, a, b, g)
+    tau_max <- max(c(as.numeric(fit$layers$fit_tau_[gi, ]), t_), na.rm = TRUE)
+    t_off <- seq(0, tau_max, length.out = n_points)
+    traj <- rbind(
+      data.frame(Ms = ode_s(t_on, 0, 0, a, b, g) + s0b, Mu = z * ode_u(t_on, 0, a, b) + u0b,
+                 branch = "induction"),
+      data.frame(Ms = ode_s(t_off, s_sw, u_sw, 0, b, g) + s0b,
+                 Mu = z * ode_u(t_off, u_sw, 0, b) + u0b, branch = "repression"))
+    slope <- g / v$fit_beta
+    p <- p +
+      ggplot2::geom_abline(slope = slope, intercept = u0b - slope * s0b, linetype = "dashed",
+                           colour = "grey40") +
+      ggplot2::geom_path(data = traj, ggplot2::aes(x = .data$Ms, y = .data$Mu,
+                                                   linetype = .data$branch),
+                         colour = "purple", linewidth = 0.9, inherit.aes = FALSE) +
+      ggplot2::labs(linetype = "fitted")
+  }
+  p
+}
+
+#' Fitted kinetic parameters across genes
+#'
+#' Histograms of the fitted rates (log10 `alpha`, `beta`, `gamma`), switching time `t_`,
+#' `scaling` and `likelihood` of every fitted gene.
+#'
+#' @param fit A `scnative_dynamics` fit ([recover_dynamics()]).
+#' @param bins Whole number of histogram bins.
+#' @return A `ggplot` object (one facet per parameter).
+#' @examples
+#' if (requireNamespace("ggplot2", quietly = TRUE)) {
+#'   sim <- simulate_velocity(n_obs = 150, n_vars = 4)
+#'   fit <- recover_dynamics(sim$spliced, sim$unspliced, var_names = "all", threads = 1,
+#'                           progress = FALSE)
+#'   plot_dynamics_params(fit)
+#' }
+#' @export
+plot_dynamics_params <- function(fit, bins = 30) {
+  need_ggplot()
+  if (!inherits(fit, "scnative_dynamics")) stopf("'fit' must be a scnative_dynamics object")
+  check_number(bins, "bins", min = 1, whole = TRUE)
+  v <- fit$var[!is.na(fit$var$fit_alpha), , drop = FALSE]
+  if (!nrow(v)) stopf("the fit has no fitted genes")
+  pars <- list(`log10 alpha` = log10(v$fit_alpha), `log10 beta` = log10(v$fit_beta),
+               `log10 gamma` = log10(v$fit_gamma), `t_` = v$fit_t_,
+               scaling = v$fit_scaling, likelihood = v$fit_likelihood)
+  df <- data.frame(parameter = factor(rep(names(pars), each = nrow(v)), levels = names(pars)),
+                   value = unlist(pars, use.names = FALSE),
+                   gene = rep(rownames(v), length(pars)))
+  df <- df[is.finite(df$value), , drop = FALSE]
+  ggplot2::ggplot(df, ggplot2::aes(x = .data$value)) +
+    ggplot2::geom_histogram(bins = bins, fill = "steelblue", colour = "white") +
+    ggplot2::facet_wrap(~parameter, scales = "free") +
+    ggplot2::labs(x = NULL, y = "genes",
+                  title = sprintf("Fitted dynamics of %d genes", nrow(v))) +
+    ggplot2::theme_minimal()
+}
+
+# ------------------------------------------------------------------ objects
+
+#' @rdname moments
+#' @param spliced Object methods: the name of the spliced assay.
+#' @param graph `NULL` (compute the neighbour graph as upstream) or the name of a cells x
+#'   cells graph of the object (Seurat `Graphs()`, e.g. `"RNA_nn"` from `FindNeighbors()`;
+#'   SCE `colPairs`) to average over.
+#' @param graph_name Name under which the graph used is stored in the object.
+#' @details For objects, `Ms` and `Mu` are stored as assays (Seurat: new assays `"Ms"`, `"Mu"`
+#'   whose data layer holds them; SCE: `assay(object, "Ms")`), the graph under `graph_name`
+#'   (Seurat `Graphs`, SCE `colPairs`) and nothing else is changed.
+#' @export
+moments.Seurat <- function(x, spliced = "spliced", unspliced = "unspliced", graph = NULL,
+                           graph_name = "scnative_connectivities", ...) {
+  moments_object(x, spliced, unspliced, graph, graph_name, ...)
+}
+
+#' @rdname moments
+#' @export
+moments.SingleCellExperiment <- function(x, spliced = "spliced", unspliced = "unspliced",
+                                         graph = NULL, graph_name = "scnative_connectivities",
+                                         ...) {
+  moments_object(x, spliced, unspliced, graph, graph_name, ...)
+}
+
+moments_object <- function(object, s_name, u_name, graph, graph_name, ...) {
+  check_string(u_name, "unspliced")
+  check_string(graph_name, "graph_name")
+  S <- obj_matrix(object, s_name, arg = "spliced")
+  U <- obj_matrix(object, u_name, arg = "unspliced")
+  conn <- if (is.null(graph)) NULL else obj_graph(object, graph)
+  m <- moments.default(S, U, connectivities = conn, ...)
+  object <- obj_set_matrix(object, "Ms", m$Ms)
+  object <- obj_set_matrix(object, "Mu", m$Mu)
+  g <- m$connectivities
+  # SCE colPairs take an unnamed matrix (named ones fail validity); Seurat graphs need names
+  dimnames(g) <- if (is_seurat(object)) list(colnames(m$Ms), colnames(m$Ms)) else NULL
+  obj_set_graph(object, graph_name, g)
+}
+
+obj_check_names <- function(object, ...) {
+  nm <- list(...)
+  for (a in names(nm)) check_string(nm[[a]], a)
+}
+
+# Ms/Mu from an object, computing moments() first when they are absent but spliced and
+# unspliced exist.
+object_moments <- function(object, Ms, Mu, spliced, unspliced, graph_name) {
+  if (!(obj_has_matrix(object, Ms) && obj_has_matrix(object, Mu))) {
+    if (obj_has_matrix(object, spliced) && obj_has_matrix(object, unspliced)) {
+      object <- moments_object(object, spliced, unspliced, NULL, graph_name)
+    } else {
+      obj_matrix(object, Ms, arg = "Ms")
+      obj_matrix(object, Mu, arg = "Mu")
+    }
+  }
+  list(object = object, Ms = obj_matrix(object, Ms, arg = "Ms"),
+       Mu = obj_matrix(object, Mu, arg = "Mu"))
+}
+
+object_graph_or_null <- function(object, name) {
+  if (is.null(name)) return(NULL)
+  tryCatch(obj_graph(object, name), error = function(e) NULL)
+}
+
+#' @rdname recover_dynamics_objects
+#' @title recover_dynamics() and velocity() on Seurat and SingleCellExperiment objects
+#' @description Fits the dynamical model ([recover_dynamics()]) or computes velocities
+#'   ([velocity()]) on the `Ms`/`Mu` assays of an object. When `Ms`/`Mu` are absent but the
+#'   `spliced`/`unspliced` assays exist, [moments()] is computed first (and stored).
+#' @param x A Seurat or SingleCellExperiment object.
+#' @param Ms,Mu Names of the assays holding the moments.
+#' @param spliced,unspliced Names of the assays with spliced / unspliced counts (used when
+#'   `Ms`/`Mu` are absent).
+#' @param graph Name of the neighbour graph in the object (default: the one [moments()]
+#'   stored); `NULL` fits without one.
+#' @param ... Passed to [recover_dynamics()] / [velocity()].
+#' @return The object with the results added. `recover_dynamics`: per-gene `fit_*` columns
+#'   (SCE `rowData`; Seurat: feature metadata of the `Ms` assay), the layers `fit_t`,
+#'   `fit_tau`, `fit_tau_` as assays, and upstream's `uns` entry in `metadata()` / `Misc()`
+#'   under `"recover_dynamics"`. `velocity`: assays `velocity`, `velocity_u` and the
+#'   `velocity_genes` (and `fit_r2`) feature columns.
+#' @examples
+#' if (requireNamespace("SingleCellExperiment", quietly = TRUE)) {
+#'   sim <- simulate_velocity(n_obs = 150, n_vars = 3)
+#'   sce <- SingleCellExperiment::SingleCellExperiment(
+#'     assays = list(spliced = sim$spliced, unspliced = sim$unspliced))
+#'   sce <- recover_dynamics(sce, var_names = "all", threads = 1, progress = FALSE)
+#'   sce <- velocity(sce)
+#'   SummarizedExperiment::assayNames(sce)
+#' }
+#' @export
+recover_dynamics.Seurat <- function(x, Ms = "Ms", Mu = "Mu", spliced = "spliced",
+                                    unspliced = "unspliced",
+                                    graph = "scnative_connectivities", ...) {
+  recover_dynamics_object(x, Ms, Mu, spliced, unspliced, graph, ...)
+}
+
+#' @rdname recover_dynamics_objects
+#' @export
+recover_dynamics.SingleCellExperiment <- function(x, Ms = "Ms", Mu = "Mu", spliced = "spliced",
+                                                  unspliced = "unspliced",
+                                                  graph = "scnative_connectivities", ...) {
+  recover_dynamics_object(x, Ms, Mu, spliced, unspliced, graph, ...)
+}
+
+recover_dynamics_object <- function(object, Ms, Mu, spliced, unspliced, graph, ...) {
+  obj_check_names(object, Ms = Ms, Mu = Mu, spliced = spliced, unspliced = unspliced)
+  mm <- object_moments(object, Ms, Mu, spliced, unspliced, graph %||% "scnative_connectivities")
+  object <- mm$object
+  conn <- object_graph_or_null(object, graph)
+  fit <- recover_dynamics.default(mm$Ms, mm$Mu, connectivities = conn, ...)
+  ms_assay <- if (is_seurat(object) && Ms %in% SeuratObject::Assays(object)) Ms else NULL
+  object <- obj_add_feature_meta(object, fit$var, assay = ms_assay)
+  for (nm in names(fit$layers)) object <- obj_set_matrix(object, nm, fit$layers[[nm]])
+  obj_set_misc(object, "recover_dynamics", fit$uns$recover_dynamics)
+}
+
+# Rebuilds a scnative_dynamics fit from what recover_dynamics() stored in an object.
+fit_from_object <- function(object, Ms, genes) {
+  ms_assay <- if (is_seurat(object) && Ms %in% SeuratObject::Assays(object)) Ms else NULL
+  fm <- obj_feature_meta(object, assay = ms_assay)
+  if (!"fit_alpha" %in% names(fm)) {
+    stopf("the object has no fit_* feature columns; run recover_dynamics() on it first")
+  }
+  fm <- fm[match(genes, rownames(fm)), grepl("^fit_", names(fm)), drop = FALSE]
+  rownames(fm) <- genes
+  lay <- lapply(c(fit_t = "fit_t", fit_tau = "fit_tau", fit_tau_ = "fit_tau_"), function(nm) {
+    m <- as.matrix(obj_matrix(object, nm, arg = "layer"))
+    m[match(genes, rownames(m)), , drop = FALSE]
+  })
+  uns <- obj_misc(object, "recover_dynamics") %||% list(use_raw = FALSE)
+  structure(list(var = fm, layers = lay, uns = list(recover_dynamics = uns),
+                 connectivities = NULL), class = "scnative_dynamics")
+}
+
+#' @rdname recover_dynamics_objects
+#' @export
+velocity.Seurat <- function(x, Ms = "Ms", Mu = "Mu", graph = "scnative_connectivities", ...) {
+  velocity_object(x, Ms, Mu, graph, ...)
+}
+
+#' @rdname recover_dynamics_objects
+#' @export
+velocity.SingleCellExperiment <- function(x, Ms = "Ms", Mu = "Mu",
+                                          graph = "scnative_connectivities", ...) {
+  velocity_object(x, Ms, Mu, graph, ...)
+}
+
+velocity_object <- function(object, Ms, Mu, graph, ...) {
+  obj_check_names(object, Ms = Ms, Mu = Mu)
+  S <- as.matrix(obj_matrix(object, Ms, arg = "Ms"))
+  U <- as.matrix(obj_matrix(object, Mu, arg = "Mu"))
+  fit <- fit_from_object(object, Ms, rownames(S))
+  conn <- object_graph_or_null(object, graph)
+  v <- velocity.scnative_dynamics(fit, S, U, connectivities = conn, ...)
+  object <- obj_set_matrix(object, "velocity", v$velocity)
+  object <- obj_set_matrix(object, "velocity_u", v$velocity_u)
+  ms_assay <- if (is_seurat(object) && Ms %in% SeuratObject::Assays(object)) Ms else NULL
+  object <- obj_add_feature_meta(object, v$var, assay = ms_assay)
+  obj_set_misc(object, "velocity_params", v$params)
 }
