@@ -238,7 +238,8 @@ moments.default <- function(x, unspliced, n_neighbors = 30, n_pcs = NULL,
     if (is.null(X)) {
       X <- pr$s
     }
-    if (normalize && looks_like_counts(X)) X <- normalise_cells(X)
+    # upstream normalises X along with the layers (only when the layers triggered it)
+    if (was_norm && looks_like_counts(X)) X <- normalise_cells(X)
     n_genes <- nrow(X)
     k <- n_neighbors
     if (k > n_cells) k <- 1L + as.integer(0.5 * n_cells)
@@ -444,7 +445,7 @@ velocity.scnative_dynamics <- function(x, Ms, Mu, mode = "dynamical",
     vel_u[g, ] <- wt
   }
   r2 <- var$fit_r2
-  if (is.null(r2) && !is.null(min_r2)) r2 <- steady_state_genes(Ms, Mu)$r2
+  if (is.null(r2) && !is.null(min_r2)) r2 <- suppressWarnings(steady_state_genes(Ms, Mu))$r2
   vg <- !is.na(var$fit_likelihood) & var$fit_likelihood > min_likelihood
   if (!is.null(min_r2)) vg <- vg & !is.na(r2) & r2 > min_r2
   q <- stats::quantile(var$fit_scaling, c(0.1, 0.9), na.rm = TRUE, names = FALSE, type = 7)
