@@ -9,9 +9,13 @@
  * so that trajectories track upstream's float64 run.
  */
 #include "scnative.h"
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #define DYN_MAX_LOSS 64
 #define DYN_NPAR 14 /* output columns per gene */
+#define DYN_CACHE 6  /* cached assignments per gene */
 
 enum { AM_NONE = 0, AM_PROJECTION = 1, AM_PARTIAL = 2, AM_FULL = 3 };
 
@@ -64,17 +68,63 @@ static inline double np_min2(double a, double b) {
 }
 static inline double np_clip(double x, double lo, double hi) { return np_min2(np_max2(x, lo), hi); }
 
-static int cmp_dbl(const void *pa, const void *pb) {
-  double a = *(const double *)pa, b = *(const double *)pb;
-  int na = isnan(a), nb = isnan(b);
-  if (na || nb) return na - nb; /* NaN last */
-  return (a > b) - (a < b);
+/* ascending sort with NaN last (numpy order), LSD radix on the order-preserving bit image
+ * of the doubles; tmp and keys have room for n values */
+static inline uint64_t dbl_key(double x) {
+  uint64_t b;
+  if (isnan(x)) x = NAN;
+  memcpy(&b, &x, sizeof b);
+  if (isnan(x)) return UINT64_MAX; /* NaN after +Inf */
+  return (b >> 63) ? ~b : (b | 0x8000000000000000ULL);
 }
-
-/* sort ascending with NaN last (insertion sort for tiny arrays, qsort otherwise) */
-static void sort_dbl(double *a, ptrdiff_t n) {
+static inline double key_dbl(uint64_t k) {
+  if (k == UINT64_MAX) return NAN;
+  uint64_t b = (k >> 63) ? (k & 0x7fffffffffffffffULL) : ~k;
+  double x;
+  memcpy(&x, &b, sizeof x);
+  return x;
+}
+static void sort_dbl(double *a, ptrdiff_t n, uint64_t *k1, uint64_t *k2) {
   if (n < 2) return;
-  qsort(a, (size_t)n, sizeof(double), cmp_dbl);
+  if (n < 32) { /* insertion sort */
+    for (ptrdiff_t i = 1; i < n; i++) {
+      double v = a[i];
+      uint64_t kv = dbl_key(v);
+      ptrdiff_t j = i - 1;
+      while (j >= 0 && dbl_key(a[j]) > kv) {
+        a[j + 1] = a[j];
+        j--;
+      }
+      a[j + 1] = v;
+    }
+    return;
+  }
+  enum { BITS = 8, NB = 1 << BITS, PASSES = 8 };
+  static const int shifts[PASSES] = {0, 8, 16, 24, 32, 40, 48, 56};
+  uint32_t cnt[PASSES][NB];
+  memset(cnt, 0, sizeof cnt);
+  for (ptrdiff_t i = 0; i < n; i++) {
+    uint64_t k = dbl_key(a[i]);
+    k1[i] = k;
+    for (int p = 0; p < PASSES; p++) cnt[p][(k >> shifts[p]) & (NB - 1)]++;
+  }
+  uint64_t *src = k1, *dst = k2;
+  for (int p = 0; p < PASSES; p++) {
+    uint32_t *c = cnt[p];
+    /* a digit shared by all keys needs no pass */
+    if (c[(src[0] >> shifts[p]) & (NB - 1)] == (uint32_t)n) continue;
+    uint32_t sum = 0;
+    for (int b = 0; b < NB; b++) {
+      uint32_t t = c[b];
+      c[b] = sum;
+      sum += t;
+    }
+    for (ptrdiff_t i = 0; i < n; i++) dst[c[(src[i] >> shifts[p]) & (NB - 1)]++] = src[i];
+    uint64_t *t = src;
+    src = dst;
+    dst = t;
+  }
+  for (ptrdiff_t i = 0; i < n; i++) a[i] = key_dbl(src[i]);
 }
 
 /* k-th smallest (0-based) by quickselect; a is permuted; no NaN in a */
@@ -187,9 +237,18 @@ typedef struct {
 
 typedef struct {
   double *uhat, *tau, *tau_, *r0, *r1, *r2, *r3, *d0, *d1, *d2, *d3;
-  double *sbuf, *sbuf2, *dbuf, *wbuf;
+  double *sbuf, *sbuf2, *dbuf, *wbuf, *ilv, *eU, *eS, *eU_, *eS_;
+  uint64_t *k1, *k2;
   double *ct, *ctau, *at, *atau, *grid;
   int *co, *ao, *idx_on, *idx_off;
+  /* assignments already computed for this gene, keyed by the exact parameters */
+  double ckey[DYN_CACHE][6];
+  double *ct_[DYN_CACHE], *ctau_[DYN_CACHE];
+  int *co_[DYN_CACHE];
+  unsigned long cstamp[DYN_CACHE], clock;
+  int cvalid[DYN_CACHE];
+  double *cbuf;
+  int *cibuf;
 } dyn_scratch;
 
 typedef struct {
@@ -217,18 +276,128 @@ static inline int use_projection(int mode, double beta, double gamma) {
   return mode == AM_FULL || mode == AM_PARTIAL || (mode == AM_PROJECTION && beta < gamma);
 }
 
-/* y = C x for up to 4 vectors (rows accumulated in stored order) */
-static void smooth(const dyn_shared *sh, int k, double *const *x, double *const *y) {
+/* y_m = C x_m for k = 2 or 4 vectors stored interleaved (x[i * k + m]); each row is
+ * accumulated in stored order, one multiply and one add per term as scipy does (packed
+ * SSE2 lanes do exactly the scalar operations) */
+static void smooth2(const dyn_shared *sh, const double *x, double *y0, double *y1) {
   int n = sh->n;
+  const int *cp = sh->cp, *ci = sh->ci;
+  const double *cx = sh->cx;
   for (int i = 0; i < n; i++) {
-    double acc[4] = {0, 0, 0, 0};
-    for (int p = sh->cp[i]; p < sh->cp[i + 1]; p++) {
-      int j = sh->ci[p];
-      double wv = sh->cx[p];
-      for (int m = 0; m < k; m++) acc[m] += wv * x[m][j];
+#ifdef __SSE2__
+    __m128d a = _mm_setzero_pd();
+    for (int p = cp[i]; p < cp[i + 1]; p++) {
+      __m128d wv = _mm_set1_pd(cx[p]);
+      a = _mm_add_pd(a, _mm_mul_pd(wv, _mm_loadu_pd(x + 2 * (size_t)ci[p])));
     }
-    for (int m = 0; m < k; m++) y[m][i] = acc[m];
+    double r[2];
+    _mm_storeu_pd(r, a);
+    y0[i] = r[0];
+    y1[i] = r[1];
+#else
+    double a0 = 0, a1 = 0;
+    for (int p = cp[i]; p < cp[i + 1]; p++) {
+      const double *xj = x + 2 * (size_t)ci[p];
+      double wv = cx[p];
+      a0 += wv * xj[0];
+      a1 += wv * xj[1];
+    }
+    y0[i] = a0;
+    y1[i] = a1;
+#endif
   }
+}
+static void smooth4(const dyn_shared *sh, const double *x, double *const *y) {
+  int n = sh->n;
+  const int *cp = sh->cp, *ci = sh->ci;
+  const double *cx = sh->cx;
+  for (int i = 0; i < n; i++) {
+#ifdef __SSE2__
+    __m128d a = _mm_setzero_pd(), b = _mm_setzero_pd();
+    for (int p = cp[i]; p < cp[i + 1]; p++) {
+      const double *xj = x + 4 * (size_t)ci[p];
+      __m128d wv = _mm_set1_pd(cx[p]);
+      a = _mm_add_pd(a, _mm_mul_pd(wv, _mm_loadu_pd(xj)));
+      b = _mm_add_pd(b, _mm_mul_pd(wv, _mm_loadu_pd(xj + 2)));
+    }
+    double r[4];
+    _mm_storeu_pd(r, a);
+    _mm_storeu_pd(r + 2, b);
+    y[0][i] = r[0];
+    y[1][i] = r[1];
+    y[2][i] = r[2];
+    y[3][i] = r[3];
+#else
+    double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    for (int p = cp[i]; p < cp[i + 1]; p++) {
+      const double *xj = x + 4 * (size_t)ci[p];
+      double wv = cx[p];
+      a0 += wv * xj[0];
+      a1 += wv * xj[1];
+      a2 += wv * xj[2];
+      a3 += wv * xj[3];
+    }
+    y[0][i] = a0;
+    y[1][i] = a1;
+    y[2][i] = a2;
+    y[3][i] = a3;
+#endif
+  }
+}
+
+#define DYN_BLK 16
+/* bounding boxes of consecutive blocks of DYN_BLK curve points */
+static int curve_boxes(const double *gU, const double *gS, int M, double *box) {
+  int nb = (M + DYN_BLK - 1) / DYN_BLK;
+  for (int b = 0; b < nb; b++) {
+    int k0 = b * DYN_BLK, k1 = k0 + DYN_BLK < M ? k0 + DYN_BLK : M;
+    double u0 = gU[k0], u1 = gU[k0], s0 = gS[k0], s1 = gS[k0];
+    for (int k = k0 + 1; k < k1; k++) {
+      if (gU[k] < u0) u0 = gU[k];
+      if (gU[k] > u1) u1 = gU[k];
+      if (gS[k] < s0) s0 = gS[k];
+      if (gS[k] > s1) s1 = gS[k];
+    }
+    box[4 * b] = u0;
+    box[4 * b + 1] = u1;
+    box[4 * b + 2] = s0;
+    box[4 * b + 3] = s1;
+  }
+  return nb;
+}
+
+/* Same result as curve_argmin (first index of the minimal distance), evaluating only the
+ * blocks whose box could hold a point at least as close. Rounded subtraction, squaring and
+ * addition are monotone, so the box bound never exceeds a point's computed distance. */
+static int curve_argmin_pruned(const double *gU, const double *gS, int M, const double *box,
+                               int nb, double u, double s, double *lb) {
+  int bb = 0;
+  for (int b = 0; b < nb; b++) {
+    const double *x = box + 4 * b;
+    double dx = u < x[0] ? x[0] - u : (u > x[1] ? u - x[1] : 0);
+    double dy = s < x[2] ? x[2] - s : (s > x[3] ? s - x[3] : 0);
+    lb[b] = dx * dx + dy * dy;
+    if (lb[b] < lb[bb]) bb = b;
+  }
+  double best = INFINITY;
+  int bk = -1;
+  for (int pass = 0; pass < 2; pass++) {
+    for (int b = (pass ? 0 : bb); b < (pass ? nb : bb + 1); b++) {
+      if (pass && b == bb) continue;
+      int k0 = b * DYN_BLK;
+      if (bk >= 0 && !(lb[b] < best || (lb[b] == best && k0 < bk))) continue;
+      int k1 = k0 + DYN_BLK < M ? k0 + DYN_BLK : M;
+      for (int k = k0; k < k1; k++) {
+        double du = gU[k] - u, ds = gS[k] - s;
+        double d = du * du + ds * ds;
+        if (bk < 0 || d < best || (d == best && k < bk)) {
+          best = d;
+          bk = k;
+        }
+      }
+    }
+  }
+  return bk < 0 ? 0 : bk;
 }
 
 /* adjust_increments on values v (in cell order, length m) with sorted copy srt and increments */
@@ -263,7 +432,8 @@ static void assign(dyn_gene *g, double alpha, double beta, double gamma, double 
   double u0_, s0_;
   sol_us(t_, 0, 0, alpha, beta, gamma, &u0_, &s0_);
 
-  if (use_projection(g->mode, beta, gamma)) {
+  int have_e = use_projection(g->mode, beta, gamma);
+  if (have_e) {
     double umin = INFINITY;
     int first = 1;
     for (int i = 0; i < n; i++)
@@ -287,38 +457,22 @@ static void assign(dyn_gene *g, double alpha, double beta, double gamma, double 
       sol_us(tp_[k], u0_, s0_, 0, beta, gamma, &hU[k], &hS[k]);
       if (nan_off < 0 && (isnan(hU[k]) || isnan(hS[k]))) nan_off = k;
     }
+    double *box_on = tp_ + M, *box_off = box_on + 4 * (M / DYN_BLK + 1);
+    int nb_on = nan_on < 0 ? curve_boxes(gU, gS, M, box_on) : 0;
+    int nb_off = nan_off < 0 ? curve_boxes(hU, hS, M - 1, box_off) : 0;
     for (int i = 0; i < n; i++) {
       double ui = uh[i], si = s[i];
-      int best = 0;
-      if (nan_on >= 0 || isnan(ui) || isnan(si)) {
-        best = nan_on >= 0 ? nan_on : 0;
-      } else {
-        double bd = (gU[0] - ui) * (gU[0] - ui) + (gS[0] - si) * (gS[0] - si);
-        for (int k = 1; k < M; k++) {
-          double du = gU[k] - ui, ds = gS[k] - si;
-          double d = du * du + ds * ds;
-          if (d < bd) {
-            bd = d;
-            best = k;
-          }
-        }
-      }
+      int best;
+      if (nan_on >= 0 || isnan(ui) || isnan(si)) best = nan_on >= 0 ? nan_on : 0;
+      else best = curve_argmin_pruned(gU, gS, M, box_on, nb_on, ui, si, w->dbuf);
       tau[i] = tp[best];
-      best = 0;
-      if (nan_off >= 0 || isnan(ui) || isnan(si)) {
-        best = nan_off >= 0 ? nan_off : 0;
-      } else {
-        double bd = (hU[0] - ui) * (hU[0] - ui) + (hS[0] - si) * (hS[0] - si);
-        for (int k = 1; k < M - 1; k++) {
-          double du = hU[k] - ui, ds = hS[k] - si;
-          double d = du * du + ds * ds;
-          if (d < bd) {
-            bd = d;
-            best = k;
-          }
-        }
-      }
+      w->eU[i] = gU[best];
+      w->eS[i] = gS[best];
+      if (nan_off >= 0 || isnan(ui) || isnan(si)) best = nan_off >= 0 ? nan_off : 0;
+      else best = curve_argmin_pruned(hU, hS, M - 1, box_off, nb_off, ui, si, w->dbuf);
       tau_[i] = tp_[best];
+      w->eU_[i] = hU[best];
+      w->eS_[i] = hS[best];
     }
   } else {
     double mx = -INFINITY;
@@ -334,11 +488,14 @@ static void assign(dyn_gene *g, double alpha, double beta, double gamma, double 
     for (int i = 0; i < n; i++) tau_[i] = np_clip(tau_[i], 0, mx);
   }
 
-  /* increment constraint (spec 4.3) */
+  /* increment constraint (spec 4.3); model values kept for the state step */
+  double *eU = w->eU, *eS = w->eS, *eU_ = w->eU_, *eS_ = w->eS_;
   for (int i = 0; i < n; i++) {
-    double U, S, U_, S_;
-    sol_us(tau[i], 0, 0, alpha, beta, gamma, &U, &S);
-    sol_us(tau_[i], u0_, s0_, 0, beta, gamma, &U_, &S_);
+    if (!have_e) {
+      sol_us(tau[i], 0, 0, alpha, beta, gamma, &eU[i], &eS[i]);
+      sol_us(tau_[i], u0_, s0_, 0, beta, gamma, &eU_[i], &eS_[i]);
+    }
+    double U = eU[i], S = eS[i], U_ = eU_[i], S_ = eS_[i];
     double du = (uh[i] - U) / su, du_ = (uh[i] - U_) / su;
     double ds = (s[i] - S) / ss, ds_ = (s[i] - S_) / ss;
     w->r0[i] = du_ * du_ + ds_ * ds_;
@@ -346,8 +503,12 @@ static void assign(dyn_gene *g, double alpha, double beta, double gamma, double 
   }
   double *a0 = w->r0, *a1 = w->r1;
   if (sh->cp) {
-    double *xin[2] = {w->r0, w->r1}, *yout[2] = {w->d0, w->d1};
-    smooth(sh, 2, xin, yout);
+    double *X = w->ilv;
+    for (int i = 0; i < n; i++) {
+      X[2 * (size_t)i] = w->r0[i];
+      X[2 * (size_t)i + 1] = w->r1[i];
+    }
+    smooth2(sh, X, w->d0, w->d1);
     a0 = w->d0;
     a1 = w->d1;
   }
@@ -366,8 +527,8 @@ static void assign(dyn_gene *g, double alpha, double beta, double gamma, double 
     for (int k = 0; k < noff; k++) voff[k] = tau_[w->idx_off[k]];
     memcpy(son, von, sizeof(double) * (size_t)non);
     memcpy(soff2, voff, sizeof(double) * (size_t)noff);
-    sort_dbl(son, non);
-    sort_dbl(soff2, noff);
+    sort_dbl(son, non, w->k1, w->k2);
+    sort_dbl(soff2, noff, w->k1, w->k2);
     double *dt = w->dbuf, *dt_ = w->dbuf + non;
     for (int k = 0; k < non; k++) dt[k] = son[k] - (k ? son[k - 1] : 0);
     for (int k = 0; k < noff; k++) dt_[k] = soff2[k] - (k ? soff2[k - 1] : 0);
@@ -380,8 +541,16 @@ static void assign(dyn_gene *g, double alpha, double beta, double gamma, double 
     int *jumps = w->ao; /* free int buffer of length n */
     if (noff > 0) apply_jumps(noff_v, voff, noff, soff2, dt_, ub, jumps);
     if (non > 0) apply_jumps(non_v, von, non, son, dt, ub, jumps);
-    for (int k = 0; k < non; k++) tau[w->idx_on[k]] = non_v[k];
-    for (int k = 0; k < noff; k++) tau_[w->idx_off[k]] = noff_v[k];
+    for (int k = 0; k < non; k++) {
+      int i = w->idx_on[k];
+      tau[i] = non_v[k];
+      if (!(non_v[k] == von[k])) sol_us(tau[i], 0, 0, alpha, beta, gamma, &eU[i], &eS[i]);
+    }
+    for (int k = 0; k < noff; k++) {
+      int i = w->idx_off[k];
+      tau_[i] = noff_v[k];
+      if (!(noff_v[k] == voff[k])) sol_us(tau_[i], u0_, s0_, 0, beta, gamma, &eU_[i], &eS_[i]);
+    }
   }
   if (!t_out) {
     memcpy(tau_raw, tau, sizeof(double) * (size_t)n);
@@ -393,9 +562,7 @@ static void assign(dyn_gene *g, double alpha, double beta, double gamma, double 
   double uinf = alpha / beta, sinf = alpha / gamma;
   int K = sh->fit_steady ? 4 : 2;
   for (int i = 0; i < n; i++) {
-    double U, S, U_, S_;
-    sol_us(tau[i], 0, 0, alpha, beta, gamma, &U, &S);
-    sol_us(tau_[i], u0_, s0_, 0, beta, gamma, &U_, &S_);
+    double U = eU[i], S = eS[i], U_ = eU_[i], S_ = eS_[i];
     double du = (uh[i] - U) / su, du_ = (uh[i] - U_) / su;
     double ds = (s[i] - S) / ss, ds_ = (s[i] - S_) / ss;
     w->r0[i] = du_ * du_ + ds_ * ds_;
@@ -409,9 +576,28 @@ static void assign(dyn_gene *g, double alpha, double beta, double gamma, double 
   }
   double *D[4] = {w->r0, w->r1, w->r2, w->r3};
   if (sh->cp) {
-    double *yout[4] = {w->d0, w->d1, w->d2, w->d3};
-    smooth(sh, K, D, yout);
-    for (int m = 0; m < 4; m++) D[m] = yout[m];
+    double *X = w->ilv;
+    if (K == 4) {
+      for (int i = 0; i < n; i++) {
+        double *xi = X + 4 * (size_t)i;
+        xi[0] = w->r0[i];
+        xi[1] = w->r1[i];
+        xi[2] = w->r2[i];
+        xi[3] = w->r3[i];
+      }
+      double *yout[4] = {w->d0, w->d1, w->d2, w->d3};
+      smooth4(sh, X, yout);
+    } else {
+      for (int i = 0; i < n; i++) {
+        X[2 * (size_t)i] = w->r0[i];
+        X[2 * (size_t)i + 1] = w->r1[i];
+      }
+      smooth2(sh, X, w->d0, w->d1);
+    }
+    D[0] = w->d0;
+    D[1] = w->d1;
+    D[2] = w->d2;
+    D[3] = w->d3;
   }
   for (int i = 0; i < n; i++) {
     int k = 0;
@@ -447,15 +633,39 @@ static void get_assignment(dyn_gene *g, const double *p, double *t, double *tau,
     memcpy(o, g->o, sizeof(int) * (size_t)n);
     return;
   }
-  double proj = (double)use_projection(g->mode, p[1], p[2]);
-  if (g->key_valid && memcmp(&g->key[0], p, sizeof(double) * 5) == 0 && g->key[5] == proj) {
-    memcpy(t, g->t, sizeof(double) * (size_t)n);
-    memcpy(tau, g->tau, sizeof(double) * (size_t)n);
-    memcpy(o, g->o, sizeof(int) * (size_t)n);
+  double key[6] = {p[0], p[1], p[2], p[3], p[4], (double)use_projection(g->mode, p[1], p[2])};
+  size_t nb = sizeof(double) * (size_t)n, ni = sizeof(int) * (size_t)n;
+  if (g->key_valid && memcmp(g->key, key, sizeof key) == 0) {
+    memcpy(t, g->t, nb);
+    memcpy(tau, g->tau, nb);
+    memcpy(o, g->o, ni);
     return;
   }
-  /* p = (alpha, beta, gamma, z, t_) */
+  dyn_scratch *w = g->w;
+  for (int c = 0; c < DYN_CACHE; c++) {
+    if (w->cvalid[c] && memcmp(w->ckey[c], key, sizeof key) == 0) {
+      memcpy(t, w->ct_[c], nb);
+      memcpy(tau, w->ctau_[c], nb);
+      memcpy(o, w->co_[c], ni);
+      w->cstamp[c] = ++w->clock;
+      return;
+    }
+  }
   assign(g, p[0], p[1], p[2], p[3], p[4], t, tau, o, NULL, NULL);
+  int slot = 0;
+  for (int c = 0; c < DYN_CACHE; c++) {
+    if (!w->cvalid[c]) {
+      slot = c;
+      break;
+    }
+    if (w->cstamp[c] < w->cstamp[slot]) slot = c;
+  }
+  memcpy(w->ckey[slot], key, sizeof key);
+  memcpy(w->ct_[slot], t, nb);
+  memcpy(w->ctau_[slot], tau, nb);
+  memcpy(w->co_[slot], o, ni);
+  w->cvalid[slot] = 1;
+  w->cstamp[slot] = ++w->clock;
 }
 
 /* sum of d over W (mean if mean), d from spec 3.1; t is the full cell-time vector */
@@ -1029,20 +1239,36 @@ static void scratch_free(dyn_scratch *w) {
   if (!w) return;
   free(w->uhat);
   free(w->co);
+  free(w->cbuf);
+  free(w->cibuf);
 }
 
 static int scratch_alloc(dyn_scratch *w, int n, int M) {
   size_t nd = (size_t)n;
-  double *b = malloc(sizeof(double) * (nd * 19 + 6 * (size_t)M + 8));
+  double *b = malloc(sizeof(double) * (nd * 29 + 16 * (size_t)M + 64));
   int *ib = malloc(sizeof(int) * (nd * 4 + 8));
+  double *cb = malloc(sizeof(double) * nd * 2 * DYN_CACHE);
+  int *cib = malloc(sizeof(int) * nd * DYN_CACHE);
   w->uhat = b;
   w->co = ib;
-  if (!b || !ib) {
+  w->cbuf = cb;
+  w->cibuf = cib;
+  if (!b || !ib || !cb || !cib) {
     free(b);
     free(ib);
+    free(cb);
+    free(cib);
     w->uhat = NULL;
     w->co = NULL;
+    w->cbuf = NULL;
+    w->cibuf = NULL;
     return 0;
+  }
+  for (int c = 0; c < DYN_CACHE; c++) {
+    w->ct_[c] = cb + nd * (size_t)(2 * c);
+    w->ctau_[c] = cb + nd * (size_t)(2 * c + 1);
+    w->co_[c] = cib + nd * (size_t)c;
+    w->cvalid[c] = 0;
   }
   double *q = b;
   w->uhat = q; q += nd;
@@ -1064,6 +1290,13 @@ static int scratch_alloc(dyn_scratch *w, int n, int M) {
   w->ctau = q; q += nd;
   w->at = q; q += nd;
   w->atau = q; q += nd;
+  w->ilv = q; q += 4 * nd;
+  w->eU = q; q += nd;
+  w->eS = q; q += nd;
+  w->eU_ = q; q += nd;
+  w->eS_ = q; q += nd;
+  w->k1 = (uint64_t *)q; q += nd;
+  w->k2 = (uint64_t *)q; q += nd;
   w->grid = q;
   w->ao = ib + nd;
   w->idx_on = ib + 2 * nd;
@@ -1180,6 +1413,8 @@ SEXP scnative_dynamics_fit(SEXP S, SEXP U, SEXP conn, SEXP iopts, SEXP dopts, SE
     g.tau = ttau;
     g.refit = op.fit_time;
     g.mode = AM_NONE;
+    for (int c = 0; c < DYN_CACHE; c++) w->cvalid[c] = 0;
+    w->clock = 0;
     if (!init_weights(&g, op.perc)) {
       pok[j] = 0;
       continue;
