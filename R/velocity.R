@@ -279,7 +279,7 @@ moments.default <- function(x, unspliced, n_neighbors = 30, n_pcs = NULL,
             class = "scnative_moments")
 }
 
-#' @export
+#' @exportS3Method print scnative_moments
 print.scnative_moments <- function(x, ...) {
   cat(sprintf("<scnative_moments> %d genes x %d cells; graph with %d edges%s\n", nrow(x$Ms),
               ncol(x$Ms), length(x$connectivities@x),
@@ -458,7 +458,7 @@ velocity.scnative_dynamics <- function(x, Ms, Mu, mode = "dynamical",
             class = "scnative_velocity")
 }
 
-#' @export
+#' @exportS3Method print scnative_velocity
 print.scnative_velocity <- function(x, ...) {
   cat(sprintf("<scnative_velocity> %d genes x %d cells; %d velocity genes\n", nrow(x$velocity),
               ncol(x$velocity), sum(x$var$velocity_genes)))
