@@ -387,3 +387,31 @@ test_that("Seurat: moments, recover_dynamics, velocity store results", {
   expect_error(recover_dynamics(so, Ms = "Ms", unspliced = "nope", progress = FALSE), "Ms")
   expect_error(moments(so, unspliced = "nope"), "nope")
 })
+
+test_that("moments() on a Seurat object can use a FindNeighbors() graph", {
+  skip_if_not_installed("Seurat")
+  sim <- simulate_velocity(n_obs = 100, n_vars = 60, random_seed = 4)
+  counts <- Matrix::Matrix(round(sim$spliced * 10), sparse = TRUE)
+  so <- SeuratObject::CreateSeuratObject(counts = counts, assay = "spliced")
+  so[["unspliced"]] <- SeuratObject::CreateAssayObject(
+    counts = Matrix::Matrix(round(sim$unspliced * 10), sparse = TRUE))
+  so <- suppressWarnings(suppressMessages({
+    so <- Seurat::NormalizeData(so, verbose = FALSE)
+    so <- Seurat::ScaleData(so, features = rownames(so), verbose = FALSE)
+    so <- Seurat::RunPCA(so, features = rownames(so), npcs = 10, verbose = FALSE)
+    Seurat::FindNeighbors(so, dims = 1:10, k.param = 15, verbose = FALSE)
+  }))
+  expect_true("spliced_nn" %in% SeuratObject::Graphs(so))
+  out <- moments(so, graph = "spliced_nn")
+  G <- methods::as(so[["spliced_nn"]], "dgCMatrix")
+  ref <- moments(so[["spliced"]]@counts, so[["unspliced"]]@counts, connectivities = G)
+  expect_equal(unname(as.matrix(SeuratObject::GetAssayData(out[["Ms"]], slot = "data"))),
+               unname(ref$Ms))
+  # rows average over the graph's neighbours plus the cell itself
+  B <- as.matrix(G > 0)
+  diag(B) <- TRUE
+  S <- as.matrix(so[["spliced"]]@counts)
+  Sn <- sweep(S, 2, colSums(S) / stats::median(colSums(S)), "/")
+  expect_equal(unname(ref$Ms), unname(Sn %*% t(B / rowSums(B))), tolerance = 1e-6)
+  expect_error(moments(so, graph = "nope"), "nope")
+})
