@@ -6,6 +6,9 @@
 
 # ------------------------------------------------------------------ helpers
 
+# ggplot2's .data pronoun in aes() (plots below)
+utils::globalVariables(".data")
+
 # Values rounded to float32 (as numpy's astype(np.float32)), kept as doubles.
 as_f32 <- function(x) {
   if (!length(x)) return(x)
