@@ -49,9 +49,9 @@ def _velo_out(a):
             'velocity_u': _np.asarray(a.layers['velocity_u'], dtype=float).T,
             'velocity_genes': [bool(x) for x in a.var['velocity_genes'].values]}
 
-def velo_fit_upstream(Ms, Mu, conn, genes, cells):
+def velo_fit_upstream(Ms, Mu, conn, genes, cells, **kw):
     a = _velo_adata(Ms, Mu, conn, genes, cells)
-    _scv.tl.recover_dynamics(a, var_names='all', show_progress_bar=False)
+    _scv.tl.recover_dynamics(a, var_names='all', show_progress_bar=False, **kw)
     _scv.tl.velocity(a, mode='dynamical')
     out = _velo_out(a)
     out['var'] = {k: _np.asarray(a.var[k].values, dtype=float) for k in a.var.columns
@@ -237,12 +237,12 @@ velo_data <- function(n_genes = 30L) {
        conn = d$conn)
 }
 
-test_that("velocity() matches tl.velocity(mode = 'dynamical') on upstream's own fit", {
+velocity_vs_upstream_fit <- function(n_genes, ...) {
   py <- velo_py()
-  ds <- velo_data()
+  ds <- velo_data(n_genes)
   genes <- rownames(ds$Ms)
   cells <- colnames(ds$Ms)
-  up <- py$velo_fit_upstream(ds$Ms, ds$Mu, ds$conn, genes, cells)
+  up <- py$velo_fit_upstream(ds$Ms, ds$Mu, ds$conn, genes, cells, ...)
   var <- as.data.frame(up$var)
   rownames(var) <- genes
   lay <- lapply(up$layers, named, genes, cells)
@@ -258,8 +258,20 @@ test_that("velocity() matches tl.velocity(mode = 'dynamical') on upstream's own 
   fitted <- rowSums(ok) > 0
   expect_true(all(gene_cor(unname(v$velocity)[fitted, ], up$velocity[fitted, ]) >= 0.999))
   expect_identical(v$var$velocity_genes, unlist(up$velocity_genes))
+  invisible(list(v = v, ds = ds, ok = ok))
+}
+
+test_that("velocity() matches tl.velocity(mode = 'dynamical') on upstream's own fit", {
+  r <- velocity_vs_upstream_fit(30L)
   # velocities are clipped at -Ms and -Mu
-  expect_true(all(v$velocity[ok] >= -ds$Ms[ok] - 1e-12))
+  expect_true(all(r$v$velocity[r$ok] >= -r$ds$Ms[r$ok] - 1e-12))
+  # (at -u z with u = Mu / z held in float32 as upstream, so within float32 of -Mu)
+  expect_true(all(r$v$velocity_u[r$ok] >= -r$ds$Mu[r$ok] * (1 + 1e-6) - 1e-12))
+})
+
+test_that("velocity() matches upstream with fit_basal_transcription", {
+  r <- velocity_vs_upstream_fit(12L, fit_basal_transcription = TRUE)
+  expect_true(any(r$ok))
 })
 
 test_that("velocity() on our recover_dynamics fit matches upstream's velocity on that fit", {
