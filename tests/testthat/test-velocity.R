@@ -1,6 +1,12 @@
 # moments(), velocity(), simulate_velocity(), the plots and the object methods: parity with
 # live upstream scVelo (peers venv, same test run), bad input, thread invariance.
 
+# tests use at most 2 threads (calls without `threads =` use the package default)
+local({
+  old <- set_scnative_threads(min(2L, scnative_threads()))
+  withr::defer(set_scnative_threads(old), teardown_env())
+})
+
 velo_py_code <- "
 import numpy as _np, anndata as _ad, scipy.sparse as _sp, scvelo as _scv, warnings as _w
 _w.filterwarnings('ignore')
