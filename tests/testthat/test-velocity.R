@@ -44,6 +44,8 @@ def _velo_adata(Ms, Mu, conn, genes, cells):
     a.var_names = list(genes); a.obs_names = list(cells)
     a.layers['Ms'] = _np.asarray(Ms, dtype=_np.float32).T.copy()
     a.layers['Mu'] = _np.asarray(Mu, dtype=_np.float32).T.copy()
+    a.layers['spliced'] = a.layers['Ms'].copy()
+    a.layers['unspliced'] = a.layers['Mu'].copy()
     a.obsp['connectivities'] = _sp.csr_matrix(_np.asarray(conn))
     a.obsp['distances'] = _sp.csr_matrix(_np.asarray(conn))
     a.uns['neighbors'] = {'params': {'n_neighbors': 30, 'method': 'umap'},
@@ -273,6 +275,11 @@ test_that("velocity() matches tl.velocity(mode = 'dynamical') on upstream's own 
   expect_true(all(r$v$velocity[r$ok] >= -r$ds$Ms[r$ok] - 1e-12))
   # (at -u z with u = Mu / z held in float32 as upstream, so within float32 of -Mu)
   expect_true(all(r$v$velocity_u[r$ok] >= -r$ds$Mu[r$ok] * (1 + 1e-6) - 1e-12))
+})
+
+test_that("velocity() matches upstream with use_raw (no smoothing over the graph)", {
+  r <- velocity_vs_upstream_fit(12L, use_raw = TRUE)
+  expect_true(any(r$ok))
 })
 
 test_that("velocity() matches upstream with fit_basal_transcription", {
