@@ -25,6 +25,8 @@ SEXP scnative_dynamics_interrupt(void);
 
 
 /* velocity (moments, velocity, simulation): declarations */
+SEXP scnative_velocity_knn(SEXP, SEXP, SEXP);
+SEXP scnative_velocity_mt(SEXP, SEXP, SEXP);
 /* end velocity declarations */
 
 
@@ -55,6 +57,8 @@ static const R_CallMethodDef callMethods[] = {
 
 
     /* velocity table */
+    CALLDEF(scnative_velocity_knn, 3),
+    CALLDEF(scnative_velocity_mt, 3),
     /* end velocity table */
 
 

@@ -1,0 +1,930 @@
+# RNA velocity around the dynamical model: first-order moments (scv.pp.moments), dynamical
+# velocities (scv.tl.velocity(mode = "dynamical")), the simulator (scv.datasets.simulation),
+# plots and the Seurat / SingleCellExperiment methods. kNN search and the Mersenne Twister
+# streams are in src/velocity.c. Spec: /work/shared/spec/scvelo-dynamics.md sections 5.1, 7,
+# 8 and 10.
+
+# ------------------------------------------------------------------ helpers
+
+# ggplot2's .data pronoun in aes() (plots below)
+utils::globalVariables(".data")
+
+# Values rounded to float32 (as numpy's astype(np.float32)), kept as doubles.
+as_f32 <- function(x) {
+  if (!length(x)) return(x)
+  d <- dim(x)
+  dn <- dimnames(x)
+  out <- .Call(C_scnative_dynamics_f32, as.double(x))
+  dim(out) <- d
+  dimnames(out) <- dn
+  out
+}
+
+# scVelo's test for raw counts: the first 5 cells (columns here) hold whole numbers only.
+looks_like_counts <- function(x) {
+  m <- x[, seq_len(min(5L, ncol(x))), drop = FALSE]
+  v <- if (inherits(m, "sparseMatrix")) methods::as(m, "CsparseMatrix")@x else as.vector(m)
+  all(abs(v %% 1) <= 1e-3)
+}
+
+# scVelo's normalize_per_cell: each cell divided by (its total / median total).
+normalise_cells <- function(x) {
+  counts <- Matrix::colSums(x)
+  after <- stats::median(counts)
+  after <- after + (after == 0)
+  counts <- counts / after
+  counts <- counts + (counts == 0)
+  if (inherits(x, "sparseMatrix")) {
+    x %*% Matrix::Diagonal(x = 1 / counts)
+  } else {
+    x / rep(counts, each = nrow(x))
+  }
+}
+
+# Top principal component scores (cells x n_comps) of the cells of a genes x cells matrix,
+# centred per gene (scanpy's pp.pca, zero_center = TRUE; signs are arbitrary).
+pca_scores <- function(x, n_comps) {
+  x <- as.matrix(x)
+  storage.mode(x) <- "double"
+  xc <- t(x - rowMeans(x))  # cells x genes, centred
+  n <- nrow(xc)
+  p <- ncol(xc)
+  if (p <= n) {
+    e <- eigen(crossprod(xc), symmetric = TRUE)
+    v <- e$vectors[, seq_len(n_comps), drop = FALSE]
+    return(xc %*% v)
+  }
+  if (n <= 4000L) {
+    s <- La.svd(xc, nu = n_comps, nv = 0L)
+    return(sweep(s$u, 2L, s$d[seq_len(n_comps)], "*"))
+  }
+  e <- eigen(tcrossprod(xc), symmetric = TRUE)
+  sweep(e$vectors[, seq_len(n_comps), drop = FALSE], 2L,
+        sqrt(pmax(e$values[seq_len(n_comps)], 0)), "*")
+}
+
+# umap's smooth_knn_dist (local_connectivity = 1, bandwidth = 1) on float32 distances
+# (n x k, self first): returns sigma and rho per cell.
+smooth_knn <- function(d, k) {
+  n <- nrow(d)
+  target <- log2(k)
+  fmax <- 3.4028234663852886e38
+  nz <- d > 0
+  rho <- numeric(n)
+  has <- rowSums(nz) > 0
+  if (any(has)) {
+    first <- max.col(nz[has, , drop = FALSE], ties.method = "first")
+    rho[has] <- d[has, , drop = FALSE][cbind(seq_len(sum(has)), first)]
+  }
+  lo <- numeric(n)
+  hi <- rep(fmax, n)
+  mid <- rep(1, n)
+  active <- rep(TRUE, n)
+  dd <- d[, -1L, drop = FALSE] - rho
+  for (it in seq_len(64L)) {
+    ia <- which(active)
+    if (!length(ia)) break
+    dsub <- dd[ia, , drop = FALSE]
+    term <- exp(-(dsub / mid[ia]))
+    term[dsub <= 0] <- 1
+    psum <- rowSums(term)
+    done <- abs(psum - target) < 1e-5
+    up <- !done & psum > target
+    down <- !done & !up
+    i_up <- ia[up]
+    hi[i_up] <- mid[i_up]
+    mid[i_up] <- (lo[i_up] + hi[i_up]) / 2
+    i_dn <- ia[down]
+    lo[i_dn] <- mid[i_dn]
+    dbl <- hi[i_dn] >= fmax
+    mid[i_dn[dbl]] <- mid[i_dn[dbl]] * 2
+    mid[i_dn[!dbl]] <- (lo[i_dn[!dbl]] + hi[i_dn[!dbl]]) / 2
+    active[ia[done]] <- FALSE
+  }
+  sigma <- as_f32(mid)
+  mean_all <- mean(d)
+  mean_row <- rowMeans(d)
+  floor_ <- ifelse(rho > 0, 1e-3 * mean_row, 1e-3 * mean_all)
+  sigma <- ifelse(sigma < floor_, as_f32(floor_), sigma)
+  list(sigma = sigma, rho = rho)
+}
+
+# scanpy's umap connectivities (fuzzy union of the kNN memberships) from kNN indices and
+# distances (n x k, self first, 1-based).
+umap_connectivities <- function(idx, dst, k) {
+  n <- nrow(idx)
+  d <- as_f32(dst)
+  sr <- smooth_knn(d, k)
+  rho <- sr$rho
+  sigma <- sr$sigma
+  val <- exp(-((d - rho) / sigma))
+  val[(d - rho) <= 0 | sigma == 0] <- 1
+  val[idx == seq_len(n)] <- 0
+  val <- as_f32(val)
+  ok <- idx > 0 & val > 0
+  P <- Matrix::sparseMatrix(i = row(idx)[ok], j = idx[ok], x = val[ok], dims = c(n, n))
+  Pt <- Matrix::t(P)
+  G <- P + Pt - P * Pt
+  G <- Matrix::drop0(methods::as(G, "CsparseMatrix"))
+  G@x <- as_f32(G@x)
+  G
+}
+
+check_pair <- function(spliced, unspliced, a = "spliced", b = "unspliced") {
+  s <- as_checked_matrix(spliced, a, nonneg = TRUE, dense = FALSE)
+  u <- as_checked_matrix(unspliced, b, nonneg = TRUE, dense = FALSE)
+  if (!identical(dim(s), dim(u))) {
+    stopf("'%s' and '%s' must have the same dimensions (%s is %d x %d, %s is %d x %d)", a, b,
+          a, nrow(s), ncol(s), b, nrow(u), ncol(u))
+  }
+  if (!identical(dimnames(s), dimnames(u))) {
+    stopf("'%s' and '%s' must have the same dimnames (genes in rows, cells in columns)", a, b)
+  }
+  if (ncol(s) < 3L) stopf("'%s' must have at least 3 cells (columns)", a)
+  to <- function(m) {
+    if (inherits(m, "Matrix")) {
+      m <- methods::as(methods::as(methods::as(m, "CsparseMatrix"), "generalMatrix"), "dMatrix")
+    } else {
+      m <- as.matrix(m)
+      storage.mode(m) <- "double"
+    }
+    m
+  }
+  list(s = to(s), u = to(u))
+}
+
+# ------------------------------------------------------------------ moments
+
+#' First-order moments of spliced and unspliced counts (scVelo's `pp.moments`)
+#'
+#' Averages each cell's spliced and unspliced abundances over its nearest neighbours, as
+#' `scvelo.pp.moments(adata, n_neighbors = 30)` does (scVelo 0.3.4) when given raw counts
+#' and no neighbour graph: layers that look like raw counts (whole numbers in the first five
+#' cells) are divided per cell by total / median total (`normalize_per_cell`, each layer by
+#' its own totals); the principal components of the normalised `X` (by default the spliced
+#' counts, as in scVelo's data sets; no log transform) are computed (centred, `min(30,
+#' genes - 1, cells - 1)` components; fewer than 50 genes: `X` itself); each cell's
+#' `n_neighbors` nearest cells (itself included) are found exactly by Euclidean distance; the
+#' UMAP fuzzy-union connectivities are formed (scanpy's `method = "umap"`); finally the graph
+#' is binarised, given self loops and row-normalised (`get_connectivities`), and
+#' `Ms = C spliced`, `Mu = C unspliced`.
+#'
+#' With `connectivities` (a cells x cells graph: scanpy's `obsp["connectivities"]`, a Seurat
+#' `FindNeighbors()` graph, ...), no PCA/kNN is run and every edge of the graph is used.
+#'
+#' @param x The spliced counts (default method; may also be given by name as `spliced =`),
+#'   or a Seurat / SingleCellExperiment object.
+#' @param unspliced Default method: genes x cells numeric matrix (dense or `dgCMatrix`) of
+#'   unspliced counts, with the same dimensions and dimnames as the spliced counts `x`;
+#'   finite, non-negative. Object methods: the name of the unspliced assay.
+#' @param n_neighbors Whole number >= 2 (default 30): neighbours per cell, self included.
+#' @param n_pcs `NULL` (upstream's default: 30 components) or a whole number >= 1 of
+#'   principal components.
+#' @param connectivities `NULL` or a cells x cells neighbour graph (matrix or `Matrix`);
+#'   entries > 0 are edges.
+#' @param normalize Logical: normalise layers that look like raw counts (upstream always
+#'   does).
+#' @param X `NULL` (the spliced counts) or a genes x cells matrix on which PCA is run.
+#' @param threads `NULL` (package default) or a whole number of threads for the kNN search.
+#' @param ... Passed to methods.
+#' @return An object of class `scnative_moments`: a list with `Ms`, `Mu` (dense genes x
+#'   cells), `connectivities` (the cells x cells graph: UMAP weights, or the given one),
+#'   `distances` (kNN distances, self excluded; `NULL` when a graph was given),
+#'   `normalized_connectivities` (the row-normalised matrix applied) and `normalized`
+#'   (whether the counts were normalised).
+#' @details The kNN search is exact (brute force, `O(cells^2)` time, `O(cells x k)` memory,
+#'   OpenMP over cells), like scanpy's for fewer than 8,192 cells; scanpy switches to the
+#'   approximate pynndescent beyond that, so large data sets may differ in a few neighbours.
+#' @examples
+#' sim <- simulate_velocity(n_obs = 100, n_vars = 8)
+#' m <- moments(sim$spliced, sim$unspliced, n_neighbors = 10, normalize = FALSE)
+#' dim(m$Ms)
+#' @export
+moments <- function(x, ...) {
+  if (missing(x)) {
+    dots <- list(...)
+    if (is.null(dots$spliced)) stopf("'spliced' (the first argument) is missing")
+    x <- dots$spliced
+    dots$spliced <- NULL
+    return(do.call(moments, c(list(x), dots)))
+  }
+  UseMethod("moments")
+}
+
+#' @rdname moments
+#' @export
+moments.default <- function(x, unspliced, n_neighbors = 30, n_pcs = NULL,
+                            connectivities = NULL, normalize = TRUE, X = NULL, threads = NULL,
+                            ...) {
+  if (missing(unspliced)) stopf("'unspliced' is missing")
+  pr <- check_pair(x, unspliced)
+  s <- pr$s
+  u <- pr$u
+  check_number(n_neighbors, "n_neighbors", min = 2, whole = TRUE)
+  check_number(n_pcs, "n_pcs", min = 1, whole = TRUE, allow_null = TRUE)
+  check_flag(normalize, "normalize")
+  nth <- resolve_threads(threads)
+  n_cells <- ncol(s)
+  cells <- colnames(s)
+  if (!is.null(X)) {
+    X <- as_checked_matrix(X, "X", dense = FALSE)
+    if (ncol(X) != n_cells) stopf("'X' must have %d columns (cells), not %d", n_cells, ncol(X))
+  }
+  was_norm <- FALSE
+  if (normalize && (looks_like_counts(s) || looks_like_counts(u))) {
+    if (looks_like_counts(s)) s <- normalise_cells(s)
+    if (looks_like_counts(u)) u <- normalise_cells(u)
+    was_norm <- TRUE
+  }
+  dist <- NULL
+  if (is.null(connectivities)) {
+    if (is.null(X)) {
+      X <- pr$s
+    }
+    # upstream normalises X along with the layers (only when the layers triggered it)
+    if (was_norm && looks_like_counts(X)) X <- normalise_cells(X)
+    n_genes <- nrow(X)
+    k <- n_neighbors
+    if (k > n_cells) k <- 1L + as.integer(0.5 * n_cells)
+    if (n_genes < 50L) {
+      rep_ <- t(as.matrix(X))
+      if (!is.null(n_pcs)) rep_ <- rep_[, seq_len(min(n_pcs, ncol(rep_))), drop = FALSE]
+    } else {
+      n_comps <- min(n_pcs %||% 30, n_genes - 1L, n_cells - 1L)
+      rep_ <- pca_scores(X, n_comps)
+    }
+    storage.mode(rep_) <- "double"
+    rep_ <- as_f32(rep_)
+    nn <- .Call(C_scnative_velocity_knn, rep_, as.integer(k), nth)
+    idx <- nn[[1L]]
+    dst <- nn[[2L]]
+    connectivities <- umap_connectivities(idx, dst, k)
+    keep <- col(idx) > 1L & idx > 0L
+    dist <- Matrix::sparseMatrix(i = row(idx)[keep], j = idx[keep], x = dst[keep],
+                                 dims = c(n_cells, n_cells), dimnames = list(cells, cells))
+    dimnames(connectivities) <- list(cells, cells)
+  } else {
+    connectivities <- methods::as(methods::as(connectivities, "CsparseMatrix"), "generalMatrix")
+    if (nrow(connectivities) != n_cells || ncol(connectivities) != n_cells) {
+      stopf("'connectivities' must be a %d x %d matrix (cells x cells), not %d x %d", n_cells,
+            n_cells, nrow(connectivities), ncol(connectivities))
+    }
+  }
+  C <- normalise_connectivities(connectivities, n_cells)
+  # C is cells x cells (rows sum to 1); genes x cells moments are x C'.
+  Ms <- as.matrix(s %*% Matrix::t(C))
+  Mu <- as.matrix(u %*% Matrix::t(C))
+  Ms <- as_f32(Ms)
+  Mu <- as_f32(Mu)
+  dimnames(Ms) <- dimnames(Mu) <- dimnames(pr$s)
+  structure(list(Ms = Ms, Mu = Mu, connectivities = connectivities, distances = dist,
+                 normalized_connectivities = C, normalized = was_norm),
+            class = "scnative_moments")
+}
+
+#' @exportS3Method print scnative_moments
+print.scnative_moments <- function(x, ...) {
+  cat(sprintf("<scnative_moments> %d genes x %d cells; graph with %d edges%s\n", nrow(x$Ms),
+              ncol(x$Ms), length(x$connectivities@x),
+              if (isTRUE(x$normalized)) "; counts normalised per cell" else ""))
+  invisible(x)
+}
+
+# ------------------------------------------------------------------ velocity
+
+# Closed-form solution (spec 5.1), element-wise with recycling, upstream's evaluation order.
+ode_u <- function(tau, u0, a, b) {
+  eu <- exp(-b * tau)
+  u0 * eu + (a / b) * (1 - eu)
+}
+ode_s <- function(tau, s0, u0, a, b, g) {
+  eu <- exp(-b * tau)
+  es <- exp(-g * tau)
+  gb <- g - b
+  inv <- (1 / gb) * (gb != 0)
+  cc <- (a - u0 * b) * inv
+  ((s0 * es) + (a / g) * (1 - es)) + cc * (es - eu)
+}
+
+#' RNA velocity of the dynamical model (scVelo's `tl.velocity(mode = "dynamical")`)
+#'
+#' Computes, for every fitted gene and cell, the spliced velocity `beta U - gamma S` and the
+#' unspliced velocity `(alpha on - beta U) z` of a [recover_dynamics()] fit exactly as
+#' `scvelo.tl.velocity(adata, mode = "dynamical")` (scVelo 0.3.4): each cell is put in the
+#' most likely of induction, repression and the two steady states (distances smoothed over
+#' the neighbour graph and scaled by a per-gene variance), its time is smoothed over the
+#' graph, the model is re-evaluated at that time, and velocities are clipped at `-Ms` and
+#' `-Mu`. Genes are flagged as `velocity_genes` by likelihood, R^2 and scaling.
+#'
+#' @param x A `scnative_dynamics` fit (default method) or a Seurat / SingleCellExperiment
+#'   object (methods).
+#' @param Ms,Mu Genes x cells moments, the matrices the fit was made on (same genes in the
+#'   same order as `x$var`).
+#' @param mode Only `"dynamical"` is supported.
+#' @param connectivities Cells x cells neighbour graph (binarised, self loops added,
+#'   row-normalised as scVelo's `get_connectivities`); default: the one the fit used. `NULL`
+#'   turns smoothing off (upstream requires a graph unless `use_raw`).
+#' @param min_likelihood,min_r2 Thresholds for `velocity_genes` (defaults 1e-3 and 1e-2).
+#' @param ... Passed to methods.
+#' @return An object of class `scnative_velocity`: a list with `velocity` and `velocity_u`
+#'   (genes x cells, `NA` for unfitted genes), `var` (data.frame: `velocity_genes`,
+#'   `fit_r2`) and `params` (upstream's `velocity_params`).
+#' @examples
+#' sim <- simulate_velocity(n_obs = 200, n_vars = 4)
+#' fit <- recover_dynamics(sim$spliced, sim$unspliced, var_names = "all", threads = 1,
+#'                         progress = FALSE)
+#' v <- velocity(fit, sim$spliced, sim$unspliced)
+#' dim(v$velocity)
+#' @export
+velocity <- function(x, ...) UseMethod("velocity")
+
+#' @rdname velocity
+#' @export
+velocity.scnative_dynamics <- function(x, Ms, Mu, mode = "dynamical",
+                                       connectivities = x$connectivities,
+                                       min_likelihood = 1e-3, min_r2 = 1e-2, ...) {
+  check_string(mode, "mode")
+  if (!identical(mode, "dynamical")) stopf("'mode' must be \"dynamical\", not '%s'", mode)
+  check_number(min_likelihood, "min_likelihood")
+  check_number(min_r2, "min_r2", allow_null = TRUE)
+  Ms <- as_checked_matrix(Ms, "Ms", nonneg = TRUE)
+  Mu <- as_checked_matrix(Mu, "Mu", nonneg = TRUE)
+  var <- x$var
+  if (!identical(dim(Ms), dim(Mu))) stopf("'Ms' and 'Mu' must have the same dimensions")
+  if (nrow(Ms) != nrow(var)) {
+    stopf("'Ms' has %d genes but the fit has %d", nrow(Ms), nrow(var))
+  }
+  if (!is.null(rownames(Ms)) && !identical(rownames(Ms), rownames(var))) {
+    stopf("the genes (rows) of 'Ms' are not the fit's genes in order")
+  }
+  n_cells <- ncol(Ms)
+  if (!identical(ncol(x$layers$fit_tau), n_cells)) {
+    stopf("'Ms' has %d cells but the fit has %d", n_cells, ncol(x$layers$fit_tau))
+  }
+  C <- if (is.null(connectivities)) NULL else normalise_connectivities(connectivities, n_cells)
+  uns <- x$uns$recover_dynamics %||% list()
+  use_raw <- isTRUE(uns$use_raw)
+  basal <- isTRUE(uns$fit_basal_transcription)
+  connect <- !use_raw && !is.null(C)
+
+  g <- which(!is.na(var$fit_alpha))
+  vel <- matrix(NA_real_, nrow(Ms), n_cells, dimnames = dimnames(Ms))
+  vel_u <- vel
+  if (length(g)) {
+    alpha <- var$fit_alpha[g]
+    scaling <- var$fit_scaling[g]
+    beta <- var$fit_beta[g] * scaling
+    gamma <- var$fit_gamma[g]
+    t_ <- var$fit_t_[g]
+    std_u <- var$fit_std_u[g] / scaling
+    std_s <- var$fit_std_s[g]
+    # upstream divides the float32 Mu layer in place, so u stays float32
+    u <- as_f32(Mu[g, , drop = FALSE] / scaling)
+    s <- Ms[g, , drop = FALSE]
+    if (basal) {
+      u <- u - var$fit_u0[g] / scaling
+      s <- s - var$fit_s0[g]
+    }
+    tau <- unname(as.matrix(x$layers$fit_tau[g, , drop = FALSE]))
+    tau_ <- unname(as.matrix(x$layers$fit_tau_[g, , drop = FALSE]))
+    zero <- 0 * tau
+    u0_ <- ode_u(t_, 0, alpha, beta)
+    s0_ <- ode_s(t_, 0, 0, alpha, beta, gamma)
+    ut <- ode_u(tau, 0, alpha, beta)
+    st <- ode_s(tau, 0, 0, alpha, beta, gamma)
+    ut_ <- ode_u(tau_, u0_, 0, beta)
+    st_ <- ode_s(tau_, s0_, u0_, 0, beta, gamma)
+    distu <- (u - ut) / std_u
+    distu_ <- (u - ut_) / std_u
+    dists <- (s - st) / std_s
+    dists_ <- (s - st_) / std_s
+    distx <- distu^2 + dists^2
+    distx_ <- distu_^2 + dists_^2
+    d_st <- ((u - alpha / beta) / std_u)^2 + ((s - alpha / gamma) / std_s)^2
+    d_st_ <- (u / std_u)^2 + (s / std_s)^2
+    o <- distx < distx_
+    dist <- ifelse(o, distx, distx_)
+    sgn <- sign(ifelse(o, dists, dists_))
+    varx <- rowMeans(dist) - rowMeans(sgn * sqrt(dist))^2
+    smooth <- function(m) if (connect) as.matrix(m %*% Matrix::t(C)) else m
+    res <- list(distx_, distx, d_st_, d_st)
+    lik <- lapply(res, function(r) {
+      1 / (2 * pi * sqrt(varx)) * exp(-0.5 * (smooth(r) / varx))
+    })
+    k <- matrix(4L, nrow(s), n_cells)
+    best <- matrix(1e-6, nrow(s), n_cells)
+    for (j in 4:1) {
+      take <- !is.na(lik[[j]]) & lik[[j]] >= best
+      best[take] <- lik[[j]][take]
+      k[take] <- j - 1L
+    }
+    t <- tau * (k == 1L) + (tau_ + t_) * (k == 0L)
+    if (connect) {
+      t <- smooth(t)
+      on <- (k < 2L) & (t < t_)
+      off <- (k < 2L) & (t >= t_)
+      o2 <- t < t_
+      tau2 <- t * o2 + (t - t_) * (1 - o2)
+      u0v <- 0 * o2 + u0_ * (1 - o2)
+      s0v <- 0 * o2 + s0_ * (1 - o2)
+      av <- alpha * o2 + 0 * (1 - o2)
+      ut <- ode_u(tau2, u0v, av, beta)
+      st <- ode_s(tau2, s0v, u0v, av, beta, gamma)
+      ut <- ut * on + ut * off
+      st <- st * on + st * off
+      av <- av * on
+    } else {
+      on <- k == 1L
+      off <- k == 0L
+      ut <- ut * on + ut_ * off
+      st <- st * on + st_ * off
+      av <- alpha * on
+    }
+    vt <- ut * beta - st * gamma
+    wt <- (av - beta * ut) * scaling
+    vt <- pmax(vt, -s)
+    wt <- pmax(wt, -u * scaling)
+    vel[g, ] <- vt
+    vel_u[g, ] <- wt
+  }
+  r2 <- var$fit_r2
+  if (is.null(r2) && !is.null(min_r2)) r2 <- suppressWarnings(steady_state_genes(Ms, Mu))$r2
+  vg <- !is.na(var$fit_likelihood) & var$fit_likelihood > min_likelihood
+  if (!is.null(min_r2)) vg <- vg & !is.na(r2) & r2 > min_r2
+  q <- stats::quantile(var$fit_scaling, c(0.1, 0.9), na.rm = TRUE, names = FALSE, type = 7)
+  sc <- var$fit_scaling
+  vg <- vg & !is.na(sc) & sc > min(q[1L], 0.03) & sc < max(q[2L], 3)
+  out_var <- data.frame(velocity_genes = vg, row.names = rownames(var))
+  if (!is.null(r2)) out_var$fit_r2 <- r2
+  structure(list(velocity = vel, velocity_u = vel_u, var = out_var,
+                 params = list(mode = "dynamical", fit_offset = FALSE, perc = c(5, 95))),
+            class = "scnative_velocity")
+}
+
+#' @exportS3Method print scnative_velocity
+print.scnative_velocity <- function(x, ...) {
+  cat(sprintf("<scnative_velocity> %d genes x %d cells; %d velocity genes\n", nrow(x$velocity),
+              ncol(x$velocity), sum(x$var$velocity_genes)))
+  invisible(x)
+}
+
+# ------------------------------------------------------------------ simulation
+
+# numpy's percentile (linear method) of a vector.
+np_percentile <- function(x, q) {
+  x <- sort(x)
+  n <- length(x)
+  v <- (n - 1) * (q / 100)
+  lo <- floor(v)
+  t <- v - lo
+  a <- x[lo + 1]
+  b <- x[min(lo + 2, n)]
+  d <- b - a
+  if (t >= 0.5) b - d * (1 - t) else a + d * t
+}
+
+#' Simulated spliced and unspliced counts (scVelo's `datasets.simulation`)
+#'
+#' Reproduces `scvelo.datasets.simulation()` (scVelo 0.3.4) number for number: cell times
+#' from Python's `random` module (exponential increments), switching times at fractions of
+#' the total time, the closed-form splicing kinetics, and Gaussian noise from numpy's legacy
+#' `RandomState` (both Mersenne Twister streams and their seedings are re-implemented in C).
+#'
+#' @param n_obs Whole number >= 2: cells.
+#' @param n_vars `NULL` (one gene per switch) or a whole number >= 1: genes.
+#' @param alpha,beta,gamma Positive numbers (or vectors, one per gene) of transcription,
+#'   splicing and degradation rates.
+#' @param alpha_ Non-negative number: transcription in the repression phase.
+#' @param t_max `NULL` or a positive number: total time.
+#' @param noise_model `"normal"` (Gaussian noise, sd 1/10 of the 99th percentile) or
+#'   `"gillespie"`.
+#' @param noise_level Non-negative number or vector, one per gene.
+#' @param switches `NULL` (fractions 0.4, 0.7, 1, 0.1, cycled) or a numeric vector of
+#'   switching fractions of `t_max` in (0, 1].
+#' @param random_seed Whole number in `[0, 2^32)`.
+#' @return A list with `spliced` and `unspliced` (genes x cells matrices, genes "0", "1",
+#'   ...), `obs` (data.frame with `true_t`, rounded to 2 decimals as upstream) and `var`
+#'   (data.frame with `true_t_`, `true_alpha`, `true_beta`, `true_gamma`, `true_scaling`),
+#'   and `t` (the unrounded cell times).
+#' @examples
+#' sim <- simulate_velocity(n_obs = 50, n_vars = 3, random_seed = 1)
+#' sim$var
+#' @export
+simulate_velocity <- function(n_obs = 300, n_vars = NULL, alpha = 5, beta = 0.5, gamma = 0.3,
+                              alpha_ = 0, t_max = NULL, noise_model = "normal",
+                              noise_level = 1, switches = NULL, random_seed = 0) {
+  check_number(n_obs, "n_obs", min = 2, whole = TRUE)
+  check_number(n_vars, "n_vars", min = 1, whole = TRUE, allow_null = TRUE)
+  for (a in c("alpha", "beta", "gamma", "noise_level")) {
+    v <- get(a)
+    if (!is.numeric(v) || !length(v) || anyNA(v) || any(!is.finite(v)) || any(v < 0)) {
+      stopf("'%s' must be non-negative finite numbers", a)
+    }
+  }
+  check_number(alpha_, "alpha_", min = 0)
+  check_number(t_max, "t_max", min = 0, min_open = TRUE, allow_null = TRUE)
+  check_string(noise_model, "noise_model")
+  if (!noise_model %in% c("normal", "gillespie")) {
+    stopf("'noise_model' must be \"normal\" or \"gillespie\", not '%s'", noise_model)
+  }
+  check_number(random_seed, "random_seed", min = 0, max = 2^32 - 1, whole = TRUE)
+  if (!is.null(switches) && (!is.numeric(switches) || !length(switches) || anyNA(switches) ||
+                               any(switches <= 0) || any(switches > 1))) {
+    stopf("'switches' must be numbers in (0, 1]")
+  }
+  n_obs <- as.integer(n_obs)
+  U0 <- .Call(C_scnative_velocity_mt, as.double(random_seed), as.double(n_obs - 1L), 0L)
+  t <- c(0, cumsum(-0.1 * log(U0)))
+  if (!is.null(t_max)) t <- t * (t_max / max(t))
+  t_max <- max(t)
+  cyc <- function(x, n) if (is.null(n)) x else rep(x, ceiling(n / length(x)))
+  sw <- cyc(if (is.null(switches)) c(0.4, 0.7, 1, 0.1) else switches, n_vars)
+  t_sw <- vapply(sw, function(f) max(t[t < f * t_max]), numeric(1))
+  nl <- if (length(noise_level) > 1L) cyc(noise_level, n_vars %||% length(sw)) else
+    rep(noise_level, n_vars %||% length(sw))
+  nv <- if (is.null(n_vars)) min(length(sw), length(nl)) else as.integer(n_vars)
+  per_gene <- function(x, i) if (length(x) > 1L && length(x) != n_obs) x[i] else x
+  U <- S <- matrix(0, n_obs, nv)
+  if (noise_model == "normal") {
+    z <- .Call(C_scnative_velocity_mt, as.double(random_seed), as.double(2 * n_obs * nv), 1L)
+  } else {
+    z <- .Call(C_scnative_velocity_mt, as.double(random_seed), as.double(n_obs * nv), 2L)
+  }
+  zpos <- 0
+  for (i in seq_len(nv)) {
+    ai <- per_gene(alpha, i)
+    bi <- per_gene(beta, i)
+    gi <- per_gene(gamma, i)
+    ts <- t_sw[i]
+    o <- as.integer(t < ts)
+    tau <- t * o + (t - ts) * (1 - o)
+    u0s <- ode_u(ts, 0, ai, bi)
+    s0s <- ode_s(ts, 0, 0, ai, bi, gi)
+    u0v <- 0 * o + u0s * (1 - o)
+    s0v <- 0 * o + s0s * (1 - o)
+    av <- ai * o + alpha_ * (1 - o)
+    if (noise_model == "gillespie") {
+      uu <- numeric(n_obs)
+      ss <- numeric(n_obs)
+      b1 <- beta[1L]
+      g1 <- gamma[1L]
+      for (c in seq_len(n_obs)) {
+        up <- if (c > 1L) uu[c - 1L] else 0
+        sp <- if (c > 1L) ss[c - 1L] else 0
+        du <- 0
+        ds <- 0
+        if (!(av[c] == 0 && up == 0 && sp == 0)) {
+          props <- c(av[c], b1 * up, g1 * sp)
+          tot <- sum(props)
+          if (tot > 0) props <- props / tot
+          cs <- cumsum(props)
+          zpos <- zpos + 1
+          p <- z[zpos]
+          j <- 1L
+          while (j <= 3L && p > cs[j]) j <- j + 1L
+          du <- c(1, -1, 0, 0)[j]
+          ds <- c(0, 1, -1, 0)[j]
+        }
+        uu[c] <- up + du
+        ss[c] <- sp + ds
+      }
+      U[, i] <- pmax(uu, 0)
+      S[, i] <- pmax(ss, 0)
+    } else {
+      ut <- ode_u(tau, u0v, av, bi)
+      st <- ode_s(tau, s0v, u0v, av, bi, gi)
+      sdu <- nl[i] * np_percentile(ut, 99) / 10
+      ut <- ut + sdu * z[zpos + seq_len(n_obs)]
+      zpos <- zpos + n_obs
+      sds <- nl[i] * np_percentile(st, 99) / 10
+      st <- st + sds * z[zpos + seq_len(n_obs)]
+      zpos <- zpos + n_obs
+      U[, i] <- pmax(ut, 0)
+      S[, i] <- pmax(st, 0)
+    }
+  }
+  genes <- as.character(seq_len(nv) - 1L)
+  cells <- as.character(seq_len(n_obs) - 1L)
+  scal <- function(x) if (length(x) > 1L && length(x) == n_obs) NA_real_ else x
+  rate <- function(x) {
+    x <- scal(x)
+    if (length(x) > 1L) x[seq_len(nv)] else rep(x, nv)
+  }
+  var <- data.frame(true_t_ = t_sw[seq_len(nv)], true_alpha = rate(alpha),
+                    true_beta = rate(beta), true_gamma = rate(gamma),
+                    true_scaling = rep(1, nv), row.names = genes)
+  obs <- data.frame(true_t = round(t, 2), row.names = cells)
+  list(spliced = matrix(t(S), nv, n_obs, dimnames = list(genes, cells)),
+       unspliced = matrix(t(U), nv, n_obs, dimnames = list(genes, cells)),
+       obs = obs, var = var, t = t)
+}
+
+# ------------------------------------------------------------------ plots
+
+need_ggplot <- function() need_pkg("ggplot2", "for the plots")
+
+#' Phase portrait of one gene with its fitted dynamics
+#'
+#' Plots unspliced (`Mu`) against spliced (`Ms`) moments of every cell for one gene, the
+#' trajectory of the fitted model in the same (raw) units (induction from 0 to the switching
+#' time `t_`, then repression; `u = scaling * U(t)`), and the steady-state line
+#' `Mu = (gamma / beta) Ms`.
+#'
+#' @param fit A `scnative_dynamics` fit ([recover_dynamics()]).
+#' @param gene A single gene name (or row number) of the fit.
+#' @param Ms,Mu Genes x cells moments the fit was made on.
+#' @param color `NULL` (colour cells by the gene's fitted time `fit_t`), or a vector with
+#'   one value per cell (a factor or character for groups, numeric for a continuous
+#'   variable such as latent time).
+#' @param n_points Whole number: points along each branch of the trajectory.
+#' @return A `ggplot` object (layers: cells, trajectory, steady-state line).
+#' @examples
+#' if (requireNamespace("ggplot2", quietly = TRUE)) {
+#'   sim <- simulate_velocity(n_obs = 200, n_vars = 2)
+#'   fit <- recover_dynamics(sim$spliced, sim$unspliced, var_names = "all", threads = 1,
+#'                           progress = FALSE)
+#'   plot_phase_portrait(fit, "0", sim$spliced, sim$unspliced)
+#' }
+#' @export
+plot_phase_portrait <- function(fit, gene, Ms, Mu, color = NULL, n_points = 200) {
+  need_ggplot()
+  if (!inherits(fit, "scnative_dynamics")) stopf("'fit' must be a scnative_dynamics object")
+  check_number(n_points, "n_points", min = 2, whole = TRUE)
+  genes <- rownames(fit$var)
+  if (is.numeric(gene) && length(gene) == 1L && gene >= 1 && gene <= length(genes)) {
+    gene <- genes[gene]
+  }
+  check_string(gene, "gene")
+  if (!gene %in% genes) stopf("'gene' = \"%s\" is not a gene of the fit", gene)
+  gi <- match(gene, genes)
+  rn <- rownames(Ms) %||% genes
+  if (!gene %in% rn || !gene %in% (rownames(Mu) %||% genes)) {
+    stopf("'gene' = \"%s\" is not a row of 'Ms' and 'Mu'", gene)
+  }
+  s <- as.numeric(Ms[gene, ])
+  u <- as.numeric(Mu[gene, ])
+  n_cells <- length(s)
+  if (length(u) != n_cells) stopf("'Ms' and 'Mu' must have the same cells")
+  v <- fit$var[gi, ]
+  df <- data.frame(Ms = s, Mu = u)
+  if (is.null(color)) {
+    df$color <- as.numeric(fit$layers$fit_t[gi, ])
+    clab <- "fit_t"
+  } else {
+    if (length(color) != n_cells) stopf("'color' must have one value per cell (%d)", n_cells)
+    df$color <- if (is.character(color)) factor(color) else color
+    clab <- "color"
+  }
+  p <- ggplot2::ggplot(df, ggplot2::aes(x = .data$Ms, y = .data$Mu)) +
+    ggplot2::geom_point(ggplot2::aes(colour = .data$color), size = 1, alpha = 0.8) +
+    ggplot2::labs(title = gene, x = "spliced (Ms)", y = "unspliced (Mu)", colour = clab) +
+    ggplot2::theme_minimal()
+  if (!is.na(v$fit_alpha)) {
+    a <- v$fit_alpha
+    z <- v$fit_scaling
+    b <- v$fit_beta * z
+    g <- v$fit_gamma
+    t_ <- v$fit_t_
+    u0b <- if (isTRUE(fit$uns$recover_dynamics$fit_basal_transcription)) v$fit_u0 %||% 0 else 0
+    s0b <- if (isTRUE(fit$uns$recover_dynamics$fit_basal_transcription)) v$fit_s0 %||% 0 else 0
+    if (is.na(u0b)) u0b <- 0
+    if (is.na(s0b)) s0b <- 0
+    t_on <- seq(0, t_, length.out = n_points)
+    u_sw <- ode_u(t_, 0, a, b)
+    s_sw <- ode_s(t_, 0, 0, a, b, g)
+    tau_max <- max(c(as.numeric(fit$layers$fit_tau_[gi, ]), t_), na.rm = TRUE)
+    t_off <- seq(0, tau_max, length.out = n_points)
+    traj <- rbind(
+      data.frame(Ms = ode_s(t_on, 0, 0, a, b, g) + s0b, Mu = z * ode_u(t_on, 0, a, b) + u0b,
+                 branch = "induction"),
+      data.frame(Ms = ode_s(t_off, s_sw, u_sw, 0, b, g) + s0b,
+                 Mu = z * ode_u(t_off, u_sw, 0, b) + u0b, branch = "repression"))
+    slope <- g / v$fit_beta
+    p <- p +
+      ggplot2::geom_abline(slope = slope, intercept = u0b - slope * s0b, linetype = "dashed",
+                           colour = "grey40") +
+      ggplot2::geom_path(data = traj, ggplot2::aes(x = .data$Ms, y = .data$Mu,
+                                                   linetype = .data$branch),
+                         colour = "purple", linewidth = 0.9, inherit.aes = FALSE) +
+      ggplot2::labs(linetype = "fitted")
+  }
+  p
+}
+
+#' Fitted kinetic parameters across genes
+#'
+#' Histograms of the fitted rates (log10 `alpha`, `beta`, `gamma`), switching time `t_`,
+#' `scaling` and `likelihood` of every fitted gene.
+#'
+#' @param fit A `scnative_dynamics` fit ([recover_dynamics()]).
+#' @param bins Whole number of histogram bins.
+#' @return A `ggplot` object (one facet per parameter).
+#' @examples
+#' if (requireNamespace("ggplot2", quietly = TRUE)) {
+#'   sim <- simulate_velocity(n_obs = 150, n_vars = 4)
+#'   fit <- recover_dynamics(sim$spliced, sim$unspliced, var_names = "all", threads = 1,
+#'                           progress = FALSE)
+#'   plot_dynamics_params(fit)
+#' }
+#' @export
+plot_dynamics_params <- function(fit, bins = 30) {
+  need_ggplot()
+  if (!inherits(fit, "scnative_dynamics")) stopf("'fit' must be a scnative_dynamics object")
+  check_number(bins, "bins", min = 1, whole = TRUE)
+  v <- fit$var[!is.na(fit$var$fit_alpha), , drop = FALSE]
+  if (!nrow(v)) stopf("the fit has no fitted genes")
+  pars <- list(`log10 alpha` = log10(v$fit_alpha), `log10 beta` = log10(v$fit_beta),
+               `log10 gamma` = log10(v$fit_gamma), `t_` = v$fit_t_,
+               scaling = v$fit_scaling, likelihood = v$fit_likelihood)
+  df <- data.frame(parameter = factor(rep(names(pars), each = nrow(v)), levels = names(pars)),
+                   value = unlist(pars, use.names = FALSE),
+                   gene = rep(rownames(v), length(pars)))
+  df <- df[is.finite(df$value), , drop = FALSE]
+  ggplot2::ggplot(df, ggplot2::aes(x = .data$value)) +
+    ggplot2::geom_histogram(bins = bins, fill = "steelblue", colour = "white") +
+    ggplot2::facet_wrap(~parameter, scales = "free") +
+    ggplot2::labs(x = NULL, y = "genes",
+                  title = sprintf("Fitted dynamics of %d genes", nrow(v))) +
+    ggplot2::theme_minimal()
+}
+
+# ------------------------------------------------------------------ objects
+
+#' @rdname moments
+#' @param spliced Object methods: the name of the spliced assay.
+#' @param graph `NULL` (compute the neighbour graph as upstream) or the name of a cells x
+#'   cells graph of the object (Seurat `Graphs()`, e.g. `"RNA_nn"` from `FindNeighbors()`;
+#'   SCE `colPairs`) to average over.
+#' @param graph_name Name under which the graph used is stored in the object.
+#' @details For objects, `Ms` and `Mu` are stored as assays (Seurat: new assays `"Ms"`, `"Mu"`
+#'   whose data layer holds them; SCE: `assay(object, "Ms")`), the graph under `graph_name`
+#'   (Seurat `Graphs`, SCE `colPairs`) and nothing else is changed.
+#' @export
+moments.Seurat <- function(x, spliced = "spliced", unspliced = "unspliced", graph = NULL,
+                           graph_name = "scnative_connectivities", ...) {
+  moments_object(x, spliced, unspliced, graph, graph_name, ...)
+}
+
+#' @rdname moments
+#' @export
+moments.SingleCellExperiment <- function(x, spliced = "spliced", unspliced = "unspliced",
+                                         graph = NULL, graph_name = "scnative_connectivities",
+                                         ...) {
+  moments_object(x, spliced, unspliced, graph, graph_name, ...)
+}
+
+moments_object <- function(object, s_name, u_name, graph, graph_name, ...) {
+  check_string(u_name, "unspliced")
+  check_string(graph_name, "graph_name")
+  S <- obj_matrix(object, s_name, arg = "spliced")
+  U <- obj_matrix(object, u_name, arg = "unspliced")
+  conn <- if (is.null(graph)) NULL else obj_graph(object, graph)
+  m <- moments.default(S, U, connectivities = conn, ...)
+  object <- set_assay(object, "Ms", m$Ms)
+  object <- set_assay(object, "Mu", m$Mu)
+  g <- m$connectivities
+  # SCE colPairs take an unnamed matrix (named ones fail validity); Seurat graphs need names
+  dimnames(g) <- if (is_seurat(object)) list(colnames(m$Ms), colnames(m$Ms)) else NULL
+  obj_set_graph(object, graph_name, g)
+}
+
+# obj_set_matrix() with, for Seurat, an explicit valid assay key (names such as "fit_tau_"
+# would otherwise give key warnings and clashes).
+set_assay <- function(object, name, value) {
+  if (!is_seurat(object)) return(obj_set_matrix(object, name, value))
+  if (!identical(colnames(value), colnames(object))) {
+    stopf("cannot store '%s': its cells (columns) are not the object's cells in order", name)
+  }
+  a <- if (seurat_is_v5()) {
+    seurat_v5_fn("CreateAssay5Object")(data = value)
+  } else {
+    SeuratObject::CreateAssayObject(data = value)
+  }
+  key <- paste0(tolower(gsub("[^[:alnum:]]", "", name)), if (endsWith(name, "_")) "x" else "", "_")
+  SeuratObject::Key(a) <- key
+  object[[name]] <- a
+  object
+}
+
+obj_check_names <- function(object, ...) {
+  nm <- list(...)
+  for (a in names(nm)) check_string(nm[[a]], a)
+}
+
+# Ms/Mu from an object, computing moments() first when they are absent but spliced and
+# unspliced exist.
+object_moments <- function(object, Ms, Mu, spliced, unspliced, graph_name) {
+  if (!(obj_has_matrix(object, Ms) && obj_has_matrix(object, Mu))) {
+    if (obj_has_matrix(object, spliced) && obj_has_matrix(object, unspliced)) {
+      object <- moments_object(object, spliced, unspliced, NULL, graph_name)
+    } else {
+      obj_matrix(object, Ms, arg = "Ms")
+      obj_matrix(object, Mu, arg = "Mu")
+    }
+  }
+  list(object = object, Ms = obj_matrix(object, Ms, arg = "Ms"),
+       Mu = obj_matrix(object, Mu, arg = "Mu"))
+}
+
+object_graph_or_null <- function(object, name) {
+  if (is.null(name)) return(NULL)
+  tryCatch(obj_graph(object, name), error = function(e) NULL)
+}
+
+#' @rdname recover_dynamics_objects
+#' @title recover_dynamics() and velocity() on Seurat and SingleCellExperiment objects
+#' @description Fits the dynamical model ([recover_dynamics()]) or computes velocities
+#'   ([velocity()]) on the `Ms`/`Mu` assays of an object. When `Ms`/`Mu` are absent but the
+#'   `spliced`/`unspliced` assays exist, [moments()] is computed first (and stored).
+#' @param x A Seurat or SingleCellExperiment object.
+#' @param Ms,Mu Names of the assays holding the moments.
+#' @param spliced,unspliced Names of the assays with spliced / unspliced counts (used when
+#'   `Ms`/`Mu` are absent).
+#' @param graph Name of the neighbour graph in the object (default: the one [moments()]
+#'   stored); `NULL` fits without one.
+#' @param ... Passed to [recover_dynamics()] / [velocity()].
+#' @return The object with the results added. `recover_dynamics`: per-gene `fit_*` columns
+#'   (SCE `rowData`; Seurat: feature metadata of the `Ms` assay), the layers `fit_t`,
+#'   `fit_tau`, `fit_tau_` as assays, and upstream's `uns` entry in `metadata()` / `Misc()`
+#'   under `"recover_dynamics"`. `velocity`: assays `velocity`, `velocity_u` and the
+#'   `velocity_genes` (and `fit_r2`) feature columns.
+#' @examples
+#' if (requireNamespace("SingleCellExperiment", quietly = TRUE)) {
+#'   sim <- simulate_velocity(n_obs = 150, n_vars = 3)
+#'   sce <- SingleCellExperiment::SingleCellExperiment(
+#'     assays = list(spliced = sim$spliced, unspliced = sim$unspliced))
+#'   sce <- recover_dynamics(sce, var_names = "all", threads = 1, progress = FALSE)
+#'   sce <- velocity(sce)
+#'   SummarizedExperiment::assayNames(sce)
+#' }
+#' @export
+recover_dynamics.Seurat <- function(x, Ms = "Ms", Mu = "Mu", spliced = "spliced",
+                                    unspliced = "unspliced",
+                                    graph = "scnative_connectivities", ...) {
+  recover_dynamics_object(x, Ms, Mu, spliced, unspliced, graph, ...)
+}
+
+#' @rdname recover_dynamics_objects
+#' @export
+recover_dynamics.SingleCellExperiment <- function(x, Ms = "Ms", Mu = "Mu", spliced = "spliced",
+                                                  unspliced = "unspliced",
+                                                  graph = "scnative_connectivities", ...) {
+  recover_dynamics_object(x, Ms, Mu, spliced, unspliced, graph, ...)
+}
+
+recover_dynamics_object <- function(object, Ms, Mu, spliced, unspliced, graph, ...) {
+  obj_check_names(object, Ms = Ms, Mu = Mu, spliced = spliced, unspliced = unspliced)
+  mm <- object_moments(object, Ms, Mu, spliced, unspliced, graph %||% "scnative_connectivities")
+  object <- mm$object
+  conn <- object_graph_or_null(object, graph)
+  fit <- recover_dynamics.default(mm$Ms, mm$Mu, connectivities = conn, ...)
+  ms_assay <- if (is_seurat(object) && Ms %in% SeuratObject::Assays(object)) Ms else NULL
+  object <- obj_add_feature_meta(object, fit$var, assay = ms_assay)
+  for (nm in names(fit$layers)) object <- set_assay(object, nm, fit$layers[[nm]])
+  obj_set_misc(object, "recover_dynamics", fit$uns$recover_dynamics)
+}
+
+# Rebuilds a scnative_dynamics fit from what recover_dynamics() stored in an object.
+fit_from_object <- function(object, Ms, genes) {
+  ms_assay <- if (is_seurat(object) && Ms %in% SeuratObject::Assays(object)) Ms else NULL
+  fm <- obj_feature_meta(object, assay = ms_assay)
+  if (!"fit_alpha" %in% names(fm)) {
+    stopf("the object has no fit_* feature columns; run recover_dynamics() on it first")
+  }
+  fm <- fm[match(genes, rownames(fm)), grepl("^fit_", names(fm)), drop = FALSE]
+  rownames(fm) <- genes
+  lay <- lapply(c(fit_t = "fit_t", fit_tau = "fit_tau", fit_tau_ = "fit_tau_"), function(nm) {
+    m <- as.matrix(obj_matrix(object, nm, arg = "layer"))
+    m[match(genes, rownames(m)), , drop = FALSE]
+  })
+  uns <- obj_misc(object, "recover_dynamics") %||% list(use_raw = FALSE)
+  structure(list(var = fm, layers = lay, uns = list(recover_dynamics = uns),
+                 connectivities = NULL), class = "scnative_dynamics")
+}
+
+#' @rdname recover_dynamics_objects
+#' @export
+velocity.Seurat <- function(x, Ms = "Ms", Mu = "Mu", graph = "scnative_connectivities", ...) {
+  velocity_object(x, Ms, Mu, graph, ...)
+}
+
+#' @rdname recover_dynamics_objects
+#' @export
+velocity.SingleCellExperiment <- function(x, Ms = "Ms", Mu = "Mu",
+                                          graph = "scnative_connectivities", ...) {
+  velocity_object(x, Ms, Mu, graph, ...)
+}
+
+velocity_object <- function(object, Ms, Mu, graph, ...) {
+  obj_check_names(object, Ms = Ms, Mu = Mu)
+  S <- as.matrix(obj_matrix(object, Ms, arg = "Ms"))
+  U <- as.matrix(obj_matrix(object, Mu, arg = "Mu"))
+  fit <- fit_from_object(object, Ms, rownames(S))
+  conn <- object_graph_or_null(object, graph)
+  v <- velocity.scnative_dynamics(fit, S, U, connectivities = conn, ...)
+  object <- set_assay(object, "velocity", v$velocity)
+  object <- set_assay(object, "velocity_u", v$velocity_u)
+  ms_assay <- if (is_seurat(object) && Ms %in% SeuratObject::Assays(object)) Ms else NULL
+  object <- obj_add_feature_meta(object, v$var, assay = ms_assay)
+  obj_set_misc(object, "velocity_params", v$params)
+}
