@@ -561,6 +561,7 @@ train_more <- function(fit, epochs, x = NULL, lr = NULL, seed = NULL, threads = 
 
 # ---- methods -------------------------------------------------------------------------------
 
+#' @method print scnative_c2l
 #' @export
 print.scnative_c2l <- function(x, ...) {
   st <- x$settings
@@ -578,6 +579,7 @@ print.scnative_c2l <- function(x, ...) {
   invisible(x)
 }
 
+#' @method summary scnative_c2l
 #' @export
 summary.scnative_c2l <- function(object, ...) {
   st <- object$settings
@@ -595,6 +597,7 @@ summary.scnative_c2l <- function(object, ...) {
   out
 }
 
+#' @method print summary.scnative_c2l
 #' @export
 print.summary.scnative_c2l <- function(x, ...) {
   cat(sprintf("cell2location fit: %d spots, %d genes, %d cell types, %d groups, batches: %s\n",
@@ -753,6 +756,7 @@ export_posterior <- function(fit, num_samples = 1000, quantiles = c(0.05, 0.95),
   out
 }
 
+#' @method print scnative_c2l_posterior
 #' @export
 print.scnative_c2l_posterior <- function(x, ...) {
   summ <- setdiff(names(x), c("cell_types", "spots", "num_samples"))

@@ -39,7 +39,7 @@ enum {
 /* Vectorisable clones of the elementwise kernel where the compiler supports them. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
     __GNUC__ >= 8
-#define C2L_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#define C2L_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define C2L_CLONES
 #endif
