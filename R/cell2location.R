@@ -158,7 +158,7 @@ c2l_prepare <- function(x, signatures, batch, N_cells_per_location, N_given, det
     stopf("'signatures' column(s) %s are all zero on the shared genes",
           paste(sprintf("'%s'", colnames(sig)[zero]), collapse = ", "))
   }
-  xs <- x[genes, , drop = FALSE]
+  xs <- if (identical(rownames(x), genes)) x else x[genes, , drop = FALSE]
   xs <- as_checked_matrix(xs, "x", nonneg = TRUE, integer_valued = TRUE, dense = FALSE)
   xt <- methods::as(methods::as(Matrix::t(xs), "CsparseMatrix"), "generalMatrix")
   if (!methods::is(xt, "dgCMatrix")) xt <- methods::as(xt, "dMatrix")
