@@ -2,7 +2,7 @@
 #'
 #' scnative runs `scvelo.tl.recover_dynamics` and `cell2location`'s spatial mapping model
 #' natively in R, on a plain C core with OpenMP and R's BLAS. See [scnative_threads()] for
-#' thread control and [read_h5ad()] for reading AnnData files without Python.
+#' thread control.
 #'
 #' @keywords internal
 #' @useDynLib scnative, .registration = TRUE, .fixes = "C_"

@@ -76,11 +76,12 @@ rng_uniform <- function(n, seed, stream = 0, offset = 0, threads = NULL) {
         FALSE, resolve_threads(threads))
 }
 
-# op(A) %*% op(B) through the package's BLAS wrapper.
-gemm <- function(A, B, transA = FALSE, transB = FALSE) {
+# op(A) %*% op(B) through the package's BLAS wrapper. `out`: an existing double matrix of the
+# result's shape to overwrite in place (benchmarks only).
+gemm <- function(A, B, transA = FALSE, transB = FALSE, out = NULL) {
   storage.mode(A) <- "double"
   storage.mode(B) <- "double"
-  .Call(C_scnative_dgemm, A, B, transA, transB)
+  .Call(C_scnative_dgemm, A, B, transA, transB, out)
 }
 
 `%||%` <- function(a, b) if (is.null(a)) b else a

@@ -18,17 +18,26 @@ void scn_dgemm(char transA, char transB, int m, int n, int k, double alpha, cons
   F77_CALL(dgemm)(ta, tb, &m, &n, &k, &alpha, A, &lda, B, &ldb, &beta, C, &ldc FCONE FCONE);
 }
 
-/* R: .Call(C_scnative_dgemm, A, B, transA, transB) -> op(A) %*% op(B). */
-SEXP scnative_dgemm(SEXP A, SEXP B, SEXP transA, SEXP transB) {
+/* R: .Call(C_scnative_dgemm, A, B, transA, transB, out) -> op(A) %*% op(B). `out` is NULL or a
+ * double matrix of the result's shape that is overwritten in place (internal use: benchmarks
+ * that must not time R's allocation of a fresh result each call). */
+SEXP scnative_dgemm(SEXP A, SEXP B, SEXP transA, SEXP transB, SEXP out) {
   if (!isReal(A) || !isMatrix(A)) error(_("'%s' must be a double matrix"), "A");
   if (!isReal(B) || !isMatrix(B)) error(_("'%s' must be a double matrix"), "B");
   int ta = asLogical(transA), tb = asLogical(transB);
   int ra = nrows(A), ca = ncols(A), rb = nrows(B), cb = ncols(B);
   int m = ta ? ca : ra, k = ta ? ra : ca, kb = tb ? cb : rb, n = tb ? rb : cb;
   if (k != kb) error(_("non-conformable matrices: %d and %d"), k, kb);
-  SEXP ans = PROTECT(allocMatrix(REALSXP, m, n));
+  int nprot = 0;
+  SEXP ans = out;
+  if (isNull(out)) {
+    ans = PROTECT(allocMatrix(REALSXP, m, n));
+    nprot++;
+  } else if (!isReal(out) || !isMatrix(out) || nrows(out) != m || ncols(out) != n) {
+    error(_("'%s' must be a %d x %d double matrix"), "out", m, n);
+  }
   scn_dgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, 1.0, REAL(A), ra, REAL(B), rb, 0.0,
             REAL(ans), m);
-  UNPROTECT(1);
+  UNPROTECT(nprot);
   return ans;
 }

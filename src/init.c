@@ -8,7 +8,7 @@ void scn_threads_init(void);
 SEXP scnative_threads_info(void);
 SEXP scnative_threads_set(SEXP);
 SEXP scnative_threads_colsums(SEXP, SEXP);
-SEXP scnative_dgemm(SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_dgemm(SEXP, SEXP, SEXP, SEXP, SEXP);
 SEXP scnative_rng(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 /* end core */
 
@@ -43,7 +43,7 @@ static const R_CallMethodDef callMethods[] = {
     CALLDEF(scnative_threads_info, 0),
     CALLDEF(scnative_threads_set, 1),
     CALLDEF(scnative_threads_colsums, 2),
-    CALLDEF(scnative_dgemm, 4),
+    CALLDEF(scnative_dgemm, 5),
     CALLDEF(scnative_rng, 6),
     /* end core table */
 

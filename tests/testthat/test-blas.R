@@ -11,3 +11,11 @@ test_that("the BLAS wrapper matches R's matrix product for all transposes and ed
   expect_equal(scnative:::gemm(matrix(2), matrix(3)), matrix(6))
   expect_error(scnative:::gemm(A, A), "non-conformable")
 })
+
+test_that("the BLAS wrapper can write into a preallocated result and checks its shape", {
+  A <- matrix(1:6 + 0, 2); B <- matrix(1:12 + 0, 3)
+  out <- matrix(0, 2, 4)
+  scnative:::gemm(A, B, out = out)
+  expect_equal(out, A %*% B)
+  expect_error(scnative:::gemm(A, B, out = matrix(0, 4, 2)), "'out' must be a 2 x 4 double matrix")
+})

@@ -1,0 +1,38 @@
+# scnative: the two commands of the README.
+#   make demo    installs what is missing, installs scnative, runs the demo on bundled data
+#   make check   installs what is missing (incl. the Python peers venv), builds the tarball,
+#                runs R CMD check (tests, parity tests against live upstream, vignettes) and
+#                ends with one line "N passed, N failed, N skipped"
+SHELL := /bin/bash
+PKG := scnative
+VERSION := $(shell sed -n 's/^Version: *//p' DESCRIPTION)
+TARBALL := $(PKG)_$(VERSION).tar.gz
+BUILD := build
+SHARED_DATA := $(abspath ../shared/data)
+
+.PHONY: demo check deps-demo deps-check install docs clean
+
+deps-demo:
+	bash tools/install-deps.sh demo
+
+deps-check:
+	bash tools/install-deps.sh check
+
+install:
+	rm -f src/*.o src/*.so
+	R CMD INSTALL --preclean --no-multiarch . > $(BUILD)/install.log 2>&1 || (cat $(BUILD)/install.log; exit 1)
+	rm -f src/*.o src/*.so
+
+demo: deps-demo
+	mkdir -p $(BUILD)
+	$(MAKE) --no-print-directory install
+	Rscript tools/demo.R $(BUILD)/demo
+
+docs:
+	Rscript -e 'roxygen2::roxygenise(load_code = roxygen2::load_source)'
+
+check: deps-check
+	bash tools/check.sh
+
+clean:
+	rm -rf $(BUILD) $(PKG).Rcheck $(PKG)_*.tar.gz src/*.o src/*.so

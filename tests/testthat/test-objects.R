@@ -1,0 +1,63 @@
+small_counts <- function() {
+  set.seed(3)
+  m <- matrix(rpois(40 * 30, 2), 40, 30,
+              dimnames = list(paste0("g", 1:40), paste0("c", 1:30)))
+  Matrix::Matrix(m, sparse = TRUE)
+}
+
+test_that("Seurat accessors read assays and layers, store assays and metadata (v4/v5 API)", {
+  skip_if_not_installed("SeuratObject")
+  skip_if_not_installed("Seurat")
+  m <- small_counts()
+  so <- suppressWarnings(SeuratObject::CreateSeuratObject(m, assay = "spliced"))
+  so[["unspliced"]] <- SeuratObject::CreateAssayObject(counts = m * 2)
+  expect_equal(as.matrix(scnative:::obj_matrix(so, "spliced")), as.matrix(m))
+  expect_equal(as.matrix(scnative:::obj_matrix(so, "unspliced")), as.matrix(m * 2))
+  expect_equal(as.matrix(scnative:::obj_matrix(so, "counts", assay = "spliced")), as.matrix(m))
+  expect_error(scnative:::obj_matrix(so, "Ms"), "neither an assay .* nor a layer")
+  dense <- as.matrix(m) / 3
+  so2 <- scnative:::obj_set_matrix(so, "Ms", dense)
+  expect_equal(as.matrix(scnative:::obj_matrix(so2, "Ms")), dense)
+  expect_false("Ms" %in% SeuratObject::Assays(so))  # the original is untouched
+  expect_error(scnative:::obj_set_matrix(so, "Ms", dense[, 30:1]), "not the object's cells")
+  df <- data.frame(fit_alpha = seq_len(5), row.names = paste0("g", 1:5))
+  so3 <- scnative:::obj_add_feature_meta(so, df, assay = "spliced")
+  fm <- scnative:::obj_feature_meta(so3, "spliced")
+  expect_equal(fm[paste0("g", 1:5), "fit_alpha"], 1:5)
+  expect_true(all(is.na(fm[paste0("g", 6:40), "fit_alpha"])))
+  so4 <- scnative:::obj_add_cell_meta(so, data.frame(latent = seq_len(30) / 30))
+  expect_equal(scnative:::obj_cell_meta(so4)$latent, seq_len(30) / 30)
+  g <- Matrix::rsparsematrix(30, 30, 0.1)
+  g@x <- abs(g@x)
+  dimnames(g) <- list(colnames(m), colnames(m))
+  so5 <- scnative:::obj_set_graph(so, "spliced_nn", g)
+  expect_equal(as.matrix(scnative:::obj_graph(so5)), as.matrix(g), ignore_attr = TRUE)
+  expect_error(scnative:::obj_graph(so), "no neighbour graph")
+  so6 <- scnative:::obj_set_misc(so, "scnative", list(a = 1))
+  expect_equal(scnative:::obj_misc(so6, "scnative"), list(a = 1))
+})
+
+test_that("SingleCellExperiment accessors read and write assays, rowData, colData, colPairs", {
+  skip_if_not_installed("SingleCellExperiment")
+  m <- small_counts()
+  sce <- SingleCellExperiment::SingleCellExperiment(assays = list(spliced = m, unspliced = m + 1))
+  expect_equal(as.matrix(scnative:::obj_matrix(sce, "unspliced")), as.matrix(m + 1))
+  expect_error(scnative:::obj_matrix(sce, "Mu", arg = "Mu"), "'Mu' = \"Mu\" is not an assay .*spliced, unspliced")
+  sce2 <- scnative:::obj_set_matrix(sce, "Ms", as.matrix(m) / 2)
+  expect_equal(SummarizedExperiment::assay(sce2, "Ms"), as.matrix(m) / 2)
+  expect_error(scnative:::obj_set_matrix(sce, "Ms", as.matrix(m)[1:3, ]), "is 3 x 30")
+  sce3 <- scnative:::obj_add_feature_meta(sce, data.frame(fit_beta = 2, row.names = "g7"))
+  rd <- scnative:::obj_feature_meta(sce3)
+  expect_equal(rd["g7", "fit_beta"], 2)
+  expect_true(is.na(rd["g1", "fit_beta"]))
+  g <- Matrix::sparseMatrix(i = c(1, 2, 3), j = c(2, 3, 1), x = c(0.5, 1, 2), dims = c(30, 30))
+  sce4 <- scnative:::obj_set_graph(sce, "connectivities", g)
+  expect_equal(as.matrix(scnative:::obj_graph(sce4, "connectivities")), as.matrix(g), ignore_attr = TRUE)
+  expect_error(scnative:::obj_graph(sce), "no cell-pair graph")
+  sce5 <- scnative:::obj_add_cell_meta(sce, data.frame(x = 1:30, y = 30:1))
+  expect_equal(scnative:::obj_coords(sce5)$y, 30:1)
+})
+
+test_that("non-objects are rejected with a clear error", {
+  expect_error(scnative:::obj_matrix(list(), "Ms"), "must be a Seurat or SingleCellExperiment object, not list")
+})
