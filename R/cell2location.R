@@ -465,7 +465,9 @@ c2l_fit_run <- function(prep, params, history, epochs, lr, optimizer, clip, lrd,
 #' @param assay,layer Seurat assay (default: the default assay) and layer/slot (`"counts"`).
 #' @export
 cell2location.Seurat <- function(x, signatures, ..., assay = NULL, layer = "counts") {
-  counts <- c2l_seurat_counts(x, assay, layer)
+  check_string(layer, "layer")
+  check_string(assay, "assay", allow_null = TRUE)
+  counts <- obj_matrix(x, layer, assay = assay, arg = "layer")
   cell2location.default(counts, signatures, ...)
 }
 
@@ -473,31 +475,9 @@ cell2location.Seurat <- function(x, signatures, ..., assay = NULL, layer = "coun
 #' @param assay.type SingleCellExperiment assay name (`"counts"`).
 #' @export
 cell2location.SingleCellExperiment <- function(x, signatures, ..., assay.type = "counts") {
-  if (!requireNamespace("SummarizedExperiment", quietly = TRUE)) {
-    stopf("the SummarizedExperiment package is needed for SingleCellExperiment input")
-  }
-  check_string(assay.type, "assay.type")
-  if (!assay.type %in% SummarizedExperiment::assayNames(x)) {
-    stopf("'assay.type' = '%s' is not an assay of 'x'", assay.type)
-  }
-  counts <- SummarizedExperiment::assay(x, assay.type)
+  counts <- obj_matrix(x, assay.type, arg = "assay.type")
   if (is.null(colnames(counts))) colnames(counts) <- as.character(seq_len(ncol(counts)))
   cell2location.default(counts, signatures, ...)
-}
-
-c2l_seurat_counts <- function(x, assay, layer) {
-  if (!requireNamespace("SeuratObject", quietly = TRUE)) {
-    stopf("the SeuratObject package is needed for Seurat input")
-  }
-  assay <- assay %||% SeuratObject::DefaultAssay(x)
-  check_string(assay, "assay")
-  check_string(layer, "layer")
-  if (!assay %in% names(x@assays)) stopf("'assay' = '%s' is not an assay of 'x'", assay)
-  if (utils::packageVersion("SeuratObject") >= "5.0.0") {
-    SeuratObject::LayerData(x, assay = assay, layer = layer)
-  } else {
-    SeuratObject::GetAssayData(x, assay = assay, slot = layer)
-  }
 }
 
 #' Continue training a cell2location fit
@@ -828,22 +808,17 @@ add_cell_abundance <- function(object, fit_or_posterior, which = "means",
   }
   full <- matrix(NA_real_, length(spots), ncol(ab), dimnames = list(spots, colnames(ab)))
   full[rownames(ab), ] <- ab
-  if (inherits(object, "Seurat")) {
-    if (!requireNamespace("SeuratObject", quietly = TRUE)) stopf("SeuratObject is needed")
+  if (is_seurat(object)) {
     mat <- t(full)
     rownames(mat) <- gsub("_", "-", rownames(mat)) # Seurat feature names cannot hold '_'
-    assay <- SeuratObject::CreateAssayObject(data = mat)
-    object[[name]] <- assay
-    return(object)
+    return(obj_set_matrix(object, name, mat))
   }
   if (inherits(object, "SingleCellExperiment")) {
     SingleCellExperiment::reducedDim(object, name) <- full
     if (coldata) {
-      cd <- SummarizedExperiment::colData(object)
-      for (j in seq_len(ncol(full))) {
-        cd[[paste0(which, "cell_abundance_w_sf_", colnames(full)[j])]] <- full[, j]
-      }
-      SummarizedExperiment::colData(object) <- cd
+      df <- as.data.frame(full, optional = TRUE)
+      names(df) <- paste0(which, "cell_abundance_w_sf_", colnames(full))
+      object <- obj_add_cell_meta(object, df)
     }
     return(object)
   }
