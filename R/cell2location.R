@@ -292,8 +292,8 @@ c2l_train_blocks <- function(state, prep, params, epochs, epoch0, lr, optimizer,
   })
   pr <- .Call(C_scnative_c2l_get_params, state)
   if (interrupted) {
-    # epochs finished in C, including a block whose losses were not stored
-    loss <- loss[seq_len(done)]
+    # epochs finished in C, including a block whose losses were not stored (NA)
+    loss <- loss[seq_len(max(done, min(epochs, as.integer(pr$steps))))]
     warnf("cell2location: training interrupted after %d of %d epochs; returning the fit so far",
           done, epochs)
   }

@@ -11,11 +11,16 @@ source(file.path(dirname(sub("--file=", "", grep("--file=", commandArgs(FALSE), 
                  "cell2location_data.R"))
 d <- c2l_bench_read(stem, S, G, F)
 x <- Matrix::Matrix(d$x, sparse = TRUE)
-fit <- suppressMessages(cell2location(x, d$sig, N_cells_per_location = 8, detection_alpha = 20,
+sig <- d$sig
+rm(d)
+invisible(gc())
+fit <- suppressMessages(cell2location(x, sig, N_cells_per_location = 8, detection_alpha = 20,
                                       max_epochs = 3, seed = 1, threads = threads,
                                       progress = FALSE))
+rm(fit)
+invisible(gc())
 t0 <- proc.time()[["elapsed"]]
-fit <- suppressMessages(cell2location(x, d$sig, N_cells_per_location = 8, detection_alpha = 20,
+fit <- suppressMessages(cell2location(x, sig, N_cells_per_location = 8, detection_alpha = 20,
                                       max_epochs = epochs, seed = 1, threads = threads,
                                       progress = FALSE))
 el <- proc.time()[["elapsed"]] - t0

@@ -726,16 +726,18 @@ SEXP scnative_c2l_set_params(SEXP ptr, SEXP loc, SEXP rho) {
 
 SEXP scnative_c2l_get_params(SEXP ptr) {
   c2l_state *st = c2l_get(ptr);
-  SEXP ans = PROTECT(allocVector(VECSXP, 2));
+  SEXP ans = PROTECT(allocVector(VECSXP, 3));
+  SET_VECTOR_ELT(ans, 2, ScalarReal((double)st->adam_t));
   SEXP l = allocVector(REALSXP, st->P);
   SET_VECTOR_ELT(ans, 0, l);
   memcpy(REAL(l), st->loc, st->P * sizeof(double));
   SEXP r = allocVector(REALSXP, st->P);
   SET_VECTOR_ELT(ans, 1, r);
   memcpy(REAL(r), st->rho, st->P * sizeof(double));
-  SEXP nms = PROTECT(allocVector(STRSXP, 2));
+  SEXP nms = PROTECT(allocVector(STRSXP, 3));
   SET_STRING_ELT(nms, 0, mkChar("loc"));
   SET_STRING_ELT(nms, 1, mkChar("rho"));
+  SET_STRING_ELT(nms, 2, mkChar("steps"));
   setAttrib(ans, R_NamesSymbol, nms);
   UNPROTECT(2);
   return ans;
@@ -752,8 +754,7 @@ SEXP scnative_c2l_train(SEXP ptr, SEXP n_epochs, SEXP epoch0, SEXP lr_, SEXP opt
   uint64_t seed = scn_seed_from_sexp(seed_);
   SEXP ans = PROTECT(allocVector(REALSXP, ne));
   const R_xlen_t P = st->P;
-  double *grad_loc = malloc(P * sizeof(double) * 2);
-  if (!grad_loc) error(_("out of memory"));
+  double *grad_loc = (double *)R_alloc(2 * (size_t)P, sizeof(double)); /* freed by R */
   double *grad_rho = grad_loc + P;
   static const double half_log_2pi = 0.91893853320467274178;
   for (int it = 0; it < ne; it++) {
@@ -778,7 +779,6 @@ SEXP scnative_c2l_train(SEXP ptr, SEXP n_epochs, SEXP epoch0, SEXP lr_, SEXP opt
     c2l_adam(P, st->loc, grad_loc, st->am, st->av, st->adam_t, lr_t, clipped, clip);
     c2l_adam(P, st->rho, grad_rho, st->am + P, st->av + P, st->adam_t, lr_t, clipped, clip);
   }
-  free(grad_loc);
   UNPROTECT(1);
   return ans;
 }
