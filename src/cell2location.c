@@ -18,6 +18,9 @@
  * of the count values. Tiles are small enough (nb * gb * F <= 2^18) that OpenBLAS runs each
  * GEMM on the calling thread, so the OpenMP threads do not oversubscribe the BLAS pool.
  *
+ * Buffers: everything (tile buffers included) is allocated once per fit and held by the state
+ * (an external pointer with a finalizer); no S x G matrix exists at any time.
+ *
  * Determinism: blocks are grouped into a fixed number of chunks (independent of the thread
  * count); each chunk owns its per-(batch, gene) accumulators and is processed by one thread in
  * block order; chunks are reduced in chunk order. Per-spot values are owned by their block.
@@ -66,6 +69,9 @@ typedef struct {
   double *a_eg, *hd, *hl;
   int nb, gb, nblock, nchunk;
   int *blk_s0, *blk_n, *blk_e, *chunk_b0;
+  double *tbuf; /* per-thread tile buffers, grown on demand, kept for the fit */
+  int *tint;
+  int tcap;
 } c2l_state;
 
 /* ---- thread-safe special functions ---------------------------------------------------- */
@@ -137,7 +143,7 @@ static void c2l_free(c2l_state *st) {
                   st->hc, st->de, st->alphad, st->loc, st->rho, st->am, st->av, st->eps, st->u,
                   st->z, st->gz, st->mw, st->D, st->dW, st->ysacc, st->lpspot, st->acc,
                   st->chunk_loss, st->a_eg, st->hd, st->hl, st->blk_s0, st->blk_n, st->blk_e,
-                  st->chunk_b0};
+                  st->chunk_b0, st->tbuf, st->tint};
   for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
   free(st);
 }
@@ -435,12 +441,20 @@ static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_o
   int nth_c = scn_threads_for(nchunk, nth);
   /* per-thread scratch */
   size_t per = (size_t)nb * gb + 4 * (size_t)nb + 8;
-  double *tbuf = malloc((size_t)nth_c * per * sizeof(double));
-  int *tint = malloc((size_t)nth_c * ((size_t)G + nb + 8) * sizeof(int));
-  if (!tbuf || !tint) {
-    free(tbuf), free(tint);
-    error(_("out of memory in the cell2location likelihood pass"));
+  if (nth_c > st->tcap) {
+    free(st->tbuf);
+    free(st->tint);
+    st->tbuf = malloc((size_t)nth_c * per * sizeof(double));
+    st->tint = malloc((size_t)nth_c * ((size_t)G + nb + 8) * sizeof(int));
+    st->tcap = nth_c;
+    if (!st->tbuf || !st->tint) {
+      free(st->tbuf), free(st->tint);
+      st->tbuf = NULL, st->tint = NULL, st->tcap = 0;
+      error(_("out of memory in the cell2location likelihood pass"));
+    }
   }
+  double *tbuf = st->tbuf;
+  int *tint = st->tint;
 #pragma omp parallel num_threads(nth_c)
   {
     int tid = omp_get_thread_num();
@@ -478,8 +492,6 @@ static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_o
       st->chunk_loss[c] = closs;
     }
   }
-  free(tbuf);
-  free(tint);
   /* reduce chunks in a fixed order; gradient contributions per (e, g) */
   double *gm = gz + st->off[S_MG], *gs = gz + st->off[S_SEG], *go = gz + st->off[S_O];
   double lp = -st->lgx1;
