@@ -29,7 +29,8 @@ demo: deps-demo
 	Rscript tools/demo.R $(BUILD)/demo
 
 docs:
-	Rscript -e 'roxygen2::roxygenise(load_code = roxygen2::load_source)'
+	Rscript -e 'roxygen2::roxygenise()'
+	rm -f src/*.o src/*.so
 
 check: deps-check
 	bash tools/check.sh

@@ -217,7 +217,9 @@ obj_set_graph <- function(object, name, graph) {
   }
   if (is_sce(object)) {
     need_pkg("SingleCellExperiment", "for SingleCellExperiment objects")
-    SingleCellExperiment::colPair(object, name) <- methods::as(graph, "dgCMatrix")
+    g <- methods::as(graph, "dgCMatrix")
+    dimnames(g) <- NULL  # colPair<- rejects dimnames; cells are the object's, in order
+    SingleCellExperiment::colPair(object, name) <- g
     return(object)
   }
   stopf("'object' must be a Seurat or SingleCellExperiment object, not %s", class(object)[1L])

@@ -313,10 +313,11 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   }
   st->hp[EG] = nh;
   free(tmp);
-  st->hv = realloc(hv, ((size_t)nh + 1) * sizeof(double));
-  st->hc = realloc(hc, ((size_t)nh + 1) * sizeof(double));
-  if (!st->hv) st->hv = hv;
-  if (!st->hc) st->hc = hc;
+  /* shrink to fit; on failure keep the larger block */
+  double *hv2 = realloc(hv, ((size_t)nh + 1) * sizeof(double));
+  st->hv = hv2 ? hv2 : hv;
+  double *hc2 = realloc(hc, ((size_t)nh + 1) * sizeof(double));
+  st->hc = hc2 ? hc2 : hc;
   for (int j = 0; j < P; j++) st->loc[j] = 0.0, st->rho[j] = -2.2521684610440906;
   memset(st->am, 0, 2 * (size_t)P * sizeof(double));
   memset(st->av, 0, 2 * (size_t)P * sizeof(double));

@@ -1,0 +1,164 @@
+# Patching a live Python session (issue 6): scVelo's recover_dynamics and cell2location's train
+# run on scnative's core, write what upstream writes, fall back for unsupported calls.
+
+py_setup_scvelo <- function(file) {
+  reticulate::py_run_string(sprintf("
+import anndata, numpy as np, matplotlib
+matplotlib.use('Agg')
+import scvelo as scv
+base = anndata.read_h5ad(%s)
+for k in ('Ms', 'Mu'):
+    base.layers[k] = np.asarray(base.layers[k], dtype=np.float64)
+", deparse(file)))
+}
+
+test_that("patched scvelo.tl.recover_dynamics equals the R API, matches upstream, feeds downstream", {
+  use_peers()
+  f <- shared_file("velocity", "scvelo_pancreas_50obs_preprocessed.h5ad")
+  py_setup_scvelo(f)
+  on.exit(unpatch("scvelo"), add = TRUE)
+  py <- reticulate::py
+  reticulate::py_run_string("up = base.copy(); scv.tl.recover_dynamics(up, var_names='all', show_progress_bar=False)")
+  orig_id <- reticulate::py_id(reticulate::py_eval("scv.tl.recover_dynamics"))
+  expect_message(patch_scvelo(), "now runs on scnative")
+  patch_scvelo(quiet = TRUE)  # idempotent
+  expect_identical(names(patched()), "scvelo")
+  expect_identical(reticulate::py_id(reticulate::py_eval("scv.tl.recover_dynamics_original")), orig_id)
+  expect_true(reticulate::py_eval("scv.tools.recover_dynamics is scv.tl.recover_dynamics"))
+  reticulate::py_run_string("nat = base.copy(); r = scv.tl.recover_dynamics(nat, var_names='all')")
+  expect_null(py$r)
+  # the same input through the R API
+  h <- read_h5ad(f)
+  fit <- recover_dynamics(h$layers$Ms, h$layers$Mu, var_names = "all",
+                          connectivities = h$obsp$connectivities, progress = FALSE)
+  nat <- reticulate::py_eval("nat.var")
+  up <- reticulate::py_eval("up.var")
+  pars <- c("fit_alpha", "fit_beta", "fit_gamma", "fit_t_", "fit_scaling", "fit_likelihood",
+            "fit_std_u", "fit_std_s", "fit_pval_steady", "fit_steady_u", "fit_variance")
+  for (p in pars) {
+    a <- as.numeric(nat[[p]])
+    b <- fit$var[[p]]
+    expect_identical(is.na(a), is.na(b), info = p)
+    expect_equal(a[!is.na(a)], b[!is.na(b)], tolerance = 1e-12, info = p)
+  }
+  expect_equal(unname(reticulate::py_eval("nat.layers['fit_t']")), unname(t(fit$layers$fit_t)),
+               tolerance = 1e-12)
+  # agreement with unpatched upstream (issue 3's gates)
+  expect_identical(is.na(as.numeric(nat$fit_alpha)), is.na(as.numeric(up$fit_alpha)))
+  for (p in c("fit_alpha", "fit_beta", "fit_gamma", "fit_t_", "fit_scaling", "fit_likelihood")) {
+    expect_gt(cor(as.numeric(nat[[p]]), as.numeric(up[[p]]), use = "complete.obs"), 0.999)
+  }
+  expect_equal(reticulate::py_eval("nat.varm['loss'].shape[0]"), 200L)
+  expect_equal(reticulate::py_eval("str(nat.layers['fit_tau'].dtype)"), "float64")
+  expect_equal(reticulate::py_eval("sorted(nat.uns['recover_dynamics'].keys())"),
+               c("fit_basal_transcription", "fit_connected_states", "use_raw"))
+  # upstream's downstream functions run unchanged on the result
+  reticulate::py_run_string("
+scv.tl.velocity(nat, mode='dynamical')
+scv.tl.velocity_graph(nat, show_progress_bar=False)
+scv.tl.latent_time(nat)
+g = nat.var_names[np.nanargmax(nat.var['fit_likelihood'].values)]
+scv.pl.scatter(nat, g, show=False)
+")
+  lt <- reticulate::py_eval("nat.obs['latent_time'].values")
+  expect_true(all(is.finite(lt)) && min(lt) == 0 && max(lt) == 1)
+})
+
+test_that("unsupported scVelo calls fall back to upstream with a message; errors reach Python", {
+  use_peers()
+  f <- shared_file("velocity", "scvelo_pancreas_50obs_preprocessed.h5ad")
+  py_setup_scvelo(f)
+  patch_scvelo(quiet = TRUE)
+  on.exit(unpatch("scvelo"), add = TRUE)
+  genes <- reticulate::py_eval("list(base.var_names[:3])")
+  py <- reticulate::py
+  py$genes <- genes
+  out <- reticulate::py_capture_output(reticulate::py_run_string("
+a1 = base.copy(); m1 = scv.tl.recover_dynamics(a1, var_names=genes, show_progress_bar=False)
+a2 = base.copy(); m2 = scv.tl.recover_dynamics_original(a2, var_names=genes, show_progress_bar=False)
+"), type = "stderr")
+  expect_match(out, "scnative: fewer than 5 genes .*running upstream")
+  expect_true(reticulate::py_eval("bool(np.array_equal(a1.var['fit_alpha'].values, a2.var['fit_alpha'].values, equal_nan=True))"))
+  expect_true(reticulate::py_eval("type(m1).__name__ == 'DynamicsRecovery'"))
+  # an error in the native core surfaces as a Python exception with the R message
+  res <- reticulate::py_run_string("
+try:
+    scv.tl.recover_dynamics(base.copy(), var_names=['nope1', 'nope2', 'nope3', 'nope4', 'nope5'])
+    msg = ''
+except Exception as e:
+    msg = str(e)
+")
+  expect_match(reticulate::py$msg, "var_names")
+  # the session stays usable
+  reticulate::py_run_string("a3 = base.copy(); scv.tl.recover_dynamics(a3, var_names='all')")
+  expect_true(reticulate::py_eval("bool(np.isfinite(a3.var['fit_alpha']).sum() > 100)"))
+  expect_identical(unname(unpatch("scvelo")), TRUE)
+  expect_false(reticulate::py_eval("hasattr(scv.tl.recover_dynamics, '__scnative__')"))
+})
+
+test_that("patched Cell2location.train equals cell2location(), keeps export/history working, falls back", {
+  use_peers()
+  set.seed(2)
+  G <- 60; S <- 40; F <- 4
+  sig <- matrix(rgamma(G * F, 1, 0.5), G, F, dimnames = list(paste0("g", 1:G), paste0("ct", 1:F)))
+  w <- matrix(rgamma(S * F, 1, 0.3), S, F)
+  x <- matrix(rpois(G * S, sig %*% t(w) * 0.1), G, S,
+              dimnames = list(rownames(sig), paste0("s", 1:S)))
+  py <- reticulate::py
+  reticulate::py_run_string("import numpy as np, pandas as pd, anndata, scipy.sparse as sp\nimport cell2location")
+  py$xt <- t(x); py$sig <- sig; py$genes <- rownames(x); py$spots <- colnames(x)
+  py$cts <- colnames(sig)
+  reticulate::py_run_string("
+ad = anndata.AnnData(X=sp.csr_matrix(np.asarray(xt, dtype=np.float32)))
+ad.var_names = list(genes); ad.obs_names = list(spots)
+sigdf = pd.DataFrame(np.asarray(sig), index=list(genes), columns=list(cts))
+cell2location.models.Cell2location.setup_anndata(ad)
+mod = cell2location.models.Cell2location(ad, cell_state_df=sigdf, N_cells_per_location=8, detection_alpha=20)
+ad_ref = ad.copy()
+cell2location.models.Cell2location.setup_anndata(ad_ref)
+ref = cell2location.models.Cell2location(ad_ref, cell_state_df=sigdf, N_cells_per_location=8, detection_alpha=20)
+")
+  orig_id <- reticulate::py_id(reticulate::py_eval("cell2location.models.Cell2location.train"))
+  patch_cell2location(quiet = TRUE)
+  on.exit(unpatch("cell2location"), add = TRUE)
+  set.seed(11); s0 <- scnative:::resolve_seed(NULL)
+  set.seed(11)
+  reticulate::py_run_string("mod.train(max_epochs=300)")
+  fit <- cell2location(x, sig, N_cells_per_location = 8, detection_alpha = 20, max_epochs = 300,
+                       seed = s0, progress = FALSE)
+  h <- reticulate::py_eval("mod.history_['elbo_train']")
+  expect_equal(nrow(h), 300L)
+  expect_equal(as.numeric(h$elbo_train), fit$history$elbo_train, tolerance = 1e-5)
+  expect_equal(reticulate::py_eval("mod.module.guide.locs.w_sf_unconstrained.detach().numpy()"),
+               unname(fit$params$w_sf$loc), tolerance = 1e-4, ignore_attr = TRUE)
+  expect_true(reticulate::py_eval("mod.is_trained_"))
+  # a second train() continues and appends; export_posterior and plot_history work as upstream
+  reticulate::py_run_string("
+mod.train(max_epochs=20)
+ad2 = mod.export_posterior(ad, sample_kwargs={'num_samples': 30, 'batch_size': ad.n_obs})
+import matplotlib; matplotlib.use('Agg')
+mod.plot_history()
+")
+  expect_equal(reticulate::py_eval("list(mod.history_['elbo_train'].index[[0, -1]])"), c(0L, 319L))
+  ab <- reticulate::py_eval("ad2.obsm['means_cell_abundance_w_sf'].values")
+  expect_equal(dim(ab), c(S, F))
+  # agreement with unpatched upstream on the same data and epochs
+  reticulate::py_run_string("
+ad_nat = ad.copy()
+cell2location.models.Cell2location.setup_anndata(ad_nat)
+nat = cell2location.models.Cell2location(ad_nat, cell_state_df=sigdf, N_cells_per_location=8, detection_alpha=20)
+nat.train(max_epochs=2000)
+nat_ad = nat.export_posterior(ad_nat, sample_kwargs={'num_samples': 100, 'batch_size': ad.n_obs})
+cell2location.models.Cell2location.train_original(ref, max_epochs=2000)
+ref_ad = ref.export_posterior(ad_ref, sample_kwargs={'num_samples': 100, 'batch_size': ad.n_obs})
+")
+  ab <- reticulate::py_eval("nat_ad.obsm['means_cell_abundance_w_sf'].values")
+  ab_up <- reticulate::py_eval("ref_ad.obsm['means_cell_abundance_w_sf'].values")
+  expect_gt(cor(as.vector(ab), as.vector(ab_up)), 0.95)
+  # unsupported calls run upstream with a message
+  out <- reticulate::py_capture_output(
+    reticulate::py_run_string("mod.train(max_epochs=2, batch_size=10)"), type = "stderr")
+  expect_match(out, "scnative: minibatch training .*running upstream")
+  expect_identical(unname(unpatch("cell2location")), TRUE)
+  expect_identical(reticulate::py_id(reticulate::py_eval("cell2location.models.Cell2location.train")), orig_id)
+})
