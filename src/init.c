@@ -18,6 +18,14 @@ SEXP scnative_rng(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 
 
 /* cell2location: declarations */
+SEXP scnative_c2l_setup(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_c2l_set_params(SEXP, SEXP, SEXP);
+SEXP scnative_c2l_get_params(SEXP);
+SEXP scnative_c2l_train(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_c2l_logjoint(SEXP, SEXP, SEXP);
+SEXP scnative_c2l_adam(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_c2l_summary(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_c2l_draws(SEXP, SEXP, SEXP, SEXP, SEXP);
 /* end cell2location declarations */
 
 
@@ -45,6 +53,14 @@ static const R_CallMethodDef callMethods[] = {
 
 
     /* cell2location table */
+    CALLDEF(scnative_c2l_setup, 10),
+    CALLDEF(scnative_c2l_set_params, 3),
+    CALLDEF(scnative_c2l_get_params, 1),
+    CALLDEF(scnative_c2l_train, 9),
+    CALLDEF(scnative_c2l_logjoint, 3),
+    CALLDEF(scnative_c2l_adam, 6),
+    CALLDEF(scnative_c2l_summary, 9),
+    CALLDEF(scnative_c2l_draws, 5),
     /* end cell2location table */
 
 

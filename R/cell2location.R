@@ -1,0 +1,860 @@
+# cell2location's spatial mapping model (spec/cell2location.md): fit, posterior, plots.
+
+# ---- sites ------------------------------------------------------------------------------
+
+# The 17 latent sites in upstream's order with their shapes (rows, cols) as functions of the
+# data sizes, and whether rows are spots ("local").
+c2l_site_table <- function(S, G, F, R, E) {
+  data.frame(
+    name = c("m_g_mean", "m_g_alpha_e_inv", "m_g", "n_s_cells_per_location",
+             "b_s_groups_per_location", "z_sr_groups_factors", "k_r_factors_per_groups",
+             "x_fr_group2fact", "w_sf", "detection_mean_y_e", "detection_y_s",
+             "s_g_gene_add_alpha_hyp", "s_g_gene_add_mean", "s_g_gene_add_alpha_e_inv",
+             "s_g_gene_add", "alpha_g_phi_hyp", "alpha_g_inverse"),
+    nrow = c(1, 1, 1, S, S, S, R, R, S, E, S, 1, E, E, E, 1, E),
+    ncol = c(1, 1, G, 1, 1, R, 1, F, F, 1, 1, 1, 1, 1, G, 1, G),
+    rows = c("", "", "", "spot", "spot", "spot", "group", "group", "spot", "batch", "spot", "",
+             "batch", "batch", "batch", "", "batch"),
+    cols = c("", "", "gene", "", "", "group", "", "type", "type", "", "", "", "", "", "gene", "",
+             "gene"),
+    stringsAsFactors = FALSE
+  )
+}
+
+c2l_sites_of <- function(st) {
+  c2l_site_table(st$n_spots, st$n_genes, st$n_types, st$n_groups, st$n_batches)
+}
+
+# Flat vector (C order: spots sorted by batch) <-> list of matrices (user's spot order).
+c2l_unflatten <- function(v, st) {
+  tab <- c2l_sites_of(st)
+  ord <- st$spot_order
+  out <- vector("list", nrow(tab))
+  names(out) <- tab$name
+  pos <- 0
+  dn <- list(spot = st$spots, gene = st$genes, type = st$cell_types,
+             batch = st$batch_levels, group = paste0("group", seq_len(st$n_groups)))
+  for (j in seq_len(nrow(tab))) {
+    n <- tab$nrow[j] * tab$ncol[j]
+    m <- matrix(v[pos + seq_len(n)], tab$nrow[j], tab$ncol[j])
+    pos <- pos + n
+    if (tab$rows[j] == "spot") {
+      m2 <- m
+      m2[ord, ] <- m
+      m <- m2
+    }
+    dimnames(m) <- list(if (nzchar(tab$rows[j])) dn[[tab$rows[j]]],
+                        if (nzchar(tab$cols[j])) dn[[tab$cols[j]]])
+    out[[j]] <- m
+  }
+  out
+}
+
+c2l_flatten <- function(mats, st) {
+  tab <- c2l_sites_of(st)
+  ord <- st$spot_order
+  unlist(lapply(seq_len(nrow(tab)), function(j) {
+    m <- mats[[tab$name[j]]]
+    if (tab$rows[j] == "spot") m <- m[ord, , drop = FALSE]
+    as.vector(m)
+  }), use.names = FALSE)
+}
+
+# Initial guide locations: logs of the hierarchical prior means (spec 3.3); rho = softplus^-1(0.1).
+c2l_init_params <- function(st) {
+  h <- st$hyper
+  S <- st$n_spots; G <- st$n_genes; F <- st$n_types; R <- st$n_groups; E <- st$n_batches
+  d_e <- st$detection_mean_e
+  val <- list(
+    m_g_mean = h$m_g_mu, m_g_alpha_e_inv = 1 / h$m_g_alpha_mean,
+    m_g = rep(h$m_g_mu, G), n_s_cells_per_location = rep(h$N, S),
+    b_s_groups_per_location = rep(h$B, S), z_sr_groups_factors = rep(h$N / R, S * R),
+    k_r_factors_per_groups = rep(h$kappa, R), x_fr_group2fact = rep(1 / F, R * F),
+    w_sf = rep(h$N / F, S * F), detection_mean_y_e = d_e,
+    detection_y_s = d_e[st$batch_codes],
+    s_g_gene_add_alpha_hyp = h$gene_add_alpha_alpha / h$gene_add_alpha_beta,
+    s_g_gene_add_mean = rep(h$gene_add_mean_alpha / h$gene_add_mean_beta, E),
+    s_g_gene_add_alpha_e_inv = rep(h$gene_add_alpha_beta / h$gene_add_alpha_alpha, E),
+    s_g_gene_add = rep(h$gene_add_mean_alpha / h$gene_add_mean_beta, E * G),
+    alpha_g_phi_hyp = h$phi_alpha / h$phi_beta,
+    alpha_g_inverse = rep(h$phi_beta / h$phi_alpha, E * G)
+  )
+  tab <- c2l_sites_of(st)
+  rho0 <- log(expm1(0.1))
+  params <- lapply(seq_len(nrow(tab)), function(j) {
+    m <- matrix(log(val[[tab$name[j]]]), tab$nrow[j], tab$ncol[j])
+    list(loc = m, rho = matrix(rho0, tab$nrow[j], tab$ncol[j]))
+  })
+  names(params) <- tab$name
+  # names via unflatten of the flat vectors (local rows are in user order here already)
+  locs <- c2l_unflatten(c2l_flatten(lapply(params, `[[`, "loc"), st), st)
+  rhos <- c2l_unflatten(c2l_flatten(lapply(params, `[[`, "rho"), st), st)
+  stats::setNames(lapply(tab$name, function(n) list(loc = locs[[n]], rho = rhos[[n]])), tab$name)
+}
+
+# ---- input preparation --------------------------------------------------------------------
+
+c2l_check_prior <- function(x, arg, fields) {
+  if (!is.list(x) || is.null(names(x)) || !all(fields %in% names(x))) {
+    stopf("'%s' must be a list with elements %s", arg, paste(sprintf("'%s'", fields), collapse = ", "))
+  }
+  for (f in fields) check_number(x[[f]], sprintf("%s$%s", arg, f), min = 0, min_open = TRUE)
+  x
+}
+
+# Matches genes, checks everything, and returns the data and settings of a fit.
+c2l_prepare <- function(x, signatures, batch, N_cells_per_location, N_given, detection_alpha,
+                        A_factors_per_location, B_groups_per_location, n_groups,
+                        detection_mean_per_sample, detection_mean_correction,
+                        m_g_gene_level_prior, N_cells_mean_var_ratio, alpha_g_phi_hyp_prior,
+                        gene_add_alpha_hyp_prior, gene_add_mean_hyp_prior, detection_hyp_prior,
+                        w_sf_mean_var_ratio, quiet = FALSE, min_genes = 10L) {
+  check_number(N_cells_per_location, "N_cells_per_location", min = 0, min_open = TRUE)
+  check_number(A_factors_per_location, "A_factors_per_location", min = 0, min_open = TRUE)
+  check_number(B_groups_per_location, "B_groups_per_location", min = 0, min_open = TRUE)
+  check_number(n_groups, "n_groups", min = 1, whole = TRUE)
+  check_flag(detection_mean_per_sample, "detection_mean_per_sample")
+  check_number(detection_mean_correction, "detection_mean_correction", min = 0, min_open = TRUE)
+  check_number(N_cells_mean_var_ratio, "N_cells_mean_var_ratio", min = 0, min_open = TRUE)
+  check_number(w_sf_mean_var_ratio, "w_sf_mean_var_ratio", min = 0, min_open = TRUE)
+  c2l_check_prior(m_g_gene_level_prior, "m_g_gene_level_prior", c("mean", "mean_var_ratio", "alpha_mean"))
+  c2l_check_prior(alpha_g_phi_hyp_prior, "alpha_g_phi_hyp_prior", c("alpha", "beta"))
+  c2l_check_prior(gene_add_alpha_hyp_prior, "gene_add_alpha_hyp_prior", c("alpha", "beta"))
+  c2l_check_prior(gene_add_mean_hyp_prior, "gene_add_mean_hyp_prior", c("alpha", "beta"))
+  c2l_check_prior(detection_hyp_prior, "detection_hyp_prior", "mean_alpha")
+
+  # counts: genes x spots
+  if (is.data.frame(x)) x <- as.matrix(x)
+  if (!(is.matrix(x) || inherits(x, "Matrix"))) {
+    stopf("'x' must be a genes x spots count matrix (matrix or dgCMatrix), not %s", class(x)[1L])
+  }
+  if (is.null(rownames(x))) stopf("'x' must have gene names as row names")
+  if (ncol(x) < 1L) stopf("'x' has no spots (columns)")
+  if (is.data.frame(signatures)) signatures <- as.matrix(signatures)
+  if (!is.matrix(signatures) || !is.numeric(signatures)) {
+    stopf("'signatures' must be a numeric genes x cell types matrix or data.frame")
+  }
+  if (is.null(rownames(signatures))) stopf("'signatures' must have gene names as row names")
+  if (is.null(colnames(signatures))) stopf("'signatures' must have cell type names as column names")
+  if (anyDuplicated(rownames(x))) stopf("'x' has duplicated gene names")
+  if (anyDuplicated(rownames(signatures))) stopf("'signatures' has duplicated gene names")
+  if (anyDuplicated(colnames(signatures))) stopf("'signatures' has duplicated cell type names")
+  genes <- intersect(rownames(x), rownames(signatures))
+  if (length(genes) == 0L) stopf("'x' and 'signatures' share no gene names")
+  if (length(genes) < min_genes) {
+    stopf("'x' and 'signatures' share only %d gene names; at least %d are needed", length(genes),
+          min_genes)
+  }
+  if (!quiet) {
+    message(sprintf("cell2location: using %d genes shared by 'x' (%d) and 'signatures' (%d)",
+                    length(genes), nrow(x), nrow(signatures)))
+  }
+  sig <- signatures[genes, , drop = FALSE]
+  storage.mode(sig) <- "double"
+  if (anyNA(sig) || any(!is.finite(sig))) stopf("'signatures' contains NA or infinite values")
+  if (any(sig < 0)) stopf("'signatures' contains negative values")
+  zero <- colSums(sig) <= 0
+  if (any(zero)) {
+    stopf("'signatures' column(s) %s are all zero on the shared genes",
+          paste(sprintf("'%s'", colnames(sig)[zero]), collapse = ", "))
+  }
+  xs <- x[genes, , drop = FALSE]
+  xs <- as_checked_matrix(xs, "x", nonneg = TRUE, integer_valued = TRUE, dense = FALSE)
+  xt <- methods::as(methods::as(Matrix::t(xs), "CsparseMatrix"), "generalMatrix")
+  if (!methods::is(xt, "dgCMatrix")) xt <- methods::as(xt, "dMatrix")
+  S <- nrow(xt)
+  spots <- rownames(xt) %||% as.character(seq_len(S))
+  rownames(xt) <- spots
+
+  # batch
+  if (is.null(batch)) {
+    batch <- factor(rep("all", S))
+  } else {
+    if (length(batch) != S) {
+      stopf("'batch' must have one value per spot (%d), not %d", S, length(batch))
+    }
+    if (anyNA(batch)) stopf("'batch' contains NA values")
+    batch <- droplevels(as.factor(batch))
+  }
+  levs <- levels(batch)
+  E <- length(levs)
+  codes <- as.integer(batch)
+
+  # detection_alpha: scalar or one value per batch level (named)
+  if (!is.numeric(detection_alpha) || anyNA(detection_alpha) || any(detection_alpha <= 0) ||
+      any(!is.finite(detection_alpha))) {
+    stopf("'detection_alpha' must be positive finite number(s)")
+  }
+  if (length(detection_alpha) == 1L) {
+    alpha_e <- rep(as.double(detection_alpha), E)
+  } else {
+    if (is.null(names(detection_alpha)) || !all(levs %in% names(detection_alpha))) {
+      stopf("'detection_alpha' must be one number or a vector named by the batch levels (%s)",
+            paste(levs, collapse = ", "))
+    }
+    alpha_e <- as.double(detection_alpha[levs])
+  }
+
+  # detection mean (spec 1.2; N = 1 unless N_cells_per_location was passed)
+  N_det <- if (N_given) N_cells_per_location else 1
+  sc_total <- mean(colSums(sig))
+  tot <- Matrix::rowSums(xt)
+  if (any(tot <= 0) && !quiet) {
+    message(sprintf("cell2location: %d spot(s) have no counts on the shared genes", sum(tot <= 0)))
+  }
+  if (detection_mean_per_sample) {
+    sp_total <- as.vector(tapply(tot, batch, mean))
+  } else {
+    sp_total <- rep(mean(tot), E)
+  }
+  d_e <- sp_total / N_det / sc_total * detection_mean_correction
+  if (any(!is.finite(d_e)) || any(d_e <= 0)) {
+    stopf("'x' has no counts on the shared genes (the detection mean would be %s)", format(d_e[1]))
+  }
+  hyper <- list(
+    N = N_cells_per_location, N_cells_mean_var_ratio = N_cells_mean_var_ratio,
+    B = B_groups_per_location, A = A_factors_per_location,
+    kappa = A_factors_per_location / B_groups_per_location,
+    m_g_mu = m_g_gene_level_prior$mean, m_g_mean_var_ratio = m_g_gene_level_prior$mean_var_ratio,
+    m_g_alpha_mean = m_g_gene_level_prior$alpha_mean, w_sf_mean_var_ratio = w_sf_mean_var_ratio,
+    detection_mean_alpha = detection_hyp_prior$mean_alpha,
+    gene_add_alpha_alpha = gene_add_alpha_hyp_prior$alpha,
+    gene_add_alpha_beta = gene_add_alpha_hyp_prior$beta,
+    gene_add_mean_alpha = gene_add_mean_hyp_prior$alpha,
+    gene_add_mean_beta = gene_add_mean_hyp_prior$beta,
+    phi_alpha = alpha_g_phi_hyp_prior$alpha, phi_beta = alpha_g_phi_hyp_prior$beta
+  )
+  st <- list(
+    n_spots = S, n_genes = length(genes), n_types = ncol(sig), n_groups = as.integer(n_groups),
+    n_batches = E, genes = genes, spots = spots, cell_types = colnames(sig),
+    batch_levels = levs, batch_codes = codes, spot_order = order(codes),
+    detection_mean = d_e, detection_mean_e = d_e, detection_alpha = alpha_e,
+    detection_mean_per_sample = detection_mean_per_sample,
+    detection_mean_correction = detection_mean_correction,
+    N_cells_per_location_given = N_given, hyper = hyper
+  )
+  list(settings = st, xt = xt, signatures = sig, batch = batch)
+}
+
+# The C state for a prepared problem.
+c2l_make_state <- function(prep, tiles = c(0L, 0L)) {
+  st <- prep$settings
+  h <- st$hyper
+  ord <- st$spot_order
+  xt <- prep$xt[ord, , drop = FALSE]
+  bstart <- c(0L, cumsum(tabulate(st$batch_codes, st$n_batches)))
+  hyp <- c(h$m_g_mean_var_ratio * h$m_g_mu, h$m_g_mean_var_ratio, h$m_g_alpha_mean, h$N,
+           h$N_cells_mean_var_ratio, h$B, h$kappa, h$w_sf_mean_var_ratio, h$detection_mean_alpha,
+           h$gene_add_alpha_alpha, h$gene_add_alpha_beta, h$gene_add_mean_alpha,
+           h$gene_add_mean_beta, h$phi_alpha, h$phi_beta)
+  dims <- c(st$n_spots, st$n_genes, st$n_types, st$n_groups, st$n_batches)
+  if (prod(as.double(dims[1:2])) > 2^31 - 1 && length(xt@x) > 2^31 - 1) {
+    stopf("'x' has too many non-zero counts for this version")
+  }
+  .Call(C_scnative_c2l_setup, as.integer(xt@p), as.integer(xt@i), as.double(xt@x),
+        as.integer(dims), as.integer(bstart), t(prep$signatures) + 0, as.double(hyp),
+        as.double(st$detection_mean_e), as.double(st$detection_alpha), as.integer(tiles))
+}
+
+# ---- training -----------------------------------------------------------------------------
+
+# Runs `epochs` epochs in blocks of .Call's; returns list(loss, params, interrupted).
+c2l_train_blocks <- function(state, prep, params, epochs, epoch0, lr, optimizer, clip, lrd,
+                             seed, threads, progress) {
+  st <- prep$settings
+  .Call(C_scnative_c2l_set_params, state, c2l_flatten(lapply(params, `[[`, "loc"), st),
+        c2l_flatten(lapply(params, `[[`, "rho"), st))
+  loss <- rep(NA_real_, epochs)
+  done <- 0L
+  block <- 1L
+  pb <- NULL
+  if (progress) {
+    pb <- utils::txtProgressBar(min = 0, max = epochs, style = 3)
+    on.exit(close(pb), add = TRUE)
+  }
+  interrupted <- FALSE
+  opt <- if (optimizer == "clipped_adam") 1L else 0L
+  tryCatch({
+    while (done < epochs) {
+      k <- min(block, epochs - done)
+      t0 <- proc.time()[["elapsed"]]
+      l <- .Call(C_scnative_c2l_train, state, as.integer(k), as.double(epoch0 + done), lr, opt,
+                 clip, lrd, seed, threads)
+      loss[done + seq_len(k)] <- l
+      done <- done + k
+      el <- proc.time()[["elapsed"]] - t0
+      # aim at about half a second per block
+      block <- max(1L, min(1000L, as.integer(k * 0.5 / max(el, 1e-3))))
+      if (!is.null(pb)) utils::setTxtProgressBar(pb, done)
+    }
+  }, interrupt = function(cond) {
+    interrupted <<- TRUE
+  })
+  pr <- .Call(C_scnative_c2l_get_params, state)
+  if (interrupted) {
+    # epochs finished in C, including a block whose losses were not stored
+    loss <- loss[seq_len(done)]
+    warnf("cell2location: training interrupted after %d of %d epochs; returning the fit so far",
+          done, epochs)
+  }
+  locs <- c2l_unflatten(pr$loc, st)
+  rhos <- c2l_unflatten(pr$rho, st)
+  params <- stats::setNames(lapply(names(locs), function(n) list(loc = locs[[n]], rho = rhos[[n]])),
+                            names(locs))
+  list(loss = loss, params = params, interrupted = interrupted)
+}
+
+#' Map cell types onto spatial spots with cell2location's model
+#'
+#' Fits the cell2location spatial mapping model (`Cell2location.train` of the Python package
+#' `cell2location` 0.1.5) natively: the same hierarchical negative-binomial model (17 latent
+#' sites, per-batch detection and background), the same mean-field `AutoNormal` guide, the same
+#' initialisation and the same optimiser (torch Adam, learning rate 0.002, one full-data step per
+#' epoch). Random numbers differ from Python's, so fits agree statistically, not bitwise.
+#'
+#' **Detection mean.** As upstream, the prior mean of the detection efficiency is computed from
+#' the data: the mean total count per spot divided by N and by the mean total of the signature
+#' columns (times `detection_mean_correction`). Upstream uses **N = 1** there when
+#' `N_cells_per_location` is not passed (although the model itself uses 8); this function does
+#' the same (`missing(N_cells_per_location)`), so pass `N_cells_per_location` explicitly (e.g. 30
+#' as in the tutorial) for the intended prior.
+#'
+#' **Genes** are matched by name: only genes in both `x` and `signatures` are used (a message
+#' says how many). Batches: spots are sorted by batch internally; results are returned in the
+#' input order. **Threads**: results for a given `seed` do not depend on `threads`.
+#' **Interrupting** (Ctrl-C) stops between blocks of epochs and returns the fit so far with a
+#' warning.
+#'
+#' @param x spots' counts: a genes x spots matrix or `dgCMatrix` of non-negative integers with
+#'   gene names as row names; or a Seurat object or a SingleCellExperiment (see `assay`,
+#'   `layer`, `assay.type`).
+#' @param signatures reference signatures: a genes x cell types numeric matrix or data.frame of
+#'   non-negative expected counts per cell (e.g. the posterior means of cell2location's
+#'   regression model), gene names as row names, cell type names as column names.
+#' @param batch `NULL` (one batch) or a vector/factor with one value per spot (experiments).
+#' @param N_cells_per_location expected number of cells per spot (positive number, default 8);
+#'   see Details for how it enters the detection mean.
+#' @param detection_alpha shape of the per-spot detection prior: one positive number, or a
+#'   numeric vector named by the batch levels.
+#' @param A_factors_per_location,B_groups_per_location expected cell types and groups per spot
+#'   (positive numbers).
+#' @param n_groups number of latent groups (positive whole number).
+#' @param detection_mean_per_sample `TRUE` to compute the detection mean per batch.
+#' @param detection_mean_correction positive factor on the detection mean.
+#' @param m_g_gene_level_prior list with positive `mean`, `mean_var_ratio`, `alpha_mean`.
+#' @param N_cells_mean_var_ratio positive number.
+#' @param alpha_g_phi_hyp_prior,gene_add_alpha_hyp_prior,gene_add_mean_hyp_prior lists with
+#'   positive `alpha` and `beta`.
+#' @param detection_hyp_prior list with positive `mean_alpha`.
+#' @param w_sf_mean_var_ratio positive number.
+#' @param max_epochs number of epochs (full-data gradient steps), a whole number >= 1.
+#' @param lr learning rate (positive).
+#' @param optimizer `"adam"` (torch Adam, upstream's default) or `"clipped_adam"` (pyro's
+#'   ClippedAdam with `clip_norm = 10`, `lrd = 1`; change them with `clip_norm =` and `lrd =`
+#'   in `...`).
+#' @param init `NULL`, or a previous `scnative_c2l` fit on the same data: training continues from
+#'   its parameters with a fresh optimiser state (as upstream's repeated `train()`), and the
+#'   loss history is appended.
+#' @param seed `NULL` or a whole number for the random streams.
+#' @param threads `NULL` (the package default, see [scnative_threads()]) or a number of threads.
+#' @param progress `TRUE` to show a progress bar.
+#' @param keep_data `TRUE` (default) to keep the (sparse) counts in the fit so that
+#'   [train_more()] needs no data.
+#' @param ... method arguments (`assay`, `layer` for Seurat; `assay.type` for
+#'   SingleCellExperiment); `clip_norm`, `lrd` for ClippedAdam.
+#' @return A `scnative_c2l` object: a list with `params` (per site, `loc` and `rho` matrices of
+#'   the AutoNormal guide, upstream site names, spots in the input order), `history`
+#'   (data.frame `epoch`, `elbo_train`), `settings` (hyper-parameters and data facts: genes,
+#'   spots, cell types, batch levels, detection mean, ...), `signatures` (the matrix used),
+#'   `batch`, `optimizer`, `seed` and, with `keep_data`, `data`.
+#' @seealso [export_posterior()], [cell_abundance()], [train_more()], [plot_history()].
+#' @examples
+#' set.seed(1)
+#' sig <- matrix(rgamma(40 * 3, 1), 40, 3,
+#'               dimnames = list(paste0("g", 1:40), c("A", "B", "C")))
+#' w <- matrix(rgamma(30 * 3, 1, 0.3), 30, 3)
+#' x <- matrix(rpois(40 * 30, sig %*% t(w) * 0.05), 40, 30,
+#'             dimnames = list(rownames(sig), paste0("s", 1:30)))
+#' fit <- cell2location(x, sig, N_cells_per_location = 8, max_epochs = 50,
+#'                      seed = 1, progress = FALSE)
+#' fit
+#' head(cell_abundance(export_posterior(fit, num_samples = 50)))
+#' @export
+cell2location <- function(x, signatures, ...) {
+  UseMethod("cell2location")
+}
+
+#' @rdname cell2location
+#' @export
+cell2location.default <- function(x, signatures, batch = NULL, N_cells_per_location = 8,
+                                  detection_alpha = 20, A_factors_per_location = 7,
+                                  B_groups_per_location = 7, n_groups = 50,
+                                  detection_mean_per_sample = FALSE,
+                                  detection_mean_correction = 1,
+                                  m_g_gene_level_prior = list(mean = 1, mean_var_ratio = 1,
+                                                              alpha_mean = 3),
+                                  N_cells_mean_var_ratio = 1,
+                                  alpha_g_phi_hyp_prior = list(alpha = 9, beta = 3),
+                                  gene_add_alpha_hyp_prior = list(alpha = 9, beta = 3),
+                                  gene_add_mean_hyp_prior = list(alpha = 1, beta = 100),
+                                  detection_hyp_prior = list(mean_alpha = 10),
+                                  w_sf_mean_var_ratio = 5, max_epochs = 30000, lr = 0.002,
+                                  optimizer = c("adam", "clipped_adam"), init = NULL,
+                                  seed = NULL, threads = NULL, progress = interactive(),
+                                  keep_data = TRUE, ...) {
+  N_given <- !missing(N_cells_per_location)
+  optimizer <- match.arg(optimizer)
+  check_number(max_epochs, "max_epochs", min = 1, whole = TRUE)
+  check_number(lr, "lr", min = 0, min_open = TRUE)
+  check_flag(progress, "progress")
+  check_flag(keep_data, "keep_data")
+  dots <- list(...)
+  clip <- dots$clip_norm %||% 10
+  lrd <- dots$lrd %||% 1
+  check_number(clip, "clip_norm", min = 0, min_open = TRUE)
+  check_number(lrd, "lrd", min = 0, min_open = TRUE)
+  threads <- resolve_threads(threads)
+  seed <- resolve_seed(seed)
+  if (!is.null(init) && !inherits(init, "scnative_c2l")) {
+    stopf("'init' must be NULL or a scnative_c2l fit, not %s", class(init)[1L])
+  }
+  prep <- c2l_prepare(x, signatures, batch, N_cells_per_location, N_given, detection_alpha,
+                      A_factors_per_location, B_groups_per_location, n_groups,
+                      detection_mean_per_sample, detection_mean_correction,
+                      m_g_gene_level_prior, N_cells_mean_var_ratio, alpha_g_phi_hyp_prior,
+                      gene_add_alpha_hyp_prior, gene_add_mean_hyp_prior, detection_hyp_prior,
+                      w_sf_mean_var_ratio)
+  st <- prep$settings
+  history <- data.frame(epoch = integer(0), elbo_train = numeric(0))
+  if (is.null(init)) {
+    params <- c2l_init_params(st)
+  } else {
+    is <- init$settings
+    if (!identical(is$genes, st$genes) || !identical(is$spots, st$spots) ||
+        !identical(is$cell_types, st$cell_types) || is$n_groups != st$n_groups ||
+        !identical(is$batch_levels, st$batch_levels)) {
+      stopf("'init' was fitted on different genes, spots, cell types, groups or batches")
+    }
+    params <- init$params
+    history <- init$history
+  }
+  c2l_fit_run(prep, params, history, max_epochs, lr, optimizer, clip, lrd, seed, threads,
+              progress, keep_data)
+}
+
+c2l_fit_run <- function(prep, params, history, epochs, lr, optimizer, clip, lrd, seed, threads,
+                        progress, keep_data) {
+  state <- c2l_make_state(prep)
+  epoch0 <- nrow(history)
+  res <- c2l_train_blocks(state, prep, params, epochs, epoch0, lr, optimizer, clip, lrd, seed,
+                          threads, progress)
+  n <- length(res$loss)
+  history <- rbind(history, data.frame(epoch = epoch0 + seq_len(n) - 1L, elbo_train = res$loss))
+  fit <- list(
+    params = res$params, history = history, settings = prep$settings,
+    signatures = prep$signatures, batch = prep$batch,
+    optimizer = list(name = optimizer, lr = lr, clip_norm = clip, lrd = lrd),
+    seed = seed, data = if (keep_data) list(xt = prep$xt) else NULL,
+    interrupted = res$interrupted
+  )
+  class(fit) <- "scnative_c2l"
+  fit
+}
+
+#' @rdname cell2location
+#' @param assay,layer Seurat assay (default: the default assay) and layer/slot (`"counts"`).
+#' @export
+cell2location.Seurat <- function(x, signatures, ..., assay = NULL, layer = "counts") {
+  counts <- c2l_seurat_counts(x, assay, layer)
+  cell2location.default(counts, signatures, ...)
+}
+
+#' @rdname cell2location
+#' @param assay.type SingleCellExperiment assay name (`"counts"`).
+#' @export
+cell2location.SingleCellExperiment <- function(x, signatures, ..., assay.type = "counts") {
+  if (!requireNamespace("SummarizedExperiment", quietly = TRUE)) {
+    stopf("the SummarizedExperiment package is needed for SingleCellExperiment input")
+  }
+  check_string(assay.type, "assay.type")
+  if (!assay.type %in% SummarizedExperiment::assayNames(x)) {
+    stopf("'assay.type' = '%s' is not an assay of 'x'", assay.type)
+  }
+  counts <- SummarizedExperiment::assay(x, assay.type)
+  if (is.null(colnames(counts))) colnames(counts) <- as.character(seq_len(ncol(counts)))
+  cell2location.default(counts, signatures, ...)
+}
+
+c2l_seurat_counts <- function(x, assay, layer) {
+  if (!requireNamespace("SeuratObject", quietly = TRUE)) {
+    stopf("the SeuratObject package is needed for Seurat input")
+  }
+  assay <- assay %||% SeuratObject::DefaultAssay(x)
+  check_string(assay, "assay")
+  check_string(layer, "layer")
+  if (!assay %in% names(x@assays)) stopf("'assay' = '%s' is not an assay of 'x'", assay)
+  if (utils::packageVersion("SeuratObject") >= "5.0.0") {
+    SeuratObject::LayerData(x, assay = assay, layer = layer)
+  } else {
+    SeuratObject::GetAssayData(x, assay = assay, slot = layer)
+  }
+}
+
+#' Continue training a cell2location fit
+#'
+#' Runs `epochs` more epochs from the fitted parameters with a fresh Adam state (as upstream's
+#' repeated `train()`); the loss history is appended. Uses the counts kept in the fit
+#' (`keep_data = TRUE`, the default), or pass `x` (and, if the fit's signatures should not be
+#' reused, `signatures`) again.
+#'
+#' @param fit a `scnative_c2l` fit.
+#' @param epochs number of epochs (whole number >= 1).
+#' @param x `NULL` to use the kept counts, or the same counts as for the fit.
+#' @param lr learning rate; default: the fit's.
+#' @param seed `NULL` (the fit's seed; the random streams continue after the fit's epochs) or a
+#'   whole number.
+#' @param threads,progress as in [cell2location()].
+#' @return The updated `scnative_c2l` fit.
+#' @examples
+#' set.seed(1)
+#' sig <- matrix(rgamma(40 * 3, 1), 40, 3,
+#'               dimnames = list(paste0("g", 1:40), c("A", "B", "C")))
+#' x <- matrix(rpois(40 * 20, 2), 40, 20, dimnames = list(rownames(sig), paste0("s", 1:20)))
+#' fit <- cell2location(x, sig, max_epochs = 20, seed = 1, progress = FALSE)
+#' fit <- train_more(fit, 20)
+#' nrow(fit$history)
+#' @export
+train_more <- function(fit, epochs, x = NULL, lr = NULL, seed = NULL, threads = NULL,
+                       progress = interactive()) {
+  if (!inherits(fit, "scnative_c2l")) stopf("'fit' must be a scnative_c2l fit")
+  check_number(epochs, "epochs", min = 1, whole = TRUE)
+  check_flag(progress, "progress")
+  lr <- lr %||% fit$optimizer$lr
+  check_number(lr, "lr", min = 0, min_open = TRUE)
+  seed <- if (is.null(seed)) fit$seed else resolve_seed(seed)
+  threads <- resolve_threads(threads)
+  st <- fit$settings
+  if (is.null(x)) {
+    if (is.null(fit$data)) stopf("'fit' was made with keep_data = FALSE; pass the counts as 'x'")
+    prep <- list(settings = st, xt = fit$data$xt, signatures = fit$signatures, batch = fit$batch)
+  } else {
+    h <- st$hyper
+    prep <- c2l_prepare(x, fit$signatures, fit$batch, h$N, st$N_cells_per_location_given,
+                        stats::setNames(st$detection_alpha, st$batch_levels), h$A, h$B,
+                        st$n_groups, st$detection_mean_per_sample, st$detection_mean_correction,
+                        list(mean = h$m_g_mu, mean_var_ratio = h$m_g_mean_var_ratio,
+                             alpha_mean = h$m_g_alpha_mean), h$N_cells_mean_var_ratio,
+                        list(alpha = h$phi_alpha, beta = h$phi_beta),
+                        list(alpha = h$gene_add_alpha_alpha, beta = h$gene_add_alpha_beta),
+                        list(alpha = h$gene_add_mean_alpha, beta = h$gene_add_mean_beta),
+                        list(mean_alpha = h$detection_mean_alpha), h$w_sf_mean_var_ratio,
+                        quiet = TRUE)
+    if (!identical(prep$settings$genes, st$genes) || !identical(prep$settings$spots, st$spots)) {
+      stopf("'x' does not have the genes and spots of the fit")
+    }
+    prep$settings <- st
+  }
+  c2l_fit_run(prep, fit$params, fit$history, epochs, lr, fit$optimizer$name,
+              fit$optimizer$clip_norm, fit$optimizer$lrd, seed, threads, progress,
+              !is.null(fit$data))
+}
+
+# ---- methods -------------------------------------------------------------------------------
+
+#' @export
+print.scnative_c2l <- function(x, ...) {
+  st <- x$settings
+  h <- x$history
+  cat(sprintf("<scnative_c2l> cell2location fit: %d spots x %d genes, %d cell types, %d groups, %d batch(es)\n",
+              st$n_spots, st$n_genes, st$n_types, st$n_groups, st$n_batches))
+  cat(sprintf("  epochs: %d (%s, lr %g)%s\n", nrow(h), x$optimizer$name, x$optimizer$lr,
+              if (isTRUE(x$interrupted)) ", interrupted" else ""))
+  if (nrow(h) > 0) {
+    cat(sprintf("  last -ELBO: %.6g\n", h$elbo_train[nrow(h)]))
+  }
+  cat(sprintf("  N_cells_per_location %g, detection_alpha %s, detection mean %s\n", st$hyper$N,
+              paste(format(st$detection_alpha), collapse = "/"),
+              paste(format(signif(st$detection_mean, 4)), collapse = "/")))
+  invisible(x)
+}
+
+#' @export
+summary.scnative_c2l <- function(object, ...) {
+  st <- object$settings
+  h <- object$history
+  w <- exp(object$params$w_sf$loc)
+  out <- list(
+    n_spots = st$n_spots, n_genes = st$n_genes, n_types = st$n_types, n_groups = st$n_groups,
+    batches = st$batch_levels, epochs = nrow(h),
+    final_elbo = if (nrow(h)) h$elbo_train[nrow(h)] else NA_real_,
+    detection_mean = st$detection_mean,
+    median_abundance = sort(apply(w, 2, stats::median), decreasing = TRUE),
+    median_cells_per_spot = stats::median(rowSums(w))
+  )
+  class(out) <- "summary.scnative_c2l"
+  out
+}
+
+#' @export
+print.summary.scnative_c2l <- function(x, ...) {
+  cat(sprintf("cell2location fit: %d spots, %d genes, %d cell types, %d groups, batches: %s\n",
+              x$n_spots, x$n_genes, x$n_types, x$n_groups, paste(x$batches, collapse = ", ")))
+  cat(sprintf("epochs: %d, final -ELBO: %.6g\n", x$epochs, x$final_elbo))
+  cat(sprintf("median cells per spot (guide median of w_sf): %.3g\n", x$median_cells_per_spot))
+  cat("median abundance per cell type (top 10):\n")
+  print(utils::head(signif(x$median_abundance, 3), 10))
+  invisible(x)
+}
+
+#' Plot the training loss of a cell2location fit
+#'
+#' The -ELBO loss against the epoch, as upstream's `plot_history()`.
+#'
+#' @param x a `scnative_c2l` fit.
+#' @param iter_start first epoch to show (0-based, as upstream).
+#' @param iter_end last epoch to show (`-1`: the end).
+#' @param ... unused.
+#' @return A ggplot object (if ggplot2 is installed), otherwise `NULL` invisibly after drawing
+#'   with base graphics.
+#' @examples
+#' set.seed(1)
+#' sig <- matrix(rgamma(40 * 3, 1), 40, 3,
+#'               dimnames = list(paste0("g", 1:40), c("A", "B", "C")))
+#' x <- matrix(rpois(40 * 20, 2), 40, 20, dimnames = list(rownames(sig), paste0("s", 1:20)))
+#' fit <- cell2location(x, sig, max_epochs = 30, seed = 1, progress = FALSE)
+#' plot_history(fit, iter_start = 5)
+#' @export
+plot_history <- function(x, iter_start = 0, iter_end = -1, ...) {
+  if (!inherits(x, "scnative_c2l")) stopf("'x' must be a scnative_c2l fit")
+  check_number(iter_start, "iter_start", min = 0, whole = TRUE)
+  check_number(iter_end, "iter_end", min = -1, whole = TRUE)
+  h <- x$history
+  end <- if (iter_end == -1) nrow(h) else min(iter_end, nrow(h))
+  h <- h[h$epoch >= iter_start & h$epoch < end, , drop = FALSE]
+  if (requireNamespace("ggplot2", quietly = TRUE)) {
+    .data <- ggplot2::.data
+    ggplot2::ggplot(h, ggplot2::aes(x = .data$epoch, y = .data$elbo_train)) +
+      ggplot2::geom_line() +
+      ggplot2::labs(x = "Training epochs", y = "-ELBO loss", title = "elbo_train") +
+      ggplot2::theme_bw()
+  } else {
+    graphics::plot(h$epoch, h$elbo_train, type = "l", xlab = "Training epochs",
+                   ylab = "-ELBO loss", main = "elbo_train")
+    invisible(NULL)
+  }
+}
+
+#' @rdname plot_history
+#' @param y unused.
+#' @export
+plot.scnative_c2l <- function(x, y, ...) {
+  p <- plot_history(x, ...)
+  if (!is.null(p)) print(p)
+  invisible(p)
+}
+
+# ---- posterior -----------------------------------------------------------------------------
+
+c2l_qname <- function(q) {
+  s <- sub("^0\\.", "", format(q, scientific = FALSE, drop0trailing = TRUE))
+  if (nchar(s) == 1L) s <- paste0(s, "0")
+  paste0("q", s)
+}
+
+#' Posterior summaries of a cell2location fit
+#'
+#' As upstream's `export_posterior()`: draws `num_samples` samples from the fitted guide and
+#' summarises every site (mean, standard deviation with `ddof = 0`, quantiles with linear
+#' interpolation), including the deterministic sites `u_sf_mRNA_factors`
+#' (`w_sf * sum_g signature_gf * m_g`, from joint draws) and `detection_hyp_prior_alpha`. With
+#' `use_quantiles = TRUE` the quantiles of the 17 latent sites are computed analytically
+#' (`exp(loc + sigma * qnorm(q))`) and nothing else is returned, as upstream.
+#'
+#' @param fit a `scnative_c2l` fit.
+#' @param num_samples number of posterior draws (whole number >= 2).
+#' @param quantiles probabilities in (0, 1).
+#' @param use_quantiles `TRUE` for analytic quantiles only.
+#' @param seed `NULL` or a whole number.
+#' @param threads `NULL` or a number of threads.
+#' @param ... unused.
+#' @return A `scnative_c2l_posterior` list: `means`, `stds` (lists of matrices per site, or
+#'   `NULL` with `use_quantiles`), one list per quantile named as upstream (`q05`, `q95`), and
+#'   `cell_types`, `spots`.
+#' @examples
+#' set.seed(1)
+#' sig <- matrix(rgamma(40 * 3, 1), 40, 3,
+#'               dimnames = list(paste0("g", 1:40), c("A", "B", "C")))
+#' x <- matrix(rpois(40 * 20, 2), 40, 20, dimnames = list(rownames(sig), paste0("s", 1:20)))
+#' fit <- cell2location(x, sig, max_epochs = 30, seed = 1, progress = FALSE)
+#' post <- export_posterior(fit, num_samples = 100)
+#' dim(post$means$w_sf)
+#' @export
+export_posterior <- function(fit, num_samples = 1000, quantiles = c(0.05, 0.95),
+                             use_quantiles = FALSE, seed = NULL, threads = NULL, ...) {
+  if (!inherits(fit, "scnative_c2l")) stopf("'fit' must be a scnative_c2l fit")
+  check_number(num_samples, "num_samples", min = 2, whole = TRUE)
+  if (!is.numeric(quantiles) || anyNA(quantiles) || any(quantiles <= 0 | quantiles >= 1)) {
+    stopf("'quantiles' must be probabilities strictly between 0 and 1")
+  }
+  check_flag(use_quantiles, "use_quantiles")
+  seed <- resolve_seed(seed)
+  threads <- resolve_threads(threads)
+  p <- fit$params
+  qn <- vapply(quantiles, c2l_qname, "")
+  out <- list()
+  if (use_quantiles) {
+    for (k in seq_along(quantiles)) {
+      out[[qn[k]]] <- lapply(p, function(s) {
+        sg <- ifelse(s$rho > 20, s$rho, log1p(exp(s$rho)))
+        m <- exp(s$loc + sg * stats::qnorm(quantiles[k]))
+        dimnames(m) <- dimnames(s$loc)
+        m
+      })
+    }
+    out$means <- NULL
+    out$stds <- NULL
+  } else {
+    num <- as.integer(num_samples)
+    summ <- function(j, s, mult = NULL, mcol = NULL) {
+      r <- .Call(C_scnative_c2l_summary, as.vector(s$loc), as.vector(s$rho), num, seed,
+                 as.double(100 + j), as.double(quantiles), mult,
+                 if (is.null(mcol)) NULL else as.integer(mcol), threads)
+      shape <- function(v) {
+        m <- matrix(v, nrow(s$loc), ncol(s$loc))
+        dimnames(m) <- dimnames(s$loc)
+        m
+      }
+      list(mean = shape(r[[1]]), sd = shape(r[[2]]),
+           q = lapply(seq_along(quantiles), function(k) shape(r[[3]][, k])))
+    }
+    res <- lapply(seq_along(p), function(j) summ(j, p[[j]]))
+    names(res) <- names(p)
+    # deterministic sites
+    jm <- match("m_g", names(p))
+    jw <- match("w_sf", names(p))
+    mdraws <- .Call(C_scnative_c2l_draws, as.vector(p$m_g$loc), as.vector(p$m_g$rho), num, seed,
+                    as.double(100 + jm))
+    cmult <- mdraws %*% fit$signatures # num x F
+    S <- nrow(p$w_sf$loc)
+    res$u_sf_mRNA_factors <- summ(jw, p$w_sf, cmult, rep(seq_len(ncol(cmult)) - 1L, each = S))
+    E <- length(fit$settings$batch_levels)
+    ad <- matrix(fit$settings$detection_alpha, E, 1,
+                 dimnames = list(fit$settings$batch_levels, NULL))
+    res$detection_hyp_prior_alpha <- list(mean = ad, sd = ad * 0,
+                                          q = rep(list(ad), length(quantiles)))
+    out$means <- lapply(res, `[[`, "mean")
+    out$stds <- lapply(res, `[[`, "sd")
+    for (k in seq_along(quantiles)) out[[qn[k]]] <- lapply(res, function(r) r$q[[k]])
+  }
+  out$cell_types <- fit$settings$cell_types
+  out$spots <- fit$settings$spots
+  out$num_samples <- if (use_quantiles) NA_integer_ else as.integer(num_samples)
+  class(out) <- "scnative_c2l_posterior"
+  out
+}
+
+#' @export
+print.scnative_c2l_posterior <- function(x, ...) {
+  summ <- setdiff(names(x), c("cell_types", "spots", "num_samples"))
+  cat(sprintf("<scnative_c2l_posterior> %d spots x %d cell types; summaries: %s\n",
+              length(x$spots), length(x$cell_types), paste(summ, collapse = ", ")))
+  invisible(x)
+}
+
+#' Cell abundances per spot
+#'
+#' The posterior summary of `w_sf` (cells of each type per spot) as a spots x cell types matrix.
+#'
+#' @param x a `scnative_c2l_posterior` from [export_posterior()], or a `scnative_c2l` fit (then
+#'   [export_posterior()] runs with `...`).
+#' @param which summary: `"means"`, `"stds"`, `"q05"`, `"q95"` or another exported quantile.
+#' @param upstream_names `TRUE` for upstream's column names
+#'   (`meanscell_abundance_w_sf_<type>`), `FALSE` for the cell type names.
+#' @param ... passed to [export_posterior()] when `x` is a fit.
+#' @return A numeric matrix, spots x cell types.
+#' @examples
+#' set.seed(1)
+#' sig <- matrix(rgamma(40 * 3, 1), 40, 3,
+#'               dimnames = list(paste0("g", 1:40), c("A", "B", "C")))
+#' x <- matrix(rpois(40 * 20, 2), 40, 20, dimnames = list(rownames(sig), paste0("s", 1:20)))
+#' fit <- cell2location(x, sig, max_epochs = 30, seed = 1, progress = FALSE)
+#' head(cell_abundance(fit, "q05", upstream_names = TRUE, num_samples = 50))
+#' @export
+cell_abundance <- function(x, which = "means", upstream_names = FALSE, ...) {
+  if (inherits(x, "scnative_c2l")) x <- export_posterior(x, ...)
+  if (!inherits(x, "scnative_c2l_posterior")) {
+    stopf("'x' must be a scnative_c2l fit or a posterior from export_posterior()")
+  }
+  check_string(which, "which")
+  check_flag(upstream_names, "upstream_names")
+  avail <- setdiff(names(x), c("cell_types", "spots", "num_samples"))
+  if (!which %in% avail || is.null(x[[which]])) {
+    stopf("'which' must be one of %s, not '%s'", paste(sprintf("'%s'", avail), collapse = ", "),
+          which)
+  }
+  m <- x[[which]]$w_sf
+  colnames(m) <- if (upstream_names) paste0(which, "cell_abundance_w_sf_", x$cell_types) else x$cell_types
+  rownames(m) <- x$spots
+  m
+}
+
+#' Add cell abundances to a Seurat object or SingleCellExperiment
+#'
+#' Adds the posterior cell abundances (spots x cell types) to the object and leaves everything
+#' else untouched. Seurat: a new assay (default `"cell2location"`) with the cell types as
+#' features, like Seurat's own prediction assays. SingleCellExperiment: a reducedDim
+#' `"cell2location"` and, with `coldata = TRUE`, colData columns with upstream's names.
+#'
+#' @param object a Seurat object or SingleCellExperiment whose columns include the fit's spots.
+#' @param fit_or_posterior a `scnative_c2l` fit or a posterior from [export_posterior()].
+#' @param which the summary to add (`"means"`, `"q05"`, ...).
+#' @param name assay / reducedDim name.
+#' @param coldata (SingleCellExperiment) also add colData columns.
+#' @param ... passed to [export_posterior()] when given a fit.
+#' @return The object with the abundances added.
+#' @export
+add_cell_abundance <- function(object, fit_or_posterior, which = "means",
+                               name = "cell2location", coldata = FALSE, ...) {
+  check_string(name, "name")
+  check_flag(coldata, "coldata")
+  ab <- cell_abundance(fit_or_posterior, which = which, ...)
+  spots <- colnames(object)
+  if (is.null(spots) || !all(rownames(ab) %in% spots)) {
+    stopf("the spots of the fit are not all columns of 'object'")
+  }
+  full <- matrix(NA_real_, length(spots), ncol(ab), dimnames = list(spots, colnames(ab)))
+  full[rownames(ab), ] <- ab
+  if (inherits(object, "Seurat")) {
+    if (!requireNamespace("SeuratObject", quietly = TRUE)) stopf("SeuratObject is needed")
+    mat <- t(full)
+    rownames(mat) <- gsub("_", "-", rownames(mat)) # Seurat feature names cannot hold '_'
+    assay <- SeuratObject::CreateAssayObject(data = mat)
+    object[[name]] <- assay
+    return(object)
+  }
+  if (inherits(object, "SingleCellExperiment")) {
+    SingleCellExperiment::reducedDim(object, name) <- full
+    if (coldata) {
+      cd <- SummarizedExperiment::colData(object)
+      for (j in seq_len(ncol(full))) {
+        cd[[paste0(which, "cell_abundance_w_sf_", colnames(full)[j])]] <- full[, j]
+      }
+      SummarizedExperiment::colData(object) <- cd
+    }
+    return(object)
+  }
+  stopf("'object' must be a Seurat object or a SingleCellExperiment, not %s", class(object)[1L])
+}
+
+# ---- test helpers (internal) ----------------------------------------------------------------
+
+# log p(x, z) and its gradient w.r.t. u = log z for a prepared problem (flat u in C order).
+c2l_logjoint <- function(prep, u, threads = 1L) {
+  state <- c2l_make_state(prep)
+  .Call(C_scnative_c2l_logjoint, state, as.double(u), as.integer(threads))
+}
+
+c2l_adam_steps <- function(theta0, grads, lr, clipped = FALSE, clip = 10, lrd = 1) {
+  .Call(C_scnative_c2l_adam, as.double(theta0), grads + 0, as.double(lr), as.integer(clipped),
+        as.double(clip), as.double(lrd))
+}

@@ -1,0 +1,907 @@
+/* cell2location.c: the cell2location spatial mapping model (spec/cell2location.md).
+ *
+ * Generative model (spec 2): 17 latent sites, all positive, log-transformed; AutoNormal guide
+ * (spec 3: u = loc + softplus(rho) * eps, z = exp(u)); one reparameterised sample per step;
+ * exact gradients of log p(x, z) (spec 6); torch Adam or pyro ClippedAdam (spec 4.2); the loss
+ * value of spec 4.4 (elbo_train).
+ *
+ * Data layout. Spots are sorted by batch on the R side, so every batch is a contiguous range
+ * of spots. Counts are a CSC matrix of spots x genes (per gene, the spots with a non-zero
+ * count, in increasing order). Site values are column-major, as in R.
+ *
+ * The S x G pass (the cost): spots are cut into blocks of `nb` spots inside one batch, genes
+ * into tiles of `gb`; per tile one GEMM gives A = W %*% sig (nb x gb, through scn_dgemm), one
+ * fused elementwise pass computes mu, log(a + mu), 1/(a + mu), the likelihood derivatives and
+ * the per-gene/per-spot sums, then overwrites the tile with R * y * m for the backward GEMM
+ * dW += tile %*% t(sig). Zero counts use the closed forms of spec 6.5; non-zero counts are
+ * patched from the CSC copy; the digamma/lgamma terms come from per-(batch, gene) histograms
+ * of the count values. Tiles are small enough (nb * gb * F <= 2^18) that OpenBLAS runs each
+ * GEMM on the calling thread, so the OpenMP threads do not oversubscribe the BLAS pool.
+ *
+ * Determinism: blocks are grouped into a fixed number of chunks (independent of the thread
+ * count); each chunk owns its per-(batch, gene) accumulators and is processed by one thread in
+ * block order; chunks are reduced in chunk order. Per-spot values are owned by their block.
+ * Random numbers come from the counter-based generator with a stream per site and an offset
+ * from the epoch. So a fit for a given seed does not depend on the thread count.
+ */
+#include "scnative.h"
+
+#define C2L_NSITE 17
+enum {
+  S_MMEAN, S_MTAU, S_MG, S_NS, S_BS, S_Z, S_K, S_X, S_W, S_YE, S_YS, S_H, S_SMEAN, S_SINV,
+  S_SEG, S_PHI, S_O
+};
+#define C2L_NACC 5 /* per-(batch, gene) sums: log(a+mu), 1/(a+mu), R y, R y A, -x/(a+mu) */
+#define C2L_NHYP 15
+#define C2L_MAXCHUNK 32
+#define C2L_GEMM_MNK 262144.0 /* OpenBLAS's threshold for single-threaded GEMM */
+
+/* Vectorisable clones of the elementwise kernel where the compiler supports them. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    __GNUC__ >= 8
+#define C2L_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#else
+#define C2L_CLONES
+#endif
+
+typedef struct {
+  int S, G, F, R, E, P;
+  int *bstart;            /* E + 1 */
+  int *spot_batch;        /* S */
+  double *sigT;           /* F x G */
+  int *xp, *xi;           /* CSC spots x genes */
+  double *xv;
+  int *hp;                /* E*G + 1: per (e, g) = e + g*E, distinct values */
+  double *hv, *hc;        /* value, count */
+  double lgx1;            /* sum lgamma(x + 1) */
+  double hyp[C2L_NHYP];
+  double *de, *alphad;    /* E */
+  int off[C2L_NSITE + 1];
+  double *loc, *rho, *am, *av;
+  long adam_t;
+  /* scratch, allocated once */
+  double *eps, *u, *z, *gz;
+  double *mw, *D, *dW, *ysacc, *lpspot;
+  double *acc, *chunk_loss;
+  double *a_eg, *hd, *hl;
+  int nb, gb, nblock, nchunk;
+  int *blk_s0, *blk_n, *blk_e, *chunk_b0;
+} c2l_state;
+
+/* ---- thread-safe special functions ---------------------------------------------------- */
+
+static double c2l_digamma(double x) {
+  double r = 0.0;
+  while (x < 6.0) {
+    r -= 1.0 / x;
+    x += 1.0;
+  }
+  double f = 1.0 / (x * x);
+  return r + log(x) - 0.5 / x -
+         f * (1.0 / 12 - f * (1.0 / 120 - f * (1.0 / 252 - f * (1.0 / 240 - f / 132))));
+}
+
+static double c2l_lgamma(double x) {
+  double p = 1.0;
+  while (x < 10.0) {
+    p *= x;
+    x += 1.0;
+  }
+  double x2 = 1.0 / (x * x);
+  double s = (1.0 / 12 - x2 * (1.0 / 360 - x2 * (1.0 / 1260 - x2 / 1680))) / x;
+  return (x - 0.5) * log(x) - x + 0.91893853320467274178 + s - log(p);
+}
+
+/* log for positive normal doubles, branch-free so that loops vectorise:
+ * x = 2^e m, m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(t), t = (m - 1)/(m + 1). */
+static inline double c2l_log(double x) {
+  uint64_t b;
+  memcpy(&b, &x, sizeof b);
+  uint64_t eb = (b >> 52) | 0x4330000000000000ULL; /* 2^52 + biased exponent */
+  double ed;
+  memcpy(&ed, &eb, sizeof ed);
+  ed -= 4503599627370496.0 + 1023.0;
+  uint64_t mb = (b & 0x000fffffffffffffULL) | 0x3ff0000000000000ULL;
+  double m;
+  memcpy(&m, &mb, sizeof m);
+  double big = m > 1.4142135623730951 ? 1.0 : 0.0;
+  m *= 1.0 - 0.5 * big;
+  ed += big;
+  double t = (m - 1.0) / (m + 1.0), t2 = t * t;
+  double p = 1.0 / 19;
+  p = p * t2 + 1.0 / 17;
+  p = p * t2 + 1.0 / 15;
+  p = p * t2 + 1.0 / 13;
+  p = p * t2 + 1.0 / 11;
+  p = p * t2 + 1.0 / 9;
+  p = p * t2 + 1.0 / 7;
+  p = p * t2 + 1.0 / 5;
+  p = p * t2 + 1.0 / 3;
+  p = p * t2 + 1.0;
+  return ed * 0.69314718055994530942 + 2.0 * t * p;
+}
+
+static inline double c2l_softplus(double r) { return r > 20.0 ? r : log1p(exp(r)); }
+static inline double c2l_dsoftplus(double r) { return r > 20.0 ? 1.0 : 1.0 / (1.0 + exp(-r)); }
+
+/* log Gamma(z; a, b) with log z = lz */
+static inline double c2l_lgam(double z, double lz, double a, double b) {
+  return a * log(b) + (a - 1.0) * lz - b * z - c2l_lgamma(a);
+}
+
+/* ---- state ---------------------------------------------------------------------------- */
+
+static void c2l_free(c2l_state *st) {
+  if (!st) return;
+  void *ptrs[] = {st->bstart, st->spot_batch, st->sigT, st->xp, st->xi, st->xv, st->hp, st->hv,
+                  st->hc, st->de, st->alphad, st->loc, st->rho, st->am, st->av, st->eps, st->u,
+                  st->z, st->gz, st->mw, st->D, st->dW, st->ysacc, st->lpspot, st->acc,
+                  st->chunk_loss, st->a_eg, st->hd, st->hl, st->blk_s0, st->blk_n, st->blk_e,
+                  st->chunk_b0};
+  for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
+  free(st);
+}
+
+static void c2l_finalizer(SEXP ptr) {
+  c2l_state *st = (c2l_state *)R_ExternalPtrAddr(ptr);
+  c2l_free(st);
+  R_ClearExternalPtr(ptr);
+}
+
+static c2l_state *c2l_get(SEXP ptr) {
+  if (TYPEOF(ptr) != EXTPTRSXP) error(_("not a cell2location state"));
+  c2l_state *st = (c2l_state *)R_ExternalPtrAddr(ptr);
+  if (!st) error(_("the cell2location state is no longer valid (saved and reloaded?)"));
+  return st;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+/* .Call(C_scnative_c2l_setup, xp, xi, xv, dims = c(S, G, F, R, E), bstart, sigT, hyper, de,
+ *       alphad, tiles = c(nb, gb)) */
+SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP sigT, SEXP hyper,
+                        SEXP de, SEXP alphad, SEXP tiles) {
+  if (!isInteger(dims) || XLENGTH(dims) != 5) SCN_INTERNAL_ERROR("dims");
+  const int *d = INTEGER(dims);
+  int S = d[0], G = d[1], F = d[2], R = d[3], E = d[4];
+  if (!isInteger(xp) || XLENGTH(xp) != G + 1 || !isInteger(xi) || !isReal(xv) ||
+      XLENGTH(xi) != XLENGTH(xv) || !isInteger(bstart) || XLENGTH(bstart) != E + 1 ||
+      !isReal(sigT) || XLENGTH(sigT) != (R_xlen_t)F * G || !isReal(hyper) ||
+      XLENGTH(hyper) != C2L_NHYP || !isReal(de) || XLENGTH(de) != E || !isReal(alphad) ||
+      XLENGTH(alphad) != E || !isInteger(tiles) || XLENGTH(tiles) != 2)
+    SCN_INTERNAL_ERROR("bad arguments");
+  c2l_state *st = calloc(1, sizeof *st);
+  if (!st) error(_("out of memory"));
+  st->S = S, st->G = G, st->F = F, st->R = R, st->E = E;
+  R_xlen_t nnz = XLENGTH(xi), EG = (R_xlen_t)E * G;
+  int sizes[C2L_NSITE] = {1, 1, G, S, S, S * R, R, R * F, S * F, E, S, 1, E, E, E * G, 1, E * G};
+  st->off[0] = 0;
+  for (int j = 0; j < C2L_NSITE; j++) st->off[j + 1] = st->off[j] + sizes[j];
+  int P = st->P = st->off[C2L_NSITE];
+  /* tiles */
+  int nb = INTEGER(tiles)[0], gb = INTEGER(tiles)[1];
+  if (nb < 1) nb = 64;
+  if (gb < 1) {
+    gb = (int)(C2L_GEMM_MNK / ((double)nb * F));
+    if (gb < 16) gb = 16;
+  }
+  if (gb > G) gb = G;
+  st->nb = nb, st->gb = gb;
+  const int *bs = INTEGER(bstart);
+  int nblock = 0;
+  for (int e = 0; e < E; e++) nblock += (bs[e + 1] - bs[e] + nb - 1) / nb;
+  st->nblock = nblock;
+  st->nchunk = nblock < C2L_MAXCHUNK ? nblock : C2L_MAXCHUNK;
+  if (st->nchunk < 1) st->nchunk = 1;
+  int ok = 1;
+#define C2L_ALLOC(p, n, T) \
+  do { \
+    p = malloc(((size_t)(n) > 0 ? (size_t)(n) : 1) * sizeof(T)); \
+    if (!p) ok = 0; \
+  } while (0)
+  C2L_ALLOC(st->bstart, E + 1, int);
+  C2L_ALLOC(st->spot_batch, S, int);
+  C2L_ALLOC(st->sigT, (R_xlen_t)F * G, double);
+  C2L_ALLOC(st->xp, G + 1, int);
+  C2L_ALLOC(st->xi, nnz, int);
+  C2L_ALLOC(st->xv, nnz, double);
+  C2L_ALLOC(st->hp, EG + 1, int);
+  C2L_ALLOC(st->de, E, double);
+  C2L_ALLOC(st->alphad, E, double);
+  C2L_ALLOC(st->loc, P, double);
+  C2L_ALLOC(st->rho, P, double);
+  C2L_ALLOC(st->am, 2 * (R_xlen_t)P, double);
+  C2L_ALLOC(st->av, 2 * (R_xlen_t)P, double);
+  C2L_ALLOC(st->eps, P, double);
+  C2L_ALLOC(st->u, P, double);
+  C2L_ALLOC(st->z, P, double);
+  C2L_ALLOC(st->gz, P, double);
+  C2L_ALLOC(st->mw, (R_xlen_t)S * F, double);
+  C2L_ALLOC(st->D, (R_xlen_t)S * F, double);
+  C2L_ALLOC(st->dW, (R_xlen_t)S * F, double);
+  C2L_ALLOC(st->ysacc, S, double);
+  C2L_ALLOC(st->lpspot, S, double);
+  C2L_ALLOC(st->acc, (R_xlen_t)st->nchunk * C2L_NACC * EG, double);
+  C2L_ALLOC(st->chunk_loss, st->nchunk, double);
+  C2L_ALLOC(st->a_eg, EG, double);
+  C2L_ALLOC(st->hd, EG, double);
+  C2L_ALLOC(st->hl, EG, double);
+  C2L_ALLOC(st->blk_s0, nblock, int);
+  C2L_ALLOC(st->blk_n, nblock, int);
+  C2L_ALLOC(st->blk_e, nblock, int);
+  C2L_ALLOC(st->chunk_b0, st->nchunk + 1, int);
+  if (!ok) {
+    c2l_free(st);
+    error(_("out of memory allocating the cell2location state"));
+  }
+  memcpy(st->bstart, bs, (E + 1) * sizeof(int));
+  for (int e = 0; e < E; e++)
+    for (int s = bs[e]; s < bs[e + 1]; s++) st->spot_batch[s] = e;
+  memcpy(st->sigT, REAL(sigT), (size_t)F * G * sizeof(double));
+  memcpy(st->xp, INTEGER(xp), (G + 1) * sizeof(int));
+  memcpy(st->xi, INTEGER(xi), nnz * sizeof(int));
+  memcpy(st->xv, REAL(xv), nnz * sizeof(double));
+  memcpy(st->hyp, REAL(hyper), C2L_NHYP * sizeof(double));
+  memcpy(st->de, REAL(de), E * sizeof(double));
+  memcpy(st->alphad, REAL(alphad), E * sizeof(double));
+  /* blocks and chunks */
+  int b = 0;
+  for (int e = 0; e < E; e++)
+    for (int s = bs[e]; s < bs[e + 1]; s += nb, b++) {
+      st->blk_s0[b] = s;
+      st->blk_n[b] = (bs[e + 1] - s) < nb ? (bs[e + 1] - s) : nb;
+      st->blk_e[b] = e;
+    }
+  for (int c = 0; c <= st->nchunk; c++)
+    st->chunk_b0[c] = (int)(((long)nblock * c) / st->nchunk);
+  /* lgamma(x + 1) and per-(batch, gene) histograms of non-zero counts */
+  double lgx1 = 0.0;
+  for (R_xlen_t p = 0; p < nnz; p++) lgx1 += c2l_lgamma(st->xv[p] + 1.0);
+  st->lgx1 = lgx1;
+  double *tmp = malloc(((size_t)S + 1) * sizeof(double));
+  double *hv = malloc(((size_t)nnz + 1) * sizeof(double)), *hc = malloc(((size_t)nnz + 1) * sizeof(double));
+  if (!tmp || !hv || !hc) {
+    free(tmp), free(hv), free(hc);
+    c2l_free(st);
+    error(_("out of memory allocating the cell2location state"));
+  }
+  int nh = 0;
+  for (int g = 0; g < G; g++) {
+    int p = st->xp[g];
+    for (int e = 0; e < E; e++) {
+      st->hp[e + (R_xlen_t)g * E] = nh;
+      int n = 0;
+      while (p < st->xp[g + 1] && st->xi[p] < bs[e + 1]) tmp[n++] = st->xv[p++];
+      qsort(tmp, n, sizeof(double), cmp_double);
+      for (int i = 0; i < n; i++) {
+        if (i == 0 || tmp[i] != tmp[i - 1]) {
+          hv[nh] = tmp[i];
+          hc[nh++] = 1.0;
+        } else {
+          hc[nh - 1] += 1.0;
+        }
+      }
+    }
+  }
+  st->hp[EG] = nh;
+  free(tmp);
+  st->hv = realloc(hv, ((size_t)nh + 1) * sizeof(double));
+  st->hc = realloc(hc, ((size_t)nh + 1) * sizeof(double));
+  if (!st->hv) st->hv = hv;
+  if (!st->hc) st->hc = hc;
+  for (int j = 0; j < P; j++) st->loc[j] = 0.0, st->rho[j] = -2.2521684610440906;
+  memset(st->am, 0, 2 * (size_t)P * sizeof(double));
+  memset(st->av, 0, 2 * (size_t)P * sizeof(double));
+  st->adam_t = 0;
+  SEXP ans = PROTECT(R_MakeExternalPtr(st, R_NilValue, R_NilValue));
+  R_RegisterCFinalizerEx(ans, c2l_finalizer, TRUE);
+  UNPROTECT(1);
+  return ans;
+}
+
+/* ---- the S x G likelihood pass -------------------------------------------------------- */
+
+/* One tile (nb spots of batch e, genes g0..g1-1) after the forward GEMM (col = A). */
+C2L_CLONES
+static void c2l_tile_pass(const c2l_state *st, int s0, int nb, int e, int g0, int g1, double *buf,
+                          const double *mg_, const double *seg, const double *ys,
+                          double *ysacc, double *acc, int *cursor, double *scr, int *scri,
+                          double *loss) {
+  const int E = st->E;
+  const R_xlen_t EG = (R_xlen_t)E * st->G;
+  const int *xp = st->xp, *xi = st->xi;
+  const double *xv = st->xv;
+  double lnz = 0.0;
+  for (int g = g0; g < g1; g++) {
+    double *col = buf + (R_xlen_t)(g - g0) * nb;
+    const R_xlen_t ie = e + (R_xlen_t)g * E;
+    const double mg = mg_[g], sg = seg[ie], ag = st->a_eg[ie];
+    double cT = 0.0, cTA = 0.0, cQ = 0.0;
+    int k = 0, p = cursor[g];
+    const int pend = xp[g + 1], s1 = s0 + nb;
+    /* non-zero counts: corrections to the zero-count forms */
+    while (p < pend && xi[p] < s1) {
+      int sl = xi[p] - s0;
+      double x = xv[p++];
+      double A = col[sl], base = A * mg + sg, mu = base * ys[sl], apa = ag + mu;
+      double inv = 1.0 / apa;
+      double dR = x * (1.0 / mu - inv), Tc = dR * ys[sl];
+      cT += Tc;
+      cTA += Tc * A;
+      ysacc[sl] += dR * base;
+      cQ -= x * inv;
+      lnz += x * (log(mu) - log(apa));
+      scr[k] = Tc * mg;
+      scri[k++] = sl;
+    }
+    cursor[g] = p;
+    double sL = 0.0, sI = 0.0, sT = 0.0, sTA = 0.0;
+#pragma omp simd reduction(+ : sL, sI, sT, sTA)
+    for (int i = 0; i < nb; i++) {
+      double A = col[i], base = A * mg + sg, y = ys[i];
+      double apa = ag + base * y;
+      double L = c2l_log(apa), inv = 1.0 / apa;
+      double Rr = -ag * inv, T = Rr * y;
+      sL += L;
+      sI += inv;
+      sT += T;
+      sTA += T * A;
+      ysacc[i] += Rr * base;
+      col[i] = T * mg;
+    }
+    for (int j = 0; j < k; j++) col[scri[j]] += scr[j];
+    acc[ie] += sL;
+    acc[EG + ie] += sI;
+    acc[2 * EG + ie] += sT + cT;
+    acc[3 * EG + ie] += sTA + cTA;
+    acc[4 * EG + ie] += cQ;
+  }
+  *loss += lnz;
+}
+
+static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_out) {
+  const int S = st->S, G = st->G, F = st->F, E = st->E;
+  const R_xlen_t EG = (R_xlen_t)E * G, accsz = (R_xlen_t)C2L_NACC * EG;
+  const double *zW = z + st->off[S_W], *zm = z + st->off[S_MG], *zs = z + st->off[S_SEG],
+               *zo = z + st->off[S_O], *zys = z + st->off[S_YS];
+  double *gz = st->gz;
+  /* per (e, g): concentration and histogram terms */
+  int nth_g = scn_threads_for(EG / 256 + 1, nth);
+#pragma omp parallel for num_threads(nth_g) schedule(static)
+  for (R_xlen_t ie = 0; ie < EG; ie++) {
+    double o = zo[ie], a = 1.0 / (o * o);
+    st->a_eg[ie] = a;
+    double sd = 0.0, sl = 0.0, run_d = 0.0, run_l = 0.0;
+    int kcur = 0;
+    double dga = 0.0, lga = 0.0;
+    int have = 0;
+    for (int h = st->hp[ie]; h < st->hp[ie + 1]; h++) {
+      double v = st->hv[h], c = st->hc[h];
+      if (v <= 32.0) {
+        while (kcur < (int)v) {
+          run_d += 1.0 / (a + kcur);
+          run_l += log(a + kcur);
+          kcur++;
+        }
+        sd += c * run_d;
+        sl += c * run_l;
+      } else {
+        if (!have) {
+          dga = c2l_digamma(a);
+          lga = c2l_lgamma(a);
+          have = 1;
+        }
+        sd += c * (c2l_digamma(a + v) - dga);
+        sl += c * (c2l_lgamma(a + v) - lga);
+      }
+    }
+    st->hd[ie] = sd;
+    st->hl[ie] = sl;
+  }
+  memset(st->dW, 0, (size_t)S * F * sizeof(double));
+  memset(st->ysacc, 0, (size_t)S * sizeof(double));
+  const int nchunk = st->nchunk, nb = st->nb, gb = st->gb;
+  int nth_c = scn_threads_for(nchunk, nth);
+  /* per-thread scratch */
+  size_t per = (size_t)nb * gb + (size_t)nb + 8;
+  double *tbuf = malloc((size_t)nth_c * per * sizeof(double));
+  int *tint = malloc((size_t)nth_c * ((size_t)G + nb + 8) * sizeof(int));
+  if (!tbuf || !tint) {
+    free(tbuf), free(tint);
+    error(_("out of memory in the cell2location likelihood pass"));
+  }
+#pragma omp parallel num_threads(nth_c)
+  {
+    int tid = omp_get_thread_num();
+    double *buf = tbuf + (size_t)tid * per, *scr = buf + (size_t)nb * gb;
+    int *cursor = tint + (size_t)tid * ((size_t)G + nb + 8), *scri = cursor + G;
+#pragma omp for schedule(dynamic, 1)
+    for (int c = 0; c < nchunk; c++) {
+      double *acc = st->acc + c * accsz;
+      memset(acc, 0, accsz * sizeof(double));
+      double closs = 0.0;
+      int b0 = st->chunk_b0[c], b1 = st->chunk_b0[c + 1];
+      if (b0 < b1) {
+        int sfirst = st->blk_s0[b0];
+        for (int g = 0; g < G; g++) { /* first non-zero at or after sfirst */
+          int lo = st->xp[g], hi = st->xp[g + 1];
+          while (lo < hi) {
+            int mid = lo + (hi - lo) / 2;
+            if (st->xi[mid] < sfirst) lo = mid + 1; else hi = mid;
+          }
+          cursor[g] = lo;
+        }
+      }
+      for (int b = b0; b < b1; b++) {
+        int s0 = st->blk_s0[b], n = st->blk_n[b], e = st->blk_e[b];
+        for (int g0 = 0; g0 < G; g0 += gb) {
+          int g1 = g0 + gb < G ? g0 + gb : G, gn = g1 - g0;
+          scn_dgemm('N', 'N', n, gn, F, 1.0, zW + s0, S, st->sigT + (R_xlen_t)g0 * F, F, 0.0,
+                    buf, n);
+          c2l_tile_pass(st, s0, n, e, g0, g1, buf, zm, zs, zys + s0, st->ysacc + s0, acc, cursor,
+                        scr, scri, &closs);
+          scn_dgemm('N', 'T', n, F, gn, 1.0, buf, n, st->sigT + (R_xlen_t)g0 * F, F, 1.0,
+                    st->dW + s0, S);
+        }
+      }
+      st->chunk_loss[c] = closs;
+    }
+  }
+  free(tbuf);
+  free(tint);
+  /* reduce chunks in a fixed order; gradient contributions per (e, g) */
+  double *gm = gz + st->off[S_MG], *gs = gz + st->off[S_SEG], *go = gz + st->off[S_O];
+  double lp = -st->lgx1;
+  for (int c = 0; c < nchunk; c++) lp += st->chunk_loss[c];
+  double lp_eg = 0.0;
+  for (int g = 0; g < G; g++) {
+    double gTA = 0.0;
+    for (int e = 0; e < E; e++) {
+      R_xlen_t ie = e + (R_xlen_t)g * E;
+      double sL = 0, sI = 0, sT = 0, sTA = 0, sQ = 0;
+      for (int c = 0; c < nchunk; c++) {
+        const double *acc = st->acc + c * accsz;
+        sL += acc[ie];
+        sI += acc[EG + ie];
+        sT += acc[2 * EG + ie];
+        sTA += acc[3 * EG + ie];
+        sQ += acc[4 * EG + ie];
+      }
+      double a = st->a_eg[ie], la = log(a), ne = st->bstart[e + 1] - st->bstart[e];
+      lp_eg += ne * a * la - a * sL + st->hl[ie];
+      double Qsum = ne * (la + 1.0) - sL - a * sI + st->hd[ie] + sQ;
+      double o = zo[ie];
+      go[ie] += -2.0 / (o * o * o) * Qsum;
+      gs[ie] += sT;
+      gTA += sTA;
+    }
+    gm[g] += gTA;
+  }
+  lp += lp_eg;
+  double *gw = gz + st->off[S_W], *gys = gz + st->off[S_YS];
+  for (R_xlen_t i = 0; i < (R_xlen_t)S * F; i++) gw[i] += st->dW[i];
+  for (int s = 0; s < S; s++) gys[s] += st->ysacc[s];
+  *lp_out = lp;
+}
+
+/* log p(x, z) and gz = d log p / dz, for u (z = exp(u) given). */
+static double c2l_eval(c2l_state *st, const double *u, const double *z, int nth) {
+  const int S = st->S, G = st->G, F = st->F, R = st->R, E = st->E;
+  const double *h = st->hyp;
+  const double shM = h[0], rtM = h[1], lamM = h[2], Nc = h[3], vN = h[4], Bg = h[5], kap = h[6],
+               cw = h[7], ay = h[8], ah = h[9], bh = h[10], aS = h[11], bS = h[12], aphi = h[13],
+               bphi = h[14];
+  double *gz = st->gz;
+  memset(gz, 0, (size_t)st->P * sizeof(double));
+#define U(j) (u + st->off[j])
+#define Z(j) (z + st->off[j])
+#define GZ(j) (gz + st->off[j])
+  double lp = 0.0;
+  /* m_g hierarchy */
+  {
+    double M = Z(S_MMEAN)[0], uM = U(S_MMEAN)[0], tau = Z(S_MTAU)[0];
+    double am = 1.0 / (tau * tau), rate = am / M, lrate = log(rate), lga = c2l_lgamma(am),
+           dga = c2l_digamma(am);
+    lp += c2l_lgam(M, uM, shM, rtM) + log(lamM) - lamM * tau;
+    const double *zm = Z(S_MG), *um = U(S_MG);
+    double *gm = GZ(S_MG), s1 = 0.0, s2 = 0.0, lpm = 0.0;
+    for (int g = 0; g < G; g++) {
+      lpm += am * lrate + (am - 1.0) * um[g] - rate * zm[g] - lga;
+      gm[g] = (am - 1.0) / zm[g] - rate;
+      s1 += zm[g] - M;
+      s2 += lrate + 1.0 + um[g] - dga - zm[g] / M;
+    }
+    lp += lpm;
+    GZ(S_MMEAN)[0] = (shM - 1.0) / M - rtM + am * s1 / (M * M);
+    GZ(S_MTAU)[0] = -lamM - 2.0 / (tau * tau * tau) * s2;
+  }
+  /* k_r, x_rf */
+  {
+    const double *zk = Z(S_K), *uk = U(S_K), *zx = Z(S_X), *ux = U(S_X);
+    double *gk = GZ(S_K), *gx = GZ(S_X);
+    for (int r = 0; r < R; r++) {
+      double k = zk[r], al = k / F, lga = c2l_lgamma(al), dga = c2l_digamma(al);
+      lp += c2l_lgam(k, uk[r], kap, 1.0);
+      double s = 0.0;
+      for (int f = 0; f < F; f++) {
+        double x = zx[r + f * R], lx = ux[r + f * R];
+        lp += al * uk[r] + (al - 1.0) * lx - k * x - lga;
+        gx[r + f * R] = (al - 1.0) / x - k;
+        s += (uk[r] + lx - dga) / F + 1.0 / F - x;
+      }
+      gk[r] = (kap - 1.0) / k - 1.0 + s;
+    }
+  }
+  /* local hierarchy per spot: n_s, b_s, z_sr, w_sf prior, y_s prior */
+  scn_dgemm('N', 'N', S, F, R, 1.0, Z(S_Z), S, Z(S_X), R, 0.0, st->mw, S);
+  {
+    const double *zn = Z(S_NS), *un = U(S_NS), *zb = Z(S_BS), *ub = U(S_BS), *zz = Z(S_Z),
+                 *uz = U(S_Z), *zw = Z(S_W), *uw = U(S_W), *zys = Z(S_YS), *uys = U(S_YS),
+                 *zye = Z(S_YE), *uye = U(S_YE);
+    double *gn = GZ(S_NS), *gb = GZ(S_BS), *gzz = GZ(S_Z), *gw = GZ(S_W), *gys = GZ(S_YS);
+    const double lcw = log(cw), lgBN = c2l_lgamma(Nc * vN), lgB = c2l_lgamma(Bg);
+    int nths = scn_threads_for(S / 64 + 1, nth);
+#pragma omp parallel for num_threads(nths) schedule(static)
+    for (int s = 0; s < S; s++) {
+      double n = zn[s], b = zb[s], al = b / R, be = b / n, lbe = ub[s] - un[s];
+      double lga = c2l_lgamma(al), dga = c2l_digamma(al);
+      double l = Nc * vN * log(vN) + (Nc * vN - 1.0) * un[s] - vN * n - lgBN;
+      l += (Bg - 1.0) * ub[s] - b - lgB;
+      double s1 = 0.0, s2 = 0.0;
+      for (int r = 0; r < R; r++) {
+        R_xlen_t i = s + (R_xlen_t)r * S;
+        double zr = zz[i];
+        l += al * lbe + (al - 1.0) * uz[i] - be * zr - lga;
+        gzz[i] = (al - 1.0) / zr - be;
+        s1 += zr - n / R;
+        s2 += (lbe + uz[i] - dga) / R + (n / R - zr) / n;
+      }
+      gn[s] = (Nc * vN - 1.0) / n - vN + b / (n * n) * s1;
+      gb[s] = (Bg - 1.0) / b - 1.0 + s2;
+      for (int f = 0; f < F; f++) {
+        R_xlen_t i = s + (R_xlen_t)f * S;
+        double cm = cw * st->mw[i], w = zw[i];
+        l += cm * lcw + (cm - 1.0) * uw[i] - cw * w - c2l_lgamma(cm);
+        gw[i] = (cm - 1.0) / w - cw;
+        st->D[i] = cw * (lcw + uw[i] - c2l_digamma(cm));
+      }
+      int e = st->spot_batch[s];
+      double ad = st->alphad[e], ye = zye[e];
+      l += ad * log(ad) - ad * uye[e] + (ad - 1.0) * uys[s] - ad * zys[s] / ye - c2l_lgamma(ad);
+      gys[s] = (ad - 1.0) / zys[s] - ad / ye;
+      st->lpspot[s] = l;
+    }
+    for (int s = 0; s < S; s++) lp += st->lpspot[s];
+    /* D feeds z (D X^T) and x (Z^T D) */
+    scn_dgemm('N', 'T', S, R, F, 1.0, st->D, S, Z(S_X), R, 1.0, gzz, S);
+    scn_dgemm('T', 'N', R, F, S, 1.0, Z(S_Z), S, st->D, S, 1.0, GZ(S_X), R);
+    /* y_e */
+    double *gye = GZ(S_YE);
+    for (int e = 0; e < E; e++) {
+      double ye = zye[e], ad = st->alphad[e], s1 = 0.0;
+      lp += c2l_lgam(ye, uye[e], ay, ay / st->de[e]);
+      for (int s = st->bstart[e]; s < st->bstart[e + 1]; s++) s1 += zys[s] - ye;
+      gye[e] = (ay - 1.0) / ye - ay / st->de[e] + ad * s1 / (ye * ye);
+    }
+  }
+  /* background and over-dispersion */
+  {
+    double hh = Z(S_H)[0], phi = Z(S_PHI)[0];
+    const double *zSe = Z(S_SMEAN), *uSe = U(S_SMEAN), *zi = Z(S_SINV), *zs = Z(S_SEG),
+                 *us = U(S_SEG), *zo = Z(S_O);
+    double *gs = GZ(S_SEG), *gSe = GZ(S_SMEAN), *gi = GZ(S_SINV), *go = GZ(S_O);
+    lp += c2l_lgam(hh, U(S_H)[0], ah, bh) + c2l_lgam(phi, U(S_PHI)[0], aphi, bphi);
+    double sh = 0.0;
+    for (int e = 0; e < E; e++) {
+      double Se = zSe[e], io = zi[e], ae = 1.0 / (io * io), rate = ae / Se, lrate = log(rate);
+      double lga = c2l_lgamma(ae), dga = c2l_digamma(ae);
+      lp += c2l_lgam(Se, uSe[e], aS, bS) + log(hh) - hh * io;
+      sh += 1.0 / hh - io;
+      double s1 = 0.0, s2 = 0.0, l = 0.0;
+      for (int g = 0; g < G; g++) {
+        R_xlen_t i = e + (R_xlen_t)g * E;
+        l += ae * lrate + (ae - 1.0) * us[i] - rate * zs[i] - lga;
+        gs[i] = (ae - 1.0) / zs[i] - rate;
+        s1 += zs[i] - Se;
+        s2 += lrate + 1.0 + us[i] - dga - zs[i] / Se;
+      }
+      lp += l;
+      gSe[e] = (aS - 1.0) / Se - bS + ae * s1 / (Se * Se);
+      gi[e] = -hh - 2.0 / (io * io * io) * s2;
+    }
+    GZ(S_H)[0] = (ah - 1.0) / hh - bh + sh;
+    double lphi = log(phi), so = 0.0, l = 0.0;
+    for (R_xlen_t i = 0; i < (R_xlen_t)E * G; i++) {
+      l += lphi - phi * zo[i];
+      go[i] = -phi;
+      so += 1.0 / phi - zo[i];
+    }
+    lp += l;
+    GZ(S_PHI)[0] = (aphi - 1.0) / phi - bphi + so;
+  }
+  double lplik = 0.0;
+  c2l_likelihood(st, z, nth, &lplik);
+#undef U
+#undef Z
+#undef GZ
+  return lp + lplik;
+}
+
+/* ---- optimiser ------------------------------------------------------------------------ */
+
+/* One step of torch Adam (clipped = 0) or pyro ClippedAdam (clipped = 1) on n elements. */
+static void c2l_adam(R_xlen_t n, double *theta, const double *grad, double *m, double *v, long t,
+                     double lr, int clipped, double clip) {
+  const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+  double bc1 = 1.0 - pow(b1, (double)t), bc2 = 1.0 - pow(b2, (double)t);
+  if (!clipped) {
+    double step = lr / bc1, sbc2 = sqrt(bc2);
+    for (R_xlen_t i = 0; i < n; i++) {
+      double g = grad[i];
+      m[i] = b1 * m[i] + (1.0 - b1) * g;
+      v[i] = b2 * v[i] + (1.0 - b2) * g * g;
+      theta[i] -= step * m[i] / (sqrt(v[i]) / sbc2 + eps);
+    }
+  } else {
+    double step = lr * sqrt(bc2) / bc1;
+    for (R_xlen_t i = 0; i < n; i++) {
+      double g = grad[i];
+      if (g > clip) g = clip;
+      if (g < -clip) g = -clip;
+      m[i] = b1 * m[i] + (1.0 - b1) * g;
+      v[i] = b2 * v[i] + (1.0 - b2) * g * g;
+      theta[i] -= step * m[i] / (sqrt(v[i]) + eps);
+    }
+  }
+}
+
+/* ---- shims ---------------------------------------------------------------------------- */
+
+static const int c2l_site_stream = 1;
+
+/* Draws eps for every site at epoch `epoch` (stream per site, offset epoch * size). */
+static void c2l_draw_eps(c2l_state *st, uint64_t seed, double epoch, int nth) {
+  const R_xlen_t piece = 4096;
+  R_xlen_t npieces[C2L_NSITE], tot = 0;
+  for (int j = 0; j < C2L_NSITE; j++) {
+    R_xlen_t n = st->off[j + 1] - st->off[j];
+    npieces[j] = (n + piece - 1) / piece;
+    tot += npieces[j];
+  }
+  int nt = scn_threads_for(tot, nth);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (R_xlen_t q = 0; q < tot; q++) {
+    int j = 0;
+    R_xlen_t k = q;
+    while (k >= npieces[j]) k -= npieces[j++];
+    R_xlen_t n = st->off[j + 1] - st->off[j], a = k * piece, b = a + piece < n ? a + piece : n;
+    uint64_t off0 = (uint64_t)epoch * (uint64_t)n + (uint64_t)a;
+    scn_rng_normals(seed, (uint64_t)(c2l_site_stream + j), off0, b - a, st->eps + st->off[j] + a);
+  }
+}
+
+/* .Call(C_scnative_c2l_set_params, ptr, loc, rho): also resets the Adam state. */
+SEXP scnative_c2l_set_params(SEXP ptr, SEXP loc, SEXP rho) {
+  c2l_state *st = c2l_get(ptr);
+  if (!isReal(loc) || !isReal(rho) || XLENGTH(loc) != st->P || XLENGTH(rho) != st->P)
+    SCN_INTERNAL_ERROR("parameter length");
+  memcpy(st->loc, REAL(loc), st->P * sizeof(double));
+  memcpy(st->rho, REAL(rho), st->P * sizeof(double));
+  memset(st->am, 0, 2 * (size_t)st->P * sizeof(double));
+  memset(st->av, 0, 2 * (size_t)st->P * sizeof(double));
+  st->adam_t = 0;
+  return R_NilValue;
+}
+
+SEXP scnative_c2l_get_params(SEXP ptr) {
+  c2l_state *st = c2l_get(ptr);
+  SEXP ans = PROTECT(allocVector(VECSXP, 2));
+  SEXP l = allocVector(REALSXP, st->P);
+  SET_VECTOR_ELT(ans, 0, l);
+  memcpy(REAL(l), st->loc, st->P * sizeof(double));
+  SEXP r = allocVector(REALSXP, st->P);
+  SET_VECTOR_ELT(ans, 1, r);
+  memcpy(REAL(r), st->rho, st->P * sizeof(double));
+  SEXP nms = PROTECT(allocVector(STRSXP, 2));
+  SET_STRING_ELT(nms, 0, mkChar("loc"));
+  SET_STRING_ELT(nms, 1, mkChar("rho"));
+  setAttrib(ans, R_NamesSymbol, nms);
+  UNPROTECT(2);
+  return ans;
+}
+
+/* .Call(C_scnative_c2l_train, ptr, n_epochs, epoch0, lr, optimizer, clip, lrd, seed, threads)
+ * -> the loss (negative ELBO) of each epoch. epoch0 is the fit's epoch count so far (offset
+ * of the random streams); the Adam step count continues from the state (set_params resets). */
+SEXP scnative_c2l_train(SEXP ptr, SEXP n_epochs, SEXP epoch0, SEXP lr_, SEXP optimizer,
+                        SEXP clip_, SEXP lrd_, SEXP seed_, SEXP threads) {
+  c2l_state *st = c2l_get(ptr);
+  int ne = asInteger(n_epochs), nth = asInteger(threads), clipped = asInteger(optimizer);
+  double ep0 = asReal(epoch0), lr = asReal(lr_), clip = asReal(clip_), lrd = asReal(lrd_);
+  uint64_t seed = scn_seed_from_sexp(seed_);
+  SEXP ans = PROTECT(allocVector(REALSXP, ne));
+  const R_xlen_t P = st->P;
+  double *grad_loc = malloc(P * sizeof(double) * 2);
+  if (!grad_loc) error(_("out of memory"));
+  double *grad_rho = grad_loc + P;
+  static const double half_log_2pi = 0.91893853320467274178;
+  for (int it = 0; it < ne; it++) {
+    c2l_draw_eps(st, seed, ep0 + it, nth);
+    double lq = 0.0;
+    for (R_xlen_t i = 0; i < P; i++) {
+      double sg = c2l_softplus(st->rho[i]);
+      double uu = st->loc[i] + sg * st->eps[i];
+      st->u[i] = uu;
+      st->z[i] = exp(uu);
+      lq += -0.5 * st->eps[i] * st->eps[i] - log(sg) - half_log_2pi - uu;
+    }
+    double lp = c2l_eval(st, st->u, st->z, nth);
+    REAL(ans)[it] = -lp + lq;
+    for (R_xlen_t i = 0; i < P; i++) {
+      double gu = st->z[i] * st->gz[i] + 1.0, sg = c2l_softplus(st->rho[i]);
+      grad_loc[i] = -gu;
+      grad_rho[i] = -(gu * st->eps[i] + 1.0 / sg) * c2l_dsoftplus(st->rho[i]);
+    }
+    st->adam_t++;
+    double lr_t = clipped ? lr * pow(lrd, (double)st->adam_t) : lr;
+    c2l_adam(P, st->loc, grad_loc, st->am, st->av, st->adam_t, lr_t, clipped, clip);
+    c2l_adam(P, st->rho, grad_rho, st->am + P, st->av + P, st->adam_t, lr_t, clipped, clip);
+  }
+  free(grad_loc);
+  UNPROTECT(1);
+  return ans;
+}
+
+/* .Call(C_scnative_c2l_logjoint, ptr, u, threads) -> list(logp, grad = d log p(x, exp(u)) / du)
+ * (test helper: no guide terms, no +1 Jacobian). */
+SEXP scnative_c2l_logjoint(SEXP ptr, SEXP u, SEXP threads) {
+  c2l_state *st = c2l_get(ptr);
+  if (!isReal(u) || XLENGTH(u) != st->P) SCN_INTERNAL_ERROR("u length");
+  const R_xlen_t P = st->P;
+  for (R_xlen_t i = 0; i < P; i++) {
+    st->u[i] = REAL(u)[i];
+    st->z[i] = exp(st->u[i]);
+  }
+  double lp = c2l_eval(st, st->u, st->z, asInteger(threads));
+  SEXP ans = PROTECT(allocVector(VECSXP, 2));
+  SET_VECTOR_ELT(ans, 0, ScalarReal(lp));
+  SEXP g = allocVector(REALSXP, P);
+  SET_VECTOR_ELT(ans, 1, g);
+  for (R_xlen_t i = 0; i < P; i++) REAL(g)[i] = st->z[i] * st->gz[i];
+  SEXP nms = PROTECT(allocVector(STRSXP, 2));
+  SET_STRING_ELT(nms, 0, mkChar("logp"));
+  SET_STRING_ELT(nms, 1, mkChar("grad"));
+  setAttrib(ans, R_NamesSymbol, nms);
+  UNPROTECT(2);
+  return ans;
+}
+
+/* .Call(C_scnative_c2l_adam, theta0, grads (n x T), lr, clipped, clip, lrd) -> n x T matrix of
+ * the parameters after each step (test helper for the optimiser). */
+SEXP scnative_c2l_adam(SEXP theta0, SEXP grads, SEXP lr_, SEXP clipped_, SEXP clip_, SEXP lrd_) {
+  R_xlen_t n = XLENGTH(theta0);
+  if (!isReal(theta0) || !isReal(grads) || !isMatrix(grads) || nrows(grads) != n)
+    SCN_INTERNAL_ERROR("adam arguments");
+  int T = ncols(grads), clipped = asInteger(clipped_);
+  double lr = asReal(lr_), clip = asReal(clip_), lrd = asReal(lrd_);
+  SEXP ans = PROTECT(allocMatrix(REALSXP, n, T));
+  double *th = (double *)R_alloc(n, sizeof(double)), *m = (double *)R_alloc(n, sizeof(double)),
+         *v = (double *)R_alloc(n, sizeof(double));
+  memcpy(th, REAL(theta0), n * sizeof(double));
+  memset(m, 0, n * sizeof(double));
+  memset(v, 0, n * sizeof(double));
+  for (int t = 0; t < T; t++) {
+    double lr_t = clipped ? lr * pow(lrd, (double)(t + 1)) : lr;
+    c2l_adam(n, th, REAL(grads) + (R_xlen_t)t * n, m, v, t + 1, lr_t, clipped, clip);
+    memcpy(REAL(ans) + (R_xlen_t)t * n, th, n * sizeof(double));
+  }
+  UNPROTECT(1);
+  return ans;
+}
+
+/* ---- posterior sampling from the guide ------------------------------------------------- */
+
+/* k-th smallest of a[0..n-1] (partially reorders a). */
+static double c2l_select(double *a, int n, int k) {
+  int lo = 0, hi = n - 1;
+  while (lo < hi) {
+    double piv = a[lo + (hi - lo) / 2];
+    int i = lo, j = hi;
+    while (i <= j) {
+      while (a[i] < piv) i++;
+      while (a[j] > piv) j--;
+      if (i <= j) {
+        double t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+        i++, j--;
+      }
+    }
+    if (k <= j) hi = j;
+    else if (k >= i) lo = i;
+    else return a[k];
+  }
+  return a[k];
+}
+
+/* .Call(C_scnative_c2l_summary, loc, rho, num, seed, stream, probs, mult, mcol, threads)
+ * Per element i: draws d = 0..num-1 of exp(loc + softplus(rho) * eps) * mult[d, mcol[i]]
+ * (eps = normal number i * num + d of `stream`); returns list(mean, sd (ddof 0),
+ * q = n x length(probs) with numpy's linear interpolation). mult may be NULL. */
+SEXP scnative_c2l_summary(SEXP loc, SEXP rho, SEXP num_, SEXP seed_, SEXP stream_, SEXP probs,
+                          SEXP mult, SEXP mcol, SEXP threads) {
+  R_xlen_t n = XLENGTH(loc);
+  int num = asInteger(num_), nq = LENGTH(probs), nth = asInteger(threads);
+  uint64_t seed = scn_seed_from_sexp(seed_), stream = (uint64_t)asReal(stream_);
+  int has_mult = !isNull(mult);
+  if (has_mult && (!isReal(mult) || nrows(mult) != num || XLENGTH(mcol) != n))
+    SCN_INTERNAL_ERROR("mult");
+  SEXP ans = PROTECT(allocVector(VECSXP, 3));
+  SEXP mean = allocVector(REALSXP, n);
+  SET_VECTOR_ELT(ans, 0, mean);
+  SEXP sd = allocVector(REALSXP, n);
+  SET_VECTOR_ELT(ans, 1, sd);
+  SEXP q = allocMatrix(REALSXP, n, nq);
+  SET_VECTOR_ELT(ans, 2, q);
+  const double *pl = REAL(loc), *pr = REAL(rho), *pp = REAL(probs);
+  const double *pm = has_mult ? REAL(mult) : NULL;
+  const int *mc = has_mult ? INTEGER(mcol) : NULL;
+  double *pmean = REAL(mean), *psd = REAL(sd), *pq = REAL(q);
+  int nt = scn_threads_for(n, nth);
+  double *work = malloc((size_t)nt * 2 * num * sizeof(double));
+  if (!work) error(_("out of memory"));
+#pragma omp parallel num_threads(nt)
+  {
+    double *a = work + (size_t)omp_get_thread_num() * 2 * num, *b = a + num;
+#pragma omp for schedule(static)
+    for (R_xlen_t i = 0; i < n; i++) {
+      double sg = c2l_softplus(pr[i]);
+      scn_rng_normals(seed, stream, (uint64_t)i * num, num, a);
+      double s1 = 0.0;
+      for (int d = 0; d < num; d++) {
+        a[d] = exp(pl[i] + sg * a[d]);
+        if (pm) a[d] *= pm[d + (R_xlen_t)mc[i] * num];
+        s1 += a[d];
+      }
+      double mu = s1 / num, s2 = 0.0;
+      for (int d = 0; d < num; d++) s2 += (a[d] - mu) * (a[d] - mu);
+      pmean[i] = mu;
+      psd[i] = sqrt(s2 / num);
+      for (int k = 0; k < nq; k++) {
+        double hh = (num - 1) * pp[k];
+        int j = (int)floor(hh);
+        if (j > num - 1) j = num - 1;
+        double fr = hh - j;
+        memcpy(b, a, num * sizeof(double));
+        double lo = c2l_select(b, num, j), hi = lo;
+        if (j + 1 < num && fr > 0) {
+          hi = b[j + 1];
+          for (int t = j + 2; t < num; t++) if (b[t] < hi) hi = b[t];
+        }
+        pq[i + (R_xlen_t)k * n] = lo + fr * (hi - lo);
+      }
+    }
+  }
+  free(work);
+  UNPROTECT(1);
+  return ans;
+}
+
+/* .Call(C_scnative_c2l_draws, loc, rho, num, seed, stream) -> num x n draws (same numbers as
+ * scnative_c2l_summary for the same seed and stream). */
+SEXP scnative_c2l_draws(SEXP loc, SEXP rho, SEXP num_, SEXP seed_, SEXP stream_) {
+  R_xlen_t n = XLENGTH(loc);
+  int num = asInteger(num_);
+  uint64_t seed = scn_seed_from_sexp(seed_), stream = (uint64_t)asReal(stream_);
+  SEXP ans = PROTECT(allocMatrix(REALSXP, num, n));
+  for (R_xlen_t i = 0; i < n; i++) {
+    double *a = REAL(ans) + i * num, sg = c2l_softplus(REAL(rho)[i]);
+    scn_rng_normals(seed, stream, (uint64_t)i * num, num, a);
+    for (int d = 0; d < num; d++) a[d] = exp(REAL(loc)[i] + sg * a[d]);
+  }
+  UNPROTECT(1);
+  return ans;
+}
