@@ -478,6 +478,9 @@ check_expression_any <- function(x, arg) {
 
 # ---- spatial plot ------------------------------------------------------------------------------
 
+# `.data` is ggplot2's (rlang's) data-mask pronoun inside aes().
+utils::globalVariables(".data")
+
 #' Plot cell abundances in space
 #'
 #' One panel per cell type: spots at their coordinates coloured by the estimated (or true)
@@ -535,9 +538,9 @@ plot_spatial_abundance <- function(x, coords, cell_types = NULL, ncol = NULL, po
   df <- data.frame(x = rep(xy$x, ncol(x)), y = rep(xy$y, ncol(x)),
                    cell_type = factor(rep(colnames(x), each = nrow(x)), levels = colnames(x)),
                    abundance = as.vector(x))
-  ggplot2::ggplot(df, ggplot2::aes(x = ggplot2::.data$x, y = ggplot2::.data$y, colour = ggplot2::.data$abundance)) +
+  ggplot2::ggplot(df, ggplot2::aes(x = .data$x, y = .data$y, colour = .data$abundance)) +
     ggplot2::geom_point(size = point_size) +
-    ggplot2::facet_wrap(ggplot2::vars(ggplot2::.data$cell_type), ncol = ncol) +
+    ggplot2::facet_wrap(~cell_type, ncol = ncol) +
     ggplot2::coord_fixed() +
     ggplot2::scale_colour_viridis_c(name = if (scale == "per_type") "relative\nabundance" else "abundance") +
     ggplot2::theme_minimal() +
