@@ -3,7 +3,7 @@
 
 Run with the peers venv: /root/.cache/scnative/peers/bin/python bench/upstream_c2l.py ...
 
-Input directory (--data), as written by R (see bench/c2l_write_data() in the comment below):
+Input directory (--data), as written by R (the R lines below write it):
   counts.mtx      genes x spots counts, MatrixMarket (Matrix::writeMM)
   genes.txt       gene names, one per line (rows of counts.mtx)
   spots.txt       spot names, one per line (columns of counts.mtx)
@@ -16,8 +16,8 @@ Input directory (--data), as written by R (see bench/c2l_write_data() in the com
   # writeLines(colnames(counts), file.path(d, "spots.txt"))
   # write.csv(signatures, file.path(d, "signatures.csv"))
 
-Outputs (--out directory; skipped with --no-export):
-  means.csv, q05.csv     posterior means / 5% quantiles of w_sf (spots x cell types; columns
+Outputs (--out directory):
+  means.csv, q05.csv     (not with --no-export) posterior means / 5% quantiles of w_sf (spots x cell types; columns
                          as upstream names them, meanscell_abundance_w_sf_<type>)
   history.csv            epoch, elbo_train
   timing.json            seconds for train (and export), epochs, shape, threads
