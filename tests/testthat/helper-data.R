@@ -26,7 +26,9 @@ shared_file <- function(...) {
 peers_python <- function() {
   py <- Sys.getenv("SCNATIVE_PEERS_PYTHON")
   if (!nzchar(py)) py <- file.path(Sys.getenv("HOME"), ".cache", "scnative", "peers", "bin", "python")
-  if (file.exists(py)) return(normalizePath(py))
+  # not normalizePath(): a venv's python is a symlink to the base interpreter, and resolving it
+  # would bind reticulate to the base Python without the venv's packages
+  if (file.exists(py)) return(py)
   ""
 }
 
@@ -46,13 +48,14 @@ skip_if_no_peers <- function() {
 use_peers <- function() {
   py <- skip_if_no_peers()
   skip_if_not_installed("reticulate")
+  venv <- dirname(dirname(py))
   if (!reticulate::py_available(initialize = FALSE)) {
     Sys.setenv(RETICULATE_PYTHON = py)
-    reticulate::use_python(py, required = TRUE)
+    reticulate::use_virtualenv(venv, required = TRUE)
   }
-  cfg <- reticulate::py_config()
-  if (!identical(normalizePath(cfg$python), normalizePath(py))) {
-    stop("reticulate is bound to ", cfg$python, ", not the peers venv ", py)
+  prefix <- reticulate::py_eval("__import__('sys').prefix")
+  if (!identical(normalizePath(prefix), normalizePath(venv))) {
+    stop("reticulate is bound to the Python at ", prefix, ", not the peers venv ", venv)
   }
   invisible(py)
 }
