@@ -158,7 +158,7 @@ c2l_prepare <- function(x, signatures, batch, N_cells_per_location, N_given, det
     stopf("'signatures' column(s) %s are all zero on the shared genes",
           paste(sprintf("'%s'", colnames(sig)[zero]), collapse = ", "))
   }
-  xs <- x[genes, , drop = FALSE]
+  xs <- if (identical(rownames(x), genes)) x else x[genes, , drop = FALSE]
   xs <- as_checked_matrix(xs, "x", nonneg = TRUE, integer_valued = TRUE, dense = FALSE)
   xt <- methods::as(methods::as(Matrix::t(xs), "CsparseMatrix"), "generalMatrix")
   if (!methods::is(xt, "dgCMatrix")) xt <- methods::as(xt, "dMatrix")
@@ -292,8 +292,8 @@ c2l_train_blocks <- function(state, prep, params, epochs, epoch0, lr, optimizer,
   })
   pr <- .Call(C_scnative_c2l_get_params, state)
   if (interrupted) {
-    # epochs finished in C, including a block whose losses were not stored
-    loss <- loss[seq_len(done)]
+    # epochs finished in C, including a block whose losses were not stored (NA)
+    loss <- loss[seq_len(max(done, min(epochs, as.integer(pr$steps))))]
     warnf("cell2location: training interrupted after %d of %d epochs; returning the fit so far",
           done, epochs)
   }
@@ -465,7 +465,9 @@ c2l_fit_run <- function(prep, params, history, epochs, lr, optimizer, clip, lrd,
 #' @param assay,layer Seurat assay (default: the default assay) and layer/slot (`"counts"`).
 #' @export
 cell2location.Seurat <- function(x, signatures, ..., assay = NULL, layer = "counts") {
-  counts <- c2l_seurat_counts(x, assay, layer)
+  check_string(layer, "layer")
+  check_string(assay, "assay", allow_null = TRUE)
+  counts <- obj_matrix(x, layer, assay = assay, arg = "layer")
   cell2location.default(counts, signatures, ...)
 }
 
@@ -473,31 +475,9 @@ cell2location.Seurat <- function(x, signatures, ..., assay = NULL, layer = "coun
 #' @param assay.type SingleCellExperiment assay name (`"counts"`).
 #' @export
 cell2location.SingleCellExperiment <- function(x, signatures, ..., assay.type = "counts") {
-  if (!requireNamespace("SummarizedExperiment", quietly = TRUE)) {
-    stopf("the SummarizedExperiment package is needed for SingleCellExperiment input")
-  }
-  check_string(assay.type, "assay.type")
-  if (!assay.type %in% SummarizedExperiment::assayNames(x)) {
-    stopf("'assay.type' = '%s' is not an assay of 'x'", assay.type)
-  }
-  counts <- SummarizedExperiment::assay(x, assay.type)
+  counts <- obj_matrix(x, assay.type, arg = "assay.type")
   if (is.null(colnames(counts))) colnames(counts) <- as.character(seq_len(ncol(counts)))
   cell2location.default(counts, signatures, ...)
-}
-
-c2l_seurat_counts <- function(x, assay, layer) {
-  if (!requireNamespace("SeuratObject", quietly = TRUE)) {
-    stopf("the SeuratObject package is needed for Seurat input")
-  }
-  assay <- assay %||% SeuratObject::DefaultAssay(x)
-  check_string(assay, "assay")
-  check_string(layer, "layer")
-  if (!assay %in% names(x@assays)) stopf("'assay' = '%s' is not an assay of 'x'", assay)
-  if (utils::packageVersion("SeuratObject") >= "5.0.0") {
-    SeuratObject::LayerData(x, assay = assay, layer = layer)
-  } else {
-    SeuratObject::GetAssayData(x, assay = assay, slot = layer)
-  }
 }
 
 #' Continue training a cell2location fit
@@ -561,6 +541,7 @@ train_more <- function(fit, epochs, x = NULL, lr = NULL, seed = NULL, threads = 
 
 # ---- methods -------------------------------------------------------------------------------
 
+#' @method print scnative_c2l
 #' @export
 print.scnative_c2l <- function(x, ...) {
   st <- x$settings
@@ -578,6 +559,7 @@ print.scnative_c2l <- function(x, ...) {
   invisible(x)
 }
 
+#' @method summary scnative_c2l
 #' @export
 summary.scnative_c2l <- function(object, ...) {
   st <- object$settings
@@ -595,6 +577,7 @@ summary.scnative_c2l <- function(object, ...) {
   out
 }
 
+#' @method print summary.scnative_c2l
 #' @export
 print.summary.scnative_c2l <- function(x, ...) {
   cat(sprintf("cell2location fit: %d spots, %d genes, %d cell types, %d groups, batches: %s\n",
@@ -753,6 +736,7 @@ export_posterior <- function(fit, num_samples = 1000, quantiles = c(0.05, 0.95),
   out
 }
 
+#' @method print scnative_c2l_posterior
 #' @export
 print.scnative_c2l_posterior <- function(x, ...) {
   summ <- setdiff(names(x), c("cell_types", "spots", "num_samples"))
@@ -824,22 +808,17 @@ add_cell_abundance <- function(object, fit_or_posterior, which = "means",
   }
   full <- matrix(NA_real_, length(spots), ncol(ab), dimnames = list(spots, colnames(ab)))
   full[rownames(ab), ] <- ab
-  if (inherits(object, "Seurat")) {
-    if (!requireNamespace("SeuratObject", quietly = TRUE)) stopf("SeuratObject is needed")
+  if (is_seurat(object)) {
     mat <- t(full)
     rownames(mat) <- gsub("_", "-", rownames(mat)) # Seurat feature names cannot hold '_'
-    assay <- SeuratObject::CreateAssayObject(data = mat)
-    object[[name]] <- assay
-    return(object)
+    return(obj_set_matrix(object, name, mat))
   }
   if (inherits(object, "SingleCellExperiment")) {
     SingleCellExperiment::reducedDim(object, name) <- full
     if (coldata) {
-      cd <- SummarizedExperiment::colData(object)
-      for (j in seq_len(ncol(full))) {
-        cd[[paste0(which, "cell_abundance_w_sf_", colnames(full)[j])]] <- full[, j]
-      }
-      SummarizedExperiment::colData(object) <- cd
+      df <- as.data.frame(full, optional = TRUE)
+      names(df) <- paste0(which, "cell_abundance_w_sf_", colnames(full))
+      object <- obj_add_cell_meta(object, df)
     }
     return(object)
   }

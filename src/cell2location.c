@@ -39,7 +39,7 @@ enum {
 /* Vectorisable clones of the elementwise kernel where the compiler supports them. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
     __GNUC__ >= 8
-#define C2L_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#define C2L_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define C2L_CLONES
 #endif
@@ -183,7 +183,7 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   int P = st->P = st->off[C2L_NSITE];
   /* tiles */
   int nb = INTEGER(tiles)[0], gb = INTEGER(tiles)[1];
-  if (nb < 1) nb = 64;
+  if (nb < 1) nb = 128;
   if (gb < 1) {
     gb = (int)(C2L_GEMM_MNK / ((double)nb * F));
     if (gb < 16) gb = 16;
@@ -258,8 +258,13 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   for (int c = 0; c <= st->nchunk; c++)
     st->chunk_b0[c] = (int)(((long)nblock * c) / st->nchunk);
   /* lgamma(x + 1) and per-(batch, gene) histograms of non-zero counts */
-  double lgx1 = 0.0;
-  for (R_xlen_t p = 0; p < nnz; p++) lgx1 += c2l_lgamma(st->xv[p] + 1.0);
+  double lgx1 = 0.0, lgt[256];
+  lgt[0] = 0.0;
+  for (int v = 1; v < 256; v++) lgt[v] = lgt[v - 1] + log((double)v);
+  for (R_xlen_t p = 0; p < nnz; p++) {
+    double v = st->xv[p];
+    lgx1 += v < 256.0 ? lgt[(int)v] : c2l_lgamma(v + 1.0);
+  }
   st->lgx1 = lgx1;
   double *tmp = malloc(((size_t)S + 1) * sizeof(double));
   double *hv = malloc(((size_t)nnz + 1) * sizeof(double)), *hc = malloc(((size_t)nnz + 1) * sizeof(double));
@@ -268,13 +273,27 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
     c2l_free(st);
     error(_("out of memory allocating the cell2location state"));
   }
-  int nh = 0;
+  int nh = 0, cnt[256];
   for (int g = 0; g < G; g++) {
     int p = st->xp[g];
     for (int e = 0; e < E; e++) {
       st->hp[e + (R_xlen_t)g * E] = nh;
-      int n = 0;
-      while (p < st->xp[g + 1] && st->xi[p] < bs[e + 1]) tmp[n++] = st->xv[p++];
+      int n = 0, vmax = 0;
+      memset(cnt, 0, sizeof cnt);
+      while (p < st->xp[g + 1] && st->xi[p] < bs[e + 1]) {
+        double v = st->xv[p++];
+        if (v < 256.0) {
+          cnt[(int)v]++;
+          if ((int)v > vmax) vmax = (int)v;
+        } else {
+          tmp[n++] = v;
+        }
+      }
+      for (int v = 1; v <= vmax; v++)
+        if (cnt[v]) {
+          hv[nh] = v;
+          hc[nh++] = cnt[v];
+        }
       qsort(tmp, n, sizeof(double), cmp_double);
       for (int i = 0; i < n; i++) {
         if (i == 0 || tmp[i] != tmp[i - 1]) {
@@ -314,30 +333,39 @@ static void c2l_tile_pass(const c2l_state *st, int s0, int nb, int e, int g0, in
   const R_xlen_t EG = (R_xlen_t)E * st->G;
   const int *xp = st->xp, *xi = st->xi;
   const double *xv = st->xv;
+  double *scx = scr + nb, *scA = scr + 2 * nb, *scy = scr + 3 * nb;
   double lnz = 0.0;
   for (int g = g0; g < g1; g++) {
     double *col = buf + (R_xlen_t)(g - g0) * nb;
     const R_xlen_t ie = e + (R_xlen_t)g * E;
     const double mg = mg_[g], sg = seg[ie], ag = st->a_eg[ie];
-    double cT = 0.0, cTA = 0.0, cQ = 0.0;
     int k = 0, p = cursor[g];
     const int pend = xp[g + 1], s1 = s0 + nb;
-    /* non-zero counts: corrections to the zero-count forms */
+    /* non-zero counts: gather, then corrections to the zero-count forms (vectorised) */
     while (p < pend && xi[p] < s1) {
       int sl = xi[p] - s0;
-      double x = xv[p++];
-      double A = col[sl], base = A * mg + sg, mu = base * ys[sl], apa = ag + mu;
-      double inv = 1.0 / apa;
-      double dR = x * (1.0 / mu - inv), Tc = dR * ys[sl];
-      cT += Tc;
-      cTA += Tc * A;
-      ysacc[sl] += dR * base;
-      cQ -= x * inv;
-      lnz += x * (log(mu) - log(apa));
-      scr[k] = Tc * mg;
-      scri[k++] = sl;
+      scri[k] = sl;
+      scx[k] = xv[p++];
+      scA[k] = col[sl];
+      scy[k++] = ys[sl];
     }
     cursor[g] = p;
+    double cT = 0.0, cTA = 0.0, cQ = 0.0, cl = 0.0;
+#pragma omp simd reduction(+ : cT, cTA, cQ, cl)
+    for (int j = 0; j < k; j++) {
+      double x = scx[j], A = scA[j], y = scy[j];
+      double base = A * mg + sg, mu = base * y, apa = ag + mu;
+      double inv = 1.0 / apa, rmu = 1.0 / mu;
+      double dR = x * (rmu - inv), Tc = dR * y;
+      cT += Tc;
+      cTA += Tc * A;
+      cQ -= x * inv;
+      cl += x * c2l_log(mu * inv);
+      scr[j] = dR * base;
+      scA[j] = Tc * mg;
+    }
+    lnz += cl;
+    for (int j = 0; j < k; j++) ysacc[scri[j]] += scr[j];
     double sL = 0.0, sI = 0.0, sT = 0.0, sTA = 0.0;
 #pragma omp simd reduction(+ : sL, sI, sT, sTA)
     for (int i = 0; i < nb; i++) {
@@ -352,7 +380,7 @@ static void c2l_tile_pass(const c2l_state *st, int s0, int nb, int e, int g0, in
       ysacc[i] += Rr * base;
       col[i] = T * mg;
     }
-    for (int j = 0; j < k; j++) col[scri[j]] += scr[j];
+    for (int j = 0; j < k; j++) col[scri[j]] += scA[j];
     acc[ie] += sL;
     acc[EG + ie] += sI;
     acc[2 * EG + ie] += sT + cT;
@@ -406,7 +434,7 @@ static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_o
   const int nchunk = st->nchunk, nb = st->nb, gb = st->gb;
   int nth_c = scn_threads_for(nchunk, nth);
   /* per-thread scratch */
-  size_t per = (size_t)nb * gb + (size_t)nb + 8;
+  size_t per = (size_t)nb * gb + 4 * (size_t)nb + 8;
   double *tbuf = malloc((size_t)nth_c * per * sizeof(double));
   int *tint = malloc((size_t)nth_c * ((size_t)G + nb + 8) * sizeof(int));
   if (!tbuf || !tint) {
@@ -698,16 +726,18 @@ SEXP scnative_c2l_set_params(SEXP ptr, SEXP loc, SEXP rho) {
 
 SEXP scnative_c2l_get_params(SEXP ptr) {
   c2l_state *st = c2l_get(ptr);
-  SEXP ans = PROTECT(allocVector(VECSXP, 2));
+  SEXP ans = PROTECT(allocVector(VECSXP, 3));
+  SET_VECTOR_ELT(ans, 2, ScalarReal((double)st->adam_t));
   SEXP l = allocVector(REALSXP, st->P);
   SET_VECTOR_ELT(ans, 0, l);
   memcpy(REAL(l), st->loc, st->P * sizeof(double));
   SEXP r = allocVector(REALSXP, st->P);
   SET_VECTOR_ELT(ans, 1, r);
   memcpy(REAL(r), st->rho, st->P * sizeof(double));
-  SEXP nms = PROTECT(allocVector(STRSXP, 2));
+  SEXP nms = PROTECT(allocVector(STRSXP, 3));
   SET_STRING_ELT(nms, 0, mkChar("loc"));
   SET_STRING_ELT(nms, 1, mkChar("rho"));
+  SET_STRING_ELT(nms, 2, mkChar("steps"));
   setAttrib(ans, R_NamesSymbol, nms);
   UNPROTECT(2);
   return ans;
@@ -724,8 +754,7 @@ SEXP scnative_c2l_train(SEXP ptr, SEXP n_epochs, SEXP epoch0, SEXP lr_, SEXP opt
   uint64_t seed = scn_seed_from_sexp(seed_);
   SEXP ans = PROTECT(allocVector(REALSXP, ne));
   const R_xlen_t P = st->P;
-  double *grad_loc = malloc(P * sizeof(double) * 2);
-  if (!grad_loc) error(_("out of memory"));
+  double *grad_loc = (double *)R_alloc(2 * (size_t)P, sizeof(double)); /* freed by R */
   double *grad_rho = grad_loc + P;
   static const double half_log_2pi = 0.91893853320467274178;
   for (int it = 0; it < ne; it++) {
@@ -750,7 +779,6 @@ SEXP scnative_c2l_train(SEXP ptr, SEXP n_epochs, SEXP epoch0, SEXP lr_, SEXP opt
     c2l_adam(P, st->loc, grad_loc, st->am, st->av, st->adam_t, lr_t, clipped, clip);
     c2l_adam(P, st->rho, grad_rho, st->am + P, st->av + P, st->adam_t, lr_t, clipped, clip);
   }
-  free(grad_loc);
   UNPROTECT(1);
   return ans;
 }

@@ -1,0 +1,34 @@
+# Per-epoch time and peak memory of cell2location's spatial model: upstream (CPU), upstream
+# with autozyme's cell2location patch, scnative, and the floor (the two GEMMs of the S x G pass
+# through R's BLAS plus one vectorised pass over S x G), on simulated data from the model's own
+# generative process (bench/cell2location_data.R).
+# Usage: Rscript bench/cell2location.R [threads=1] [S=4000] [G=10000] [F=34] [reps=3]
+#                                      [upstream_epochs=5] [scnative_epochs=30]
+# Every side prints BENCH_SECONDS = seconds per epoch of its timed call (after a warm-up), so
+# the ratios are per-epoch ratios.
+source("bench/harness.R")
+source("bench/cell2location_data.R")
+dir.create("bench/results", showWarnings = FALSE)
+a <- commandArgs(TRUE)
+arg <- function(i, def) if (length(a) >= i) a[i] else def
+th <- as.integer(arg(1, "1"))
+dims <- c(arg(2, "4000"), arg(3, "10000"), arg(4, "34"))
+reps <- as.integer(arg(5, "3"))
+up_ep <- arg(6, "5")
+sc_ep <- arg(7, "30")
+stem <- c2l_bench_data(as.integer(dims[1]), as.integer(dims[2]), as.integer(dims[3]))
+py <- bench_peers_python()
+env <- bench_thread_env(th)
+sides <- list(
+  upstream = list(cmd = py, args = c("bench/cell2location_upstream.py", stem, dims, th, up_ep),
+                  env = env),
+  upstream_autozyme = list(cmd = py, args = c("bench/cell2location_upstream.py", stem, dims, th,
+                                              up_ep, "autozyme"), env = env),
+  scnative = list(cmd = "Rscript", args = c("bench/cell2location_scnative.R", stem, dims, th,
+                                            sc_ep), env = env),
+  floor = list(cmd = "Rscript", args = c("bench/cell2location_floor.R", dims, "5"), env = env))
+bench_compare(sides, reps = reps,
+              title = sprintf("cell2location per-epoch time, %s spots x %s genes x %s cell types, %d thread(s)",
+                              dims[1], dims[2], dims[3], th),
+              csv = sprintf("bench/results/cell2location_%s_%s_%s_t%d.csv", dims[1], dims[2],
+                            dims[3], th))

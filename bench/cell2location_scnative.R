@@ -1,0 +1,29 @@
+# scnative side of bench/cell2location.R: per-epoch time of cell2location() on the bench data.
+#   Rscript bench/cell2location_scnative.R STEM S G F THREADS EPOCHS
+# Prints BENCH_SECONDS=<seconds per epoch> of the timed fit (after a warm-up fit), with the
+# same settings as the upstream side (N_cells_per_location = 8, detection_alpha = 20).
+a <- commandArgs(TRUE)
+stem <- a[1]
+n <- as.integer(a[-1])
+S <- n[1]; G <- n[2]; F <- n[3]; threads <- n[4]; epochs <- n[5]
+suppressMessages(library(scnative))
+source(file.path(dirname(sub("--file=", "", grep("--file=", commandArgs(FALSE), value = TRUE))),
+                 "cell2location_data.R"))
+d <- c2l_bench_read(stem, S, G, F)
+x <- Matrix::Matrix(d$x, sparse = TRUE)
+sig <- d$sig
+rm(d)
+invisible(gc())
+fit <- suppressMessages(cell2location(x, sig, N_cells_per_location = 8, detection_alpha = 20,
+                                      max_epochs = 3, seed = 1, threads = threads,
+                                      progress = FALSE))
+rm(fit)
+invisible(gc())
+t0 <- proc.time()[["elapsed"]]
+fit <- suppressMessages(cell2location(x, sig, N_cells_per_location = 8, detection_alpha = 20,
+                                      max_epochs = epochs, seed = 1, threads = threads,
+                                      progress = FALSE))
+el <- proc.time()[["elapsed"]] - t0
+cat(sprintf("scnative: %d epochs in %.3f s (last -ELBO %.6g)\n", epochs, el,
+            fit$history$elbo_train[epochs]))
+cat(sprintf("BENCH_SECONDS=%.6f\n", el / epochs))

@@ -1,0 +1,33 @@
+# Upstream side of bench/cell2location.R: per-epoch time of cell2location's Cell2location.train
+# (CPU, full batch) on the bench data; optionally with autozyme's cell2location patch.
+#   python bench/cell2location_upstream.py STEM S G F THREADS EPOCHS [autozyme]
+# Prints BENCH_SECONDS=<seconds per epoch> (the timed train() call divided by its epochs,
+# after a warm-up train() call).
+import os, sys, time
+stem, S, G, F, threads, epochs = sys.argv[1], *map(int, sys.argv[2:7])
+use_az = len(sys.argv) > 7 and sys.argv[7] == "autozyme"
+import numpy as np, pandas as pd, torch
+torch.set_num_threads(threads)
+import anndata, logging
+if use_az:
+    import autozyme
+    autozyme.activate("cell2location")
+import cell2location
+from cell2location.models import Cell2location
+logging.getLogger("lightning").setLevel(logging.ERROR)
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+x = np.fromfile(stem + ".x.bin", dtype=np.int32).reshape(S, G).astype(np.float32)
+sig = np.fromfile(stem + ".sig.bin", dtype=np.float64).reshape(F, G).T
+genes = [f"g{i+1}" for i in range(G)]
+ad = anndata.AnnData(X=x, obs=pd.DataFrame(index=[f"s{i+1}" for i in range(S)]),
+                     var=pd.DataFrame(index=genes))
+sig_df = pd.DataFrame(sig, index=genes, columns=[f"ct{i+1}" for i in range(F)])
+Cell2location.setup_anndata(ad)
+mod = Cell2location(ad, cell_state_df=sig_df, N_cells_per_location=8, detection_alpha=20)
+kw = dict(batch_size=None, train_size=1, accelerator="cpu", enable_progress_bar=False)
+mod.train(max_epochs=3, **kw)
+t0 = time.perf_counter()
+mod.train(max_epochs=epochs, **kw)
+el = time.perf_counter() - t0
+print(f"upstream{'+autozyme' if use_az else ''}: {epochs} epochs in {el:.3f} s")
+print(f"BENCH_SECONDS={el / epochs:.6f}")
