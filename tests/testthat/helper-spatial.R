@@ -1,38 +1,14 @@
 # Live upstream cell2location through reticulate (peers venv), for the accuracy/agreement tests
 # of test-spatial.R. bench/upstream_c2l.py does the same from files for the benchmarks.
 
-# use_peers() (helper-data.R) binds reticulate to normalizePath(<venv>/bin/python), which
-# resolves the venv's symlink to the base interpreter, so the venv's site-packages are missing
-# (no anndata, cell2location, sklearn). Bind through the venv itself when Python is not yet
-# initialised, and make sure the venv's site-packages lead sys.path in any case (another test
-# file may have initialised Python first).
-use_peers_venv <- function() {
-  skip_if_no_peers()
-  skip_if_not_installed("reticulate")
-  py <- Sys.getenv("SCNATIVE_PEERS_PYTHON")
-  if (!nzchar(py)) py <- file.path(Sys.getenv("HOME"), ".cache", "scnative", "peers", "bin", "python")
-  venv <- dirname(dirname(py))
-  if (!reticulate::py_available(initialize = FALSE) && file.exists(file.path(venv, "pyvenv.cfg"))) {
-    reticulate::use_virtualenv(venv, required = TRUE)
-    reticulate::py_config() # initialise now, so use_peers() keeps this binding
-  }
-  use_peers()
-  site <- Sys.glob(file.path(venv, "lib", "python*", "site-packages"))
-  if (length(site)) {
-    sys <- reticulate::import("sys", convert = FALSE)
-    if (!site[1] %in% reticulate::py_to_r(sys$path)) sys$path$insert(0L, site[1])
-  }
-  invisible(py)
-}
-
 # Fits upstream Cell2location on `counts` (genes x spots, matrix or dgCMatrix) with
 # `signatures` (genes x cell types; genes are intersected as the tutorial does) and returns
 # list(means, q05 = spots x cell types posterior summaries of w_sf with the cell type names,
 # history, seconds = train time). Skips when the peers venv is absent.
 run_upstream_c2l <- function(counts, signatures, N_cells_per_location = 8, detection_alpha = 20,
-                             max_epochs = 1000, lr = 0.002, seed = 0, num_samples = 200,
+                             max_epochs = 1000, lr = 0.002, seed = 0, num_samples = 100,
                              threads = 2, batch = NULL) {
-  use_peers_venv()
+  use_peers()
   np <- reticulate::import("numpy", convert = FALSE)
   pd <- reticulate::import("pandas", convert = FALSE)
   sp <- reticulate::import("scipy.sparse", convert = FALSE)
@@ -81,7 +57,7 @@ run_upstream_c2l <- function(counts, signatures, N_cells_per_location = 8, detec
 
 # The scnative side of the same comparison: posterior means and q05 of w_sf, train seconds.
 run_scnative_c2l <- function(counts, signatures, N_cells_per_location = 8, detection_alpha = 20,
-                             max_epochs = 1000, lr = 0.002, seed = 1, num_samples = 200,
+                             max_epochs = 1000, lr = 0.002, seed = 1, num_samples = 100,
                              threads = 2) {
   t0 <- proc.time()[["elapsed"]]
   fit <- suppressMessages(cell2location(counts, signatures,

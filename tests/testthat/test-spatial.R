@@ -175,7 +175,7 @@ test_that("cluster_averages equals per-label row means (dense, sparse, factor or
 })
 
 test_that("cluster_averages matches upstream compute_cluster_averages (live)", {
-  use_peers_venv()
+  use_peers()
   hip <- example_hippocampus()
   ref <- hip$reference
   ours <- cluster_averages(ref$counts, as.character(ref$cell_types))
@@ -315,7 +315,7 @@ test_that("auprc equals a brute-force average precision and known cases", {
 })
 
 test_that("auprc matches scikit-learn's average_precision_score (live)", {
-  use_peers_venv()
+  use_peers()
   skm <- reticulate::import("sklearn.metrics")
   set.seed(4)
   truth <- stats::runif(500) < 0.4
@@ -330,8 +330,7 @@ have_c2l <- function() exists("cell2location", envir = asNamespace("scnative"), 
 
 test_that("cell2location recovers simulated abundances as well as upstream does", {
   skip_if_not(have_c2l(), "cell2location() not in this build yet")
-  skip_on_cran()
-  use_peers_venv()
+  use_peers()
   sim <- simulate_spatial(n_spots = 300, n_genes = 200, n_cell_types = 8, seed = 1)
   # Same settings on both sides. 1000 epochs at lr 0.01 (5x upstream's default) keep the live
   # upstream run near a minute on 2 cores; on this data scnative reached the same accuracy as
@@ -350,8 +349,10 @@ test_that("cell2location recovers simulated abundances as well as upstream does"
   agree <- pearson_all(ours$means, up$means)
   message(sprintf("sim: r scnative %.4f upstream %.4f; AUPRC scnative %.4f upstream %.4f; r(scnative, upstream) %.4f; seconds %.1f vs %.1f",
                   r_ours, r_up, ap_ours, ap_up, agree, ours$seconds, up$seconds))
-  expect_gte(r_ours, 0.85)
-  expect_gte(ap_ours, 0.95)
+  # Thresholds: observed r 0.934 (upstream 0.935) and AUPRC 0.997 (upstream 0.997) on this
+  # data; the margins (0.03, 0.017) cover the run-to-run spread of a 1000-epoch fit.
+  expect_gte(r_ours, 0.90)
+  expect_gte(ap_ours, 0.98)
   expect_gte(r_ours, r_up - 0.01)
   expect_gte(ap_ours, ap_up - 0.01)
   expect_gte(agree, 0.95)
@@ -359,8 +360,7 @@ test_that("cell2location recovers simulated abundances as well as upstream does"
 
 test_that("cell2location agrees with upstream on the real hippocampus pair", {
   skip_if_not(have_c2l(), "cell2location() not in this build yet")
-  skip_on_cran()
-  use_peers_venv()
+  use_peers()
   hip <- example_hippocampus()
   genes <- intersect(rownames(hip$visium$counts), rownames(hip$reference$counts))
   sig <- cluster_averages(hip$reference$counts[genes, ], hip$reference$cell_types)
