@@ -68,5 +68,5 @@ run_scnative_c2l <- function(counts, signatures, N_cells_per_location = 8, detec
   secs <- proc.time()[["elapsed"]] - t0
   post <- export_posterior(fit, num_samples = num_samples, seed = seed)
   list(means = cell_abundance(post, "means"), q05 = cell_abundance(post, "q05"),
-       history = fit$history$elbo_train, seconds = secs)
+       history = fit$history$elbo_train, seconds = secs, posterior = post)
 }

@@ -356,6 +356,10 @@ test_that("cell2location recovers simulated abundances as well as upstream does"
   expect_gte(r_ours, r_up - 0.01)
   expect_gte(ap_ours, ap_up - 0.01)
   expect_gte(agree, 0.95)
+  # the abundance plot takes the posterior directly
+  skip_if_not_installed("ggplot2")
+  p <- plot_spatial_abundance(ours$posterior, sim$coords, which = "q05")
+  expect_equal(p$data$abundance, as.vector(ours$q05))
 })
 
 test_that("cell2location agrees with upstream on the real hippocampus pair", {
