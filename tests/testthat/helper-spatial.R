@@ -1,0 +1,72 @@
+# Live upstream cell2location through reticulate (peers venv), for the accuracy/agreement tests
+# of test-spatial.R. bench/upstream_c2l.py does the same from files for the benchmarks.
+
+# Fits upstream Cell2location on `counts` (genes x spots, matrix or dgCMatrix) with
+# `signatures` (genes x cell types; genes are intersected as the tutorial does) and returns
+# list(means, q05 = spots x cell types posterior summaries of w_sf with the cell type names,
+# history, seconds = train time). Skips when the peers venv is absent.
+run_upstream_c2l <- function(counts, signatures, N_cells_per_location = 8, detection_alpha = 20,
+                             max_epochs = 1000, lr = 0.002, seed = 0, num_samples = 100,
+                             threads = 2, batch = NULL) {
+  use_peers()
+  np <- reticulate::import("numpy", convert = FALSE)
+  pd <- reticulate::import("pandas", convert = FALSE)
+  sp <- reticulate::import("scipy.sparse", convert = FALSE)
+  ad <- reticulate::import("anndata", convert = FALSE)
+  torch <- reticulate::import("torch", convert = FALSE)
+  scvi <- reticulate::import("scvi", convert = FALSE)
+  c2l <- reticulate::import("cell2location", convert = FALSE)
+  logging <- reticulate::import("logging")
+  logging$getLogger("lightning.pytorch")$setLevel(logging$ERROR)
+  logging$getLogger("scvi")$setLevel(logging$ERROR)
+  torch$set_num_threads(as.integer(threads))
+
+  genes <- intersect(rownames(counts), rownames(signatures))
+  x <- as.matrix(counts[genes, , drop = FALSE])
+  sig <- as.matrix(signatures[genes, , drop = FALSE])
+  spots <- colnames(x)
+  types <- colnames(sig)
+
+  X <- sp$csr_matrix(np$asarray(t(x), dtype = "float32"))
+  obs <- pd$DataFrame(index = pd$Index(spots))
+  if (!is.null(batch)) obs["batch"] <- pd$Categorical(as.character(batch))
+  var <- pd$DataFrame(index = pd$Index(genes))
+  adata <- ad$AnnData(X = X, obs = obs, var = var)
+  sig_df <- pd$DataFrame(np$asarray(sig, dtype = "float64"), index = pd$Index(genes),
+                         columns = pd$Index(types))
+  scvi$settings$seed <- as.integer(seed)
+  c2l$models$Cell2location$setup_anndata(adata = adata,
+                                         batch_key = if (is.null(batch)) NULL else "batch")
+  mod <- c2l$models$Cell2location(adata, cell_state_df = sig_df,
+                                  N_cells_per_location = as.numeric(N_cells_per_location),
+                                  detection_alpha = as.numeric(detection_alpha))
+  t0 <- proc.time()[["elapsed"]]
+  mod$train(max_epochs = as.integer(max_epochs), batch_size = NULL, train_size = 1L,
+            lr = as.numeric(lr), enable_progress_bar = FALSE)
+  secs <- proc.time()[["elapsed"]] - t0
+  adata <- mod$export_posterior(adata, sample_kwargs = reticulate::dict(
+    num_samples = as.integer(num_samples), batch_size = as.integer(length(spots))))
+  get <- function(k) {
+    m <- reticulate::py_to_r(adata$obsm[[paste0(k, "_cell_abundance_w_sf")]]$to_numpy())
+    dimnames(m) <- list(spots, types)
+    m
+  }
+  hist <- reticulate::py_to_r(mod$history_[["elbo_train"]][["elbo_train"]]$to_numpy())
+  list(means = get("means"), q05 = get("q05"), history = as.numeric(hist), seconds = secs)
+}
+
+# The scnative side of the same comparison: posterior means and q05 of w_sf, train seconds.
+run_scnative_c2l <- function(counts, signatures, N_cells_per_location = 8, detection_alpha = 20,
+                             max_epochs = 1000, lr = 0.002, seed = 1, num_samples = 100,
+                             threads = 2) {
+  t0 <- proc.time()[["elapsed"]]
+  fit <- suppressMessages(cell2location(counts, signatures,
+                                        N_cells_per_location = N_cells_per_location,
+                                        detection_alpha = detection_alpha,
+                                        max_epochs = max_epochs, lr = lr, seed = seed,
+                                        threads = threads, progress = FALSE))
+  secs <- proc.time()[["elapsed"]] - t0
+  post <- export_posterior(fit, num_samples = num_samples, seed = seed)
+  list(means = cell_abundance(post, "means"), q05 = cell_abundance(post, "q05"),
+       history = fit$history$elbo_train, seconds = secs, posterior = post)
+}
