@@ -101,6 +101,9 @@ obj_set_matrix <- function(object, name, value) {
     } else {
       SeuratObject::CreateAssayObject(data = value)
     }
+    # an explicit valid key: names such as "fit_tau_" would otherwise give key warnings/clashes
+    SeuratObject::Key(assay_obj) <- paste0(tolower(gsub("[^[:alnum:]]", "", name)),
+                                           if (endsWith(name, "_")) "x" else "", "_")
     object[[name]] <- assay_obj
     return(object)
   }

@@ -780,30 +780,12 @@ moments_object <- function(object, s_name, u_name, graph, graph_name, ...) {
   U <- obj_matrix(object, u_name, arg = "unspliced")
   conn <- if (is.null(graph)) NULL else obj_graph(object, graph)
   m <- moments.default(S, U, connectivities = conn, ...)
-  object <- set_assay(object, "Ms", m$Ms)
-  object <- set_assay(object, "Mu", m$Mu)
+  object <- obj_set_matrix(object, "Ms", m$Ms)
+  object <- obj_set_matrix(object, "Mu", m$Mu)
   g <- m$connectivities
   # SCE colPairs take an unnamed matrix (named ones fail validity); Seurat graphs need names
   dimnames(g) <- if (is_seurat(object)) list(colnames(m$Ms), colnames(m$Ms)) else NULL
   obj_set_graph(object, graph_name, g)
-}
-
-# obj_set_matrix() with, for Seurat, an explicit valid assay key (names such as "fit_tau_"
-# would otherwise give key warnings and clashes).
-set_assay <- function(object, name, value) {
-  if (!is_seurat(object)) return(obj_set_matrix(object, name, value))
-  if (!identical(colnames(value), colnames(object))) {
-    stopf("cannot store '%s': its cells (columns) are not the object's cells in order", name)
-  }
-  a <- if (seurat_is_v5()) {
-    seurat_v5_fn("CreateAssay5Object")(data = value)
-  } else {
-    SeuratObject::CreateAssayObject(data = value)
-  }
-  key <- paste0(tolower(gsub("[^[:alnum:]]", "", name)), if (endsWith(name, "_")) "x" else "", "_")
-  SeuratObject::Key(a) <- key
-  object[[name]] <- a
-  object
 }
 
 obj_check_names <- function(object, ...) {
@@ -880,7 +862,7 @@ recover_dynamics_object <- function(object, Ms, Mu, spliced, unspliced, graph, .
   fit <- recover_dynamics.default(mm$Ms, mm$Mu, connectivities = conn, ...)
   ms_assay <- if (is_seurat(object) && Ms %in% SeuratObject::Assays(object)) Ms else NULL
   object <- obj_add_feature_meta(object, fit$var, assay = ms_assay)
-  for (nm in names(fit$layers)) object <- set_assay(object, nm, fit$layers[[nm]])
+  for (nm in names(fit$layers)) object <- obj_set_matrix(object, nm, fit$layers[[nm]])
   obj_set_misc(object, "recover_dynamics", fit$uns$recover_dynamics)
 }
 
@@ -922,8 +904,8 @@ velocity_object <- function(object, Ms, Mu, graph, ...) {
   fit <- fit_from_object(object, Ms, rownames(S))
   conn <- object_graph_or_null(object, graph)
   v <- velocity.scnative_dynamics(fit, S, U, connectivities = conn, ...)
-  object <- set_assay(object, "velocity", v$velocity)
-  object <- set_assay(object, "velocity_u", v$velocity_u)
+  object <- obj_set_matrix(object, "velocity", v$velocity)
+  object <- obj_set_matrix(object, "velocity_u", v$velocity_u)
   ms_assay <- if (is_seurat(object) && Ms %in% SeuratObject::Assays(object)) Ms else NULL
   object <- obj_add_feature_meta(object, v$var, assay = ms_assay)
   obj_set_misc(object, "velocity_params", v$params)

@@ -845,29 +845,6 @@ SEXP scnative_c2l_adam(SEXP theta0, SEXP grads, SEXP lr_, SEXP clipped_, SEXP cl
 
 /* ---- posterior sampling from the guide ------------------------------------------------- */
 
-/* k-th smallest of a[0..n-1] (partially reorders a). */
-static double c2l_select(double *a, int n, int k) {
-  int lo = 0, hi = n - 1;
-  while (lo < hi) {
-    double piv = a[lo + (hi - lo) / 2];
-    int i = lo, j = hi;
-    while (i <= j) {
-      while (a[i] < piv) i++;
-      while (a[j] > piv) j--;
-      if (i <= j) {
-        double t = a[i];
-        a[i] = a[j];
-        a[j] = t;
-        i++, j--;
-      }
-    }
-    if (k <= j) hi = j;
-    else if (k >= i) lo = i;
-    else return a[k];
-  }
-  return a[k];
-}
-
 /* .Call(C_scnative_c2l_summary, loc, rho, num, seed, stream, probs, mult, mcol, threads)
  * Per element i: draws d = 0..num-1 of exp(loc + softplus(rho) * eps) * mult[d, mcol[i]]
  * (eps = normal number i * num + d of `stream`); returns list(mean, sd (ddof 0),
@@ -912,17 +889,8 @@ SEXP scnative_c2l_summary(SEXP loc, SEXP rho, SEXP num_, SEXP seed_, SEXP stream
       pmean[i] = mu;
       psd[i] = sqrt(s2 / num);
       for (int k = 0; k < nq; k++) {
-        double hh = (num - 1) * pp[k];
-        int j = (int)floor(hh);
-        if (j > num - 1) j = num - 1;
-        double fr = hh - j;
         memcpy(b, a, num * sizeof(double));
-        double lo = c2l_select(b, num, j), hi = lo;
-        if (j + 1 < num && fr > 0) {
-          hi = b[j + 1];
-          for (int t = j + 2; t < num; t++) if (b[t] < hi) hi = b[t];
-        }
-        pq[i + (R_xlen_t)k * n] = lo + fr * (hi - lo);
+        pq[i + (R_xlen_t)k * n] = scn_quantile_linear(b, num, pp[k]);
       }
     }
   }

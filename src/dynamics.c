@@ -127,61 +127,9 @@ static void sort_dbl(double *a, ptrdiff_t n, uint64_t *k1, uint64_t *k2) {
   for (ptrdiff_t i = 0; i < n; i++) a[i] = key_dbl(src[i]);
 }
 
-/* k-th smallest (0-based) by quickselect; a is permuted; no NaN in a */
-static double select_kth(double *a, ptrdiff_t n, ptrdiff_t k) {
-  ptrdiff_t lo = 0, hi = n - 1;
-  while (hi > lo) {
-    ptrdiff_t mid = lo + (hi - lo) / 2;
-    /* median of three as pivot */
-    double x = a[lo], y = a[mid], z = a[hi], piv;
-    if (x < y) piv = (y < z) ? y : ((x < z) ? z : x);
-    else piv = (x < z) ? x : ((y < z) ? z : y);
-    ptrdiff_t i = lo, j = hi;
-    while (i <= j) {
-      while (a[i] < piv) i++;
-      while (a[j] > piv) j--;
-      if (i <= j) {
-        double t = a[i];
-        a[i] = a[j];
-        a[j] = t;
-        i++;
-        j--;
-      }
-    }
-    if (k <= j) hi = j;
-    else if (k >= i) lo = i;
-    else return a[k];
-  }
-  return a[k];
-}
-
 /* numpy percentile, method "linear", of a (permuted in place); NaN if any NaN */
 static double np_percentile(double *a, ptrdiff_t n, double q) {
-  if (n == 0) return NAN;
-  for (ptrdiff_t i = 0; i < n; i++)
-    if (isnan(a[i])) return NAN;
-  double qq = q / 100.0;
-  double vi = (double)(n - 1) * qq;
-  double fl = floor(vi);
-  ptrdiff_t prev = (ptrdiff_t)fl, next = prev + 1;
-  double g = vi - fl;
-  if (vi >= (double)(n - 1)) {
-    prev = next = n - 1;
-  } else if (vi < 0) {
-    prev = next = 0;
-  }
-  double lo = select_kth(a, n, prev);
-  double hi = lo;
-  if (next != prev) {
-    /* smallest of the upper part */
-    hi = a[prev + 1];
-    for (ptrdiff_t i = prev + 2; i < n; i++)
-      if (a[i] < hi) hi = a[i];
-  }
-  double diff = hi - lo;
-  double r = lo + diff * g;
-  if (g >= 0.5) r = hi - diff * (1 - g);
-  return r;
+  return scn_quantile_linear(a, n, q / 100.0);
 }
 
 /* numpy linspace point i of num from a to b */

@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#include <stddef.h>
 #ifndef FCONE
 #define FCONE
 #endif
@@ -66,6 +67,12 @@ void scn_rng_normals(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n
 void scn_rng_uniforms(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n, double *out);
 /* seed from an R double in [0, 2^53) (validated on the R side). */
 uint64_t scn_seed_from_sexp(SEXP seed);
+
+/* ---- numeric kernels (numeric.c) ---- */
+/* k-th smallest (0-based) of a[0..n-1] by quickselect; permutes a; no NaN in a. */
+double scn_select_kth(double *a, ptrdiff_t n, ptrdiff_t k);
+/* numpy's quantile with the default "linear" method, q in [0, 1]; permutes a; NaN if any NaN. */
+double scn_quantile_linear(double *a, ptrdiff_t n, double q);
 
 /* ---- small helpers ---- */
 #define SCN_INTERNAL_ERROR(msg) \

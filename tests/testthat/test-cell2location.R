@@ -3,24 +3,6 @@
 
 c2l_ns <- function() asNamespace("scnative")
 
-# Binds reticulate to the peers venv. The shared use_peers() normalises the venv's python path,
-# which resolves the venv symlink to the base interpreter (no torch/pandas there); this keeps
-# the venv path. (Reported for helper-data.R.)
-c2l_use_peers <- function() {
-  skip_if_no_peers()
-  skip_if_not_installed("reticulate")
-  py <- Sys.getenv("SCNATIVE_PEERS_PYTHON")
-  if (!nzchar(py)) py <- file.path(Sys.getenv("HOME"), ".cache", "scnative", "peers", "bin", "python")
-  if (!reticulate::py_available(initialize = FALSE)) {
-    Sys.setenv(RETICULATE_PYTHON = py)
-    reticulate::use_python(py, required = TRUE)
-  }
-  if (!reticulate::py_module_available("cell2location")) {
-    stop("reticulate is not bound to the peers venv (cell2location not importable)")
-  }
-  invisible(py)
-}
-
 # A small random problem: genes x spots counts with zeros, small and large counts, 2 batches.
 c2l_toy <- function(S = 7, G = 12, F = 3, seed = 3) {
   set.seed(seed)
@@ -67,7 +49,7 @@ test_that("the gradient of log p(x, z) matches central finite differences for ev
 })
 
 test_that("log p(x, z) and its gradient equal the spec's pure-Python reference", {
-  c2l_use_peers()
+  use_peers()
   ns <- c2l_ns()
   spec <- shared_file("..", "spec", "cell2location_gradcheck.py")
   py <- reticulate::py_run_file(spec, convert = TRUE)
@@ -93,7 +75,7 @@ test_that("log p(x, z) and its gradient equal the spec's pure-Python reference",
 })
 
 test_that("log p(x, z) equals Pyro's log joint from the live cell2location model", {
-  c2l_use_peers()
+  use_peers()
   ns <- c2l_ns()
   d <- c2l_toy(S = 9, G = 15, F = 3, seed = 5)
   prep <- c2l_prep(d, N = 30, R = 5)
@@ -140,7 +122,7 @@ def c2l_pyro_logjoint(x, sig, batch, z, N, R):
 })
 
 test_that("the Adam and ClippedAdam updates match torch / pyro", {
-  c2l_use_peers()
+  use_peers()
   ns <- c2l_ns()
   set.seed(4)
   n <- 5; T <- 30

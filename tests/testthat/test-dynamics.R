@@ -95,19 +95,6 @@ def dyn_upstream(Ms, Mu, conn, genes, cells, kw, var=None, libm=False, f32=False
 "
 
 dyn_py <- function() {
-  # bind to the venv's own interpreter path (not its resolved symlink, which loses the
-  # venv's site-packages) before use_peers() checks it
-  if (requireNamespace("reticulate", quietly = TRUE) &&
-      !reticulate::py_available(initialize = FALSE)) {
-    venv_py <- Sys.getenv("SCNATIVE_PEERS_PYTHON")
-    if (!nzchar(venv_py)) {
-      venv_py <- file.path(Sys.getenv("HOME"), ".cache", "scnative", "peers", "bin", "python")
-    }
-    if (file.exists(venv_py)) {
-      Sys.setenv(RETICULATE_PYTHON = venv_py)
-      reticulate::py_config()
-    }
-  }
   use_peers()
   if (!reticulate::py_has_attr(reticulate::py, "dyn_upstream")) {
     reticulate::py_run_string(dyn_py_code, local = FALSE)

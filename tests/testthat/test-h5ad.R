@@ -3,28 +3,6 @@
 
 skip_if_not_installed("hdf5r")
 
-# helper-data.R's use_peers() binds reticulate to normalizePath(<venv>/bin/python), which
-# resolves the venv's symlink to the base interpreter (without anndata). Initialise reticulate
-# on the venv itself first; use_peers() then only checks the binding.
-use_peers_venv <- function() {
-  py <- skip_if_no_peers()
-  skip_if_not_installed("reticulate")
-  if (!reticulate::py_available(initialize = FALSE)) {
-    venv_py <- Sys.getenv("SCNATIVE_PEERS_PYTHON")
-    if (!nzchar(venv_py)) {
-      venv_py <- file.path(Sys.getenv("HOME"), ".cache", "scnative", "peers", "bin", "python")
-    }
-    reticulate::use_virtualenv(dirname(dirname(venv_py)), required = TRUE)
-    reticulate::py_config()
-  }
-  use_peers()
-  if (!reticulate::py_module_available("anndata")) {
-    msg <- paste("anndata is not importable from", reticulate::py_config()$python)
-    if (identical(tolower(Sys.getenv("SCNATIVE_REQUIRE_PEERS")), "true")) stop(msg)
-    skip(msg)
-  }
-}
-
 sort_lists <- function(x) {
   if (is.list(x) && !is.data.frame(x)) {
     x <- x[order(names(x))]
@@ -163,7 +141,7 @@ test_that("old (anndata 0.7) categoricals become factors with the right levels",
 })
 
 test_that("read_h5ad agrees with anndata on real files", {
-  use_peers_venv()
+  use_peers()
   anndata <- reticulate::import("anndata")
   np <- reticulate::import("numpy", convert = FALSE)
   dense <- function(m) {
@@ -235,7 +213,7 @@ def _same_df(x, y):
 })
 
 test_that("read_h5ad reads what anndata 0.12 writes: csc, nullable columns, obsm data frames", {
-  use_peers_venv()
+  use_peers()
   f <- withr::local_tempfile(fileext = ".h5ad")
   reticulate::py_run_string(sprintf("
 import anndata as ad, numpy as np, pandas as pd, scipy.sparse as sp
@@ -360,7 +338,7 @@ test_that("write_h5ad then read_h5ad returns the original object", {
 })
 
 test_that("anndata reads files written by write_h5ad with the right shapes, values and dtypes", {
-  use_peers_venv()
+  use_peers()
   obj <- small_object()
   f <- withr::local_tempfile(fileext = ".h5ad")
   do.call(write_h5ad, c(list(path = f), obj))

@@ -80,18 +80,6 @@ def velo_velocity_upstream(Ms, Mu, conn, genes, cells, var, layers, uns):
 "
 
 velo_py <- function() {
-  # bind to the venv's own interpreter path (not its resolved symlink)
-  if (requireNamespace("reticulate", quietly = TRUE) &&
-      !reticulate::py_available(initialize = FALSE)) {
-    venv_py <- Sys.getenv("SCNATIVE_PEERS_PYTHON")
-    if (!nzchar(venv_py)) {
-      venv_py <- file.path(Sys.getenv("HOME"), ".cache", "scnative", "peers", "bin", "python")
-    }
-    if (file.exists(venv_py)) {
-      Sys.setenv(RETICULATE_PYTHON = venv_py)
-      reticulate::py_config()
-    }
-  }
   use_peers()
   if (!reticulate::py_has_attr(reticulate::py, "velo_fit_upstream")) {
     reticulate::py_run_string(velo_py_code, local = FALSE)

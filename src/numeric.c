@@ -1,0 +1,66 @@
+/* numeric.c: small numeric kernels shared by the models (no R API, no SEXP).
+ *   scn_select_kth()      k-th smallest by quickselect (permutes its input)
+ *   scn_quantile_linear() numpy's quantile/percentile with the default "linear" method */
+#include "scnative.h"
+
+double scn_select_kth(double *a, ptrdiff_t n, ptrdiff_t k) {
+  ptrdiff_t lo = 0, hi = n - 1;
+  while (hi > lo) {
+    ptrdiff_t mid = lo + (hi - lo) / 2;
+    /* median of three as pivot */
+    double x = a[lo], y = a[mid], z = a[hi], piv;
+    if (x < y)
+      piv = (y < z) ? y : ((x < z) ? z : x);
+    else
+      piv = (x < z) ? x : ((y < z) ? z : y);
+    ptrdiff_t i = lo, j = hi;
+    while (i <= j) {
+      while (a[i] < piv) i++;
+      while (a[j] > piv) j--;
+      if (i <= j) {
+        double t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+        i++;
+        j--;
+      }
+    }
+    if (k <= j)
+      hi = j;
+    else if (k >= i)
+      lo = i;
+    else
+      return a[k];
+  }
+  return a[k];
+}
+
+/* numpy's linear quantile (q in [0, 1]) of a[0..n-1], which is permuted; NaN if any NaN.
+ * Virtual index h = (n - 1) q, g = h - floor(h); a + (b - a) g if g < 0.5 else
+ * b - (b - a)(1 - g), as numpy's _lerp. */
+double scn_quantile_linear(double *a, ptrdiff_t n, double q) {
+  if (n == 0) return NAN;
+  for (ptrdiff_t i = 0; i < n; i++)
+    if (isnan(a[i])) return NAN;
+  double vi = (double)(n - 1) * q;
+  double fl = floor(vi);
+  ptrdiff_t prev = (ptrdiff_t)fl, next = prev + 1;
+  double g = vi - fl;
+  if (vi >= (double)(n - 1)) {
+    prev = next = n - 1;
+  } else if (vi < 0) {
+    prev = next = 0;
+  }
+  double lo = scn_select_kth(a, n, prev);
+  double hi = lo;
+  if (next != prev) {
+    /* the smallest of the upper part */
+    hi = a[prev + 1];
+    for (ptrdiff_t i = prev + 2; i < n; i++)
+      if (a[i] < hi) hi = a[i];
+  }
+  double diff = hi - lo;
+  double r = lo + diff * g;
+  if (g >= 0.5) r = hi - diff * (1 - g);
+  return r;
+}
