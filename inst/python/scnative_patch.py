@@ -256,8 +256,13 @@ def _c2l_unsupported(model, batch_size, train_size, num_particles, scale_elbo, k
         LocationModelLinearDependentWMultiExperimentLocationBackgroundNormLevelGeneAlphaPyroModel
         as DefaultModel)
 
-    if kwargs:
-        return "unsupported argument(s) " + ", ".join(sorted(kwargs))
+    # trainer settings that do not change the fit on the CPU
+    harmless = {"accelerator": (None, "cpu", "auto"), "devices": (None, "auto", 1),
+                "enable_progress_bar": None, "use_gpu": (None, False)}
+    other = sorted(k for k in kwargs if k not in harmless or
+                   (harmless[k] is not None and kwargs[k] not in harmless[k]))
+    if other:
+        return "unsupported argument(s) " + ", ".join(other)
     if batch_size is not None:
         return "minibatch training (batch_size) is not supported"
     if train_size != 1:
