@@ -130,6 +130,7 @@ c2l_prepare <- function(x, signatures, batch, N_cells_per_location, N_given, det
   }
   if (is.null(rownames(x))) stopf("'x' must have gene names as row names")
   if (ncol(x) < 1L) stopf("'x' has no spots (columns)")
+  if (inherits(signatures, "scnative_reference")) signatures <- signatures(signatures)
   if (is.data.frame(signatures)) signatures <- as.matrix(signatures)
   if (!is.matrix(signatures) || !is.numeric(signatures)) {
     stopf("'signatures' must be a numeric genes x cell types matrix or data.frame")
@@ -259,49 +260,18 @@ c2l_make_state <- function(prep, tiles = c(0L, 0L)) {
 # ---- training -----------------------------------------------------------------------------
 
 # Runs `epochs` epochs in blocks of .Call's; returns list(loss, params, interrupted).
-c2l_train_blocks <- function(state, prep, params, epochs, epoch0, lr, optimizer, clip, lrd,
-                             seed, threads, progress) {
+c2l_train_blocks <- function(state, prep, params, epochs, epoch0, opt, seed, threads, progress) {
   st <- prep$settings
   .Call(C_scnative_c2l_set_params, state, c2l_flatten(lapply(params, `[[`, "loc"), st),
         c2l_flatten(lapply(params, `[[`, "rho"), st))
-  loss <- rep(NA_real_, epochs)
-  done <- 0L
-  block <- 1L
-  pb <- NULL
-  if (progress) {
-    pb <- utils::txtProgressBar(min = 0, max = epochs, style = 3)
-    on.exit(close(pb), add = TRUE)
-  }
-  interrupted <- FALSE
-  opt <- if (optimizer == "clipped_adam") 1L else 0L
-  tryCatch({
-    while (done < epochs) {
-      k <- min(block, epochs - done)
-      t0 <- proc.time()[["elapsed"]]
-      l <- .Call(C_scnative_c2l_train, state, as.integer(k), as.double(epoch0 + done), lr, opt,
-                 clip, lrd, seed, threads)
-      loss[done + seq_len(k)] <- l
-      done <- done + k
-      el <- proc.time()[["elapsed"]] - t0
-      # aim at about half a second per block
-      block <- max(1L, min(1000L, as.integer(k * 0.5 / max(el, 1e-3))))
-      if (!is.null(pb)) utils::setTxtProgressBar(pb, done)
-    }
-  }, interrupt = function(cond) {
-    interrupted <<- TRUE
-  })
+  clipped <- if (opt$name == "clipped_adam") 1L else 0L
+  res <- svi_train_blocks(function(k, done) {
+    .Call(C_scnative_c2l_train, state, as.integer(k), as.double(epoch0 + done), opt$lr, clipped,
+          opt$clip_norm, opt$lrd, seed, threads)
+  }, epochs, progress, "cell2location")
   pr <- .Call(C_scnative_c2l_get_params, state)
-  if (interrupted) {
-    # epochs finished in C, including a block whose losses were not stored (NA)
-    loss <- loss[seq_len(max(done, min(epochs, as.integer(pr$steps))))]
-    warnf("cell2location: training interrupted after %d of %d epochs; returning the fit so far",
-          done, epochs)
-  }
-  locs <- c2l_unflatten(pr$loc, st)
-  rhos <- c2l_unflatten(pr$rho, st)
-  params <- stats::setNames(lapply(names(locs), function(n) list(loc = locs[[n]], rho = rhos[[n]])),
-                            names(locs))
-  list(loss = loss, params = params, interrupted = interrupted)
+  res$params <- svi_params_from_flat(pr$loc, pr$rho, function(v) c2l_unflatten(v, st))
+  res
 }
 
 #' Map cell types onto spatial spots with cell2location's model
@@ -330,7 +300,8 @@ c2l_train_blocks <- function(state, prep, params, epochs, epoch0, lr, optimizer,
 #'   `layer`, `assay.type`).
 #' @param signatures reference signatures: a genes x cell types numeric matrix or data.frame of
 #'   non-negative expected counts per cell (e.g. the posterior means of cell2location's
-#'   regression model), gene names as row names, cell type names as column names.
+#'   regression model), gene names as row names, cell type names as column names; or a
+#'   [reference_signatures()] fit (its [signatures()] posterior means are used).
 #' @param batch `NULL` (one batch) or a vector/factor with one value per spot (experiments).
 #' @param N_cells_per_location expected number of cells per spot (positive number, default 8);
 #'   see Details for how it enters the detection mean.
@@ -405,14 +376,9 @@ cell2location.default <- function(x, signatures, batch = NULL, N_cells_per_locat
   N_given <- !missing(N_cells_per_location)
   optimizer <- match.arg(optimizer)
   check_number(max_epochs, "max_epochs", min = 1, whole = TRUE)
-  check_number(lr, "lr", min = 0, min_open = TRUE)
   check_flag(progress, "progress")
   check_flag(keep_data, "keep_data")
-  dots <- list(...)
-  clip <- dots$clip_norm %||% 10
-  lrd <- dots$lrd %||% 1
-  check_number(clip, "clip_norm", min = 0, min_open = TRUE)
-  check_number(lrd, "lrd", min = 0, min_open = TRUE)
+  opt <- svi_optimizer(optimizer, lr, list(...))
   threads <- resolve_threads(threads)
   seed <- resolve_seed(seed)
   if (!is.null(init) && !inherits(init, "scnative_c2l")) {
@@ -425,7 +391,7 @@ cell2location.default <- function(x, signatures, batch = NULL, N_cells_per_locat
                       gene_add_alpha_hyp_prior, gene_add_mean_hyp_prior, detection_hyp_prior,
                       w_sf_mean_var_ratio)
   st <- prep$settings
-  history <- data.frame(epoch = integer(0), elbo_train = numeric(0))
+  history <- svi_empty_history()
   if (is.null(init)) {
     params <- c2l_init_params(st)
   } else {
@@ -438,23 +404,16 @@ cell2location.default <- function(x, signatures, batch = NULL, N_cells_per_locat
     params <- init$params
     history <- init$history
   }
-  c2l_fit_run(prep, params, history, max_epochs, lr, optimizer, clip, lrd, seed, threads,
-              progress, keep_data)
+  c2l_fit_run(prep, params, history, max_epochs, opt, seed, threads, progress, keep_data)
 }
 
-c2l_fit_run <- function(prep, params, history, epochs, lr, optimizer, clip, lrd, seed, threads,
-                        progress, keep_data) {
+c2l_fit_run <- function(prep, params, history, epochs, opt, seed, threads, progress, keep_data) {
   state <- c2l_make_state(prep)
-  epoch0 <- nrow(history)
-  res <- c2l_train_blocks(state, prep, params, epochs, epoch0, lr, optimizer, clip, lrd, seed,
-                          threads, progress)
-  n <- length(res$loss)
-  history <- rbind(history, data.frame(epoch = epoch0 + seq_len(n) - 1L, elbo_train = res$loss))
+  res <- c2l_train_blocks(state, prep, params, epochs, nrow(history), opt, seed, threads, progress)
   fit <- list(
-    params = res$params, history = history, settings = prep$settings,
-    signatures = prep$signatures, batch = prep$batch,
-    optimizer = list(name = optimizer, lr = lr, clip_norm = clip, lrd = lrd),
-    seed = seed, data = if (keep_data) list(xt = prep$xt) else NULL,
+    params = res$params, history = svi_history_append(history, res$loss),
+    settings = prep$settings, signatures = prep$signatures, batch = prep$batch,
+    optimizer = opt, seed = seed, data = if (keep_data) list(xt = prep$xt) else NULL,
     interrupted = res$interrupted
   )
   class(fit) <- "scnative_c2l"
@@ -480,37 +439,19 @@ cell2location.SingleCellExperiment <- function(x, signatures, ..., assay.type = 
   cell2location.default(counts, signatures, ...)
 }
 
-#' Continue training a cell2location fit
-#'
-#' Runs `epochs` more epochs from the fitted parameters with a fresh Adam state (as upstream's
-#' repeated `train()`); the loss history is appended. Uses the counts kept in the fit
-#' (`keep_data = TRUE`, the default), or pass `x` (and, if the fit's signatures should not be
-#' reused, `signatures`) again.
-#'
-#' @param fit a `scnative_c2l` fit.
-#' @param epochs number of epochs (whole number >= 1).
+#' @rdname train_more
 #' @param x `NULL` to use the kept counts, or the same counts as for the fit.
 #' @param lr learning rate; default: the fit's.
-#' @param seed `NULL` (the fit's seed; the random streams continue after the fit's epochs) or a
-#'   whole number.
+#' @param seed `NULL` (the fit's seed) or a whole number.
 #' @param threads,progress as in [cell2location()].
-#' @return The updated `scnative_c2l` fit.
-#' @examples
-#' set.seed(1)
-#' sig <- matrix(rgamma(40 * 3, 1), 40, 3,
-#'               dimnames = list(paste0("g", 1:40), c("A", "B", "C")))
-#' x <- matrix(rpois(40 * 20, 2), 40, 20, dimnames = list(rownames(sig), paste0("s", 1:20)))
-#' fit <- cell2location(x, sig, max_epochs = 20, seed = 1, progress = FALSE)
-#' fit <- train_more(fit, 20)
-#' nrow(fit$history)
 #' @export
-train_more <- function(fit, epochs, x = NULL, lr = NULL, seed = NULL, threads = NULL,
-                       progress = interactive()) {
-  if (!inherits(fit, "scnative_c2l")) stopf("'fit' must be a scnative_c2l fit")
+train_more.scnative_c2l <- function(fit, epochs, x = NULL, lr = NULL, seed = NULL, threads = NULL,
+                                    progress = interactive(), ...) {
   check_number(epochs, "epochs", min = 1, whole = TRUE)
   check_flag(progress, "progress")
-  lr <- lr %||% fit$optimizer$lr
-  check_number(lr, "lr", min = 0, min_open = TRUE)
+  opt <- fit$optimizer
+  opt$lr <- lr %||% opt$lr
+  check_number(opt$lr, "lr", min = 0, min_open = TRUE)
   seed <- if (is.null(seed)) fit$seed else resolve_seed(seed)
   threads <- resolve_threads(threads)
   st <- fit$settings
@@ -534,8 +475,7 @@ train_more <- function(fit, epochs, x = NULL, lr = NULL, seed = NULL, threads = 
     }
     prep$settings <- st
   }
-  c2l_fit_run(prep, fit$params, fit$history, epochs, lr, fit$optimizer$name,
-              fit$optimizer$clip_norm, fit$optimizer$lrd, seed, threads, progress,
+  c2l_fit_run(prep, fit$params, fit$history, epochs, opt, seed, threads, progress,
               !is.null(fit$data))
 }
 
@@ -589,44 +529,6 @@ print.summary.scnative_c2l <- function(x, ...) {
   invisible(x)
 }
 
-#' Plot the training loss of a cell2location fit
-#'
-#' The -ELBO loss against the epoch, as upstream's `plot_history()`.
-#'
-#' @param x a `scnative_c2l` fit.
-#' @param iter_start first epoch to show (0-based, as upstream).
-#' @param iter_end last epoch to show (`-1`: the end).
-#' @param ... unused.
-#' @return A ggplot object (if ggplot2 is installed), otherwise `NULL` invisibly after drawing
-#'   with base graphics.
-#' @examples
-#' set.seed(1)
-#' sig <- matrix(rgamma(40 * 3, 1), 40, 3,
-#'               dimnames = list(paste0("g", 1:40), c("A", "B", "C")))
-#' x <- matrix(rpois(40 * 20, 2), 40, 20, dimnames = list(rownames(sig), paste0("s", 1:20)))
-#' fit <- cell2location(x, sig, max_epochs = 30, seed = 1, progress = FALSE)
-#' plot_history(fit, iter_start = 5)
-#' @export
-plot_history <- function(x, iter_start = 0, iter_end = -1, ...) {
-  if (!inherits(x, "scnative_c2l")) stopf("'x' must be a scnative_c2l fit")
-  check_number(iter_start, "iter_start", min = 0, whole = TRUE)
-  check_number(iter_end, "iter_end", min = -1, whole = TRUE)
-  h <- x$history
-  end <- if (iter_end == -1) nrow(h) else min(iter_end, nrow(h))
-  h <- h[h$epoch >= iter_start & h$epoch < end, , drop = FALSE]
-  if (requireNamespace("ggplot2", quietly = TRUE)) {
-    .data <- ggplot2::.data
-    ggplot2::ggplot(h, ggplot2::aes(x = .data$epoch, y = .data$elbo_train)) +
-      ggplot2::geom_line() +
-      ggplot2::labs(x = "Training epochs", y = "-ELBO loss", title = "elbo_train") +
-      ggplot2::theme_bw()
-  } else {
-    graphics::plot(h$epoch, h$elbo_train, type = "l", xlab = "Training epochs",
-                   ylab = "-ELBO loss", main = "elbo_train")
-    invisible(NULL)
-  }
-}
-
 #' @rdname plot_history
 #' @param y unused.
 #' @export
@@ -638,96 +540,32 @@ plot.scnative_c2l <- function(x, y, ...) {
 
 # ---- posterior -----------------------------------------------------------------------------
 
-c2l_qname <- function(q) {
-  s <- sub("^0\\.", "", format(q, scientific = FALSE, drop0trailing = TRUE))
-  if (nchar(s) == 1L) s <- paste0(s, "0")
-  paste0("q", s)
-}
-
-#' Posterior summaries of a cell2location fit
-#'
-#' As upstream's `export_posterior()`: draws `num_samples` samples from the fitted guide and
-#' summarises every site (mean, standard deviation with `ddof = 0`, quantiles with linear
-#' interpolation), including the deterministic sites `u_sf_mRNA_factors`
-#' (`w_sf * sum_g signature_gf * m_g`, from joint draws) and `detection_hyp_prior_alpha`. With
-#' `use_quantiles = TRUE` the quantiles of the 17 latent sites are computed analytically
-#' (`exp(loc + sigma * qnorm(q))`) and nothing else is returned, as upstream.
-#'
-#' @param fit a `scnative_c2l` fit.
-#' @param num_samples number of posterior draws (whole number >= 2).
-#' @param quantiles probabilities in (0, 1).
-#' @param use_quantiles `TRUE` for analytic quantiles only.
-#' @param seed `NULL` or a whole number.
-#' @param threads `NULL` or a number of threads.
-#' @param ... unused.
-#' @return A `scnative_c2l_posterior` list: `means`, `stds` (lists of matrices per site, or
-#'   `NULL` with `use_quantiles`), one list per quantile named as upstream (`q05`, `q95`), and
-#'   `cell_types`, `spots`.
-#' @examples
-#' set.seed(1)
-#' sig <- matrix(rgamma(40 * 3, 1), 40, 3,
-#'               dimnames = list(paste0("g", 1:40), c("A", "B", "C")))
-#' x <- matrix(rpois(40 * 20, 2), 40, 20, dimnames = list(rownames(sig), paste0("s", 1:20)))
-#' fit <- cell2location(x, sig, max_epochs = 30, seed = 1, progress = FALSE)
-#' post <- export_posterior(fit, num_samples = 100)
-#' dim(post$means$w_sf)
+#' @rdname export_posterior
 #' @export
-export_posterior <- function(fit, num_samples = 1000, quantiles = c(0.05, 0.95),
-                             use_quantiles = FALSE, seed = NULL, threads = NULL, ...) {
-  if (!inherits(fit, "scnative_c2l")) stopf("'fit' must be a scnative_c2l fit")
-  check_number(num_samples, "num_samples", min = 2, whole = TRUE)
-  if (!is.numeric(quantiles) || anyNA(quantiles) || any(quantiles <= 0 | quantiles >= 1)) {
-    stopf("'quantiles' must be probabilities strictly between 0 and 1")
-  }
-  check_flag(use_quantiles, "use_quantiles")
-  seed <- resolve_seed(seed)
-  threads <- resolve_threads(threads)
+export_posterior.scnative_c2l <- function(fit, num_samples = 1000, quantiles = c(0.05, 0.95),
+                                          use_quantiles = FALSE, seed = NULL, threads = NULL,
+                                          ...) {
   p <- fit$params
-  qn <- vapply(quantiles, c2l_qname, "")
-  out <- list()
+  ex <- svi_export(p, num_samples, quantiles, use_quantiles, seed, threads)
   if (use_quantiles) {
-    for (k in seq_along(quantiles)) {
-      out[[qn[k]]] <- lapply(p, function(s) {
-        sg <- ifelse(s$rho > 20, s$rho, log1p(exp(s$rho)))
-        m <- exp(s$loc + sg * stats::qnorm(quantiles[k]))
-        dimnames(m) <- dimnames(s$loc)
-        m
-      })
-    }
-    out$means <- NULL
-    out$stds <- NULL
+    out <- ex$out
   } else {
     num <- as.integer(num_samples)
-    summ <- function(j, s, mult = NULL, mcol = NULL) {
-      r <- .Call(C_scnative_c2l_summary, as.vector(s$loc), as.vector(s$rho), num, seed,
-                 as.double(100 + j), as.double(quantiles), mult,
-                 if (is.null(mcol)) NULL else as.integer(mcol), threads)
-      shape <- function(v) {
-        m <- matrix(v, nrow(s$loc), ncol(s$loc))
-        dimnames(m) <- dimnames(s$loc)
-        m
-      }
-      list(mean = shape(r[[1]]), sd = shape(r[[2]]),
-           q = lapply(seq_along(quantiles), function(k) shape(r[[3]][, k])))
-    }
-    res <- lapply(seq_along(p), function(j) summ(j, p[[j]]))
-    names(res) <- names(p)
+    res <- ex$res
     # deterministic sites
     jm <- match("m_g", names(p))
     jw <- match("w_sf", names(p))
-    mdraws <- .Call(C_scnative_c2l_draws, as.vector(p$m_g$loc), as.vector(p$m_g$rho), num, seed,
-                    as.double(100 + jm))
+    mdraws <- svi_site_draws(jm, p$m_g, num, ex$seed)
     cmult <- mdraws %*% fit$signatures # num x F
     S <- nrow(p$w_sf$loc)
-    res$u_sf_mRNA_factors <- summ(jw, p$w_sf, cmult, rep(seq_len(ncol(cmult)) - 1L, each = S))
+    res$u_sf_mRNA_factors <- svi_site_summary(jw, p$w_sf, num, ex$seed, quantiles, ex$threads,
+                                              cmult, rep(seq_len(ncol(cmult)) - 1L, each = S))
     E <- length(fit$settings$batch_levels)
     ad <- matrix(fit$settings$detection_alpha, E, 1,
                  dimnames = list(fit$settings$batch_levels, NULL))
     res$detection_hyp_prior_alpha <- list(mean = ad, sd = ad * 0,
                                           q = rep(list(ad), length(quantiles)))
-    out$means <- lapply(res, `[[`, "mean")
-    out$stds <- lapply(res, `[[`, "sd")
-    for (k in seq_along(quantiles)) out[[qn[k]]] <- lapply(res, function(r) r$q[[k]])
+    out <- svi_posterior_lists(res, quantiles)
   }
   out$cell_types <- fit$settings$cell_types
   out$spots <- fit$settings$spots
@@ -831,9 +669,4 @@ add_cell_abundance <- function(object, fit_or_posterior, which = "means",
 c2l_logjoint <- function(prep, u, threads = 1L) {
   state <- c2l_make_state(prep)
   .Call(C_scnative_c2l_logjoint, state, as.double(u), as.integer(threads))
-}
-
-c2l_adam_steps <- function(theta0, grads, lr, clipped = FALSE, clip = 10, lrd = 1) {
-  .Call(C_scnative_c2l_adam, as.double(theta0), grads + 0, as.double(lr), as.integer(clipped),
-        as.double(clip), as.double(lrd))
 }

@@ -48,7 +48,7 @@ enum {
 #endif
 
 typedef struct {
-  int S, G, F, R, E, P;
+  int S, G, F, R, E;
   int *bstart;            /* E + 1 */
   int *spot_batch;        /* S */
   double *sigT;           /* F x G */
@@ -59,11 +59,8 @@ typedef struct {
   double lgx1;            /* sum lgamma(x + 1) */
   double hyp[C2L_NHYP];
   double *de, *alphad;    /* E */
-  int off[C2L_NSITE + 1];
-  double *loc, *rho, *am, *av;
-  long adam_t;
+  scn_guide gd;           /* the AutoNormal guide (svi.c) */
   /* scratch, allocated once */
-  double *eps, *u, *z, *gz;
   double *mw, *D, *dW, *ysacc, *lpspot;
   double *acc, *chunk_loss;
   double *a_eg, *hd, *hl;
@@ -74,77 +71,16 @@ typedef struct {
   int tcap;
 } c2l_state;
 
-/* ---- thread-safe special functions ---------------------------------------------------- */
-
-static double c2l_digamma(double x) {
-  double r = 0.0;
-  while (x < 6.0) {
-    r -= 1.0 / x;
-    x += 1.0;
-  }
-  double f = 1.0 / (x * x);
-  return r + log(x) - 0.5 / x -
-         f * (1.0 / 12 - f * (1.0 / 120 - f * (1.0 / 252 - f * (1.0 / 240 - f / 132))));
-}
-
-static double c2l_lgamma(double x) {
-  double p = 1.0;
-  while (x < 10.0) {
-    p *= x;
-    x += 1.0;
-  }
-  double x2 = 1.0 / (x * x);
-  double s = (1.0 / 12 - x2 * (1.0 / 360 - x2 * (1.0 / 1260 - x2 / 1680))) / x;
-  return (x - 0.5) * log(x) - x + 0.91893853320467274178 + s - log(p);
-}
-
-/* log for positive normal doubles, branch-free so that loops vectorise:
- * x = 2^e m, m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(t), t = (m - 1)/(m + 1). */
-static inline double c2l_log(double x) {
-  uint64_t b;
-  memcpy(&b, &x, sizeof b);
-  uint64_t eb = (b >> 52) | 0x4330000000000000ULL; /* 2^52 + biased exponent */
-  double ed;
-  memcpy(&ed, &eb, sizeof ed);
-  ed -= 4503599627370496.0 + 1023.0;
-  uint64_t mb = (b & 0x000fffffffffffffULL) | 0x3ff0000000000000ULL;
-  double m;
-  memcpy(&m, &mb, sizeof m);
-  double big = m > 1.4142135623730951 ? 1.0 : 0.0;
-  m *= 1.0 - 0.5 * big;
-  ed += big;
-  double t = (m - 1.0) / (m + 1.0), t2 = t * t;
-  double p = 1.0 / 19;
-  p = p * t2 + 1.0 / 17;
-  p = p * t2 + 1.0 / 15;
-  p = p * t2 + 1.0 / 13;
-  p = p * t2 + 1.0 / 11;
-  p = p * t2 + 1.0 / 9;
-  p = p * t2 + 1.0 / 7;
-  p = p * t2 + 1.0 / 5;
-  p = p * t2 + 1.0 / 3;
-  p = p * t2 + 1.0;
-  return ed * 0.69314718055994530942 + 2.0 * t * p;
-}
-
-static inline double c2l_softplus(double r) { return r > 20.0 ? r : log1p(exp(r)); }
-static inline double c2l_dsoftplus(double r) { return r > 20.0 ? 1.0 : 1.0 / (1.0 + exp(-r)); }
-
-/* log Gamma(z; a, b) with log z = lz */
-static inline double c2l_lgam(double z, double lz, double a, double b) {
-  return a * log(b) + (a - 1.0) * lz - b * z - c2l_lgamma(a);
-}
-
 /* ---- state ---------------------------------------------------------------------------- */
 
 static void c2l_free(c2l_state *st) {
   if (!st) return;
   void *ptrs[] = {st->bstart, st->spot_batch, st->sigT, st->xp, st->xi, st->xv, st->hp, st->hv,
-                  st->hc, st->de, st->alphad, st->loc, st->rho, st->am, st->av, st->eps, st->u,
-                  st->z, st->gz, st->mw, st->D, st->dW, st->ysacc, st->lpspot, st->acc,
+                  st->hc, st->de, st->alphad, st->mw, st->D, st->dW, st->ysacc, st->lpspot, st->acc,
                   st->chunk_loss, st->a_eg, st->hd, st->hl, st->blk_s0, st->blk_n, st->blk_e,
                   st->chunk_b0, st->tbuf, st->tint};
   for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
+  scn_guide_free(&st->gd);
   free(st);
 }
 
@@ -183,10 +119,8 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   if (!st) error(_("out of memory"));
   st->S = S, st->G = G, st->F = F, st->R = R, st->E = E;
   R_xlen_t nnz = XLENGTH(xi), EG = (R_xlen_t)E * G;
-  int sizes[C2L_NSITE] = {1, 1, G, S, S, S * R, R, R * F, S * F, E, S, 1, E, E, E * G, 1, E * G};
-  st->off[0] = 0;
-  for (int j = 0; j < C2L_NSITE; j++) st->off[j + 1] = st->off[j] + sizes[j];
-  int P = st->P = st->off[C2L_NSITE];
+  R_xlen_t sizes[C2L_NSITE] = {1, 1, G, S, S, (R_xlen_t)S * R, R, (R_xlen_t)R * F,
+                               (R_xlen_t)S * F, E, S, 1, E, E, EG, 1, EG};
   /* tiles */
   int nb = INTEGER(tiles)[0], gb = INTEGER(tiles)[1];
   if (nb < 1) nb = 128;
@@ -217,14 +151,7 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   C2L_ALLOC(st->hp, EG + 1, int);
   C2L_ALLOC(st->de, E, double);
   C2L_ALLOC(st->alphad, E, double);
-  C2L_ALLOC(st->loc, P, double);
-  C2L_ALLOC(st->rho, P, double);
-  C2L_ALLOC(st->am, 2 * (R_xlen_t)P, double);
-  C2L_ALLOC(st->av, 2 * (R_xlen_t)P, double);
-  C2L_ALLOC(st->eps, P, double);
-  C2L_ALLOC(st->u, P, double);
-  C2L_ALLOC(st->z, P, double);
-  C2L_ALLOC(st->gz, P, double);
+  if (!scn_guide_alloc(&st->gd, C2L_NSITE, sizes)) ok = 0;
   C2L_ALLOC(st->mw, (R_xlen_t)S * F, double);
   C2L_ALLOC(st->D, (R_xlen_t)S * F, double);
   C2L_ALLOC(st->dW, (R_xlen_t)S * F, double);
@@ -269,7 +196,7 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   for (int v = 1; v < 256; v++) lgt[v] = lgt[v - 1] + log((double)v);
   for (R_xlen_t p = 0; p < nnz; p++) {
     double v = st->xv[p];
-    lgx1 += v < 256.0 ? lgt[(int)v] : c2l_lgamma(v + 1.0);
+    lgx1 += v < 256.0 ? lgt[(int)v] : scn_lgamma(v + 1.0);
   }
   st->lgx1 = lgx1;
   double *tmp = malloc(((size_t)S + 1) * sizeof(double));
@@ -318,10 +245,6 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   st->hv = hv2 ? hv2 : hv;
   double *hc2 = realloc(hc, ((size_t)nh + 1) * sizeof(double));
   st->hc = hc2 ? hc2 : hc;
-  for (int j = 0; j < P; j++) st->loc[j] = 0.0, st->rho[j] = -2.2521684610440906;
-  memset(st->am, 0, 2 * (size_t)P * sizeof(double));
-  memset(st->av, 0, 2 * (size_t)P * sizeof(double));
-  st->adam_t = 0;
   SEXP ans = PROTECT(R_MakeExternalPtr(st, R_NilValue, R_NilValue));
   R_RegisterCFinalizerEx(ans, c2l_finalizer, TRUE);
   UNPROTECT(1);
@@ -367,7 +290,7 @@ static void c2l_tile_pass(const c2l_state *st, int s0, int nb, int e, int g0, in
       cT += Tc;
       cTA += Tc * A;
       cQ -= x * inv;
-      cl += x * c2l_log(mu * inv);
+      cl += x * scn_log_fast(mu * inv);
       scr[j] = dR * base;
       scA[j] = Tc * mg;
     }
@@ -378,7 +301,7 @@ static void c2l_tile_pass(const c2l_state *st, int s0, int nb, int e, int g0, in
     for (int i = 0; i < nb; i++) {
       double A = col[i], base = A * mg + sg, y = ys[i];
       double apa = ag + base * y;
-      double L = c2l_log(apa), inv = 1.0 / apa;
+      double L = scn_log_fast(apa), inv = 1.0 / apa;
       double Rr = -ag * inv, T = Rr * y;
       sL += L;
       sI += inv;
@@ -400,9 +323,9 @@ static void c2l_tile_pass(const c2l_state *st, int s0, int nb, int e, int g0, in
 static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_out) {
   const int S = st->S, G = st->G, F = st->F, E = st->E;
   const R_xlen_t EG = (R_xlen_t)E * G, accsz = (R_xlen_t)C2L_NACC * EG;
-  const double *zW = z + st->off[S_W], *zm = z + st->off[S_MG], *zs = z + st->off[S_SEG],
-               *zo = z + st->off[S_O], *zys = z + st->off[S_YS];
-  double *gz = st->gz;
+  const double *zW = z + st->gd.off[S_W], *zm = z + st->gd.off[S_MG], *zs = z + st->gd.off[S_SEG],
+               *zo = z + st->gd.off[S_O], *zys = z + st->gd.off[S_YS];
+  double *gz = st->gd.gz;
   /* per (e, g): concentration and histogram terms */
   int nth_g = scn_threads_for(EG / 256 + 1, nth);
 #pragma omp parallel for num_threads(nth_g) schedule(static)
@@ -425,12 +348,12 @@ static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_o
         sl += c * run_l;
       } else {
         if (!have) {
-          dga = c2l_digamma(a);
-          lga = c2l_lgamma(a);
+          dga = scn_digamma(a);
+          lga = scn_lgamma(a);
           have = 1;
         }
-        sd += c * (c2l_digamma(a + v) - dga);
-        sl += c * (c2l_lgamma(a + v) - lga);
+        sd += c * (scn_digamma(a + v) - dga);
+        sl += c * (scn_lgamma(a + v) - lga);
       }
     }
     st->hd[ie] = sd;
@@ -494,7 +417,7 @@ static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_o
     }
   }
   /* reduce chunks in a fixed order; gradient contributions per (e, g) */
-  double *gm = gz + st->off[S_MG], *gs = gz + st->off[S_SEG], *go = gz + st->off[S_O];
+  double *gm = gz + st->gd.off[S_MG], *gs = gz + st->gd.off[S_SEG], *go = gz + st->gd.off[S_O];
   double lp = -st->lgx1;
   for (int c = 0; c < nchunk; c++) lp += st->chunk_loss[c];
   double lp_eg = 0.0;
@@ -522,7 +445,7 @@ static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_o
     gm[g] += gTA;
   }
   lp += lp_eg;
-  double *gw = gz + st->off[S_W], *gys = gz + st->off[S_YS];
+  double *gw = gz + st->gd.off[S_W], *gys = gz + st->gd.off[S_YS];
   for (R_xlen_t i = 0; i < (R_xlen_t)S * F; i++) gw[i] += st->dW[i];
   for (int s = 0; s < S; s++) gys[s] += st->ysacc[s];
   *lp_out = lp;
@@ -535,18 +458,18 @@ static double c2l_eval(c2l_state *st, const double *u, const double *z, int nth)
   const double shM = h[0], rtM = h[1], lamM = h[2], Nc = h[3], vN = h[4], Bg = h[5], kap = h[6],
                cw = h[7], ay = h[8], ah = h[9], bh = h[10], aS = h[11], bS = h[12], aphi = h[13],
                bphi = h[14];
-  double *gz = st->gz;
-  memset(gz, 0, (size_t)st->P * sizeof(double));
-#define U(j) (u + st->off[j])
-#define Z(j) (z + st->off[j])
-#define GZ(j) (gz + st->off[j])
+  double *gz = st->gd.gz;
+  memset(gz, 0, (size_t)st->gd.P * sizeof(double));
+#define U(j) (u + st->gd.off[j])
+#define Z(j) (z + st->gd.off[j])
+#define GZ(j) (gz + st->gd.off[j])
   double lp = 0.0;
   /* m_g hierarchy */
   {
     double M = Z(S_MMEAN)[0], uM = U(S_MMEAN)[0], tau = Z(S_MTAU)[0];
-    double am = 1.0 / (tau * tau), rate = am / M, lrate = log(rate), lga = c2l_lgamma(am),
-           dga = c2l_digamma(am);
-    lp += c2l_lgam(M, uM, shM, rtM) + log(lamM) - lamM * tau;
+    double am = 1.0 / (tau * tau), rate = am / M, lrate = log(rate), lga = scn_lgamma(am),
+           dga = scn_digamma(am);
+    lp += scn_lgamma_pdf(M, uM, shM, rtM) + log(lamM) - lamM * tau;
     const double *zm = Z(S_MG), *um = U(S_MG);
     double *gm = GZ(S_MG), s1 = 0.0, s2 = 0.0, lpm = 0.0;
     for (int g = 0; g < G; g++) {
@@ -564,8 +487,8 @@ static double c2l_eval(c2l_state *st, const double *u, const double *z, int nth)
     const double *zk = Z(S_K), *uk = U(S_K), *zx = Z(S_X), *ux = U(S_X);
     double *gk = GZ(S_K), *gx = GZ(S_X);
     for (int r = 0; r < R; r++) {
-      double k = zk[r], al = k / F, lga = c2l_lgamma(al), dga = c2l_digamma(al);
-      lp += c2l_lgam(k, uk[r], kap, 1.0);
+      double k = zk[r], al = k / F, lga = scn_lgamma(al), dga = scn_digamma(al);
+      lp += scn_lgamma_pdf(k, uk[r], kap, 1.0);
       double s = 0.0;
       for (int f = 0; f < F; f++) {
         double x = zx[r + f * R], lx = ux[r + f * R];
@@ -583,12 +506,12 @@ static double c2l_eval(c2l_state *st, const double *u, const double *z, int nth)
                  *uz = U(S_Z), *zw = Z(S_W), *uw = U(S_W), *zys = Z(S_YS), *uys = U(S_YS),
                  *zye = Z(S_YE), *uye = U(S_YE);
     double *gn = GZ(S_NS), *gb = GZ(S_BS), *gzz = GZ(S_Z), *gw = GZ(S_W), *gys = GZ(S_YS);
-    const double lcw = log(cw), lgBN = c2l_lgamma(Nc * vN), lgB = c2l_lgamma(Bg);
+    const double lcw = log(cw), lgBN = scn_lgamma(Nc * vN), lgB = scn_lgamma(Bg);
     int nths = scn_threads_for(S / 64 + 1, nth);
 #pragma omp parallel for num_threads(nths) schedule(static)
     for (int s = 0; s < S; s++) {
       double n = zn[s], b = zb[s], al = b / R, be = b / n, lbe = ub[s] - un[s];
-      double lga = c2l_lgamma(al), dga = c2l_digamma(al);
+      double lga = scn_lgamma(al), dga = scn_digamma(al);
       double l = Nc * vN * log(vN) + (Nc * vN - 1.0) * un[s] - vN * n - lgBN;
       l += (Bg - 1.0) * ub[s] - b - lgB;
       double s1 = 0.0, s2 = 0.0;
@@ -605,13 +528,13 @@ static double c2l_eval(c2l_state *st, const double *u, const double *z, int nth)
       for (int f = 0; f < F; f++) {
         R_xlen_t i = s + (R_xlen_t)f * S;
         double cm = cw * st->mw[i], w = zw[i];
-        l += cm * lcw + (cm - 1.0) * uw[i] - cw * w - c2l_lgamma(cm);
+        l += cm * lcw + (cm - 1.0) * uw[i] - cw * w - scn_lgamma(cm);
         gw[i] = (cm - 1.0) / w - cw;
-        st->D[i] = cw * (lcw + uw[i] - c2l_digamma(cm));
+        st->D[i] = cw * (lcw + uw[i] - scn_digamma(cm));
       }
       int e = st->spot_batch[s];
       double ad = st->alphad[e], ye = zye[e];
-      l += ad * log(ad) - ad * uye[e] + (ad - 1.0) * uys[s] - ad * zys[s] / ye - c2l_lgamma(ad);
+      l += ad * log(ad) - ad * uye[e] + (ad - 1.0) * uys[s] - ad * zys[s] / ye - scn_lgamma(ad);
       gys[s] = (ad - 1.0) / zys[s] - ad / ye;
       st->lpspot[s] = l;
     }
@@ -623,7 +546,7 @@ static double c2l_eval(c2l_state *st, const double *u, const double *z, int nth)
     double *gye = GZ(S_YE);
     for (int e = 0; e < E; e++) {
       double ye = zye[e], ad = st->alphad[e], s1 = 0.0;
-      lp += c2l_lgam(ye, uye[e], ay, ay / st->de[e]);
+      lp += scn_lgamma_pdf(ye, uye[e], ay, ay / st->de[e]);
       for (int s = st->bstart[e]; s < st->bstart[e + 1]; s++) s1 += zys[s] - ye;
       gye[e] = (ay - 1.0) / ye - ay / st->de[e] + ad * s1 / (ye * ye);
     }
@@ -634,12 +557,12 @@ static double c2l_eval(c2l_state *st, const double *u, const double *z, int nth)
     const double *zSe = Z(S_SMEAN), *uSe = U(S_SMEAN), *zi = Z(S_SINV), *zs = Z(S_SEG),
                  *us = U(S_SEG), *zo = Z(S_O);
     double *gs = GZ(S_SEG), *gSe = GZ(S_SMEAN), *gi = GZ(S_SINV), *go = GZ(S_O);
-    lp += c2l_lgam(hh, U(S_H)[0], ah, bh) + c2l_lgam(phi, U(S_PHI)[0], aphi, bphi);
+    lp += scn_lgamma_pdf(hh, U(S_H)[0], ah, bh) + scn_lgamma_pdf(phi, U(S_PHI)[0], aphi, bphi);
     double sh = 0.0;
     for (int e = 0; e < E; e++) {
       double Se = zSe[e], io = zi[e], ae = 1.0 / (io * io), rate = ae / Se, lrate = log(rate);
-      double lga = c2l_lgamma(ae), dga = c2l_digamma(ae);
-      lp += c2l_lgam(Se, uSe[e], aS, bS) + log(hh) - hh * io;
+      double lga = scn_lgamma(ae), dga = scn_digamma(ae);
+      lp += scn_lgamma_pdf(Se, uSe[e], aS, bS) + log(hh) - hh * io;
       sh += 1.0 / hh - io;
       double s1 = 0.0, s2 = 0.0, l = 0.0;
       for (int g = 0; g < G; g++) {
@@ -671,89 +594,27 @@ static double c2l_eval(c2l_state *st, const double *u, const double *z, int nth)
   return lp + lplik;
 }
 
-/* ---- optimiser ------------------------------------------------------------------------ */
-
-/* One step of torch Adam (clipped = 0) or pyro ClippedAdam (clipped = 1) on n elements. */
-static void c2l_adam(R_xlen_t n, double *theta, const double *grad, double *m, double *v, long t,
-                     double lr, int clipped, double clip) {
-  const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
-  double bc1 = 1.0 - pow(b1, (double)t), bc2 = 1.0 - pow(b2, (double)t);
-  if (!clipped) {
-    double step = lr / bc1, sbc2 = sqrt(bc2);
-    for (R_xlen_t i = 0; i < n; i++) {
-      double g = grad[i];
-      m[i] = b1 * m[i] + (1.0 - b1) * g;
-      v[i] = b2 * v[i] + (1.0 - b2) * g * g;
-      theta[i] -= step * m[i] / (sqrt(v[i]) / sbc2 + eps);
-    }
-  } else {
-    double step = lr * sqrt(bc2) / bc1;
-    for (R_xlen_t i = 0; i < n; i++) {
-      double g = grad[i];
-      if (g > clip) g = clip;
-      if (g < -clip) g = -clip;
-      m[i] = b1 * m[i] + (1.0 - b1) * g;
-      v[i] = b2 * v[i] + (1.0 - b2) * g * g;
-      theta[i] -= step * m[i] / (sqrt(v[i]) + eps);
-    }
-  }
-}
-
 /* ---- shims ---------------------------------------------------------------------------- */
-
-static const int c2l_site_stream = 1;
-
-/* Draws eps for every site at epoch `epoch` (stream per site, offset epoch * size). */
-static void c2l_draw_eps(c2l_state *st, uint64_t seed, double epoch, int nth) {
-  const R_xlen_t piece = 4096;
-  R_xlen_t npieces[C2L_NSITE], tot = 0;
-  for (int j = 0; j < C2L_NSITE; j++) {
-    R_xlen_t n = st->off[j + 1] - st->off[j];
-    npieces[j] = (n + piece - 1) / piece;
-    tot += npieces[j];
-  }
-  int nt = scn_threads_for(tot, nth);
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (R_xlen_t q = 0; q < tot; q++) {
-    int j = 0;
-    R_xlen_t k = q;
-    while (k >= npieces[j]) k -= npieces[j++];
-    R_xlen_t n = st->off[j + 1] - st->off[j], a = k * piece, b = a + piece < n ? a + piece : n;
-    uint64_t off0 = (uint64_t)epoch * (uint64_t)n + (uint64_t)a;
-    scn_rng_normals(seed, (uint64_t)(c2l_site_stream + j), off0, b - a, st->eps + st->off[j] + a);
-  }
-}
 
 /* .Call(C_scnative_c2l_set_params, ptr, loc, rho): also resets the Adam state. */
 SEXP scnative_c2l_set_params(SEXP ptr, SEXP loc, SEXP rho) {
   c2l_state *st = c2l_get(ptr);
-  if (!isReal(loc) || !isReal(rho) || XLENGTH(loc) != st->P || XLENGTH(rho) != st->P)
+  if (!isReal(loc) || !isReal(rho) || XLENGTH(loc) != st->gd.P || XLENGTH(rho) != st->gd.P)
     SCN_INTERNAL_ERROR("parameter length");
-  memcpy(st->loc, REAL(loc), st->P * sizeof(double));
-  memcpy(st->rho, REAL(rho), st->P * sizeof(double));
-  memset(st->am, 0, 2 * (size_t)st->P * sizeof(double));
-  memset(st->av, 0, 2 * (size_t)st->P * sizeof(double));
-  st->adam_t = 0;
+  memcpy(st->gd.loc, REAL(loc), st->gd.P * sizeof(double));
+  memcpy(st->gd.rho, REAL(rho), st->gd.P * sizeof(double));
+  scn_guide_reset_optim(&st->gd);
   return R_NilValue;
 }
 
 SEXP scnative_c2l_get_params(SEXP ptr) {
   c2l_state *st = c2l_get(ptr);
-  SEXP ans = PROTECT(allocVector(VECSXP, 3));
-  SET_VECTOR_ELT(ans, 2, ScalarReal((double)st->adam_t));
-  SEXP l = allocVector(REALSXP, st->P);
-  SET_VECTOR_ELT(ans, 0, l);
-  memcpy(REAL(l), st->loc, st->P * sizeof(double));
-  SEXP r = allocVector(REALSXP, st->P);
-  SET_VECTOR_ELT(ans, 1, r);
-  memcpy(REAL(r), st->rho, st->P * sizeof(double));
-  SEXP nms = PROTECT(allocVector(STRSXP, 3));
-  SET_STRING_ELT(nms, 0, mkChar("loc"));
-  SET_STRING_ELT(nms, 1, mkChar("rho"));
-  SET_STRING_ELT(nms, 2, mkChar("steps"));
-  setAttrib(ans, R_NamesSymbol, nms);
-  UNPROTECT(2);
-  return ans;
+  return scn_guide_params_sexp(&st->gd);
+}
+
+static double c2l_logp(void *ctx, int nth) {
+  c2l_state *st = (c2l_state *)ctx;
+  return c2l_eval(st, st->gd.u, st->gd.z, nth);
 }
 
 /* .Call(C_scnative_c2l_train, ptr, n_epochs, epoch0, lr, optimizer, clip, lrd, seed, threads)
@@ -762,36 +623,13 @@ SEXP scnative_c2l_get_params(SEXP ptr) {
 SEXP scnative_c2l_train(SEXP ptr, SEXP n_epochs, SEXP epoch0, SEXP lr_, SEXP optimizer,
                         SEXP clip_, SEXP lrd_, SEXP seed_, SEXP threads) {
   c2l_state *st = c2l_get(ptr);
-  int ne = asInteger(n_epochs), nth = asInteger(threads), clipped = asInteger(optimizer);
-  double ep0 = asReal(epoch0), lr = asReal(lr_), clip = asReal(clip_), lrd = asReal(lrd_);
+  int ne = asInteger(n_epochs), nth = asInteger(threads);
+  scn_optim opt = {asReal(lr_), asReal(clip_), asReal(lrd_), asInteger(optimizer)};
+  double ep0 = asReal(epoch0);
   uint64_t seed = scn_seed_from_sexp(seed_);
   SEXP ans = PROTECT(allocVector(REALSXP, ne));
-  const R_xlen_t P = st->P;
-  double *grad_loc = (double *)R_alloc(2 * (size_t)P, sizeof(double)); /* freed by R */
-  double *grad_rho = grad_loc + P;
-  static const double half_log_2pi = 0.91893853320467274178;
-  for (int it = 0; it < ne; it++) {
-    c2l_draw_eps(st, seed, ep0 + it, nth);
-    double lq = 0.0;
-    for (R_xlen_t i = 0; i < P; i++) {
-      double sg = c2l_softplus(st->rho[i]);
-      double uu = st->loc[i] + sg * st->eps[i];
-      st->u[i] = uu;
-      st->z[i] = exp(uu);
-      lq += -0.5 * st->eps[i] * st->eps[i] - log(sg) - half_log_2pi - uu;
-    }
-    double lp = c2l_eval(st, st->u, st->z, nth);
-    REAL(ans)[it] = -lp + lq;
-    for (R_xlen_t i = 0; i < P; i++) {
-      double gu = st->z[i] * st->gz[i] + 1.0, sg = c2l_softplus(st->rho[i]);
-      grad_loc[i] = -gu;
-      grad_rho[i] = -(gu * st->eps[i] + 1.0 / sg) * c2l_dsoftplus(st->rho[i]);
-    }
-    st->adam_t++;
-    double lr_t = clipped ? lr * pow(lrd, (double)st->adam_t) : lr;
-    c2l_adam(P, st->loc, grad_loc, st->am, st->av, st->adam_t, lr_t, clipped, clip);
-    c2l_adam(P, st->rho, grad_rho, st->am + P, st->av + P, st->adam_t, lr_t, clipped, clip);
-  }
+  for (int it = 0; it < ne; it++)
+    REAL(ans)[it] = scn_svi_step(&st->gd, c2l_logp, st, seed, ep0 + it, &opt, nth);
   UNPROTECT(1);
   return ans;
 }
@@ -800,117 +638,8 @@ SEXP scnative_c2l_train(SEXP ptr, SEXP n_epochs, SEXP epoch0, SEXP lr_, SEXP opt
  * (test helper: no guide terms, no +1 Jacobian). */
 SEXP scnative_c2l_logjoint(SEXP ptr, SEXP u, SEXP threads) {
   c2l_state *st = c2l_get(ptr);
-  if (!isReal(u) || XLENGTH(u) != st->P) SCN_INTERNAL_ERROR("u length");
-  const R_xlen_t P = st->P;
-  for (R_xlen_t i = 0; i < P; i++) {
-    st->u[i] = REAL(u)[i];
-    st->z[i] = exp(st->u[i]);
-  }
-  double lp = c2l_eval(st, st->u, st->z, asInteger(threads));
-  SEXP ans = PROTECT(allocVector(VECSXP, 2));
-  SET_VECTOR_ELT(ans, 0, ScalarReal(lp));
-  SEXP g = allocVector(REALSXP, P);
-  SET_VECTOR_ELT(ans, 1, g);
-  for (R_xlen_t i = 0; i < P; i++) REAL(g)[i] = st->z[i] * st->gz[i];
-  SEXP nms = PROTECT(allocVector(STRSXP, 2));
-  SET_STRING_ELT(nms, 0, mkChar("logp"));
-  SET_STRING_ELT(nms, 1, mkChar("grad"));
-  setAttrib(ans, R_NamesSymbol, nms);
-  UNPROTECT(2);
-  return ans;
-}
-
-/* .Call(C_scnative_c2l_adam, theta0, grads (n x T), lr, clipped, clip, lrd) -> n x T matrix of
- * the parameters after each step (test helper for the optimiser). */
-SEXP scnative_c2l_adam(SEXP theta0, SEXP grads, SEXP lr_, SEXP clipped_, SEXP clip_, SEXP lrd_) {
-  R_xlen_t n = XLENGTH(theta0);
-  if (!isReal(theta0) || !isReal(grads) || !isMatrix(grads) || nrows(grads) != n)
-    SCN_INTERNAL_ERROR("adam arguments");
-  int T = ncols(grads), clipped = asInteger(clipped_);
-  double lr = asReal(lr_), clip = asReal(clip_), lrd = asReal(lrd_);
-  SEXP ans = PROTECT(allocMatrix(REALSXP, n, T));
-  double *th = (double *)R_alloc(n, sizeof(double)), *m = (double *)R_alloc(n, sizeof(double)),
-         *v = (double *)R_alloc(n, sizeof(double));
-  memcpy(th, REAL(theta0), n * sizeof(double));
-  memset(m, 0, n * sizeof(double));
-  memset(v, 0, n * sizeof(double));
-  for (int t = 0; t < T; t++) {
-    double lr_t = clipped ? lr * pow(lrd, (double)(t + 1)) : lr;
-    c2l_adam(n, th, REAL(grads) + (R_xlen_t)t * n, m, v, t + 1, lr_t, clipped, clip);
-    memcpy(REAL(ans) + (R_xlen_t)t * n, th, n * sizeof(double));
-  }
-  UNPROTECT(1);
-  return ans;
-}
-
-/* ---- posterior sampling from the guide ------------------------------------------------- */
-
-/* .Call(C_scnative_c2l_summary, loc, rho, num, seed, stream, probs, mult, mcol, threads)
- * Per element i: draws d = 0..num-1 of exp(loc + softplus(rho) * eps) * mult[d, mcol[i]]
- * (eps = normal number i * num + d of `stream`); returns list(mean, sd (ddof 0),
- * q = n x length(probs) with numpy's linear interpolation). mult may be NULL. */
-SEXP scnative_c2l_summary(SEXP loc, SEXP rho, SEXP num_, SEXP seed_, SEXP stream_, SEXP probs,
-                          SEXP mult, SEXP mcol, SEXP threads) {
-  R_xlen_t n = XLENGTH(loc);
-  int num = asInteger(num_), nq = LENGTH(probs), nth = asInteger(threads);
-  uint64_t seed = scn_seed_from_sexp(seed_), stream = (uint64_t)asReal(stream_);
-  int has_mult = !isNull(mult);
-  if (has_mult && (!isReal(mult) || nrows(mult) != num || XLENGTH(mcol) != n))
-    SCN_INTERNAL_ERROR("mult");
-  SEXP ans = PROTECT(allocVector(VECSXP, 3));
-  SEXP mean = allocVector(REALSXP, n);
-  SET_VECTOR_ELT(ans, 0, mean);
-  SEXP sd = allocVector(REALSXP, n);
-  SET_VECTOR_ELT(ans, 1, sd);
-  SEXP q = allocMatrix(REALSXP, n, nq);
-  SET_VECTOR_ELT(ans, 2, q);
-  const double *pl = REAL(loc), *pr = REAL(rho), *pp = REAL(probs);
-  const double *pm = has_mult ? REAL(mult) : NULL;
-  const int *mc = has_mult ? INTEGER(mcol) : NULL;
-  double *pmean = REAL(mean), *psd = REAL(sd), *pq = REAL(q);
-  int nt = scn_threads_for(n, nth);
-  double *work = malloc((size_t)nt * 2 * num * sizeof(double));
-  if (!work) error(_("out of memory"));
-#pragma omp parallel num_threads(nt)
-  {
-    double *a = work + (size_t)omp_get_thread_num() * 2 * num, *b = a + num;
-#pragma omp for schedule(static)
-    for (R_xlen_t i = 0; i < n; i++) {
-      double sg = c2l_softplus(pr[i]);
-      scn_rng_normals(seed, stream, (uint64_t)i * num, num, a);
-      double s1 = 0.0;
-      for (int d = 0; d < num; d++) {
-        a[d] = exp(pl[i] + sg * a[d]);
-        if (pm) a[d] *= pm[d + (R_xlen_t)mc[i] * num];
-        s1 += a[d];
-      }
-      double mu = s1 / num, s2 = 0.0;
-      for (int d = 0; d < num; d++) s2 += (a[d] - mu) * (a[d] - mu);
-      pmean[i] = mu;
-      psd[i] = sqrt(s2 / num);
-      for (int k = 0; k < nq; k++) {
-        memcpy(b, a, num * sizeof(double));
-        pq[i + (R_xlen_t)k * n] = scn_quantile_linear(b, num, pp[k]);
-      }
-    }
-  }
-  free(work);
-  UNPROTECT(1);
-  return ans;
-}
-
-/* .Call(C_scnative_c2l_draws, loc, rho, num, seed, stream) -> num x n draws (same numbers as
- * scnative_c2l_summary for the same seed and stream). */
-SEXP scnative_c2l_draws(SEXP loc, SEXP rho, SEXP num_, SEXP seed_, SEXP stream_) {
-  R_xlen_t n = XLENGTH(loc);
-  int num = asInteger(num_);
-  uint64_t seed = scn_seed_from_sexp(seed_), stream = (uint64_t)asReal(stream_);
-  SEXP ans = PROTECT(allocMatrix(REALSXP, num, n));
-  for (R_xlen_t i = 0; i < n; i++) {
-    double *a = REAL(ans) + i * num, sg = c2l_softplus(REAL(rho)[i]);
-    scn_rng_normals(seed, stream, (uint64_t)i * num, num, a);
-    for (int d = 0; d < num; d++) a[d] = exp(REAL(loc)[i] + sg * a[d]);
-  }
-  UNPROTECT(1);
-  return ans;
+  if (!isReal(u) || XLENGTH(u) != st->gd.P) SCN_INTERNAL_ERROR("u length");
+  scn_guide_set_u(&st->gd, REAL(u));
+  double lp = c2l_logp(st, asInteger(threads));
+  return scn_logjoint_sexp(&st->gd, lp);
 }

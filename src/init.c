@@ -26,10 +26,23 @@ SEXP scnative_c2l_set_params(SEXP, SEXP, SEXP);
 SEXP scnative_c2l_get_params(SEXP);
 SEXP scnative_c2l_train(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 SEXP scnative_c2l_logjoint(SEXP, SEXP, SEXP);
-SEXP scnative_c2l_adam(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
-SEXP scnative_c2l_summary(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
-SEXP scnative_c2l_draws(SEXP, SEXP, SEXP, SEXP, SEXP);
 /* end cell2location declarations */
+
+
+/* SVI shared by the cell2location models: declarations */
+SEXP scnative_svi_adam(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_svi_summary(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_svi_draws(SEXP, SEXP, SEXP, SEXP, SEXP);
+/* end SVI declarations */
+
+
+/* reference regression model: declarations */
+SEXP scnative_reg_setup(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_reg_set_params(SEXP, SEXP, SEXP);
+SEXP scnative_reg_get_params(SEXP);
+SEXP scnative_reg_train(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_reg_logjoint(SEXP, SEXP, SEXP, SEXP);
+/* end reference regression declarations */
 
 
 /* velocity (moments, velocity, simulation): declarations */
@@ -66,10 +79,23 @@ static const R_CallMethodDef callMethods[] = {
     CALLDEF(scnative_c2l_get_params, 1),
     CALLDEF(scnative_c2l_train, 9),
     CALLDEF(scnative_c2l_logjoint, 3),
-    CALLDEF(scnative_c2l_adam, 6),
-    CALLDEF(scnative_c2l_summary, 9),
-    CALLDEF(scnative_c2l_draws, 5),
     /* end cell2location table */
+
+
+    /* SVI table */
+    CALLDEF(scnative_svi_adam, 6),
+    CALLDEF(scnative_svi_summary, 9),
+    CALLDEF(scnative_svi_draws, 5),
+    /* end SVI table */
+
+
+    /* reference regression table */
+    CALLDEF(scnative_reg_setup, 7),
+    CALLDEF(scnative_reg_set_params, 3),
+    CALLDEF(scnative_reg_get_params, 1),
+    CALLDEF(scnative_reg_train, 8),
+    CALLDEF(scnative_reg_logjoint, 4),
+    /* end reference regression table */
 
 
     /* velocity table */

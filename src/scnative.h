@@ -74,6 +74,72 @@ double scn_select_kth(double *a, ptrdiff_t n, ptrdiff_t k);
 /* numpy's quantile with the default "linear" method, q in [0, 1]; permutes a; NaN if any NaN. */
 double scn_quantile_linear(double *a, ptrdiff_t n, double q);
 
+/* ---- SVI shared by the cell2location models (svi.c) ---- */
+double scn_digamma(double x);
+double scn_lgamma(double x);
+static inline double scn_softplus(double r) { return r > 20.0 ? r : log1p(exp(r)); }
+static inline double scn_dsoftplus(double r) { return r > 20.0 ? 1.0 : 1.0 / (1.0 + exp(-r)); }
+/* log Gamma(z; a, b) density with log z = lz */
+static inline double scn_lgamma_pdf(double z, double lz, double a, double b) {
+  return a * log(b) + (a - 1.0) * lz - b * z - scn_lgamma(a);
+}
+/* log for positive normal doubles, branch-free so that loops vectorise:
+ * x = 2^e m, m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(t), t = (m - 1)/(m + 1). */
+static inline double scn_log_fast(double x) {
+  uint64_t b;
+  memcpy(&b, &x, sizeof b);
+  uint64_t eb = (b >> 52) | 0x4330000000000000ULL; /* 2^52 + biased exponent */
+  double ed;
+  memcpy(&ed, &eb, sizeof ed);
+  ed -= 4503599627370496.0 + 1023.0;
+  uint64_t mb = (b & 0x000fffffffffffffULL) | 0x3ff0000000000000ULL;
+  double m;
+  memcpy(&m, &mb, sizeof m);
+  double big = m > 1.4142135623730951 ? 1.0 : 0.0;
+  m *= 1.0 - 0.5 * big;
+  ed += big;
+  double t = (m - 1.0) / (m + 1.0), t2 = t * t;
+  double p = 1.0 / 19;
+  p = p * t2 + 1.0 / 17;
+  p = p * t2 + 1.0 / 15;
+  p = p * t2 + 1.0 / 13;
+  p = p * t2 + 1.0 / 11;
+  p = p * t2 + 1.0 / 9;
+  p = p * t2 + 1.0 / 7;
+  p = p * t2 + 1.0 / 5;
+  p = p * t2 + 1.0 / 3;
+  p = p * t2 + 1.0;
+  return ed * 0.69314718055994530942 + 2.0 * t * p;
+}
+/* One step of torch Adam (clipped = 0) or pyro ClippedAdam (clipped = 1) on n elements. */
+void scn_adam(R_xlen_t n, double *theta, const double *grad, double *m, double *v, long t,
+              double lr, int clipped, double clip);
+typedef struct {
+  double lr, clip, lrd;
+  int clipped;
+} scn_optim;
+/* An AutoNormal guide over nsite sites, flat: site j is [off[j], off[j+1]). The model's
+ * callback reads u and z (z = exp(u)) and writes d log p / dz into gz. */
+#define SCN_GUIDE_MAXSITE 32
+typedef struct {
+  int nsite;
+  R_xlen_t P, *off;
+  double *loc, *rho, *m, *v; /* m, v: 2P (loc then rho) */
+  long t;                    /* optimiser steps since the last reset */
+  double *eps, *u, *z, *gz, *grad;
+} scn_guide;
+typedef double (*scn_logp_fn)(void *ctx, int nth); /* log p(x, z); fills the guide's gz */
+int scn_guide_alloc(scn_guide *g, int nsite, const R_xlen_t *sizes); /* 0: out of memory */
+void scn_guide_free(scn_guide *g);
+void scn_guide_reset_optim(scn_guide *g);
+void scn_guide_draw_eps(scn_guide *g, uint64_t seed, double step, int nth);
+/* One SVI step (eps of `step`); returns the loss -log p + log q. */
+double scn_svi_step(scn_guide *g, scn_logp_fn logp, void *ctx, uint64_t seed, double step,
+                    const scn_optim *opt, int nth);
+void scn_guide_set_u(scn_guide *g, const double *u); /* u and z = exp(u) */
+SEXP scn_guide_params_sexp(const scn_guide *g);     /* list(loc, rho, steps) */
+SEXP scn_logjoint_sexp(const scn_guide *g, double lp); /* list(logp, grad wrt u) */
+
 /* ---- small helpers ---- */
 #define SCN_INTERNAL_ERROR(msg) \
   error("internal error in %s (%s:%d): %s; please report it", __func__, __FILE__, __LINE__, msg)

@@ -145,9 +145,9 @@ def c2l_torch_adam(theta0, grads, lr, clipped):
     return out
 ")
   ref <- reticulate::py$c2l_torch_adam(theta0, grads, 0.01, FALSE)
-  expect_equal(ns$c2l_adam_steps(theta0, grads, 0.01), ref, tolerance = 1e-12)
+  expect_equal(ns$svi_adam_steps(theta0, grads, 0.01), ref, tolerance = 1e-12)
   refc <- reticulate::py$c2l_torch_adam(theta0, grads, 0.01, TRUE)
-  expect_equal(ns$c2l_adam_steps(theta0, grads, 0.01, clipped = TRUE, clip = 10, lrd = 0.999),
+  expect_equal(ns$svi_adam_steps(theta0, grads, 0.01, clipped = TRUE, clip = 10, lrd = 0.999),
                refc, tolerance = 1e-12)
 })
 

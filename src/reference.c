@@ -1,0 +1,490 @@
+/* reference.c: cell2location's reference regression model (RegressionModel,
+ * RegressionBackgroundDetectionTechPyroModel; spec/cell2location.md section 7) on the SVI
+ * machinery of svi.c.
+ *
+ * Model (all sites global, upstream order):
+ *   per_cluster_mu_fg (F x G) ~ Gamma(1, 1)
+ *   detection_tech_gene_tg (K x G) ~ Gamma(t_a, t_b)       only with categorical covariates
+ *   detection_mean_y_e (E) ~ Gamma(d_a, d_b)
+ *   s_g_gene_add_alpha_hyp ~ Gamma(h_a, h_b); s_g_gene_add_mean (E) ~ Gamma(S_a, S_b)
+ *   s_g_gene_add_alpha_e_inv (E) ~ Exponential(hyp); s_g_gene_add (E x G) ~ Gamma(a_e, a_e/mean)
+ *   alpha_g_phi_hyp ~ Gamma(p_a, p_b); alpha_g_inverse (G) ~ Exponential(phi)
+ *   mu_cg = (mu_{l(c) g} + s_{e(c) g}) * y_{e(c)} * sum_k tech_{cat_k(c) g}
+ *   x_cg ~ GammaPoisson(a_g, a_g / mu_cg), a_g = 1 / o_g^2; likelihood scaled by N / b on a
+ *   minibatch of b cells (Pyro's plate subsampling).
+ *
+ * The cost trick: mu_cg depends on the cell only through its group (label, batch, covariate
+ * levels), so the zero-count parts of the likelihood and of its derivatives are computed once
+ * per (group, gene) and multiplied by the group's cell count in the minibatch; only the
+ * non-zero counts are visited per cell (patches to the zero-count forms, spec 6.5). Per step:
+ * O(groups x genes + non-zeros of the minibatch); nothing cells x genes is ever dense.
+ *
+ * Counts stay where R keeps them: the genes x cells dgCMatrix slots (p, i, x) are referenced
+ * (protected by the external pointer), not copied.
+ *
+ * Determinism: the group-sorted minibatch is cut into pieces (at most one group each, sizes
+ * fixed by the minibatch size only); each piece owns its per-gene buffers; genes are reduced
+ * in fixed blocks. Results for a seed do not depend on the thread count.
+ */
+#include "scnative.h"
+
+enum { R_MU, R_TECH, R_YE, R_H, R_SMEAN, R_SINV, R_SEG, R_PHI, R_O, R_NSITE };
+#define REG_NHYP 10
+#define REG_GBLOCK 256
+
+typedef struct {
+  int N, G, F, E, K, NC, NG; /* cells, genes, labels, batches, covariate levels, covariates, groups */
+  const int *xp, *xi;        /* genes x cells CSC (R's memory) */
+  const double *xv;
+  int *cell_group;           /* N */
+  int *gdef;                 /* (2 + NC) x NG: label, batch, covariate level rows */
+  double hyp[REG_NHYP];
+  int site[R_NSITE];         /* guide site index of each model site (-1: absent) */
+  scn_guide gd;
+  /* minibatch */
+  int b;                     /* current minibatch size */
+  int *mb;                   /* N: the current minibatch (cells) */
+  int *perm;                 /* N: the epoch's permutation */
+  double *un;                /* N: its uniforms */
+  int *ord, *cnt, *gstart;   /* N, NG, NG + 1: minibatch sorted by group */
+  int *pc0, *pc1, *pgrp, *gp0; /* pieces: cell range in ord, group; first piece of each group */
+  int npiece, cap_piece;
+  double *pdR, *pdQ, *pll;   /* per piece: G, G, 1 */
+  double *a_g, *dga, *lga;   /* per gene, per step */
+  double *blk_y, *blk_ll;    /* per gene block: E, 1 */
+  double lgt[256];           /* lgamma(v + 1) */
+} reg_state;
+
+static void reg_free(reg_state *st) {
+  if (!st) return;
+  void *ptrs[] = {st->cell_group, st->gdef, st->mb, st->perm, st->un, st->ord, st->cnt, st->gstart,
+                  st->pc0, st->pc1, st->pgrp, st->gp0, st->pdR, st->pdQ, st->pll, st->a_g,
+                  st->dga, st->lga, st->blk_y, st->blk_ll};
+  for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
+  scn_guide_free(&st->gd);
+  free(st);
+}
+
+static void reg_finalizer(SEXP ptr) {
+  reg_free((reg_state *)R_ExternalPtrAddr(ptr));
+  R_ClearExternalPtr(ptr);
+}
+
+static reg_state *reg_get(SEXP ptr) {
+  if (TYPEOF(ptr) != EXTPTRSXP) error(_("not a regression model state"));
+  reg_state *st = (reg_state *)R_ExternalPtrAddr(ptr);
+  if (!st) error(_("the regression model state is no longer valid (saved and reloaded?)"));
+  return st;
+}
+
+#define SITE(j) (st->gd.off[st->site[j]])
+
+/* .Call(C_scnative_reg_setup, xp, xi, xv, dims = c(N, G, F, E, K, NC, NG), cell_group,
+ *       gdef, hyper): xp, xi, xv are the dgCMatrix's slots, kept (not copied) by the pointer. */
+SEXP scnative_reg_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP cell_group, SEXP gdef,
+                        SEXP hyper) {
+  if (!isInteger(dims) || XLENGTH(dims) != 7) SCN_INTERNAL_ERROR("dims");
+  const int *d = INTEGER(dims);
+  int N = d[0], G = d[1], F = d[2], E = d[3], K = d[4], NC = d[5], NG = d[6];
+  if (!isInteger(xp) || XLENGTH(xp) != N + 1 || !isInteger(xi) || !isReal(xv) ||
+      XLENGTH(xi) != XLENGTH(xv) || !isInteger(cell_group) || XLENGTH(cell_group) != N ||
+      !isInteger(gdef) || XLENGTH(gdef) != (R_xlen_t)(2 + NC) * NG || !isReal(hyper) ||
+      XLENGTH(hyper) != REG_NHYP)
+    SCN_INTERNAL_ERROR("bad arguments");
+  reg_state *st = calloc(1, sizeof *st);
+  if (!st) error(_("out of memory"));
+  st->N = N, st->G = G, st->F = F, st->E = E, st->K = K, st->NC = NC, st->NG = NG;
+  st->xp = INTEGER(xp), st->xi = INTEGER(xi), st->xv = REAL(xv);
+  memcpy(st->hyp, REAL(hyper), sizeof st->hyp);
+  R_xlen_t sizes[R_NSITE];
+  int ns = 0;
+  R_xlen_t all[R_NSITE] = {(R_xlen_t)F * G, (R_xlen_t)K * G, E, 1, E, E, (R_xlen_t)E * G, 1, G};
+  for (int j = 0; j < R_NSITE; j++) {
+    if (j == R_TECH && NC == 0) {
+      st->site[j] = -1;
+      continue;
+    }
+    st->site[j] = ns;
+    sizes[ns++] = all[j];
+  }
+  int nblk = (G + REG_GBLOCK - 1) / REG_GBLOCK;
+  int ok = scn_guide_alloc(&st->gd, ns, sizes);
+#define REG_ALLOC(p, n, T) \
+  do { \
+    p = malloc(((size_t)(n) > 0 ? (size_t)(n) : 1) * sizeof(T)); \
+    if (!p) ok = 0; \
+  } while (0)
+  REG_ALLOC(st->cell_group, N, int);
+  REG_ALLOC(st->gdef, (R_xlen_t)(2 + NC) * NG, int);
+  REG_ALLOC(st->mb, N, int);
+  REG_ALLOC(st->perm, N, int);
+  REG_ALLOC(st->un, N, double);
+  REG_ALLOC(st->ord, N, int);
+  REG_ALLOC(st->cnt, NG, int);
+  REG_ALLOC(st->gstart, NG + 1, int);
+  REG_ALLOC(st->gp0, NG + 1, int);
+  REG_ALLOC(st->a_g, G, double);
+  REG_ALLOC(st->dga, G, double);
+  REG_ALLOC(st->lga, G, double);
+  REG_ALLOC(st->blk_y, (R_xlen_t)nblk * E, double);
+  REG_ALLOC(st->blk_ll, nblk, double);
+  if (!ok) {
+    reg_free(st);
+    error(_("out of memory allocating the regression model state"));
+  }
+  memcpy(st->cell_group, INTEGER(cell_group), N * sizeof(int));
+  memcpy(st->gdef, INTEGER(gdef), (size_t)(2 + NC) * NG * sizeof(int));
+  st->lgt[0] = 0.0;
+  for (int v = 1; v < 256; v++) st->lgt[v] = st->lgt[v - 1] + log((double)v);
+  for (int c = 0; c < N; c++) st->mb[c] = c;
+  st->b = N;
+  SEXP prot = PROTECT(allocVector(VECSXP, 3));
+  SET_VECTOR_ELT(prot, 0, xp);
+  SET_VECTOR_ELT(prot, 1, xi);
+  SET_VECTOR_ELT(prot, 2, xv);
+  SEXP ans = PROTECT(R_MakeExternalPtr(st, R_NilValue, prot));
+  R_RegisterCFinalizerEx(ans, reg_finalizer, TRUE);
+  UNPROTECT(2);
+  return ans;
+}
+
+/* Sorts the minibatch by group and cuts it into pieces; grows the piece buffers. */
+static void reg_prepare_batch(reg_state *st) {
+  const int NG = st->NG, b = st->b;
+  memset(st->cnt, 0, NG * sizeof(int));
+  for (int i = 0; i < b; i++) st->cnt[st->cell_group[st->mb[i]]]++;
+  st->gstart[0] = 0;
+  for (int g = 0; g < NG; g++) st->gstart[g + 1] = st->gstart[g] + st->cnt[g];
+  int *pos = st->gp0; /* scratch: next slot per group */
+  memcpy(pos, st->gstart, NG * sizeof(int));
+  for (int i = 0; i < b; i++) {
+    int c = st->mb[i];
+    st->ord[pos[st->cell_group[c]]++] = c;
+  }
+  int maxlen = b / 64 > 256 ? b / 64 : 256, np = 0;
+  for (int g = 0; g < NG; g++) np += (st->cnt[g] + maxlen - 1) / maxlen;
+  if (np > st->cap_piece) {
+    free(st->pc0), free(st->pc1), free(st->pgrp), free(st->pdR), free(st->pdQ), free(st->pll);
+    st->pc0 = malloc(np * sizeof(int));
+    st->pc1 = malloc(np * sizeof(int));
+    st->pgrp = malloc(np * sizeof(int));
+    st->pdR = malloc((size_t)np * st->G * sizeof(double));
+    st->pdQ = malloc((size_t)np * st->G * sizeof(double));
+    st->pll = malloc(np * sizeof(double));
+    st->cap_piece = np;
+    if (!st->pc0 || !st->pc1 || !st->pgrp || !st->pdR || !st->pdQ || !st->pll) {
+      free(st->pc0), free(st->pc1), free(st->pgrp), free(st->pdR), free(st->pdQ), free(st->pll);
+      st->pc0 = st->pc1 = st->pgrp = NULL;
+      st->pdR = st->pdQ = st->pll = NULL;
+      st->cap_piece = 0;
+      error(_("out of memory in the regression model's minibatch buffers"));
+    }
+  }
+  np = 0;
+  for (int g = 0; g < NG; g++) {
+    st->gp0[g] = np;
+    for (int a = st->gstart[g]; a < st->gstart[g + 1]; a += maxlen) {
+      st->pc0[np] = a;
+      st->pc1[np] = a + maxlen < st->gstart[g + 1] ? a + maxlen : st->gstart[g + 1];
+      st->pgrp[np++] = g;
+    }
+  }
+  st->gp0[NG] = np;
+  st->npiece = np;
+}
+
+/* sum_{k < v} 1 / (a + k) and sum_{k < v} log(a + k) for integer v >= 1 */
+static inline void reg_rising(double a, double v, double dga, double lga, double *dd, double *dl) {
+  if (v <= 16.0) {
+    double s = 0.0, l = 1.0;
+    for (int k = 0; k < (int)v; k++) {
+      s += 1.0 / (a + k);
+      l *= (a + k);
+    }
+    *dd = s;
+    *dl = log(l);
+  } else {
+    *dd = scn_digamma(a + v) - dga;
+    *dl = scn_lgamma(a + v) - lga;
+  }
+}
+
+/* sum over the covariates' tech rows of group gr at gene g (1 without covariates) */
+static inline double reg_tech(const reg_state *st, const double *ztech, const int *gd, int g) {
+  if (!st->NC) return 1.0;
+  double t = 0.0;
+  for (int k = 0; k < st->NC; k++) t += ztech[gd[2 + k] + (R_xlen_t)g * st->K];
+  return t;
+}
+
+/* The likelihood of the minibatch: returns its log (scaled) and adds the gradients. */
+static double reg_likelihood(reg_state *st, const double *z, double *gz, double scale, int nth) {
+  const int G = st->G, F = st->F, E = st->E, K = st->K, NC = st->NC, NG = st->NG;
+  const double *zmu = z + SITE(R_MU), *zye = z + SITE(R_YE), *zs = z + SITE(R_SEG),
+               *zo = z + SITE(R_O);
+  const double *ztech = NC ? z + SITE(R_TECH) : NULL;
+  double *gmu = gz + SITE(R_MU), *gye = gz + SITE(R_YE), *gs = gz + SITE(R_SEG),
+         *go = gz + SITE(R_O);
+  double *gtech = NC ? gz + SITE(R_TECH) : NULL;
+  reg_prepare_batch(st);
+  int ntg = scn_threads_for(G / 512 + 1, nth);
+#pragma omp parallel for num_threads(ntg) schedule(static)
+  for (int g = 0; g < G; g++) {
+    double a = 1.0 / (zo[g] * zo[g]);
+    st->a_g[g] = a;
+    st->dga[g] = scn_digamma(a);
+    st->lga[g] = scn_lgamma(a);
+  }
+  /* pass 1: non-zero counts, per piece */
+  const int np = st->npiece;
+  int ntp = scn_threads_for(np, nth);
+#pragma omp parallel for num_threads(ntp) schedule(dynamic, 1)
+  for (int p = 0; p < np; p++) {
+    double *dR = st->pdR + (size_t)p * G, *dQ = st->pdQ + (size_t)p * G;
+    memset(dR, 0, G * sizeof(double));
+    memset(dQ, 0, G * sizeof(double));
+    const int *gd = st->gdef + (size_t)(2 + NC) * st->pgrp[p];
+    const int l = gd[0], e = gd[1];
+    const double y = zye[e];
+    double ll = 0.0;
+    for (int i = st->pc0[p]; i < st->pc1[p]; i++) {
+      int c = st->ord[i];
+      for (int q = st->xp[c]; q < st->xp[c + 1]; q++) {
+        int g = st->xi[q];
+        double x = st->xv[q], a = st->a_g[g];
+        double base = zmu[l + (R_xlen_t)g * F] + zs[e + (R_xlen_t)g * E];
+        double mu = base * y * reg_tech(st, ztech, gd, g), apa = a + mu;
+        double dd, dl;
+        reg_rising(a, x, st->dga[g], st->lga[g], &dd, &dl);
+        dR[g] += x * (1.0 / mu - 1.0 / apa);
+        dQ[g] += dd - x / apa;
+        ll += dl - (x < 256.0 ? st->lgt[(int)x] : scn_lgamma(x + 1.0)) + x * log(mu / apa);
+      }
+    }
+    st->pll[p] = ll;
+  }
+  /* pass 2: per gene, the zero-count forms per group plus the pieces' patches */
+  const int nblk = (G + REG_GBLOCK - 1) / REG_GBLOCK;
+  int ntb = scn_threads_for(nblk, nth);
+#pragma omp parallel for num_threads(ntb) schedule(dynamic, 1)
+  for (int bk = 0; bk < nblk; bk++) {
+    double *by = st->blk_y + (size_t)bk * E, bll = 0.0;
+    memset(by, 0, E * sizeof(double));
+    int g1 = (bk + 1) * REG_GBLOCK < G ? (bk + 1) * REG_GBLOCK : G;
+    for (int g = bk * REG_GBLOCK; g < g1; g++) {
+      double a = st->a_g[g], Qs = 0.0;
+      for (int gr = 0; gr < NG; gr++) {
+        int n = st->cnt[gr];
+        if (!n) continue;
+        const int *gd = st->gdef + (size_t)(2 + NC) * gr;
+        const int l = gd[0], e = gd[1];
+        R_xlen_t il = l + (R_xlen_t)g * F, ie = e + (R_xlen_t)g * E;
+        double y = zye[e], base = zmu[il] + zs[ie], T = reg_tech(st, ztech, gd, g);
+        double mu = base * y * T, apa = a + mu, r = mu / a, l1p = log1p(r);
+        double Rs = -n * a / apa;
+        for (int p = st->gp0[gr]; p < st->gp0[gr + 1]; p++) Rs += st->pdR[(size_t)p * G + g];
+        Qs += n * (mu / apa - l1p);
+        bll -= n * a * l1p;
+        double dmu = scale * Rs * y * T;
+        gmu[il] += dmu;
+        gs[ie] += dmu;
+        by[e] += scale * Rs * base * T;
+        if (NC) {
+          double dt = scale * Rs * base * y;
+          for (int k = 0; k < NC; k++) gtech[gd[2 + k] + (R_xlen_t)g * K] += dt;
+        }
+      }
+      for (int p = 0; p < np; p++) Qs += st->pdQ[(size_t)p * G + g];
+      double o = zo[g];
+      go[g] += scale * (-2.0 / (o * o * o)) * Qs;
+    }
+    st->blk_ll[bk] = bll;
+  }
+  double ll = 0.0;
+  for (int bk = 0; bk < nblk; bk++) {
+    ll += st->blk_ll[bk];
+    for (int e = 0; e < E; e++) gye[e] += st->blk_y[(size_t)bk * E + e];
+  }
+  for (int p = 0; p < np; p++) ll += st->pll[p];
+  return scale * ll;
+}
+
+/* log p(x_minibatch, z) with the likelihood scaled by N / b; fills the guide's gz. */
+static double reg_logp(void *ctx, int nth) {
+  reg_state *st = (reg_state *)ctx;
+  const int G = st->G, F = st->F, E = st->E, K = st->K;
+  const double *h = st->hyp;
+  const double da = h[0], db = h[1], ha = h[2], hb = h[3], Sa = h[4], Sb = h[5], pa = h[6],
+               pb = h[7], ta = h[8], tb = h[9];
+  const double *u = st->gd.u, *z = st->gd.z;
+  double *gz = st->gd.gz;
+  memset(gz, 0, (size_t)st->gd.P * sizeof(double));
+  double lp = 0.0;
+  /* per_cluster_mu_fg ~ Gamma(1, 1) */
+  {
+    const double *zm = z + SITE(R_MU);
+    double *gm = gz + SITE(R_MU), l = 0.0;
+    for (R_xlen_t i = 0; i < (R_xlen_t)F * G; i++) {
+      l -= zm[i];
+      gm[i] = -1.0;
+    }
+    lp += l;
+  }
+  if (st->NC) {
+    const double *zt = z + SITE(R_TECH), *ut = u + SITE(R_TECH);
+    double *gt = gz + SITE(R_TECH), l = 0.0, c0 = ta * log(tb) - scn_lgamma(ta);
+    for (R_xlen_t i = 0; i < (R_xlen_t)K * G; i++) {
+      l += c0 + (ta - 1.0) * ut[i] - tb * zt[i];
+      gt[i] = (ta - 1.0) / zt[i] - tb;
+    }
+    lp += l;
+  }
+  {
+    const double *zy = z + SITE(R_YE), *uy = u + SITE(R_YE);
+    double *gy = gz + SITE(R_YE);
+    for (int e = 0; e < E; e++) {
+      lp += scn_lgamma_pdf(zy[e], uy[e], da, db);
+      gy[e] = (da - 1.0) / zy[e] - db;
+    }
+  }
+  /* background s_eg and its hierarchy */
+  {
+    double hh = z[SITE(R_H)];
+    const double *zSe = z + SITE(R_SMEAN), *uSe = u + SITE(R_SMEAN), *zi = z + SITE(R_SINV),
+                 *zs = z + SITE(R_SEG), *us = u + SITE(R_SEG);
+    double *gs = gz + SITE(R_SEG), *gSe = gz + SITE(R_SMEAN), *gi = gz + SITE(R_SINV);
+    lp += scn_lgamma_pdf(hh, u[SITE(R_H)], ha, hb);
+    double sh = 0.0;
+    for (int e = 0; e < E; e++) {
+      double Se = zSe[e], io = zi[e], ae = 1.0 / (io * io), rate = ae / Se, lrate = log(rate);
+      double lg = scn_lgamma(ae), dg = scn_digamma(ae);
+      lp += scn_lgamma_pdf(Se, uSe[e], Sa, Sb) + log(hh) - hh * io;
+      sh += 1.0 / hh - io;
+      double s1 = 0.0, s2 = 0.0, l = 0.0;
+      for (int g = 0; g < G; g++) {
+        R_xlen_t i = e + (R_xlen_t)g * E;
+        l += ae * lrate + (ae - 1.0) * us[i] - rate * zs[i] - lg;
+        gs[i] = (ae - 1.0) / zs[i] - rate;
+        s1 += zs[i] - Se;
+        s2 += lrate + 1.0 + us[i] - dg - zs[i] / Se;
+      }
+      lp += l;
+      gSe[e] = (Sa - 1.0) / Se - Sb + ae * s1 / (Se * Se);
+      gi[e] = -hh - 2.0 / (io * io * io) * s2;
+    }
+    gz[SITE(R_H)] = (ha - 1.0) / hh - hb + sh;
+  }
+  /* over-dispersion */
+  {
+    double phi = z[SITE(R_PHI)], lphi = log(phi), so = 0.0, l = 0.0;
+    const double *zo = z + SITE(R_O);
+    double *go = gz + SITE(R_O);
+    lp += scn_lgamma_pdf(phi, u[SITE(R_PHI)], pa, pb);
+    for (int g = 0; g < G; g++) {
+      l += lphi - phi * zo[g];
+      go[g] = -phi;
+      so += 1.0 / phi - zo[g];
+    }
+    lp += l;
+    gz[SITE(R_PHI)] = (pa - 1.0) / phi - pb + so;
+  }
+  double scale = (double)st->N / (double)st->b;
+  return lp + reg_likelihood(st, z, gz, scale, nth);
+}
+
+/* ---- shims ---------------------------------------------------------------------------- */
+
+/* .Call(C_scnative_reg_set_params, ptr, loc, rho): also resets the Adam state. */
+SEXP scnative_reg_set_params(SEXP ptr, SEXP loc, SEXP rho) {
+  reg_state *st = reg_get(ptr);
+  if (!isReal(loc) || !isReal(rho) || XLENGTH(loc) != st->gd.P || XLENGTH(rho) != st->gd.P)
+    SCN_INTERNAL_ERROR("parameter length");
+  memcpy(st->gd.loc, REAL(loc), st->gd.P * sizeof(double));
+  memcpy(st->gd.rho, REAL(rho), st->gd.P * sizeof(double));
+  scn_guide_reset_optim(&st->gd);
+  return R_NilValue;
+}
+
+SEXP scnative_reg_get_params(SEXP ptr) { return scn_guide_params_sexp(&reg_get(ptr)->gd); }
+
+/* The permutation of epoch `epoch` (Fisher-Yates on the counter-based stream 1000). */
+static void reg_permute(reg_state *st, uint64_t seed, double epoch) {
+  const int N = st->N;
+  double *un = st->un;
+  scn_rng_uniforms(seed, 1000, (uint64_t)epoch * (uint64_t)N, N, un);
+  for (int i = 0; i < N; i++) st->perm[i] = i;
+  for (int i = N - 1; i > 0; i--) {
+    int j = (int)(un[i] * (i + 1));
+    if (j > i) j = i;
+    int t = st->perm[i];
+    st->perm[i] = st->perm[j];
+    st->perm[j] = t;
+  }
+}
+
+/* .Call(C_scnative_reg_train, ptr, n_epochs, epoch0, step0, opt = c(lr, clip, lrd, clipped),
+ *       minibatch = c(batch_size, drop_last, shuffle), seed, threads)
+ * -> list(loss = mean step loss per epoch, steps = steps done). batch_size >= N: full batch. */
+SEXP scnative_reg_train(SEXP ptr, SEXP n_epochs, SEXP epoch0, SEXP step0, SEXP opt_, SEXP mbs,
+                        SEXP seed_, SEXP threads) {
+  reg_state *st = reg_get(ptr);
+  int ne = asInteger(n_epochs), nth = asInteger(threads);
+  if (!isReal(opt_) || XLENGTH(opt_) != 4 || !isInteger(mbs) || XLENGTH(mbs) != 3)
+    SCN_INTERNAL_ERROR("train arguments");
+  const double *o = REAL(opt_);
+  scn_optim opt = {o[0], o[1], o[2], (int)o[3]};
+  const int N = st->N, bs = INTEGER(mbs)[0] < N ? INTEGER(mbs)[0] : N;
+  const int drop_last = INTEGER(mbs)[1], shuffle = INTEGER(mbs)[2];
+  double ep0 = asReal(epoch0), step = asReal(step0);
+  uint64_t seed = scn_seed_from_sexp(seed_);
+  int nfull = N / bs, rest = N - nfull * bs;
+  int nsteps = nfull + (rest > 0 && !drop_last ? 1 : 0);
+  SEXP ans = PROTECT(allocVector(REALSXP, ne));
+  for (int it = 0; it < ne; it++) {
+    const int *order = NULL;
+    if (bs < N && shuffle) {
+      reg_permute(st, seed, ep0 + it);
+      order = st->perm;
+    }
+    double tot = 0.0;
+    for (int k = 0; k < nsteps; k++) {
+      int c0 = k * bs, b = c0 + bs < N ? bs : N - c0;
+      for (int i = 0; i < b; i++) st->mb[i] = order ? order[c0 + i] : c0 + i;
+      st->b = b;
+      tot += scn_svi_step(&st->gd, reg_logp, st, seed, step++, &opt, nth);
+    }
+    REAL(ans)[it] = tot / nsteps;
+  }
+  SEXP res = PROTECT(allocVector(VECSXP, 2));
+  SET_VECTOR_ELT(res, 0, ans);
+  SET_VECTOR_ELT(res, 1, ScalarReal(step));
+  SEXP nms = PROTECT(allocVector(STRSXP, 2));
+  SET_STRING_ELT(nms, 0, mkChar("loss"));
+  SET_STRING_ELT(nms, 1, mkChar("steps"));
+  setAttrib(res, R_NamesSymbol, nms);
+  UNPROTECT(3);
+  return res;
+}
+
+/* .Call(C_scnative_reg_logjoint, ptr, u, cells (0-based, NULL: all), threads)
+ * -> list(logp, grad = d log p / du) with the likelihood of `cells` scaled by N / length. */
+SEXP scnative_reg_logjoint(SEXP ptr, SEXP u, SEXP cells, SEXP threads) {
+  reg_state *st = reg_get(ptr);
+  if (!isReal(u) || XLENGTH(u) != st->gd.P) SCN_INTERNAL_ERROR("u length");
+  if (isNull(cells)) {
+    for (int c = 0; c < st->N; c++) st->mb[c] = c;
+    st->b = st->N;
+  } else {
+    if (!isInteger(cells) || XLENGTH(cells) < 1 || XLENGTH(cells) > st->N)
+      SCN_INTERNAL_ERROR("cells");
+    for (R_xlen_t i = 0; i < XLENGTH(cells); i++) {
+      int c = INTEGER(cells)[i];
+      if (c < 0 || c >= st->N) SCN_INTERNAL_ERROR("cell index");
+      st->mb[i] = c;
+    }
+    st->b = (int)XLENGTH(cells);
+  }
+  scn_guide_set_u(&st->gd, REAL(u));
+  double lp = reg_logp(st, asInteger(threads));
+  return scn_logjoint_sexp(&st->gd, lp);
+}

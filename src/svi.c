@@ -1,0 +1,295 @@
+/* svi.c: the stochastic variational inference machinery shared by both cell2location models
+ * (the spatial mapping model in cell2location.c and the reference regression model in
+ * regression.c); spec/cell2location.md sections 3, 4 and 6.1.
+ *
+ *   guide      AutoNormal: every latent element has loc and rho, sigma = softplus(rho),
+ *              u = loc + sigma * eps, z = exp(u) (spec 3.2); initial rho = softplus^-1(0.1).
+ *   step       one reparameterised ELBO gradient step: draw eps, sample, evaluate the model's
+ *              log p(x, z) and d log p / dz through a callback, form the loss (spec 4.4) and the
+ *              gradients of loc and rho (spec 6.1), then one optimiser step.
+ *   optimiser  torch Adam (upstream's default) or pyro ClippedAdam (spec 4.2).
+ *   posterior  draws from the guide and their summaries (mean, sd, numpy-linear quantiles).
+ *   special    thread-safe digamma / lgamma, a vectorisable log, softplus.
+ *
+ * Random numbers: eps of site j at step t is the block [t * n_j, (t + 1) * n_j) of the
+ * counter-based stream 1 + j (rng.c), filled in fixed pieces, so a fit for a given seed does
+ * not depend on the thread count.
+ */
+#include "scnative.h"
+
+/* ---- special functions ---------------------------------------------------------------- */
+
+double scn_digamma(double x) {
+  double r = 0.0;
+  while (x < 6.0) {
+    r -= 1.0 / x;
+    x += 1.0;
+  }
+  double f = 1.0 / (x * x);
+  return r + log(x) - 0.5 / x -
+         f * (1.0 / 12 - f * (1.0 / 120 - f * (1.0 / 252 - f * (1.0 / 240 - f / 132))));
+}
+
+double scn_lgamma(double x) {
+  double p = 1.0;
+  while (x < 10.0) {
+    p *= x;
+    x += 1.0;
+  }
+  double x2 = 1.0 / (x * x);
+  double s = (1.0 / 12 - x2 * (1.0 / 360 - x2 * (1.0 / 1260 - x2 / 1680))) / x;
+  return (x - 0.5) * log(x) - x + 0.91893853320467274178 + s - log(p);
+}
+
+/* ---- optimiser ------------------------------------------------------------------------ */
+
+void scn_adam(R_xlen_t n, double *theta, const double *grad, double *m, double *v, long t,
+              double lr, int clipped, double clip) {
+  const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+  double bc1 = 1.0 - pow(b1, (double)t), bc2 = 1.0 - pow(b2, (double)t);
+  if (!clipped) {
+    double step = lr / bc1, sbc2 = sqrt(bc2);
+    for (R_xlen_t i = 0; i < n; i++) {
+      double g = grad[i];
+      m[i] = b1 * m[i] + (1.0 - b1) * g;
+      v[i] = b2 * v[i] + (1.0 - b2) * g * g;
+      theta[i] -= step * m[i] / (sqrt(v[i]) / sbc2 + eps);
+    }
+  } else {
+    double step = lr * sqrt(bc2) / bc1;
+    for (R_xlen_t i = 0; i < n; i++) {
+      double g = grad[i];
+      if (g > clip) g = clip;
+      if (g < -clip) g = -clip;
+      m[i] = b1 * m[i] + (1.0 - b1) * g;
+      v[i] = b2 * v[i] + (1.0 - b2) * g * g;
+      theta[i] -= step * m[i] / (sqrt(v[i]) + eps);
+    }
+  }
+}
+
+/* ---- the guide ------------------------------------------------------------------------ */
+
+#define SVI_SITE_STREAM 1
+
+int scn_guide_alloc(scn_guide *g, int nsite, const R_xlen_t *sizes) {
+  memset(g, 0, sizeof *g);
+  if (nsite < 1 || nsite > SCN_GUIDE_MAXSITE) return 0;
+  g->nsite = nsite;
+  g->off = malloc((size_t)(nsite + 1) * sizeof(R_xlen_t));
+  if (!g->off) return 0;
+  g->off[0] = 0;
+  for (int j = 0; j < nsite; j++) g->off[j + 1] = g->off[j] + sizes[j];
+  R_xlen_t P = g->P = g->off[nsite];
+  size_t n = (size_t)(P > 0 ? P : 1);
+  double *blk = malloc(11 * n * sizeof(double));
+  if (!blk) {
+    free(g->off);
+    g->off = NULL;
+    return 0;
+  }
+  g->loc = blk, g->rho = blk + n, g->m = blk + 2 * n, g->v = blk + 4 * n;
+  g->eps = blk + 6 * n, g->u = blk + 7 * n, g->z = blk + 8 * n, g->gz = blk + 9 * n;
+  g->grad = blk + 10 * n; /* grad of loc only; rho's gradient reuses eps after use */
+  for (R_xlen_t i = 0; i < P; i++) g->loc[i] = 0.0, g->rho[i] = -2.2521684610440906;
+  scn_guide_reset_optim(g);
+  return 1;
+}
+
+void scn_guide_free(scn_guide *g) {
+  if (!g) return;
+  free(g->loc); /* the one block */
+  free(g->off);
+  g->loc = NULL, g->off = NULL;
+}
+
+void scn_guide_reset_optim(scn_guide *g) {
+  memset(g->m, 0, 2 * (size_t)g->P * sizeof(double));
+  memset(g->v, 0, 2 * (size_t)g->P * sizeof(double));
+  g->t = 0;
+}
+
+void scn_guide_draw_eps(scn_guide *g, uint64_t seed, double step, int nth) {
+  const R_xlen_t piece = 4096;
+  const int ns = g->nsite;
+  R_xlen_t npieces[SCN_GUIDE_MAXSITE], tot = 0;
+  for (int j = 0; j < ns; j++) {
+    R_xlen_t n = g->off[j + 1] - g->off[j];
+    npieces[j] = (n + piece - 1) / piece;
+    tot += npieces[j];
+  }
+  int nt = scn_threads_for(tot, nth);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (R_xlen_t q = 0; q < tot; q++) {
+    int j = 0;
+    R_xlen_t k = q;
+    while (k >= npieces[j]) k -= npieces[j++];
+    R_xlen_t n = g->off[j + 1] - g->off[j], a = k * piece, b = a + piece < n ? a + piece : n;
+    uint64_t off0 = (uint64_t)step * (uint64_t)n + (uint64_t)a;
+    scn_rng_normals(seed, (uint64_t)(SVI_SITE_STREAM + j), off0, b - a, g->eps + g->off[j] + a);
+  }
+}
+
+double scn_svi_step(scn_guide *g, scn_logp_fn logp, void *ctx, uint64_t seed, double step,
+                    const scn_optim *opt, int nth) {
+  static const double half_log_2pi = 0.91893853320467274178;
+  const R_xlen_t P = g->P;
+  scn_guide_draw_eps(g, seed, step, nth);
+  double lq = 0.0;
+  for (R_xlen_t i = 0; i < P; i++) {
+    double sg = scn_softplus(g->rho[i]);
+    double uu = g->loc[i] + sg * g->eps[i];
+    g->u[i] = uu;
+    g->z[i] = exp(uu);
+    lq += -0.5 * g->eps[i] * g->eps[i] - log(sg) - half_log_2pi - uu;
+  }
+  double lp = logp(ctx, nth);
+  for (R_xlen_t i = 0; i < P; i++) {
+    double gu = g->z[i] * g->gz[i] + 1.0, sg = scn_softplus(g->rho[i]);
+    g->grad[i] = -gu;
+    g->eps[i] = -(gu * g->eps[i] + 1.0 / sg) * scn_dsoftplus(g->rho[i]); /* rho's gradient */
+  }
+  g->t++;
+  double lr_t = opt->clipped ? opt->lr * pow(opt->lrd, (double)g->t) : opt->lr;
+  scn_adam(P, g->loc, g->grad, g->m, g->v, g->t, lr_t, opt->clipped, opt->clip);
+  scn_adam(P, g->rho, g->eps, g->m + P, g->v + P, g->t, lr_t, opt->clipped, opt->clip);
+  return -lp + lq;
+}
+
+/* ---- helpers for the models' shims --------------------------------------------------- */
+
+/* list(loc, rho, steps) of a guide */
+SEXP scn_guide_params_sexp(const scn_guide *g) {
+  SEXP ans = PROTECT(allocVector(VECSXP, 3));
+  SET_VECTOR_ELT(ans, 2, ScalarReal((double)g->t));
+  SEXP l = allocVector(REALSXP, g->P);
+  SET_VECTOR_ELT(ans, 0, l);
+  memcpy(REAL(l), g->loc, g->P * sizeof(double));
+  SEXP r = allocVector(REALSXP, g->P);
+  SET_VECTOR_ELT(ans, 1, r);
+  memcpy(REAL(r), g->rho, g->P * sizeof(double));
+  SEXP nms = PROTECT(allocVector(STRSXP, 3));
+  SET_STRING_ELT(nms, 0, mkChar("loc"));
+  SET_STRING_ELT(nms, 1, mkChar("rho"));
+  SET_STRING_ELT(nms, 2, mkChar("steps"));
+  setAttrib(ans, R_NamesSymbol, nms);
+  UNPROTECT(2);
+  return ans;
+}
+
+void scn_guide_set_u(scn_guide *g, const double *u) {
+  for (R_xlen_t i = 0; i < g->P; i++) {
+    g->u[i] = u[i];
+    g->z[i] = exp(u[i]);
+  }
+}
+
+/* list(logp, grad = d log p / du) after the model's callback ran on the guide's u */
+SEXP scn_logjoint_sexp(const scn_guide *g, double lp) {
+  SEXP ans = PROTECT(allocVector(VECSXP, 2));
+  SET_VECTOR_ELT(ans, 0, ScalarReal(lp));
+  SEXP gr = allocVector(REALSXP, g->P);
+  SET_VECTOR_ELT(ans, 1, gr);
+  for (R_xlen_t i = 0; i < g->P; i++) REAL(gr)[i] = g->z[i] * g->gz[i];
+  SEXP nms = PROTECT(allocVector(STRSXP, 2));
+  SET_STRING_ELT(nms, 0, mkChar("logp"));
+  SET_STRING_ELT(nms, 1, mkChar("grad"));
+  setAttrib(ans, R_NamesSymbol, nms);
+  UNPROTECT(2);
+  return ans;
+}
+
+/* ---- shims shared by both models ------------------------------------------------------ */
+
+/* .Call(C_scnative_svi_adam, theta0, grads (n x T), lr, clipped, clip, lrd) -> n x T matrix of
+ * the parameters after each step (test helper for the optimiser). */
+SEXP scnative_svi_adam(SEXP theta0, SEXP grads, SEXP lr_, SEXP clipped_, SEXP clip_, SEXP lrd_) {
+  R_xlen_t n = XLENGTH(theta0);
+  if (!isReal(theta0) || !isReal(grads) || !isMatrix(grads) || nrows(grads) != n)
+    SCN_INTERNAL_ERROR("adam arguments");
+  int T = ncols(grads), clipped = asInteger(clipped_);
+  double lr = asReal(lr_), clip = asReal(clip_), lrd = asReal(lrd_);
+  SEXP ans = PROTECT(allocMatrix(REALSXP, n, T));
+  double *th = (double *)R_alloc(n, sizeof(double)), *m = (double *)R_alloc(n, sizeof(double)),
+         *v = (double *)R_alloc(n, sizeof(double));
+  memcpy(th, REAL(theta0), n * sizeof(double));
+  memset(m, 0, n * sizeof(double));
+  memset(v, 0, n * sizeof(double));
+  for (int t = 0; t < T; t++) {
+    double lr_t = clipped ? lr * pow(lrd, (double)(t + 1)) : lr;
+    scn_adam(n, th, REAL(grads) + (R_xlen_t)t * n, m, v, t + 1, lr_t, clipped, clip);
+    memcpy(REAL(ans) + (R_xlen_t)t * n, th, n * sizeof(double));
+  }
+  UNPROTECT(1);
+  return ans;
+}
+
+/* .Call(C_scnative_svi_summary, loc, rho, num, seed, stream, probs, mult, mcol, threads)
+ * Per element i: draws d = 0..num-1 of exp(loc + softplus(rho) * eps) * mult[d, mcol[i]]
+ * (eps = normal number i * num + d of `stream`); returns list(mean, sd (ddof 0),
+ * q = n x length(probs) with numpy's linear interpolation). mult may be NULL. */
+SEXP scnative_svi_summary(SEXP loc, SEXP rho, SEXP num_, SEXP seed_, SEXP stream_, SEXP probs,
+                          SEXP mult, SEXP mcol, SEXP threads) {
+  R_xlen_t n = XLENGTH(loc);
+  int num = asInteger(num_), nq = LENGTH(probs), nth = asInteger(threads);
+  uint64_t seed = scn_seed_from_sexp(seed_), stream = (uint64_t)asReal(stream_);
+  int has_mult = !isNull(mult);
+  if (has_mult && (!isReal(mult) || nrows(mult) != num || XLENGTH(mcol) != n))
+    SCN_INTERNAL_ERROR("mult");
+  SEXP ans = PROTECT(allocVector(VECSXP, 3));
+  SEXP mean = allocVector(REALSXP, n);
+  SET_VECTOR_ELT(ans, 0, mean);
+  SEXP sd = allocVector(REALSXP, n);
+  SET_VECTOR_ELT(ans, 1, sd);
+  SEXP q = allocMatrix(REALSXP, n, nq);
+  SET_VECTOR_ELT(ans, 2, q);
+  const double *pl = REAL(loc), *pr = REAL(rho), *pp = REAL(probs);
+  const double *pm = has_mult ? REAL(mult) : NULL;
+  const int *mc = has_mult ? INTEGER(mcol) : NULL;
+  double *pmean = REAL(mean), *psd = REAL(sd), *pq = REAL(q);
+  int nt = scn_threads_for(n, nth);
+  double *work = malloc((size_t)nt * 2 * num * sizeof(double));
+  if (!work) error(_("out of memory"));
+#pragma omp parallel num_threads(nt)
+  {
+    double *a = work + (size_t)omp_get_thread_num() * 2 * num, *b = a + num;
+#pragma omp for schedule(static)
+    for (R_xlen_t i = 0; i < n; i++) {
+      double sg = scn_softplus(pr[i]);
+      scn_rng_normals(seed, stream, (uint64_t)i * num, num, a);
+      double s1 = 0.0;
+      for (int d = 0; d < num; d++) {
+        a[d] = exp(pl[i] + sg * a[d]);
+        if (pm) a[d] *= pm[d + (R_xlen_t)mc[i] * num];
+        s1 += a[d];
+      }
+      double mu = s1 / num, s2 = 0.0;
+      for (int d = 0; d < num; d++) s2 += (a[d] - mu) * (a[d] - mu);
+      pmean[i] = mu;
+      psd[i] = sqrt(s2 / num);
+      for (int k = 0; k < nq; k++) {
+        memcpy(b, a, num * sizeof(double));
+        pq[i + (R_xlen_t)k * n] = scn_quantile_linear(b, num, pp[k]);
+      }
+    }
+  }
+  free(work);
+  UNPROTECT(1);
+  return ans;
+}
+
+/* .Call(C_scnative_svi_draws, loc, rho, num, seed, stream) -> num x n draws (same numbers as
+ * scnative_svi_summary for the same seed and stream). */
+SEXP scnative_svi_draws(SEXP loc, SEXP rho, SEXP num_, SEXP seed_, SEXP stream_) {
+  R_xlen_t n = XLENGTH(loc);
+  int num = asInteger(num_);
+  uint64_t seed = scn_seed_from_sexp(seed_), stream = (uint64_t)asReal(stream_);
+  SEXP ans = PROTECT(allocMatrix(REALSXP, num, n));
+  for (R_xlen_t i = 0; i < n; i++) {
+    double *a = REAL(ans) + i * num, sg = scn_softplus(REAL(rho)[i]);
+    scn_rng_normals(seed, stream, (uint64_t)i * num, num, a);
+    for (int d = 0; d < num; d++) a[d] = exp(REAL(loc)[i] + sg * a[d]);
+  }
+  UNPROTECT(1);
+  return ans;
+}
