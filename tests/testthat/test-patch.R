@@ -56,7 +56,15 @@ test_that("patched scvelo.tl.recover_dynamics equals the R API, matches upstream
   reticulate::py_run_string("
 scv.tl.velocity(nat, mode='dynamical')
 scv.tl.velocity_graph(nat, show_progress_bar=False)
-scv.tl.latent_time(nat)
+# latent_time's terminal states use ARPACK, whose random start vector changes from call to
+# call; on 50 cells it occasionally does not converge (upstream's own fits too): retry
+for attempt in range(5):
+    try:
+        scv.tl.latent_time(nat)
+        break
+    except Exception as e:
+        if type(e).__name__ != 'ArpackNoConvergence' or attempt == 4:
+            raise
 g = nat.var_names[np.nanargmax(nat.var['fit_likelihood'].values)]
 scv.pl.scatter(nat, g, show=False)
 ")
