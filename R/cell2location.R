@@ -607,14 +607,8 @@ cell_abundance <- function(x, which = "means", upstream_names = FALSE, ...) {
   if (!inherits(x, "scnative_c2l_posterior")) {
     stopf("'x' must be a scnative_c2l fit or a posterior from export_posterior()")
   }
-  check_string(which, "which")
   check_flag(upstream_names, "upstream_names")
-  avail <- setdiff(names(x), c("cell_types", "spots", "num_samples"))
-  if (!which %in% avail || is.null(x[[which]])) {
-    stopf("'which' must be one of %s, not '%s'", paste(sprintf("'%s'", avail), collapse = ", "),
-          which)
-  }
-  m <- x[[which]]$w_sf
+  m <- svi_summary_of(x, which, "w_sf", c("cell_types", "spots", "num_samples"))
   colnames(m) <- if (upstream_names) paste0(which, "cell_abundance_w_sf_", x$cell_types) else x$cell_types
   rownames(m) <- x$spots
   m

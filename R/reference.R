@@ -501,14 +501,8 @@ signatures <- function(x, which = "means", upstream_names = FALSE, ...) {
   if (!inherits(x, "scnative_reference_posterior")) {
     stopf("'x' must be a scnative_reference fit or a posterior from export_posterior()")
   }
-  check_string(which, "which")
   check_flag(upstream_names, "upstream_names")
-  avail <- setdiff(names(x), c("cell_types", "genes", "num_samples"))
-  if (!which %in% avail || is.null(x[[which]])) {
-    stopf("'which' must be one of %s, not '%s'", paste(sprintf("'%s'", avail), collapse = ", "),
-          which)
-  }
-  m <- t(x[[which]]$per_cluster_mu_fg)
+  m <- t(svi_summary_of(x, which, "per_cluster_mu_fg", c("cell_types", "genes", "num_samples")))
   dimnames(m) <- list(x$genes, if (upstream_names) {
     paste0(which, "_per_cluster_mu_fg_", x$cell_types)
   } else {

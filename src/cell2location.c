@@ -90,12 +90,7 @@ static void c2l_finalizer(SEXP ptr) {
   R_ClearExternalPtr(ptr);
 }
 
-static c2l_state *c2l_get(SEXP ptr) {
-  if (TYPEOF(ptr) != EXTPTRSXP) error(_("not a cell2location state"));
-  c2l_state *st = (c2l_state *)R_ExternalPtrAddr(ptr);
-  if (!st) error(_("the cell2location state is no longer valid (saved and reloaded?)"));
-  return st;
-}
+static c2l_state *c2l_get(SEXP ptr) { return scn_state_get(ptr, "cell2location"); }
 
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
@@ -456,7 +451,7 @@ static double c2l_eval(c2l_state *st, const double *u, const double *z, int nth)
   const int S = st->S, G = st->G, F = st->F, R = st->R, E = st->E;
   const double *h = st->hyp;
   const double shM = h[0], rtM = h[1], lamM = h[2], Nc = h[3], vN = h[4], Bg = h[5], kap = h[6],
-               cw = h[7], ay = h[8], ah = h[9], bh = h[10], aS = h[11], bS = h[12], aphi = h[13],
+               cw = h[7], ay = h[8], ah = h[9], bh_ = h[10], aS = h[11], bS = h[12], aphi = h[13],
                bphi = h[14];
   double *gz = st->gd.gz;
   memset(gz, 0, (size_t)st->gd.P * sizeof(double));
@@ -553,38 +548,12 @@ static double c2l_eval(c2l_state *st, const double *u, const double *z, int nth)
   }
   /* background and over-dispersion */
   {
-    double hh = Z(S_H)[0], phi = Z(S_PHI)[0];
-    const double *zSe = Z(S_SMEAN), *uSe = U(S_SMEAN), *zi = Z(S_SINV), *zs = Z(S_SEG),
-                 *us = U(S_SEG), *zo = Z(S_O);
-    double *gs = GZ(S_SEG), *gSe = GZ(S_SMEAN), *gi = GZ(S_SINV), *go = GZ(S_O);
-    lp += scn_lgamma_pdf(hh, U(S_H)[0], ah, bh) + scn_lgamma_pdf(phi, U(S_PHI)[0], aphi, bphi);
-    double sh = 0.0;
-    for (int e = 0; e < E; e++) {
-      double Se = zSe[e], io = zi[e], ae = 1.0 / (io * io), rate = ae / Se, lrate = log(rate);
-      double lga = scn_lgamma(ae), dga = scn_digamma(ae);
-      lp += scn_lgamma_pdf(Se, uSe[e], aS, bS) + log(hh) - hh * io;
-      sh += 1.0 / hh - io;
-      double s1 = 0.0, s2 = 0.0, l = 0.0;
-      for (int g = 0; g < G; g++) {
-        R_xlen_t i = e + (R_xlen_t)g * E;
-        l += ae * lrate + (ae - 1.0) * us[i] - rate * zs[i] - lga;
-        gs[i] = (ae - 1.0) / zs[i] - rate;
-        s1 += zs[i] - Se;
-        s2 += lrate + 1.0 + us[i] - dga - zs[i] / Se;
-      }
-      lp += l;
-      gSe[e] = (aS - 1.0) / Se - bS + ae * s1 / (Se * Se);
-      gi[e] = -hh - 2.0 / (io * io * io) * s2;
-    }
-    GZ(S_H)[0] = (ah - 1.0) / hh - bh + sh;
-    double lphi = log(phi), so = 0.0, l = 0.0;
-    for (R_xlen_t i = 0; i < (R_xlen_t)E * G; i++) {
-      l += lphi - phi * zo[i];
-      go[i] = -phi;
-      so += 1.0 / phi - zo[i];
-    }
-    lp += l;
-    GZ(S_PHI)[0] = (aphi - 1.0) / phi - bphi + so;
+    const double bh[4] = {ah, bh_, aS, bS};
+    lp += scn_background_prior(E, G, Z(S_H)[0], U(S_H)[0], Z(S_SMEAN), U(S_SMEAN), Z(S_SINV),
+                               Z(S_SEG), U(S_SEG), bh, GZ(S_H), GZ(S_SMEAN), GZ(S_SINV),
+                               GZ(S_SEG));
+    lp += scn_overdispersion_prior((R_xlen_t)E * G, Z(S_PHI)[0], U(S_PHI)[0], Z(S_O), aphi,
+                                   bphi, GZ(S_PHI), GZ(S_O));
   }
   double lplik = 0.0;
   c2l_likelihood(st, z, nth, &lplik);

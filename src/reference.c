@@ -70,12 +70,7 @@ static void reg_finalizer(SEXP ptr) {
   R_ClearExternalPtr(ptr);
 }
 
-static reg_state *reg_get(SEXP ptr) {
-  if (TYPEOF(ptr) != EXTPTRSXP) error(_("not a regression model state"));
-  reg_state *st = (reg_state *)R_ExternalPtrAddr(ptr);
-  if (!st) error(_("the regression model state is no longer valid (saved and reloaded?)"));
-  return st;
-}
+static reg_state *reg_get(SEXP ptr) { return scn_state_get(ptr, "regression model"); }
 
 #define SITE(j) (st->gd.off[st->site[j]])
 
@@ -347,46 +342,15 @@ static double reg_logp(void *ctx, int nth) {
       gy[e] = (da - 1.0) / zy[e] - db;
     }
   }
-  /* background s_eg and its hierarchy */
+  /* background s_eg and its hierarchy; over-dispersion */
   {
-    double hh = z[SITE(R_H)];
-    const double *zSe = z + SITE(R_SMEAN), *uSe = u + SITE(R_SMEAN), *zi = z + SITE(R_SINV),
-                 *zs = z + SITE(R_SEG), *us = u + SITE(R_SEG);
-    double *gs = gz + SITE(R_SEG), *gSe = gz + SITE(R_SMEAN), *gi = gz + SITE(R_SINV);
-    lp += scn_lgamma_pdf(hh, u[SITE(R_H)], ha, hb);
-    double sh = 0.0;
-    for (int e = 0; e < E; e++) {
-      double Se = zSe[e], io = zi[e], ae = 1.0 / (io * io), rate = ae / Se, lrate = log(rate);
-      double lg = scn_lgamma(ae), dg = scn_digamma(ae);
-      lp += scn_lgamma_pdf(Se, uSe[e], Sa, Sb) + log(hh) - hh * io;
-      sh += 1.0 / hh - io;
-      double s1 = 0.0, s2 = 0.0, l = 0.0;
-      for (int g = 0; g < G; g++) {
-        R_xlen_t i = e + (R_xlen_t)g * E;
-        l += ae * lrate + (ae - 1.0) * us[i] - rate * zs[i] - lg;
-        gs[i] = (ae - 1.0) / zs[i] - rate;
-        s1 += zs[i] - Se;
-        s2 += lrate + 1.0 + us[i] - dg - zs[i] / Se;
-      }
-      lp += l;
-      gSe[e] = (Sa - 1.0) / Se - Sb + ae * s1 / (Se * Se);
-      gi[e] = -hh - 2.0 / (io * io * io) * s2;
-    }
-    gz[SITE(R_H)] = (ha - 1.0) / hh - hb + sh;
-  }
-  /* over-dispersion */
-  {
-    double phi = z[SITE(R_PHI)], lphi = log(phi), so = 0.0, l = 0.0;
-    const double *zo = z + SITE(R_O);
-    double *go = gz + SITE(R_O);
-    lp += scn_lgamma_pdf(phi, u[SITE(R_PHI)], pa, pb);
-    for (int g = 0; g < G; g++) {
-      l += lphi - phi * zo[g];
-      go[g] = -phi;
-      so += 1.0 / phi - zo[g];
-    }
-    lp += l;
-    gz[SITE(R_PHI)] = (pa - 1.0) / phi - pb + so;
+    const double bh[4] = {ha, hb, Sa, Sb};
+    lp += scn_background_prior(E, G, z[SITE(R_H)], u[SITE(R_H)], z + SITE(R_SMEAN),
+                               u + SITE(R_SMEAN), z + SITE(R_SINV), z + SITE(R_SEG),
+                               u + SITE(R_SEG), bh, gz + SITE(R_H), gz + SITE(R_SMEAN),
+                               gz + SITE(R_SINV), gz + SITE(R_SEG));
+    lp += scn_overdispersion_prior(G, z[SITE(R_PHI)], u[SITE(R_PHI)], z + SITE(R_O), pa, pb,
+                                   gz + SITE(R_PHI), gz + SITE(R_O));
   }
   double scale = (double)st->N / (double)st->b;
   return lp + reg_likelihood(st, z, gz, scale, nth);
@@ -455,14 +419,11 @@ SEXP scnative_reg_train(SEXP ptr, SEXP n_epochs, SEXP epoch0, SEXP step0, SEXP o
     }
     REAL(ans)[it] = tot / nsteps;
   }
-  SEXP res = PROTECT(allocVector(VECSXP, 2));
+  static const char *names[] = {"loss", "steps"};
+  SEXP res = PROTECT(scn_named_list(2, names));
   SET_VECTOR_ELT(res, 0, ans);
   SET_VECTOR_ELT(res, 1, ScalarReal(step));
-  SEXP nms = PROTECT(allocVector(STRSXP, 2));
-  SET_STRING_ELT(nms, 0, mkChar("loss"));
-  SET_STRING_ELT(nms, 1, mkChar("steps"));
-  setAttrib(res, R_NamesSymbol, nms);
-  UNPROTECT(3);
+  UNPROTECT(2);
   return res;
 }
 

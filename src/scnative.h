@@ -137,6 +137,19 @@ void scn_guide_draw_eps(scn_guide *g, uint64_t seed, double step, int nth);
 double scn_svi_step(scn_guide *g, scn_logp_fn logp, void *ctx, uint64_t seed, double step,
                     const scn_optim *opt, int nth);
 void scn_guide_set_u(scn_guide *g, const double *u); /* u and z = exp(u) */
+/* Priors shared by both models; each returns its log density and SETS the gradients
+ * d log p / dz of its sites (callers add the likelihood's parts afterwards).
+ * Background: h ~ Gamma(hyp[0], hyp[1]); S_e ~ Gamma(hyp[2], hyp[3]); iota_e ~ Exp(h);
+ * s_eg ~ Gamma(1/iota_e^2, 1/(iota_e^2 S_e)), s stored e + g * E. */
+double scn_background_prior(int E, int G, double hh, double uh, const double *zSe,
+                            const double *uSe, const double *zi, const double *zs,
+                            const double *us, const double hyp[4], double *gh, double *gSe,
+                            double *gi, double *gs);
+/* Over-dispersion: phi ~ Gamma(a, b); o_i ~ Exp(phi), i < n. */
+double scn_overdispersion_prior(R_xlen_t n, double phi, double uphi, const double *zo, double a,
+                                double b, double *gphi, double *go);
+SEXP scn_named_list(int n, const char **names); /* a list with names, elements NULL */
+void *scn_state_get(SEXP ptr, const char *what); /* a model state's pointer, or an R error */
 SEXP scn_guide_params_sexp(const scn_guide *g);     /* list(loc, rho, steps) */
 SEXP scn_logjoint_sexp(const scn_guide *g, double lp); /* list(logp, grad wrt u) */
 

@@ -156,11 +156,68 @@ double scn_svi_step(scn_guide *g, scn_logp_fn logp, void *ctx, uint64_t seed, do
   return -lp + lq;
 }
 
+/* ---- priors shared by both models (spec 6.3, items 12-17) ------------------------------ */
+
+double scn_background_prior(int E, int G, double hh, double uh, const double *zSe,
+                            const double *uSe, const double *zi, const double *zs,
+                            const double *us, const double hyp[4], double *gh, double *gSe,
+                            double *gi, double *gs) {
+  const double ah = hyp[0], bh = hyp[1], aS = hyp[2], bS = hyp[3];
+  double lp = scn_lgamma_pdf(hh, uh, ah, bh), sh = 0.0;
+  for (int e = 0; e < E; e++) {
+    double Se = zSe[e], io = zi[e], ae = 1.0 / (io * io), rate = ae / Se, lrate = log(rate);
+    double lga = scn_lgamma(ae), dga = scn_digamma(ae);
+    lp += scn_lgamma_pdf(Se, uSe[e], aS, bS) + log(hh) - hh * io;
+    sh += 1.0 / hh - io;
+    double s1 = 0.0, s2 = 0.0, l = 0.0;
+    for (int g = 0; g < G; g++) {
+      R_xlen_t i = e + (R_xlen_t)g * E;
+      l += ae * lrate + (ae - 1.0) * us[i] - rate * zs[i] - lga;
+      gs[i] = (ae - 1.0) / zs[i] - rate;
+      s1 += zs[i] - Se;
+      s2 += lrate + 1.0 + us[i] - dga - zs[i] / Se;
+    }
+    lp += l;
+    gSe[e] = (aS - 1.0) / Se - bS + ae * s1 / (Se * Se);
+    gi[e] = -hh - 2.0 / (io * io * io) * s2;
+  }
+  *gh = (ah - 1.0) / hh - bh + sh;
+  return lp;
+}
+
+double scn_overdispersion_prior(R_xlen_t n, double phi, double uphi, const double *zo, double a,
+                                double b, double *gphi, double *go) {
+  double lphi = log(phi), so = 0.0, l = 0.0;
+  for (R_xlen_t i = 0; i < n; i++) {
+    l += lphi - phi * zo[i];
+    go[i] = -phi;
+    so += 1.0 / phi - zo[i];
+  }
+  *gphi = (a - 1.0) / phi - b + so;
+  return scn_lgamma_pdf(phi, uphi, a, b) + l;
+}
+
 /* ---- helpers for the models' shims --------------------------------------------------- */
+
+void *scn_state_get(SEXP ptr, const char *what) {
+  if (TYPEOF(ptr) != EXTPTRSXP) error(_("not a %s state"), what);
+  void *st = R_ExternalPtrAddr(ptr);
+  if (!st) error(_("the %s state is no longer valid (saved and reloaded?)"), what);
+  return st;
+}
+
+SEXP scn_named_list(int n, const char **names) {
+  SEXP ans = PROTECT(allocVector(VECSXP, n)), nms = PROTECT(allocVector(STRSXP, n));
+  for (int i = 0; i < n; i++) SET_STRING_ELT(nms, i, mkChar(names[i]));
+  setAttrib(ans, R_NamesSymbol, nms);
+  UNPROTECT(2);
+  return ans;
+}
 
 /* list(loc, rho, steps) of a guide */
 SEXP scn_guide_params_sexp(const scn_guide *g) {
-  SEXP ans = PROTECT(allocVector(VECSXP, 3));
+  static const char *names[] = {"loc", "rho", "steps"};
+  SEXP ans = PROTECT(scn_named_list(3, names));
   SET_VECTOR_ELT(ans, 2, ScalarReal((double)g->t));
   SEXP l = allocVector(REALSXP, g->P);
   SET_VECTOR_ELT(ans, 0, l);
@@ -168,12 +225,7 @@ SEXP scn_guide_params_sexp(const scn_guide *g) {
   SEXP r = allocVector(REALSXP, g->P);
   SET_VECTOR_ELT(ans, 1, r);
   memcpy(REAL(r), g->rho, g->P * sizeof(double));
-  SEXP nms = PROTECT(allocVector(STRSXP, 3));
-  SET_STRING_ELT(nms, 0, mkChar("loc"));
-  SET_STRING_ELT(nms, 1, mkChar("rho"));
-  SET_STRING_ELT(nms, 2, mkChar("steps"));
-  setAttrib(ans, R_NamesSymbol, nms);
-  UNPROTECT(2);
+  UNPROTECT(1);
   return ans;
 }
 
@@ -186,16 +238,13 @@ void scn_guide_set_u(scn_guide *g, const double *u) {
 
 /* list(logp, grad = d log p / du) after the model's callback ran on the guide's u */
 SEXP scn_logjoint_sexp(const scn_guide *g, double lp) {
-  SEXP ans = PROTECT(allocVector(VECSXP, 2));
+  static const char *names[] = {"logp", "grad"};
+  SEXP ans = PROTECT(scn_named_list(2, names));
   SET_VECTOR_ELT(ans, 0, ScalarReal(lp));
   SEXP gr = allocVector(REALSXP, g->P);
   SET_VECTOR_ELT(ans, 1, gr);
   for (R_xlen_t i = 0; i < g->P; i++) REAL(gr)[i] = g->z[i] * g->gz[i];
-  SEXP nms = PROTECT(allocVector(STRSXP, 2));
-  SET_STRING_ELT(nms, 0, mkChar("logp"));
-  SET_STRING_ELT(nms, 1, mkChar("grad"));
-  setAttrib(ans, R_NamesSymbol, nms);
-  UNPROTECT(2);
+  UNPROTECT(1);
   return ans;
 }
 

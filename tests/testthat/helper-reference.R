@@ -7,18 +7,8 @@
 run_upstream_reference <- function(counts, labels, batch = NULL, max_epochs = NULL,
                                    batch_size = 2500L, lr = 0.002, seed = 0, num_samples = 200,
                                    threads = 2) {
-  use_peers()
-  np <- reticulate::import("numpy", convert = FALSE)
-  pd <- reticulate::import("pandas", convert = FALSE)
-  sp <- reticulate::import("scipy.sparse", convert = FALSE)
-  ad <- reticulate::import("anndata", convert = FALSE)
-  torch <- reticulate::import("torch", convert = FALSE)
-  scvi <- reticulate::import("scvi", convert = FALSE)
-  c2l <- reticulate::import("cell2location", convert = FALSE)
-  logging <- reticulate::import("logging")
-  logging$getLogger("lightning.pytorch")$setLevel(logging$ERROR)
-  logging$getLogger("scvi")$setLevel(logging$ERROR)
-  torch$set_num_threads(as.integer(threads))
+  m <- c2l_py_modules(threads)
+  np <- m$np; pd <- m$pd; sp <- m$sp; ad <- m$ad; scvi <- m$scvi; c2l <- m$c2l
   x <- methods::as(counts, "CsparseMatrix")
   cells <- colnames(x) %||% as.character(seq_len(ncol(x)))
   X <- sp$csr_matrix(sp$csc_matrix(reticulate::tuple(np$asarray(x@x, dtype = "float32"),

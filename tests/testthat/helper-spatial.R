@@ -1,6 +1,19 @@
 # Live upstream cell2location through reticulate (peers venv), for the accuracy/agreement tests
 # of test-spatial.R. bench/upstream_c2l.py does the same from files for the benchmarks.
 
+# The Python modules of the live cell2location runs (peers venv), quiet loggers, torch threads.
+c2l_py_modules <- function(threads) {
+  use_peers()
+  imp <- function(m) reticulate::import(m, convert = FALSE)
+  logging <- reticulate::import("logging")
+  logging$getLogger("lightning.pytorch")$setLevel(logging$ERROR)
+  logging$getLogger("scvi")$setLevel(logging$ERROR)
+  torch <- imp("torch")
+  torch$set_num_threads(as.integer(threads))
+  list(np = imp("numpy"), pd = imp("pandas"), sp = imp("scipy.sparse"), ad = imp("anndata"),
+       scvi = imp("scvi"), c2l = imp("cell2location"), torch = torch)
+}
+
 # Fits upstream Cell2location on `counts` (genes x spots, matrix or dgCMatrix) with
 # `signatures` (genes x cell types; genes are intersected as the tutorial does) and returns
 # list(means, q05 = spots x cell types posterior summaries of w_sf with the cell type names,
@@ -8,18 +21,8 @@
 run_upstream_c2l <- function(counts, signatures, N_cells_per_location = 8, detection_alpha = 20,
                              max_epochs = 1000, lr = 0.002, seed = 0, num_samples = 100,
                              threads = 2, batch = NULL) {
-  use_peers()
-  np <- reticulate::import("numpy", convert = FALSE)
-  pd <- reticulate::import("pandas", convert = FALSE)
-  sp <- reticulate::import("scipy.sparse", convert = FALSE)
-  ad <- reticulate::import("anndata", convert = FALSE)
-  torch <- reticulate::import("torch", convert = FALSE)
-  scvi <- reticulate::import("scvi", convert = FALSE)
-  c2l <- reticulate::import("cell2location", convert = FALSE)
-  logging <- reticulate::import("logging")
-  logging$getLogger("lightning.pytorch")$setLevel(logging$ERROR)
-  logging$getLogger("scvi")$setLevel(logging$ERROR)
-  torch$set_num_threads(as.integer(threads))
+  m <- c2l_py_modules(threads)
+  np <- m$np; pd <- m$pd; sp <- m$sp; ad <- m$ad; scvi <- m$scvi; c2l <- m$c2l
 
   genes <- intersect(rownames(counts), rownames(signatures))
   x <- as.matrix(counts[genes, , drop = FALSE])
