@@ -35,7 +35,14 @@ if (has_gg) {
 # 2. cell2location: mouse hippocampus, Visium (313 spots) and a reference of 17 types (GPL-3)
 cat("\n== cell2location spatial mapping ==\n")
 h <- example_hippocampus()
-sig <- cluster_averages(h$reference$counts, h$reference$cell_types)
+t0 <- proc.time()[["elapsed"]]
+ref_fit <- reference_signatures(h$reference$counts, h$reference$cell_types, seed = 1,
+                                progress = FALSE)
+el <- proc.time()[["elapsed"]] - t0
+cat(sprintf("reference_signatures: %d cells x %d genes x %d types, %d epochs in %.1f s\n",
+            ref_fit$settings$n_cells, ref_fit$settings$n_genes,
+            length(ref_fit$settings$cell_types), nrow(ref_fit$history), el))
+sig <- signatures(ref_fit, num_samples = 200, seed = 1)
 t0 <- proc.time()[["elapsed"]]
 fit2 <- cell2location(h$visium$counts, sig, N_cells_per_location = 8, detection_alpha = 20,
                       max_epochs = 3000, seed = 1, progress = FALSE)
@@ -52,7 +59,7 @@ if (has_gg) {
             "spatial_abundance.png", width = 9, height = 6)
 }
 grDevices::png(file.path(out, "elbo_history.png"), width = 700, height = 450)
-plot_history(fit2, iter_start = 100)
+print(plot_history(fit2, iter_start = 100))
 invisible(grDevices::dev.off())
 cat("  plot:", file.path(out, "elbo_history.png"), "\n")
 cat("\ndemo done\n")
