@@ -567,13 +567,7 @@ static double c2l_eval(c2l_state *st, const double *u, const double *z, int nth)
 
 /* .Call(C_scnative_c2l_set_params, ptr, loc, rho): also resets the Adam state. */
 SEXP scnative_c2l_set_params(SEXP ptr, SEXP loc, SEXP rho) {
-  c2l_state *st = c2l_get(ptr);
-  if (!isReal(loc) || !isReal(rho) || XLENGTH(loc) != st->gd.P || XLENGTH(rho) != st->gd.P)
-    SCN_INTERNAL_ERROR("parameter length");
-  memcpy(st->gd.loc, REAL(loc), st->gd.P * sizeof(double));
-  memcpy(st->gd.rho, REAL(rho), st->gd.P * sizeof(double));
-  scn_guide_reset_optim(&st->gd);
-  return R_NilValue;
+  return scn_guide_set_params(&c2l_get(ptr)->gd, loc, rho);
 }
 
 SEXP scnative_c2l_get_params(SEXP ptr) {

@@ -2,8 +2,8 @@
  *
  * One static count, set at load from R_SCNATIVE_NUM_THREADS and capped by the core count,
  * OMP_THREAD_LIMIT and OMP_NUM_THREADS (read from the environment each time, because the OpenMP
- * runtime reads them only once). Every parallel region asks scn_threads_for(); nothing here
- * calls omp_set_num_threads(), which would change R's and every other package's setting. */
+ * runtime reads them only once). Every parallel region asks scn_threads_for(); the OpenMP
+ * runtime's global thread setting is never changed (it is R's and every other package's). */
 #include "scnative.h"
 
 static int scn_nthreads = 1;

@@ -360,13 +360,7 @@ static double reg_logp(void *ctx, int nth) {
 
 /* .Call(C_scnative_reg_set_params, ptr, loc, rho): also resets the Adam state. */
 SEXP scnative_reg_set_params(SEXP ptr, SEXP loc, SEXP rho) {
-  reg_state *st = reg_get(ptr);
-  if (!isReal(loc) || !isReal(rho) || XLENGTH(loc) != st->gd.P || XLENGTH(rho) != st->gd.P)
-    SCN_INTERNAL_ERROR("parameter length");
-  memcpy(st->gd.loc, REAL(loc), st->gd.P * sizeof(double));
-  memcpy(st->gd.rho, REAL(rho), st->gd.P * sizeof(double));
-  scn_guide_reset_optim(&st->gd);
-  return R_NilValue;
+  return scn_guide_set_params(&reg_get(ptr)->gd, loc, rho);
 }
 
 SEXP scnative_reg_get_params(SEXP ptr) { return scn_guide_params_sexp(&reg_get(ptr)->gd); }

@@ -137,6 +137,8 @@ void scn_guide_draw_eps(scn_guide *g, uint64_t seed, double step, int nth);
 double scn_svi_step(scn_guide *g, scn_logp_fn logp, void *ctx, uint64_t seed, double step,
                     const scn_optim *opt, int nth);
 void scn_guide_set_u(scn_guide *g, const double *u); /* u and z = exp(u) */
+/* loc and rho from R vectors of length P; resets the optimiser state. Returns R's NULL. */
+SEXP scn_guide_set_params(scn_guide *g, SEXP loc, SEXP rho);
 /* Priors shared by both models; each returns its log density and SETS the gradients
  * d log p / dz of its sites (callers add the likelihood's parts afterwards).
  * Background: h ~ Gamma(hyp[0], hyp[1]); S_e ~ Gamma(hyp[2], hyp[3]); iota_e ~ Exp(h);

@@ -229,6 +229,15 @@ SEXP scn_guide_params_sexp(const scn_guide *g) {
   return ans;
 }
 
+SEXP scn_guide_set_params(scn_guide *g, SEXP loc, SEXP rho) {
+  if (!isReal(loc) || !isReal(rho) || XLENGTH(loc) != g->P || XLENGTH(rho) != g->P)
+    SCN_INTERNAL_ERROR("parameter length");
+  memcpy(g->loc, REAL(loc), g->P * sizeof(double));
+  memcpy(g->rho, REAL(rho), g->P * sizeof(double));
+  scn_guide_reset_optim(g);
+  return R_NilValue;
+}
+
 void scn_guide_set_u(scn_guide *g, const double *u) {
   for (R_xlen_t i = 0; i < g->P; i++) {
     g->u[i] = u[i];
