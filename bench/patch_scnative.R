@@ -6,9 +6,9 @@ a <- commandArgs(TRUE)
 venv <- file.path(Sys.getenv("HOME"), ".cache", "scnative", "peers")
 reticulate::use_virtualenv(venv, required = TRUE)
 suppressMessages(library(scnative))
-py <- reticulate::py
 if (a[1] == "scvelo") {
   patch_scvelo(quiet = TRUE)
+  py <- reticulate::py # only after Python is initialised (by the patch)
   py$file <- a[2]; py$threads <- as.integer(a[3]); py$n_genes <- as.integer(a[4])
   reticulate::py_run_string("
 import time, numpy as np, anndata as ad, scvelo as scv
@@ -25,6 +25,7 @@ print('BENCH_SECONDS=%.6f' % el)
 ")
 } else {
   patch_cell2location(quiet = TRUE)
+  py <- reticulate::py
   py$stem <- a[2]; py$S <- as.integer(a[3]); py$G <- as.integer(a[4]); py$F <- as.integer(a[5])
   py$epochs <- as.integer(a[7])
   reticulate::py_run_string("
