@@ -189,8 +189,8 @@ c2l_patch_callback <- function(X, batch, sig, hyper, init, max_epochs, lr) {
                           rho = matrix(as.vector(pr[[2]]), tab$nrow[j], tab$ncol[j], dimnames = dn))
     }
   }
-  fit <- c2l_fit_run(prep, params, data.frame(epoch = integer(0), elbo_train = numeric(0)),
-                     as.integer(max_epochs), as.double(lr), "adam", 10, 1, resolve_seed(NULL),
+  fit <- c2l_fit_run(prep, params, svi_empty_history(), as.integer(max_epochs),
+                     svi_optimizer("adam", as.double(lr), list()), resolve_seed(NULL),
                      resolve_threads(NULL), FALSE, FALSE)
   list(loc = lapply(fit$params, function(p) unname(p$loc)),
        rho = lapply(fit$params, function(p) unname(p$rho)),
