@@ -181,11 +181,12 @@ typedef struct {
   const double *cx;
   int fit_steady;
   int proj_grid; /* M */
+  int avx;       /* 256-bit smoothing available */
 } dyn_shared;
 
 typedef struct {
   double *uhat, *tau, *tau_, *r0, *r1, *r2, *r3, *d0, *d1, *d2, *d3;
-  double *sbuf, *sbuf2, *dbuf, *wbuf, *ilv, *eU, *eS, *eU_, *eS_;
+  double *sbuf, *sbuf2, *dbuf, *wbuf, *ilv, *eU, *eS, *eU_, *eS_, *jv0, *jv1;
   uint64_t *k1, *k2;
   double *ct, *ctau, *at, *atau, *grid;
   int *co, *ao, *idx_on, *idx_off;
@@ -291,6 +292,164 @@ static void smooth4(const dyn_shared *sh, const double *x, double *const *y) {
     y[3][i] = a3;
 #endif
   }
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define DYN_AVX 1
+/* smooth4 with 256-bit lanes: the same multiply and add per lane (no fused multiply-add) */
+__attribute__((target("avx"))) static void smooth4_avx(const dyn_shared *sh, const double *x,
+                                                       double *const *y) {
+  int n = sh->n;
+  const int *cp = sh->cp, *ci = sh->ci;
+  const double *cx = sh->cx;
+  for (int i = 0; i < n; i++) {
+    __m256d a = _mm256_setzero_pd();
+    for (int p = cp[i]; p < cp[i + 1]; p++)
+      a = _mm256_add_pd(a, _mm256_mul_pd(_mm256_set1_pd(cx[p]),
+                                         _mm256_loadu_pd(x + 4 * (size_t)ci[p])));
+    double r[4];
+    _mm256_storeu_pd(r, a);
+    y[0][i] = r[0];
+    y[1][i] = r[1];
+    y[2][i] = r[2];
+    y[3][i] = r[3];
+  }
+}
+#endif
+
+/* d_k = C r_k for the first K (2 or 4) distance vectors of the scratch */
+static void smooth_k(const dyn_shared *sh, dyn_scratch *w, int K) {
+  int n = sh->n;
+  double *X = w->ilv;
+  if (K == 4) {
+    for (int i = 0; i < n; i++) {
+      double *xi = X + 4 * (size_t)i;
+      xi[0] = w->r0[i];
+      xi[1] = w->r1[i];
+      xi[2] = w->r2[i];
+      xi[3] = w->r3[i];
+    }
+    double *yout[4] = {w->d0, w->d1, w->d2, w->d3};
+#ifdef DYN_AVX
+    if (sh->avx) {
+      smooth4_avx(sh, X, yout);
+      return;
+    }
+#endif
+    smooth4(sh, X, yout);
+  } else {
+    for (int i = 0; i < n; i++) {
+      X[2 * (size_t)i] = w->r0[i];
+      X[2 * (size_t)i + 1] = w->r1[i];
+    }
+    smooth2(sh, X, w->d0, w->d1);
+  }
+}
+
+/* Bucket pass over one set of values (for adjust_fast): appends to gap/thr the increments it
+ * knows exactly, in ascending order of position, with the sorted value that ends each (the
+ * smallest value, i.e. the first increment v_(1) - 0, and the gaps between consecutive
+ * non-empty buckets, which are gaps between consecutive sorted values); returns the largest
+ * range inside a bucket, which bounds every other (rounded) increment, or -1 if a value is
+ * not finite. Buckets split [min, max] evenly, so bucket order is value order. */
+static double gap_scan(const double *v, int m, double *bmin, double *bmax, double *gap,
+                       double *thr, int *nk) {
+  double lo = v[0], hi = v[0];
+  for (int k = 0; k < m; k++) {
+    if (!isfinite(v[k])) return -1;
+    if (v[k] < lo) lo = v[k];
+    if (v[k] > hi) hi = v[k];
+  }
+  gap[*nk] = lo - 0;
+  thr[(*nk)++] = lo;
+  if (hi == lo) return 0;
+  int B = m;
+  double scale = (double)B / (hi - lo);
+  if (!isfinite(scale)) return -1;
+  for (int b = 0; b < B; b++) {
+    bmin[b] = INFINITY;
+    bmax[b] = -INFINITY;
+  }
+  for (int k = 0; k < m; k++) {
+    int b = (int)((v[k] - lo) * scale); /* monotone in v */
+    if (b >= B) b = B - 1;
+    if (v[k] < bmin[b]) bmin[b] = v[k];
+    if (v[k] > bmax[b]) bmax[b] = v[k];
+  }
+  double R = 0, prev = 0;
+  int first = 1;
+  for (int b = 0; b < B; b++) {
+    if (bmin[b] > bmax[b]) continue;
+    double r = bmax[b] - bmin[b];
+    if (r > R) R = r;
+    if (!first) {
+      gap[*nk] = bmin[b] - prev;
+      thr[(*nk)++] = bmin[b];
+    }
+    prev = bmax[b];
+    first = 0;
+  }
+  return R;
+}
+
+/* adjust_increments (spec 4.3) without sorting, when the buckets of gap_scan() settle it: if
+ * no increment hidden inside a bucket can reach the k largest known ones (k = the order
+ * statistics P99.5 interpolates between), those are the k largest of all increments and give
+ * the threshold exactly; if no hidden increment exceeds the threshold either, every jump is a
+ * known gap. Applies the jumps to von/voff (in place, subtractions in upstream's order) and
+ * returns 1; returns 0 (values untouched) when the exact sorting path is needed. */
+static int adjust_fast(double *von, int non, double *voff, int noff, dyn_scratch *w) {
+  int N = non + noff, nk = 0;
+  double *gap = w->wbuf, *thr = w->dbuf, *bk = w->ilv, R = 0;
+  int nk_on = 0;
+  if (non > 0) {
+    R = gap_scan(von, non, bk, bk + non, gap, thr, &nk);
+    if (R < 0) return 0;
+    nk_on = nk;
+  }
+  if (noff > 0) {
+    double r = gap_scan(voff, noff, bk + 2 * (size_t)non, bk + 2 * (size_t)non + noff, gap, thr,
+                        &nk);
+    if (r < 0) return 0;
+    if (r > R) R = r;
+  }
+  double vi = (double)(N - 1) * (99.5 / 100.0);
+  ptrdiff_t prev = (ptrdiff_t)floor(vi), next = prev + 1;
+  double g = vi - floor(vi);
+  if (vi >= (double)(N - 1)) prev = next = N - 1;
+  ptrdiff_t k = N - prev; /* sorted[prev] is the k-th largest increment */
+  if (k > nk) return 0;
+  double *cp = w->sbuf2;
+  memcpy(cp, gap, sizeof(double) * (size_t)nk);
+  double lo = scn_select_kth(cp, nk, nk - k), hi = lo;
+  if (!(R <= lo)) return 0; /* a hidden increment might be among the k largest */
+  if (next != prev) {
+    hi = cp[nk - k + 1];
+    for (ptrdiff_t i = nk - k + 2; i < nk; i++)
+      if (cp[i] < hi) hi = cp[i];
+  }
+  double diff = hi - lo, P = lo + diff * g;
+  if (g >= 0.5) P = hi - diff * (1 - g);
+  double ub = 3 * P;
+  if (!(R <= ub)) return 0; /* a hidden increment might be a jump */
+  for (int set = 0; set < 2; set++) {
+    double *v = set ? voff : von;
+    int m = set ? noff : non, q0 = set ? nk_on : 0, q1 = set ? nk : nk_on;
+    int nj = 0, *jumps = w->ao;
+    for (int q = q0; q < q1; q++)
+      if (gap[q] > ub) jumps[nj++] = q;
+    if (nj == 0) continue;
+    for (int i = 0; i < m; i++) {
+      double x = v[i], val = x;
+      for (int j = 0; j < nj; j++) {
+        if (x >= thr[jumps[j]]) val -= gap[jumps[j]];
+        else break;
+      }
+      v[i] = val;
+    }
+  }
+  return 1;
 }
 
 #define DYN_BLK 16
@@ -436,80 +595,18 @@ static void assign(dyn_gene *g, double alpha, double beta, double gamma, double 
     for (int i = 0; i < n; i++) tau_[i] = np_clip(tau_[i], 0, mx);
   }
 
-  /* increment constraint (spec 4.3); model values kept for the state step */
+  /* increment constraint (spec 4.3) and state distances (4.4). The distances to the two
+   * branches at the raw times are those of the state step unless an increment is adjusted,
+   * and the steady-state distances do not depend on the times, so all K distance vectors are
+   * computed and smoothed in one pass; an adjustment (rare) recomputes the branch ones. */
   double *eU = w->eU, *eS = w->eS, *eU_ = w->eU_, *eS_ = w->eS_;
+  int K = (t_out && sh->fit_steady) ? 4 : 2;
+  double uinf = alpha / beta, sinf = alpha / gamma;
   for (int i = 0; i < n; i++) {
     if (!have_e) {
       sol_us(tau[i], 0, 0, alpha, beta, gamma, &eU[i], &eS[i]);
       sol_us(tau_[i], u0_, s0_, 0, beta, gamma, &eU_[i], &eS_[i]);
     }
-    double U = eU[i], S = eS[i], U_ = eU_[i], S_ = eS_[i];
-    double du = (uh[i] - U) / su, du_ = (uh[i] - U_) / su;
-    double ds = (s[i] - S) / ss, ds_ = (s[i] - S_) / ss;
-    w->r0[i] = du_ * du_ + ds_ * ds_;
-    w->r1[i] = du * du + ds * ds;
-  }
-  double *a0 = w->r0, *a1 = w->r1;
-  if (sh->cp) {
-    double *X = w->ilv;
-    for (int i = 0; i < n; i++) {
-      X[2 * (size_t)i] = w->r0[i];
-      X[2 * (size_t)i + 1] = w->r1[i];
-    }
-    smooth2(sh, X, w->d0, w->d1);
-    a0 = w->d0;
-    a1 = w->d1;
-  }
-  int non = 0, noff = 0;
-  for (int i = 0; i < n; i++) {
-    int on = (isnan(a1[i]) && !isnan(a0[i])) || (!isnan(a0[i]) && a1[i] < a0[i]);
-    if (on) w->idx_on[non++] = i;
-    else w->idx_off[noff++] = i;
-  }
-  {
-    /* values, sorted copies and increments of both sets */
-    double *von = w->sbuf, *soff = w->sbuf2; /* sbuf: [on values | off values] */
-    double *voff = von + non;
-    double *son = soff, *soff2 = soff + non;
-    for (int k = 0; k < non; k++) von[k] = tau[w->idx_on[k]];
-    for (int k = 0; k < noff; k++) voff[k] = tau_[w->idx_off[k]];
-    memcpy(son, von, sizeof(double) * (size_t)non);
-    memcpy(soff2, voff, sizeof(double) * (size_t)noff);
-    sort_dbl(son, non, w->k1, w->k2);
-    sort_dbl(soff2, noff, w->k1, w->k2);
-    double *dt = w->dbuf, *dt_ = w->dbuf + non;
-    for (int k = 0; k < non; k++) dt[k] = son[k] - (k ? son[k - 1] : 0);
-    for (int k = 0; k < noff; k++) dt_[k] = soff2[k] - (k ? soff2[k - 1] : 0);
-    memcpy(w->wbuf, dt, sizeof(double) * (size_t)(non + noff));
-    double ub = 3 * np_percentile(w->wbuf, non + noff, 99.5);
-    /* new values in the r2/r3 buffers (free at this point) */
-    double *non_v = w->r2, *noff_v = w->r3;
-    memcpy(non_v, von, sizeof(double) * (size_t)non);
-    memcpy(noff_v, voff, sizeof(double) * (size_t)noff);
-    int *jumps = w->ao; /* free int buffer of length n */
-    if (noff > 0) apply_jumps(noff_v, voff, noff, soff2, dt_, ub, jumps);
-    if (non > 0) apply_jumps(non_v, von, non, son, dt, ub, jumps);
-    for (int k = 0; k < non; k++) {
-      int i = w->idx_on[k];
-      tau[i] = non_v[k];
-      if (!(non_v[k] == von[k])) sol_us(tau[i], 0, 0, alpha, beta, gamma, &eU[i], &eS[i]);
-    }
-    for (int k = 0; k < noff; k++) {
-      int i = w->idx_off[k];
-      tau_[i] = noff_v[k];
-      if (!(noff_v[k] == voff[k])) sol_us(tau_[i], u0_, s0_, 0, beta, gamma, &eU_[i], &eS_[i]);
-    }
-  }
-  if (!t_out) {
-    memcpy(tau_raw, tau, sizeof(double) * (size_t)n);
-    memcpy(tau_raw_, tau_, sizeof(double) * (size_t)n);
-    return;
-  }
-
-  /* state distances (spec 4.4) */
-  double uinf = alpha / beta, sinf = alpha / gamma;
-  int K = sh->fit_steady ? 4 : 2;
-  for (int i = 0; i < n; i++) {
     double U = eU[i], S = eS[i], U_ = eU_[i], S_ = eS_[i];
     double du = (uh[i] - U) / su, du_ = (uh[i] - U_) / su;
     double ds = (s[i] - S) / ss, ds_ = (s[i] - S_) / ss;
@@ -524,28 +621,75 @@ static void assign(dyn_gene *g, double alpha, double beta, double gamma, double 
   }
   double *D[4] = {w->r0, w->r1, w->r2, w->r3};
   if (sh->cp) {
-    double *X = w->ilv;
-    if (K == 4) {
-      for (int i = 0; i < n; i++) {
-        double *xi = X + 4 * (size_t)i;
-        xi[0] = w->r0[i];
-        xi[1] = w->r1[i];
-        xi[2] = w->r2[i];
-        xi[3] = w->r3[i];
-      }
-      double *yout[4] = {w->d0, w->d1, w->d2, w->d3};
-      smooth4(sh, X, yout);
-    } else {
-      for (int i = 0; i < n; i++) {
-        X[2 * (size_t)i] = w->r0[i];
-        X[2 * (size_t)i + 1] = w->r1[i];
-      }
-      smooth2(sh, X, w->d0, w->d1);
-    }
+    smooth_k(sh, w, K);
     D[0] = w->d0;
     D[1] = w->d1;
     D[2] = w->d2;
     D[3] = w->d3;
+  }
+  int non = 0, noff = 0;
+  for (int i = 0; i < n; i++) {
+    double a0 = D[0][i], a1 = D[1][i];
+    int on = (isnan(a1) && !isnan(a0)) || (!isnan(a0) && a1 < a0);
+    if (on) w->idx_on[non++] = i;
+    else w->idx_off[noff++] = i;
+  }
+  int changed = 0;
+  {
+    /* values of both sets: sbuf = [on values | off values] */
+    double *von = w->sbuf, *voff = von + non;
+    for (int k = 0; k < non; k++) von[k] = tau[w->idx_on[k]];
+    for (int k = 0; k < noff; k++) voff[k] = tau_[w->idx_off[k]];
+    double *non_v = w->jv0, *noff_v = w->jv1;
+    memcpy(non_v, von, sizeof(double) * (size_t)non);
+    memcpy(noff_v, voff, sizeof(double) * (size_t)noff);
+    if (!adjust_fast(non_v, non, noff_v, noff, w)) {
+      double *soff = w->sbuf2;
+      double *son = soff, *soff2 = soff + non; /* sorted copies */
+      memcpy(son, von, sizeof(double) * (size_t)non);
+      memcpy(soff2, voff, sizeof(double) * (size_t)noff);
+      sort_dbl(son, non, w->k1, w->k2);
+      sort_dbl(soff2, noff, w->k1, w->k2);
+      double *dt = w->dbuf, *dt_ = w->dbuf + non;
+      for (int k = 0; k < non; k++) dt[k] = son[k] - (k ? son[k - 1] : 0);
+      for (int k = 0; k < noff; k++) dt_[k] = soff2[k] - (k ? soff2[k - 1] : 0);
+      memcpy(w->wbuf, dt, sizeof(double) * (size_t)(non + noff));
+      double ub = 3 * np_percentile(w->wbuf, non + noff, 99.5);
+      int *jumps = w->ao; /* free int buffer of length n */
+      if (noff > 0) apply_jumps(noff_v, voff, noff, soff2, dt_, ub, jumps);
+      if (non > 0) apply_jumps(non_v, von, non, son, dt, ub, jumps);
+    }
+    for (int k = 0; k < non; k++) {
+      if (non_v[k] == von[k]) continue;
+      int i = w->idx_on[k];
+      tau[i] = non_v[k];
+      sol_us(tau[i], 0, 0, alpha, beta, gamma, &eU[i], &eS[i]);
+      changed = 1;
+    }
+    for (int k = 0; k < noff; k++) {
+      if (noff_v[k] == voff[k]) continue;
+      int i = w->idx_off[k];
+      tau_[i] = noff_v[k];
+      sol_us(tau_[i], u0_, s0_, 0, beta, gamma, &eU_[i], &eS_[i]);
+      changed = 1;
+    }
+  }
+  if (!t_out) {
+    memcpy(tau_raw, tau, sizeof(double) * (size_t)n);
+    memcpy(tau_raw_, tau_, sizeof(double) * (size_t)n);
+    return;
+  }
+
+  /* state distances (spec 4.4): the branch distances again at the adjusted times */
+  if (changed) {
+    for (int i = 0; i < n; i++) {
+      double U = eU[i], S = eS[i], U_ = eU_[i], S_ = eS_[i];
+      double du = (uh[i] - U) / su, du_ = (uh[i] - U_) / su;
+      double ds = (s[i] - S) / ss, ds_ = (s[i] - S_) / ss;
+      w->r0[i] = du_ * du_ + ds_ * ds_;
+      w->r1[i] = du * du + ds * ds;
+    }
+    if (sh->cp) smooth_k(sh, w, 2);
   }
   for (int i = 0; i < n; i++) {
     int k = 0;
@@ -1193,7 +1337,7 @@ static void scratch_free(dyn_scratch *w) {
 
 static int scratch_alloc(dyn_scratch *w, int n, int M) {
   size_t nd = (size_t)n;
-  double *b = malloc(sizeof(double) * (nd * 29 + 16 * (size_t)M + 64));
+  double *b = malloc(sizeof(double) * (nd * 31 + 16 * (size_t)M + 64));
   int *ib = malloc(sizeof(int) * (nd * 4 + 8));
   double *cb = malloc(sizeof(double) * nd * 2 * DYN_CACHE);
   int *cib = malloc(sizeof(int) * nd * DYN_CACHE);
@@ -1243,6 +1387,8 @@ static int scratch_alloc(dyn_scratch *w, int n, int M) {
   w->eS = q; q += nd;
   w->eU_ = q; q += nd;
   w->eS_ = q; q += nd;
+  w->jv0 = q; q += nd;
+  w->jv1 = q; q += nd;
   w->k1 = (uint64_t *)q; q += nd;
   w->k2 = (uint64_t *)q; q += nd;
   w->grid = q;
@@ -1275,6 +1421,11 @@ SEXP scnative_dynamics_fit(SEXP S, SEXP U, SEXP conn, SEXP iopts, SEXP dopts, SE
   sh.cp = sh.ci = NULL;
   sh.cx = NULL;
   sh.fit_steady = io[4];
+  sh.avx = 0;
+#ifdef DYN_AVX
+  __builtin_cpu_init();
+  sh.avx = __builtin_cpu_supports("avx") ? 1 : 0;
+#endif
   int M = n / 5;
   if (M < 200) M = 200;
   if (M > 500) M = 500;
