@@ -212,12 +212,15 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
   if (!is.null(prev_var)) {
     for (nm in colnames(pars)) if (nm %in% names(prev_var)) pars[, nm] <- prev_var[[nm]]
   }
-  T_ <- Tau <- Tau_ <- matrix(NA_real_, n_genes, n_cells, dimnames = list(genes, cells))
-  if (!is.null(load_pars)) {
-    T_[] <- load_pars$layers$fit_t
-    Tau[] <- load_pars$layers$fit_tau
-    Tau_[] <- load_pars$layers$fit_tau_
+  # three separate layers (no shared allocation to be copied on first write)
+  new_layer <- function(prev) {
+    m <- matrix(NA_real_, n_genes, n_cells, dimnames = list(genes, cells))
+    if (!is.null(prev)) m[] <- prev
+    m
   }
+  T_ <- new_layer(load_pars$layers$fit_t)
+  Tau <- new_layer(load_pars$layers$fit_tau)
+  Tau_ <- new_layer(load_pars$layers$fit_tau_)
   mz_prev <- if (!is.null(prev_var) && "fit_alignment_scaling" %in% names(prev_var)) {
     prev_var$fit_alignment_scaling
   } else {
@@ -240,6 +243,7 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
     on.exit(close(pb), add = TRUE)
   }
   fitted <- logical(n_genes)
+  m_align <- rep(1, n_genes)
   unrec <- character(0)
   loss_rows <- vector("list", n_genes)
   raw_T <- matrix(NA_real_, n_cells, 0)
@@ -267,9 +271,14 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
     g <- ii[ok]
     fitted[g] <- TRUE
     pars[g, ] <- res[[1]][ok, , drop = FALSE]
-    T_[g, ] <- t(res[[2]][, ok, drop = FALSE])
-    Tau[g, ] <- t(res[[3]][, ok, drop = FALSE])
-    Tau_[g, ] <- t(res[[4]][, ok, drop = FALSE])
+    # alignment factor of each gene (spec 6.3), applied chunk by chunk (no full-size copies)
+    Tc <- res[[2]][, ok, drop = FALSE]
+    mf <- if (isFALSE(t_max)) rep(1, length(g)) else align_factor(Tc, pars[g, "fit_t_"], t_max)
+    m_align[g] <- mf
+    sc <- rep(mf, each = n_cells)
+    T_[g, ] <- t(Tc * sc)
+    Tau[g, ] <- t(res[[3]][, ok, drop = FALSE] * sc)
+    Tau_[g, ] <- t(res[[4]][, ok, drop = FALSE] * sc)
     for (k in which(ok)) {
       l <- res[[5]][k, ]
       loss_rows[[ii[k]]] <- l[!is.na(l)]
@@ -298,29 +307,14 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
 
   # alignment (spec 6.3)
   mz <- if (is.null(mz_prev)) rep(1, n_genes) else mz_prev
-  if (!isFALSE(t_max)) {
-    target <- if (is.null(t_max)) 20 else t_max
+  if (!isFALSE(t_max)) { # the layers were scaled chunk by chunk
     mz[fidx] <- 1
-    m <- rep(1, n_genes)
-    for (g in fidx) {
-      Tg <- T_[g, ]
-      tg <- pars[g, "fit_t_"]
-      Tmax <- max(Tg * (Tg < tg)) + max((Tg - tg) * (Tg > tg))
-      denom <- 1 - sum(Tg == tg | Tg == 0) / n_cells
-      denom <- denom + (denom == 0)
-      Tmax <- Tmax / denom
-      Tmax <- Tmax + (Tmax == 0)
-      m[g] <- target / Tmax
-    }
-    mz <- mz * m
-    mf <- m[fidx]
+    mz <- mz * m_align
+    mf <- m_align[fidx]
     pars[fidx, "fit_alpha"] <- pars[fidx, "fit_alpha"] / mf
     pars[fidx, "fit_beta"] <- pars[fidx, "fit_beta"] / mf
     pars[fidx, "fit_gamma"] <- pars[fidx, "fit_gamma"] / mf
     pars[fidx, "fit_t_"] <- pars[fidx, "fit_t_"] * mf
-    T_[fidx, ] <- T_[fidx, , drop = FALSE] * mf
-    Tau[fidx, ] <- Tau[fidx, , drop = FALSE] * mf
-    Tau_[fidx, ] <- Tau_[fidx, , drop = FALSE] * mf
     mz[!is.na(mz) & mz == 1] <- NA_real_
   }
   out_var <- as.data.frame(pars)
@@ -348,6 +342,22 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
 }
 
 # Binarised graph with self loops, rows divided by their counts, weights rounded to float32.
+# Alignment factor per gene (spec 6.3): columns of Tc (cells x genes) are the genes' times,
+# tg their switching times; t_max NULL means 20.
+align_factor <- function(Tc, tg, t_max) {
+  target <- if (is.null(t_max)) 20 else t_max
+  n_cells <- nrow(Tc)
+  vapply(seq_len(ncol(Tc)), function(k) {
+    Tg <- Tc[, k]
+    Tmax <- max(Tg * (Tg < tg[k])) + max((Tg - tg[k]) * (Tg > tg[k]))
+    denom <- 1 - sum(Tg == tg[k] | Tg == 0) / n_cells
+    denom <- denom + (denom == 0)
+    Tmax <- Tmax / denom
+    Tmax <- Tmax + (Tmax == 0)
+    target / Tmax
+  }, 0)
+}
+
 normalise_connectivities <- function(connectivities, n_cells) {
   C <- connectivities
   if (!(is.matrix(C) || inherits(C, "Matrix")) || nrow(C) != n_cells || ncol(C) != n_cells) {

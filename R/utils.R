@@ -47,13 +47,14 @@ as_checked_matrix <- function(x, arg, nonneg = FALSE, integer_valued = FALSE, de
   } else {
     stopf("'%s' must be a numeric matrix or a Matrix (dgCMatrix), not %s", arg, class(x)[1L])
   }
-  if (anyNA(v)) stopf("'%s' contains NA/NaN values", arg)
-  if (any(is.infinite(v))) stopf("'%s' contains infinite values", arg)
-  if (nonneg && any(v < 0)) stopf("'%s' contains negative values", arg)
-  if (integer_valued && any(v != round(v))) stopf("'%s' must hold integer counts; it has non-integer values", arg)
+  flags <- .Call(C_scnative_value_flags, v) # NA, Inf, negative, non-integer; no temporaries
+  if (flags[1L]) stopf("'%s' contains NA/NaN values", arg)
+  if (flags[2L]) stopf("'%s' contains infinite values", arg)
+  if (nonneg && flags[3L]) stopf("'%s' contains negative values", arg)
+  if (integer_valued && flags[4L]) stopf("'%s' must hold integer counts; it has non-integer values", arg)
   if (!dense) return(x)
   out <- as.matrix(x)
-  storage.mode(out) <- "double"
+  if (!is.double(out)) storage.mode(out) <- "double" # (a no-op assignment would still copy)
   out
 }
 

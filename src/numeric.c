@@ -64,3 +64,35 @@ double scn_quantile_linear(double *a, ptrdiff_t n, double q) {
   if (g >= 0.5) r = hi - diff * (1 - g);
   return r;
 }
+
+/* .Call(C_scnative_value_flags, x): for a double, integer or logical vector, whether it holds
+ * NA/NaN, +-Inf, negative values, non-integer values (one pass, no temporaries) */
+SEXP scnative_value_flags(SEXP x) {
+  SEXP out = PROTECT(allocVector(LGLSXP, 4));
+  int *f = LOGICAL(out);
+  f[0] = f[1] = f[2] = f[3] = 0;
+  R_xlen_t n = XLENGTH(x);
+  if (isReal(x)) {
+    const double *v = REAL(x);
+    for (R_xlen_t i = 0; i < n; i++) {
+      double a = v[i];
+      if (isnan(a)) f[0] = 1;
+      else if (isinf(a)) f[1] = 1;
+      else {
+        if (a < 0) f[2] = 1;
+        if (a != floor(a)) f[3] = 1;
+      }
+    }
+  } else if (isInteger(x) || isLogical(x)) {
+    const int *v = isInteger(x) ? INTEGER(x) : LOGICAL(x);
+    for (R_xlen_t i = 0; i < n; i++) {
+      if (v[i] == NA_INTEGER) f[0] = 1;
+      else if (v[i] < 0) f[2] = 1;
+    }
+  } else {
+    UNPROTECT(1);
+    error("value_flags: unsupported type");
+  }
+  UNPROTECT(1);
+  return out;
+}
