@@ -212,15 +212,16 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
   if (!is.null(prev_var)) {
     for (nm in colnames(pars)) if (nm %in% names(prev_var)) pars[, nm] <- prev_var[[nm]]
   }
-  # three separate layers (no shared allocation to be copied on first write)
-  new_layer <- function(prev) {
-    m <- matrix(NA_real_, n_genes, n_cells, dimnames = list(genes, cells))
-    if (!is.null(prev)) m[] <- prev
-    m
+  # the layers; the C core writes the rows of fitted genes into them in place (they are
+  # created here, so nothing else sees them)
+  T_ <- matrix(NA_real_, n_genes, n_cells, dimnames = list(genes, cells))
+  Tau <- matrix(NA_real_, n_genes, n_cells, dimnames = list(genes, cells))
+  Tau_ <- matrix(NA_real_, n_genes, n_cells, dimnames = list(genes, cells))
+  if (!is.null(load_pars)) {
+    T_[] <- load_pars$layers$fit_t
+    Tau[] <- load_pars$layers$fit_tau
+    Tau_[] <- load_pars$layers$fit_tau_
   }
-  T_ <- new_layer(load_pars$layers$fit_t)
-  Tau <- new_layer(load_pars$layers$fit_tau)
-  Tau_ <- new_layer(load_pars$layers$fit_tau_)
   mz_prev <- if (!is.null(prev_var) && "fit_alignment_scaling" %in% names(prev_var)) {
     prev_var$fit_alignment_scaling
   } else {
@@ -246,41 +247,38 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
   m_align <- rep(1, n_genes)
   unrec <- character(0)
   loss_rows <- vector("list", n_genes)
-  raw_T <- matrix(NA_real_, n_cells, 0)
+  layers <- list(T_, Tau, Tau_)
+  align <- if (isFALSE(t_max)) NA_real_ else if (is.null(t_max)) 20 else as.double(t_max)
+  load_t <- NULL
+  if (!is.null(load_pars)) {
+    load_t <- load_pars$layers$fit_t
+    if (!is.double(load_t)) storage.mode(load_t) <- "double"
+  }
   for (st in starts) {
     ii <- idx[st:min(st + chunk - 1L, length(idx))]
-    S <- t(Ms[ii, , drop = FALSE])
-    U <- t(Mu[ii, , drop = FALSE])
     load <- NULL
-    if (!is.null(load_pars) && !is.null(load_pars)) {
+    if (!is.null(load_pars)) {
       lv <- load_pars$var[ii, , drop = FALSE]
       get <- function(nm) if (nm %in% names(lv)) as.double(lv[[nm]]) else rep(NA_real_, length(ii))
       lp <- cbind(get("fit_alpha"), get("fit_beta"), get("fit_gamma"), get("fit_t_"),
                   get("fit_scaling"), get("fit_steady_u"), get("fit_steady_s"),
                   get("fit_pval_steady"))
-      lt <- t(load_pars$layers$fit_t[ii, , drop = FALSE])
-      storage.mode(lt) <- "double"
-      load <- list(lp, lt)
+      load <- list(lp, load_t)
     }
-    res <- .Call(C_scnative_dynamics_fit, S, U, conn_list, iopts, dopts,
+    # one .Call fits the chunk's genes (reading their rows of Ms/Mu) and writes their rows
+    # of the layers, times multiplied by each gene's alignment factor (spec 6.3)
+    res <- .Call(C_scnative_dynamics_fit, Ms, Mu, as.integer(ii - 1L), conn_list, iopts, dopts,
                  if (is.null(steady_state_prior)) NULL else as.logical(steady_state_prior),
-                 load, n_threads)
-    ok <- res[[6]] == 1L
-    if (any(res[[6]] == 2L)) stopf("internal error: loss history overflow; please report it")
+                 load, layers, align, n_threads)
+    ok <- res[[3]] == 1L
+    if (any(res[[3]] == 2L)) stopf("internal error: loss history overflow; please report it")
     unrec <- c(unrec, genes[ii[!ok]])
     g <- ii[ok]
     fitted[g] <- TRUE
     pars[g, ] <- res[[1]][ok, , drop = FALSE]
-    # alignment factor of each gene (spec 6.3), applied chunk by chunk (no full-size copies)
-    Tc <- res[[2]][, ok, drop = FALSE]
-    mf <- if (isFALSE(t_max)) rep(1, length(g)) else align_factor(Tc, pars[g, "fit_t_"], t_max)
-    m_align[g] <- mf
-    sc <- rep(mf, each = n_cells)
-    T_[g, ] <- t(Tc * sc)
-    Tau[g, ] <- t(res[[3]][, ok, drop = FALSE] * sc)
-    Tau_[g, ] <- t(res[[4]][, ok, drop = FALSE] * sc)
+    m_align[g] <- res[[4]][ok]
     for (k in which(ok)) {
-      l <- res[[5]][k, ]
+      l <- res[[2]][k, ]
       loss_rows[[ii[k]]] <- l[!is.na(l)]
     }
     if (!is.null(pb)) utils::setTxtProgressBar(pb, min(st + chunk - 1L, length(idx)))
@@ -342,22 +340,6 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
 }
 
 # Binarised graph with self loops, rows divided by their counts, weights rounded to float32.
-# Alignment factor per gene (spec 6.3): columns of Tc (cells x genes) are the genes' times,
-# tg their switching times; t_max NULL means 20.
-align_factor <- function(Tc, tg, t_max) {
-  target <- if (is.null(t_max)) 20 else t_max
-  n_cells <- nrow(Tc)
-  vapply(seq_len(ncol(Tc)), function(k) {
-    Tg <- Tc[, k]
-    Tmax <- max(Tg * (Tg < tg[k])) + max((Tg - tg[k]) * (Tg > tg[k]))
-    denom <- 1 - sum(Tg == tg[k] | Tg == 0) / n_cells
-    denom <- denom + (denom == 0)
-    Tmax <- Tmax / denom
-    Tmax <- Tmax + (Tmax == 0)
-    target / Tmax
-  }, 0)
-}
-
 normalise_connectivities <- function(connectivities, n_cells) {
   C <- connectivities
   if (!(is.matrix(C) || inherits(C, "Matrix")) || nrow(C) != n_cells || ncol(C) != n_cells) {

@@ -1398,22 +1398,62 @@ static int scratch_alloc(dyn_scratch *w, int n, int M) {
   return 1;
 }
 
-/* .Call(C_scnative_dynamics_fit, S, U, conn, iopts, dopts, prior, load, threads)
- *   S, U: n x G double (cells x genes of the chunk)
+/* Alignment factor of one gene (spec 6.3): target / (the longest on-branch time plus the
+ * longest off-branch time, over the share of cells not at t_ or 0). NaN propagates. */
+static double align_factor(const double *T, int n, double tg, double target) {
+  double m1 = -INFINITY, m2 = -INFINITY;
+  int cnt = 0, nan = 0;
+  for (int i = 0; i < n; i++) {
+    double x = T[i];
+    if (isnan(x) || isnan(tg)) {
+      nan = 1;
+      break;
+    }
+    double a = x * (double)(x < tg), b = (x - tg) * (double)(x > tg);
+    if (a > m1) m1 = a;
+    if (b > m2) m2 = b;
+    cnt += (x == tg || x == 0);
+  }
+  if (nan) return NAN;
+  double Tmax = m1 + m2;
+  double denom = 1 - (double)cnt / (double)n;
+  denom = denom + (double)(denom == 0);
+  Tmax = Tmax / denom;
+  Tmax = Tmax + (double)(Tmax == 0);
+  return target / Tmax;
+}
+
+/* .Call(C_scnative_dynamics_fit, Ms, Mu, rows, conn, iopts, dopts, prior, load, layers,
+ *       align, threads)
+ *   Ms, Mu: genes x cells double matrices (all genes); rows: 0-based rows of this chunk
  *   conn: NULL or list(p, j, x) CSR (0-based) with row-normalised weights
  *   iopts: (max_iter, amode, scaling_mode, fit_time, fit_steady, basal, load)
  *   dopts: (scaling_val, perc)
  *   prior: NULL or logical n
  *   load: NULL or list(pars G x 8 (alpha, beta, gamma, t_, scaling, steady_u, steady_s,
- *         pval), t n x G)
- * returns list(pars G x 14, t n x G (smoothed by conn when given), tau, tau_,
- *              loss G x DYN_MAX_LOSS, ok int G) */
-SEXP scnative_dynamics_fit(SEXP S, SEXP U, SEXP conn, SEXP iopts, SEXP dopts, SEXP prior,
-                           SEXP load, SEXP threads) {
+ *         pval) for the chunk's genes, fit_t genes x cells (all genes))
+ *   layers: list(fit_t, fit_tau, fit_tau_), genes x cells matrices created by the caller
+ *           for this fit; the rows of fitted genes are written in place (fit_t smoothed by
+ *           conn when given), multiplied by the gene's alignment factor
+ *   align: target of the alignment (spec 6.3), or NA for none (factor 1)
+ * returns list(pars G x 14 (unaligned), loss G x DYN_MAX_LOSS, ok int G, factor G) */
+SEXP scnative_dynamics_fit(SEXP Ms, SEXP Mu, SEXP rows, SEXP conn, SEXP iopts, SEXP dopts,
+                           SEXP prior, SEXP load, SEXP layers, SEXP align, SEXP threads) {
   int nprot = 0;
-  int n = nrows(S), G = ncols(S);
-  if (nrows(U) != n || ncols(U) != G || !isReal(S) || !isReal(U))
-    SCN_INTERNAL_ERROR("S and U must be double matrices of the same shape");
+  int Gall = nrows(Ms), n = ncols(Ms), G = LENGTH(rows);
+  if (nrows(Mu) != Gall || ncols(Mu) != n || !isReal(Ms) || !isReal(Mu) || !isInteger(rows))
+    SCN_INTERNAL_ERROR("Ms and Mu must be double matrices of the same shape");
+  const int *rw = INTEGER(rows);
+  for (int j = 0; j < G; j++)
+    if (rw[j] < 0 || rw[j] >= Gall) SCN_INTERNAL_ERROR("bad rows");
+  double *Lt = REAL(VECTOR_ELT(layers, 0)), *Ltau = REAL(VECTOR_ELT(layers, 1)),
+         *Ltau_ = REAL(VECTOR_ELT(layers, 2));
+  for (int k = 0; k < 3; k++) {
+    SEXP L = VECTOR_ELT(layers, k);
+    if (!isReal(L) || nrows(L) != Gall || ncols(L) != n) SCN_INTERNAL_ERROR("bad layers");
+  }
+  double target = asReal(align);
+  int do_align = !ISNA(target);
   const int *io = INTEGER(iopts);
   const double *dop = REAL(dopts);
   dyn_shared sh;
@@ -1450,24 +1490,21 @@ SEXP scnative_dynamics_fit(SEXP S, SEXP U, SEXP conn, SEXP iopts, SEXP dopts, SE
     lp = REAL(VECTOR_ELT(load, 0));
     lt = REAL(VECTOR_ELT(load, 1));
   }
-  size_t nd = (size_t)n;
+  size_t nd = (size_t)n, Gs = (size_t)Gall;
   SEXP pars = PROTECT(allocMatrix(REALSXP, G, DYN_NPAR)); nprot++;
-  SEXP Tm = PROTECT(allocMatrix(REALSXP, n, G)); nprot++;
-  SEXP Tau = PROTECT(allocMatrix(REALSXP, n, G)); nprot++;
-  SEXP Tau_ = PROTECT(allocMatrix(REALSXP, n, G)); nprot++;
   SEXP Loss = PROTECT(allocMatrix(REALSXP, G, DYN_MAX_LOSS)); nprot++;
   SEXP ok = PROTECT(allocVector(INTSXP, G)); nprot++;
-  double *pp = REAL(pars), *pt = REAL(Tm), *ptau = REAL(Tau), *ptau_ = REAL(Tau_),
-         *pl = REAL(Loss);
+  SEXP fac = PROTECT(allocVector(REALSXP, G)); nprot++;
+  double *pp = REAL(pars), *pl = REAL(Loss), *pf = REAL(fac);
   int *pok = INTEGER(ok);
   for (R_xlen_t k = 0; k < XLENGTH(pars); k++) pp[k] = NA_REAL;
   for (R_xlen_t k = 0; k < XLENGTH(Loss); k++) pl[k] = NA_REAL;
-  for (R_xlen_t k = 0; k < XLENGTH(Tm); k++) pt[k] = ptau[k] = ptau_[k] = NA_REAL;
-  const double *Sp = REAL(S), *Up = REAL(U);
+  for (int k = 0; k < G; k++) pf[k] = 1;
+  const double *Sp = REAL(Ms), *Up = REAL(Mu);
 
   int nth = scn_threads_for(G, asInteger(threads));
   dyn_scratch *ws = calloc((size_t)nth, sizeof(dyn_scratch));
-  double *gbuf = malloc(sizeof(double) * nd * 4 * (size_t)nth);
+  double *gbuf = malloc(sizeof(double) * nd * 7 * (size_t)nth);
   int *ibuf = malloc(sizeof(int) * nd * 3 * (size_t)nth);
   int okalloc = ws && gbuf && ibuf;
   for (int k = 0; okalloc && k < nth; k++) okalloc = scratch_alloc(&ws[k], n, M);
@@ -1483,22 +1520,24 @@ SEXP scnative_dynamics_fit(SEXP S, SEXP U, SEXP conn, SEXP iopts, SEXP dopts, SE
   for (int j = 0; j < G; j++) {
     int tid = omp_get_thread_num();
     dyn_scratch *w = &ws[tid];
-    double *ub = gbuf + nd * 4 * (size_t)tid;
+    double *ub = gbuf + nd * 7 * (size_t)tid;
     int *ib = ibuf + nd * 3 * (size_t)tid;
     double *u = ub, *s = ub + nd, *tt = ub + 2 * nd, *ttau = ub + 3 * nd;
-    const double *S0 = Sp + nd * (size_t)j, *U0 = Up + nd * (size_t)j;
+    double *otau = ub + 4 * nd, *otau_ = ub + 5 * nd, *ot = ub + 6 * nd;
+    size_t r = (size_t)rw[j];
+    const double *S0 = Sp + r, *U0 = Up + r; /* element i at i * Gall */
     double u0b = 0, s0b = 0;
     if (basal) {
       u0b = U0[0];
       s0b = S0[0];
       for (int i = 1; i < n; i++) {
-        u0b = np_min2(u0b, U0[i]);
-        s0b = np_min2(s0b, S0[i]);
+        u0b = np_min2(u0b, U0[i * Gs]);
+        s0b = np_min2(s0b, S0[i * Gs]);
       }
     }
     for (int i = 0; i < n; i++) {
-      u[i] = U0[i] - u0b;
-      s[i] = S0[i] - s0b;
+      u[i] = U0[i * Gs] - u0b;
+      s[i] = S0[i * Gs] - s0b;
     }
     dyn_gene g;
     memset(&g, 0, sizeof(g));
@@ -1531,12 +1570,13 @@ SEXP scnative_dynamics_fit(SEXP S, SEXP U, SEXP conn, SEXP iopts, SEXP dopts, SE
       g.steady_u = q[j + 5 * (size_t)G];
       g.steady_s = q[j + 6 * (size_t)G];
       g.pval = q[j + 7 * (size_t)G];
-      const double *tl = lt + nd * (size_t)j;
+      const double *tl = lt + r;
       for (int i = 0; i < n; i++) {
-        int o = tl[i] < g.t_;
-        g.t[i] = tl[i];
+        double tv = tl[i * Gs];
+        int o = tv < g.t_;
+        g.t[i] = tv;
         g.o[i] = o;
-        g.tau[i] = tl[i] * o + (tl[i] - g.t_) * (1 - o);
+        g.tau[i] = tv * o + (tv - g.t_) * (1 - o);
       }
       g.key_valid = 0;
       double p[5];
@@ -1549,19 +1589,26 @@ SEXP scnative_dynamics_fit(SEXP S, SEXP U, SEXP conn, SEXP iopts, SEXP dopts, SE
     }
     fit_gene(&g, &op);
     double pr[DYN_NPAR];
-    finish_gene(&g, pr, ptau + nd * (size_t)j, ptau_ + nd * (size_t)j);
+    finish_gene(&g, pr, otau, otau_);
     pr[8] = u0b;
     pr[9] = s0b;
     for (int c = 0; c < DYN_NPAR; c++) pp[j + (size_t)c * G] = pr[c];
     if (sh.cp) { /* fit_t = C t (spec 6.2), row sums in stored order as scipy */
-      double *ot = pt + nd * (size_t)j;
       for (int i = 0; i < n; i++) {
         double acc = 0;
         for (int q = sh.cp[i]; q < sh.cp[i + 1]; q++) acc += sh.cx[q] * g.t[sh.ci[q]];
         ot[i] = acc;
       }
     } else {
-      memcpy(pt + nd * (size_t)j, g.t, sizeof(double) * nd);
+      memcpy(ot, g.t, sizeof(double) * nd);
+    }
+    double m = do_align ? align_factor(ot, n, pr[3], target) : 1;
+    pf[j] = m;
+    for (int i = 0; i < n; i++) {
+      size_t at = r + (size_t)i * Gs;
+      Lt[at] = ot[i] * m;
+      Ltau[at] = otau[i] * m;
+      Ltau_[at] = otau_[i] * m;
     }
     for (int k = 0; k < g.nloss; k++) pl[j + (size_t)k * G] = g.loss[k];
     pok[j] = g.fail ? 2 : 1;
@@ -1570,13 +1617,11 @@ SEXP scnative_dynamics_fit(SEXP S, SEXP U, SEXP conn, SEXP iopts, SEXP dopts, SE
   free(ws);
   free(gbuf);
   free(ibuf);
-  SEXP res = PROTECT(allocVector(VECSXP, 6)); nprot++;
+  SEXP res = PROTECT(allocVector(VECSXP, 4)); nprot++;
   SET_VECTOR_ELT(res, 0, pars);
-  SET_VECTOR_ELT(res, 1, Tm);
-  SET_VECTOR_ELT(res, 2, Tau);
-  SET_VECTOR_ELT(res, 3, Tau_);
-  SET_VECTOR_ELT(res, 4, Loss);
-  SET_VECTOR_ELT(res, 5, ok);
+  SET_VECTOR_ELT(res, 1, Loss);
+  SET_VECTOR_ELT(res, 2, ok);
+  SET_VECTOR_ELT(res, 3, fac);
   UNPROTECT(nprot);
   return res;
 }

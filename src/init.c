@@ -14,7 +14,7 @@ SEXP scnative_rng(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 
 
 /* dynamics (scVelo recover_dynamics): declarations */
-SEXP scnative_dynamics_fit(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_dynamics_fit(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 SEXP scnative_dynamics_f32(SEXP);
 SEXP scnative_value_flags(SEXP);
 SEXP scnative_dynamics_interrupt(void);
@@ -68,7 +68,7 @@ static const R_CallMethodDef callMethods[] = {
 
 
     /* dynamics table */
-    CALLDEF(scnative_dynamics_fit, 8),
+    CALLDEF(scnative_dynamics_fit, 11),
     CALLDEF(scnative_dynamics_f32, 1),
     CALLDEF(scnative_value_flags, 1),
     CALLDEF(scnative_dynamics_interrupt, 0),
