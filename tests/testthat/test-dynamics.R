@@ -231,6 +231,31 @@ test_that("recover_dynamics is bit-exact with upstream when both use libm's exp/
   }
 })
 
+test_that("on pancreas_50obs scnative is as close to upstream as upstream is to itself", {
+  # numpy's SIMD exp/log and libm's differ in the last bit; the EM's accept/reject steps turn
+  # that into different fits for a few genes. Measured on all 200 genes: scnative against
+  # upstream run with libm's exp/log (what scnative calls) meets the issue's gate (>= 99% within
+  # 1e-3), and its distance from plain upstream is no larger than that of upstream-with-libm.
+  ds <- dyn_dataset("scvelo_pancreas_50obs_preprocessed.h5ad")
+  up <- dyn_run_upstream(ds)
+  up_libm <- dyn_run_upstream(ds, libm = TRUE)
+  fit <- recover_dynamics(ds$Ms, ds$Mu, var_names = "all", connectivities = ds$conn,
+                          threads = 2, progress = FALSE)
+  st_libm <- dyn_compare(fit, up_libm)
+  st_plain <- dyn_compare(fit, up)
+  as_fit <- function(u) {
+    list(var = as.data.frame(lapply(u$var, as.vector)),
+         layers = list(fit_t = t(u$layers$fit_t)))
+  }
+  st_self <- dyn_compare(as_fit(up_libm), up)
+  dyn_report(st_libm, "pancreas_50obs vs upstream with libm exp/log")
+  dyn_report(st_plain, "pancreas_50obs vs upstream")
+  dyn_report(st_self, "pancreas_50obs, upstream with libm exp/log vs upstream")
+  dyn_expect_gates(st_libm, "scnative vs upstream-libm", close_min = 0.99)
+  expect_gte(st_plain$frac_close, st_self$frac_close - 1e-9)
+  expect_gte(mean(st_plain$tcor >= 0.999), mean(st_self$tcor >= 0.999) - 1e-9)
+})
+
 test_that("recover_dynamics matches upstream on moments of veloviz_pancreas739", {
   py <- dyn_py()
   e <- new.env()
