@@ -187,6 +187,7 @@ typedef struct {
 typedef struct {
   double *uhat, *tau, *tau_, *r0, *r1, *r2, *r3, *d0, *d1, *d2, *d3;
   double *sbuf, *sbuf2, *dbuf, *wbuf, *ilv, *eU, *eS, *eU_, *eS_, *jv0, *jv1;
+  unsigned char *chg; /* per cell: which branch time the increment constraint changed */
   uint64_t *k1, *k2;
   double *ct, *ctau, *at, *atau, *grid;
   int *co, *ao, *idx_on, *idx_off;
@@ -317,6 +318,23 @@ __attribute__((target("avx"))) static void smooth4_avx(const dyn_shared *sh, con
   }
 }
 #endif
+
+/* y_i = (C x)_i again for the rows i with a neighbour j whose chg[j] has bit `bit` (the
+ * same multiply-add order as the full smoothing, so other rows keep their bits) */
+static void resmooth(const dyn_shared *sh, const unsigned char *chg, int bit, const double *x,
+                     double *y) {
+  int n = sh->n;
+  const int *cp = sh->cp, *ci = sh->ci;
+  const double *cx = sh->cx;
+  for (int i = 0; i < n; i++) {
+    int p = cp[i], e = cp[i + 1];
+    while (p < e && !(chg[ci[p]] & bit)) p++;
+    if (p == e) continue;
+    double a = 0;
+    for (p = cp[i]; p < e; p++) a += cx[p] * x[ci[p]];
+    y[i] = a;
+  }
+}
 
 /* d_k = C r_k for the first K (2 or 4) distance vectors of the scratch */
 static void smooth_k(const dyn_shared *sh, dyn_scratch *w, int K) {
@@ -659,19 +677,24 @@ static void assign(dyn_gene *g, double alpha, double beta, double gamma, double 
       if (noff > 0) apply_jumps(noff_v, voff, noff, soff2, dt_, ub, jumps);
       if (non > 0) apply_jumps(non_v, von, non, son, dt, ub, jumps);
     }
+    /* chg: bit 1 = on-branch time changed, bit 2 = off-branch time changed */
     for (int k = 0; k < non; k++) {
       if (non_v[k] == von[k]) continue;
       int i = w->idx_on[k];
+      if (!changed) memset(w->chg, 0, (size_t)n);
       tau[i] = non_v[k];
       sol_us(tau[i], 0, 0, alpha, beta, gamma, &eU[i], &eS[i]);
-      changed = 1;
+      changed |= 1;
+      w->chg[i] |= 1;
     }
     for (int k = 0; k < noff; k++) {
       if (noff_v[k] == voff[k]) continue;
       int i = w->idx_off[k];
+      if (!changed) memset(w->chg, 0, (size_t)n);
       tau_[i] = noff_v[k];
       sol_us(tau_[i], u0_, s0_, 0, beta, gamma, &eU_[i], &eS_[i]);
-      changed = 1;
+      changed |= 2;
+      w->chg[i] |= 2;
     }
   }
   if (!t_out) {
@@ -682,14 +705,22 @@ static void assign(dyn_gene *g, double alpha, double beta, double gamma, double 
 
   /* state distances (spec 4.4): the branch distances again at the adjusted times */
   if (changed) {
+    /* only the distances of changed cells, and (smoothed) only the rows with a changed
+     * neighbour, in the changed branch(es); the others are the same bits as before */
     for (int i = 0; i < n; i++) {
-      double U = eU[i], S = eS[i], U_ = eU_[i], S_ = eS_[i];
-      double du = (uh[i] - U) / su, du_ = (uh[i] - U_) / su;
-      double ds = (s[i] - S) / ss, ds_ = (s[i] - S_) / ss;
-      w->r0[i] = du_ * du_ + ds_ * ds_;
-      w->r1[i] = du * du + ds * ds;
+      if (w->chg[i] & 1) {
+        double du = (uh[i] - eU[i]) / su, ds = (s[i] - eS[i]) / ss;
+        w->r1[i] = du * du + ds * ds;
+      }
+      if (w->chg[i] & 2) {
+        double du_ = (uh[i] - eU_[i]) / su, ds_ = (s[i] - eS_[i]) / ss;
+        w->r0[i] = du_ * du_ + ds_ * ds_;
+      }
     }
-    if (sh->cp) smooth_k(sh, w, 2);
+    if (sh->cp) {
+      if (changed & 2) resmooth(sh, w->chg, 2, w->r0, w->d0);
+      if (changed & 1) resmooth(sh, w->chg, 1, w->r1, w->d1);
+    }
   }
   for (int i = 0; i < n; i++) {
     int k = 0;
@@ -1330,6 +1361,7 @@ static void finish_gene(dyn_gene *g, double *pars, double *tau, double *tau_) {
 static void scratch_free(dyn_scratch *w) {
   if (!w) return;
   free(w->uhat);
+  free(w->chg);
   free(w->co);
   free(w->cbuf);
   free(w->cibuf);
@@ -1341,11 +1373,14 @@ static int scratch_alloc(dyn_scratch *w, int n, int M) {
   int *ib = malloc(sizeof(int) * (nd * 4 + 8));
   double *cb = malloc(sizeof(double) * nd * 2 * DYN_CACHE);
   int *cib = malloc(sizeof(int) * nd * DYN_CACHE);
+  w->chg = malloc(nd);
   w->uhat = b;
   w->co = ib;
   w->cbuf = cb;
   w->cibuf = cib;
-  if (!b || !ib || !cb || !cib) {
+  if (!b || !ib || !cb || !cib || !w->chg) {
+    free(w->chg);
+    w->chg = NULL;
     free(b);
     free(ib);
     free(cb);
