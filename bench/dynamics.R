@@ -6,13 +6,16 @@
 # gene to the full gene count (their peak RSS is that of the subset run); scnative fits all
 # genes. Layers are cast to float64 for every side (as in the parity tests).
 # Usage: Rscript bench/dynamics.R [dataset = sim|veloviz|all] [reps = 2] [datadir = /tmp/scnative-bench]
-#                                 [threads = 1,2]
+#                                 [threads = 1,2] [full]
+# With "full" the Python sides fit all genes too (no extrapolation; their peak RSS then includes
+# the full-size result layers, as scnative's does; upstream takes 10-25 min per run).
 source("bench/harness.R")
 a <- commandArgs(TRUE)
 which_ds <- if (length(a) >= 1) a[1] else "all"
 reps <- if (length(a) >= 2) as.integer(a[2]) else 2L
 dir <- if (length(a) >= 3) a[3] else "/tmp/scnative-bench"
 thread_counts <- if (length(a) >= 4) as.integer(strsplit(a[4], ",")[[1]]) else c(1L, 2L)
+full <- length(a) >= 5 && identical(a[5], "full")
 dir.create(dir, showWarnings = FALSE, recursive = TRUE)
 py <- bench_peers_python()
 sim <- file.path(dir, "sim_3696x2000.h5ad")
@@ -37,6 +40,7 @@ if (which_ds != "all") sets <- sets[which_ds]
 for (nm in names(sets)) {
   ds <- sets[[nm]]
   G <- n_genes(ds$file)
+  if (full) ds$sub[] <- G
   for (th in thread_counts) {
     env <- bench_thread_env(th)
     side_py <- function(v) {
