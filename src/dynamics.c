@@ -179,6 +179,7 @@ typedef struct {
   /* connectivities: CSR with float32-rounded weights, or NULL */
   const int *cp, *ci;
   const double *cx;
+  int *tp, *ti; /* the pattern transposed: column j lists the rows i that read x_j */
   int fit_steady;
   int proj_grid; /* M */
   int avx;       /* 256-bit smoothing available */
@@ -298,41 +299,87 @@ static void smooth4(const dyn_shared *sh, const double *x, double *const *y) {
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
 #define DYN_AVX 1
-/* smooth4 with 256-bit lanes: the same multiply and add per lane (no fused multiply-add) */
+/* smooth4 with 256-bit lanes: the same multiply and add per lane (no fused multiply-add).
+ * Two rows advance together (two independent dependency chains), each in its stored order. */
+#define DYN_ACC4(acc, p)                                                                    \
+  acc = _mm256_add_pd(acc, _mm256_mul_pd(_mm256_set1_pd(cx[p]),                           \
+                                         _mm256_loadu_pd(x + 4 * (size_t)ci[p])))
 __attribute__((target("avx"))) static void smooth4_avx(const dyn_shared *sh, const double *x,
                                                        double *const *y) {
   int n = sh->n;
   const int *cp = sh->cp, *ci = sh->ci;
   const double *cx = sh->cx;
-  for (int i = 0; i < n; i++) {
-    __m256d a = _mm256_setzero_pd();
-    for (int p = cp[i]; p < cp[i + 1]; p++)
-      a = _mm256_add_pd(a, _mm256_mul_pd(_mm256_set1_pd(cx[p]),
-                                         _mm256_loadu_pd(x + 4 * (size_t)ci[p])));
-    double r[4];
+  double r[8];
+  int i = 0;
+  for (; i + 1 < n; i += 2) {
+    __m256d a = _mm256_setzero_pd(), b = _mm256_setzero_pd();
+    int p = cp[i], q = cp[i + 1], e = cp[i + 2], L = (q - p) < (e - q) ? q - p : e - q;
+    for (int k = 0; k < L; k++) {
+      DYN_ACC4(a, p + k);
+      DYN_ACC4(b, q + k);
+    }
+    for (int k = p + L; k < q; k++) DYN_ACC4(a, k);
+    for (int k = q + L; k < e; k++) DYN_ACC4(b, k);
     _mm256_storeu_pd(r, a);
-    y[0][i] = r[0];
-    y[1][i] = r[1];
-    y[2][i] = r[2];
-    y[3][i] = r[3];
+    _mm256_storeu_pd(r + 4, b);
+    for (int m = 0; m < 4; m++) {
+      y[m][i] = r[m];
+      y[m][i + 1] = r[4 + m];
+    }
+  }
+  for (; i < n; i++) {
+    __m256d a = _mm256_setzero_pd();
+    for (int p = cp[i]; p < cp[i + 1]; p++) DYN_ACC4(a, p);
+    _mm256_storeu_pd(r, a);
+    for (int m = 0; m < 4; m++) y[m][i] = r[m];
   }
 }
+#undef DYN_ACC4
 #endif
 
-/* y_i = (C x)_i again for the rows i with a neighbour j whose chg[j] has bit `bit` (the
- * same multiply-add order as the full smoothing, so other rows keep their bits) */
-static void resmooth(const dyn_shared *sh, const unsigned char *chg, int bit, const double *x,
-                     double *y) {
+/* d0/d1 again for the rows with a neighbour among the nc cells whose time changed (cells,
+ * chg[j]: bit 2 = off-branch time, bit 1 = on-branch time), read from the interleaved
+ * distances X (stride K, lane 0 = r0, lane 1 = r1). Each recomputed lane has the multiply and
+ * add order of the full smoothing, so the rows and lanes left alone keep their bits. */
+static void resmooth(const dyn_shared *sh, dyn_scratch *w, const int *cells, int nc, int K) {
   int n = sh->n;
-  const int *cp = sh->cp, *ci = sh->ci;
-  const double *cx = sh->cx;
+  const int *cp = sh->cp, *ci = sh->ci, *tp = sh->tp, *ti = sh->ti;
+  const double *cx = sh->cx, *X = w->ilv;
+  unsigned char *rm = w->chg + n;
+  memset(rm, 0, (size_t)n);
+  for (int c = 0; c < nc; c++) {
+    int j = cells[c];
+    unsigned char b = w->chg[j];
+    for (int q = tp[j]; q < tp[j + 1]; q++) rm[ti[q]] |= b;
+  }
   for (int i = 0; i < n; i++) {
-    int p = cp[i], e = cp[i + 1];
-    while (p < e && !(chg[ci[p]] & bit)) p++;
-    if (p == e) continue;
-    double a = 0;
-    for (p = cp[i]; p < e; p++) a += cx[p] * x[ci[p]];
-    y[i] = a;
+    if (!rm[i]) continue;
+    int p0 = cp[i], e = cp[i + 1];
+    if (rm[i] == 3) {
+#ifdef __SSE2__
+      __m128d a = _mm_setzero_pd();
+      for (int p = p0; p < e; p++)
+        a = _mm_add_pd(a, _mm_mul_pd(_mm_set1_pd(cx[p]), _mm_loadu_pd(X + K * (size_t)ci[p])));
+      double r[2];
+      _mm_storeu_pd(r, a);
+      w->d0[i] = r[0];
+      w->d1[i] = r[1];
+#else
+      double a0 = 0, a1 = 0;
+      for (int p = p0; p < e; p++) {
+        const double *xj = X + K * (size_t)ci[p];
+        a0 += cx[p] * xj[0];
+        a1 += cx[p] * xj[1];
+      }
+      w->d0[i] = a0;
+      w->d1[i] = a1;
+#endif
+    } else {
+      int lane = rm[i] == 1;
+      double a = 0;
+      for (int p = p0; p < e; p++) a += cx[p] * X[K * (size_t)ci[p] + lane];
+      (lane ? w->d1 : w->d0)[i] = a;
+    }
   }
 }
 
@@ -419,7 +466,7 @@ static double gap_scan(const double *v, int m, double *bmin, double *bmax, doubl
  * returns 1; returns 0 (values untouched) when the exact sorting path is needed. */
 static int adjust_fast(double *von, int non, double *voff, int noff, dyn_scratch *w) {
   int N = non + noff, nk = 0;
-  double *gap = w->wbuf, *thr = w->dbuf, *bk = w->ilv, R = 0;
+  double *gap = w->wbuf, *thr = w->dbuf, *bk = (double *)w->k1, R = 0; /* k1, k2: 2n doubles */
   int nk_on = 0;
   if (non > 0) {
     R = gap_scan(von, non, bk, bk + non, gap, thr, &nk);
@@ -652,7 +699,7 @@ static void assign(dyn_gene *g, double alpha, double beta, double gamma, double 
     if (on) w->idx_on[non++] = i;
     else w->idx_off[noff++] = i;
   }
-  int changed = 0;
+  int changed = 0, nch = 0, *chl = w->ao; /* the cells whose time changed */
   {
     /* values of both sets: sbuf = [on values | off values] */
     double *von = w->sbuf, *voff = von + non;
@@ -686,6 +733,7 @@ static void assign(dyn_gene *g, double alpha, double beta, double gamma, double 
       sol_us(tau[i], 0, 0, alpha, beta, gamma, &eU[i], &eS[i]);
       changed |= 1;
       w->chg[i] |= 1;
+      chl[nch++] = i;
     }
     for (int k = 0; k < noff; k++) {
       if (noff_v[k] == voff[k]) continue;
@@ -695,6 +743,7 @@ static void assign(dyn_gene *g, double alpha, double beta, double gamma, double 
       sol_us(tau_[i], u0_, s0_, 0, beta, gamma, &eU_[i], &eS_[i]);
       changed |= 2;
       w->chg[i] |= 2;
+      chl[nch++] = i;
     }
   }
   if (!t_out) {
@@ -707,20 +756,18 @@ static void assign(dyn_gene *g, double alpha, double beta, double gamma, double 
   if (changed) {
     /* only the distances of changed cells, and (smoothed) only the rows with a changed
      * neighbour, in the changed branch(es); the others are the same bits as before */
-    for (int i = 0; i < n; i++) {
+    double *X = w->ilv;
+    for (int c = 0; c < nch; c++) {
+      int i = chl[c];
       if (w->chg[i] & 1) {
         double du = (uh[i] - eU[i]) / su, ds = (s[i] - eS[i]) / ss;
-        w->r1[i] = du * du + ds * ds;
-      }
-      if (w->chg[i] & 2) {
+        w->r1[i] = X[K * (size_t)i + 1] = du * du + ds * ds;
+      } else {
         double du_ = (uh[i] - eU_[i]) / su, ds_ = (s[i] - eS_[i]) / ss;
-        w->r0[i] = du_ * du_ + ds_ * ds_;
+        w->r0[i] = X[K * (size_t)i] = du_ * du_ + ds_ * ds_;
       }
     }
-    if (sh->cp) {
-      if (changed & 2) resmooth(sh, w->chg, 2, w->r0, w->d0);
-      if (changed & 1) resmooth(sh, w->chg, 1, w->r1, w->d1);
-    }
+    if (sh->cp) resmooth(sh, w, chl, nch, K);
   }
   for (int i = 0; i < n; i++) {
     int k = 0;
@@ -1373,7 +1420,7 @@ static int scratch_alloc(dyn_scratch *w, int n, int M) {
   int *ib = malloc(sizeof(int) * (nd * 4 + 8));
   double *cb = malloc(sizeof(double) * nd * 2 * DYN_CACHE);
   int *cib = malloc(sizeof(int) * nd * DYN_CACHE);
-  w->chg = malloc(nd);
+  w->chg = malloc(2 * nd); /* chg and resmooth's row marks */
   w->uhat = b;
   w->co = ib;
   w->cbuf = cb;
@@ -1541,7 +1588,25 @@ SEXP scnative_dynamics_fit(SEXP Ms, SEXP Mu, SEXP rows, SEXP conn, SEXP iopts, S
   dyn_scratch *ws = calloc((size_t)nth, sizeof(dyn_scratch));
   double *gbuf = malloc(sizeof(double) * nd * 7 * (size_t)nth);
   int *ibuf = malloc(sizeof(int) * nd * 3 * (size_t)nth);
-  int okalloc = ws && gbuf && ibuf;
+  int *tbuf = NULL;
+  sh.tp = sh.ti = NULL;
+  if (sh.cp) { /* the transposed pattern, for resmooth() */
+    size_t nnz = (size_t)sh.cp[n];
+    tbuf = malloc(sizeof(int) * (nd + 1 + nnz));
+    if (tbuf) {
+      int *tp = tbuf, *ti = tbuf + nd + 1;
+      memset(tp, 0, sizeof(int) * (nd + 1));
+      for (size_t q = 0; q < nnz; q++) tp[sh.ci[q] + 1]++;
+      for (int i = 0; i < n; i++) tp[i + 1] += tp[i];
+      for (int i = 0; i < n; i++)
+        for (int q = sh.cp[i]; q < sh.cp[i + 1]; q++) ti[tp[sh.ci[q]]++] = i;
+      for (int i = n; i > 0; i--) tp[i] = tp[i - 1];
+      tp[0] = 0;
+      sh.tp = tp;
+      sh.ti = ti;
+    }
+  }
+  int okalloc = ws && gbuf && ibuf && (!sh.cp || tbuf);
   for (int k = 0; okalloc && k < nth; k++) okalloc = scratch_alloc(&ws[k], n, M);
   if (!okalloc) {
     if (ws)
@@ -1549,6 +1614,7 @@ SEXP scnative_dynamics_fit(SEXP Ms, SEXP Mu, SEXP rows, SEXP conn, SEXP iopts, S
     free(ws);
     free(gbuf);
     free(ibuf);
+    free(tbuf);
     error(_("recover_dynamics: out of memory for %d threads x %d cells"), nth, n);
   }
 #pragma omp parallel for num_threads(nth) schedule(dynamic)
@@ -1652,6 +1718,7 @@ SEXP scnative_dynamics_fit(SEXP Ms, SEXP Mu, SEXP rows, SEXP conn, SEXP iopts, S
   free(ws);
   free(gbuf);
   free(ibuf);
+  free(tbuf);
   SEXP res = PROTECT(allocVector(VECSXP, 4)); nprot++;
   SET_VECTOR_ELT(res, 0, pars);
   SET_VECTOR_ELT(res, 1, Loss);
