@@ -381,34 +381,45 @@ static void resmooth(const dyn_shared *sh, dyn_scratch *w, const int *cells, int
     unsigned char b = w->chg[j];
     for (int q = tp[j]; q < tp[j + 1]; q++) rm[ti[q]] |= b;
   }
-  for (int i = 0; i < n; i++) {
-    if (!rm[i]) continue;
-    int p0 = cp[i], e = cp[i + 1];
-    if (rm[i] == 3) {
+  int *rows = w->idx_on, nr = 0; /* free here */
+  for (int i = 0; i < n; i++)
+    if (rm[i]) rows[nr++] = i;
+  /* both lanes of every marked row (an unchanged lane gets its old bits again), two rows at a
+   * time for two independent chains */
+  int k = 0;
 #ifdef __SSE2__
-      __m128d a = _mm_setzero_pd();
-      for (int p = p0; p < e; p++)
-        a = _mm_add_pd(a, _mm_mul_pd(_mm_set1_pd(cx[p]), _mm_loadu_pd(X + K * (size_t)ci[p])));
-      double r[2];
-      _mm_storeu_pd(r, a);
-      w->d0[i] = r[0];
-      w->d1[i] = r[1];
-#else
-      double a0 = 0, a1 = 0;
-      for (int p = p0; p < e; p++) {
-        const double *xj = X + K * (size_t)ci[p];
-        a0 += cx[p] * xj[0];
-        a1 += cx[p] * xj[1];
-      }
-      w->d0[i] = a0;
-      w->d1[i] = a1;
-#endif
-    } else {
-      int lane = rm[i] == 1;
-      double a = 0;
-      for (int p = p0; p < e; p++) a += cx[p] * X[K * (size_t)ci[p] + lane];
-      (lane ? w->d1 : w->d0)[i] = a;
+  for (; k + 1 < nr; k += 2) {
+    int i = rows[k], h = rows[k + 1];
+    int p = cp[i], e = cp[i + 1], q = cp[h], f = cp[h + 1];
+    int L = (e - p) < (f - q) ? e - p : f - q;
+    __m128d a = _mm_setzero_pd(), b = _mm_setzero_pd();
+    for (int m = 0; m < L; m++) {
+      a = _mm_add_pd(a, _mm_mul_pd(_mm_set1_pd(cx[p + m]), _mm_loadu_pd(X + K * (size_t)ci[p + m])));
+      b = _mm_add_pd(b, _mm_mul_pd(_mm_set1_pd(cx[q + m]), _mm_loadu_pd(X + K * (size_t)ci[q + m])));
     }
+    for (int m = p + L; m < e; m++)
+      a = _mm_add_pd(a, _mm_mul_pd(_mm_set1_pd(cx[m]), _mm_loadu_pd(X + K * (size_t)ci[m])));
+    for (int m = q + L; m < f; m++)
+      b = _mm_add_pd(b, _mm_mul_pd(_mm_set1_pd(cx[m]), _mm_loadu_pd(X + K * (size_t)ci[m])));
+    double r[4];
+    _mm_storeu_pd(r, a);
+    _mm_storeu_pd(r + 2, b);
+    w->d0[i] = r[0];
+    w->d1[i] = r[1];
+    w->d0[h] = r[2];
+    w->d1[h] = r[3];
+  }
+#endif
+  for (; k < nr; k++) {
+    int i = rows[k];
+    double a0 = 0, a1 = 0;
+    for (int p = cp[i]; p < cp[i + 1]; p++) {
+      const double *xj = X + K * (size_t)ci[p];
+      a0 += cx[p] * xj[0];
+      a1 += cx[p] * xj[1];
+    }
+    w->d0[i] = a0;
+    w->d1[i] = a1;
   }
 }
 
@@ -450,11 +461,14 @@ static void smooth_k(const dyn_shared *sh, dyn_scratch *w, int K) {
 static double gap_scan(const double *v, int m, double *bmin, double *bmax, double *gap,
                        double *thr, int *nk) {
   double lo = v[0], hi = v[0];
-  for (int k = 0; k < m; k++) {
-    if (!isfinite(v[k])) return -1;
-    if (v[k] < lo) lo = v[k];
-    if (v[k] > hi) hi = v[k];
+  int fin = 1;
+  for (int k = 0; k < m; k++) { /* branch-free: min, max and finiteness */
+    double x = v[k];
+    fin &= isfinite(x) != 0;
+    lo = x < lo ? x : lo;
+    hi = x > hi ? x : hi;
   }
+  if (!fin) return -1;
   gap[*nk] = lo - 0;
   thr[(*nk)++] = lo;
   if (hi == lo) return 0;
@@ -467,9 +481,10 @@ static double gap_scan(const double *v, int m, double *bmin, double *bmax, doubl
   }
   for (int k = 0; k < m; k++) {
     int b = (int)((v[k] - lo) * scale); /* monotone in v */
-    if (b >= B) b = B - 1;
-    if (v[k] < bmin[b]) bmin[b] = v[k];
-    if (v[k] > bmax[b]) bmax[b] = v[k];
+    b = b < B ? b : B - 1;
+    double x = v[k], mn = bmin[b], mx = bmax[b];
+    bmin[b] = x < mn ? x : mn;
+    bmax[b] = x > mx ? x : mx;
   }
   double R = 0, prev = 0;
   int first = 1;
