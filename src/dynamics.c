@@ -887,39 +887,114 @@ static void get_assignment(dyn_gene *g, const double *p, double *t, double *tau,
   w->cstamp[slot] = ++w->clock;
 }
 
+/* per-cell values se_loss() gathers in its first pass (k-th cell of W) */
+typedef struct {
+  const double *o, *eu, *es, *u, *s;
+  double alpha, beta, gamma, z, u0_, s0_, std_u, std_s, reg_c, ig;
+  int reg;
+} loss_in;
+
+/* d_k of spec 3.1 from the gathered values, cells k0 <= k < k1: sol_us() written out with the
+ * exponentials precomputed; sd_out (if not NULL) gets (S - s) / std_s */
+static void loss_terms(const loss_in *L, int k0, int k1, double *d, double *sd_out) {
+  double b = L->beta, g = L->gamma, z = L->z;
+  for (int k = k0; k < k1; k++) {
+    double o = L->o[k], eu = L->eu[k], es = L->es[k];
+    double u0 = 0 * o + L->u0_ * (1 - o), s0 = 0 * o + L->s0_ * (1 - o);
+    double a = L->alpha * o + 0 * (1 - o);
+    double U = u0 * eu + a / b * (1 - eu);
+    double c = (a - u0 * b) * L->ig;
+    double S = s0 * es + a / g * (1 - es) + c * (es - eu);
+    double ud = (U - L->u[k] / z) / L->std_u * z;
+    double sd = (S - L->s[k]) / L->std_s;
+    double dd = ud * ud + sd * sd;
+    if (L->reg) {
+      double r = L->reg_c * L->s[k] / L->std_s;
+      dd += r * r;
+    }
+    d[k] = dd;
+    if (sd_out) sd_out[k] = sd;
+  }
+}
+
+#ifdef DYN_AVX
+/* loss_terms() four cells per 256-bit lane (the same operations, no fused multiply-add);
+ * returns the number of cells done */
+__attribute__((target("avx"))) static int loss_terms_avx(const loss_in *L, int m, double *d) {
+  __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0);
+  __m256d b = _mm256_set1_pd(L->beta), g = _mm256_set1_pd(L->gamma), z = _mm256_set1_pd(L->z);
+  __m256d al = _mm256_set1_pd(L->alpha), u0c = _mm256_set1_pd(L->u0_);
+  __m256d s0c = _mm256_set1_pd(L->s0_), ig = _mm256_set1_pd(L->ig);
+  __m256d su = _mm256_set1_pd(L->std_u), ss = _mm256_set1_pd(L->std_s);
+  __m256d rc = _mm256_set1_pd(L->reg_c);
+  int k = 0;
+  for (; k + 3 < m; k += 4) {
+    __m256d o = _mm256_loadu_pd(L->o + k), eu = _mm256_loadu_pd(L->eu + k);
+    __m256d es = _mm256_loadu_pd(L->es + k), x = _mm256_loadu_pd(L->s + k);
+    __m256d no = _mm256_sub_pd(one, o), zo = _mm256_mul_pd(zero, o);
+    __m256d u0 = _mm256_add_pd(zo, _mm256_mul_pd(u0c, no));
+    __m256d s0 = _mm256_add_pd(zo, _mm256_mul_pd(s0c, no));
+    __m256d a = _mm256_add_pd(_mm256_mul_pd(al, o), _mm256_mul_pd(zero, no));
+    __m256d U = _mm256_add_pd(_mm256_mul_pd(u0, eu),
+                              _mm256_mul_pd(_mm256_div_pd(a, b), _mm256_sub_pd(one, eu)));
+    __m256d c = _mm256_mul_pd(_mm256_sub_pd(a, _mm256_mul_pd(u0, b)), ig);
+    __m256d S = _mm256_add_pd(
+        _mm256_add_pd(_mm256_mul_pd(s0, es),
+                      _mm256_mul_pd(_mm256_div_pd(a, g), _mm256_sub_pd(one, es))),
+        _mm256_mul_pd(c, _mm256_sub_pd(es, eu)));
+    __m256d ud = _mm256_mul_pd(
+        _mm256_div_pd(_mm256_sub_pd(U, _mm256_div_pd(_mm256_loadu_pd(L->u + k), z)), su), z);
+    __m256d sd = _mm256_div_pd(_mm256_sub_pd(S, x), ss);
+    __m256d dd = _mm256_add_pd(_mm256_mul_pd(ud, ud), _mm256_mul_pd(sd, sd));
+    if (L->reg) {
+      __m256d r = _mm256_div_pd(_mm256_mul_pd(rc, x), ss);
+      dd = _mm256_add_pd(dd, _mm256_mul_pd(r, r));
+    }
+    _mm256_storeu_pd(d + k, dd);
+  }
+  return k;
+}
+#endif
+
 /* sum of d over W (mean if mean), d from spec 3.1; t is the full cell-time vector */
 static double se_loss(dyn_gene *g, const double *p, const double *t, int mean, int upper,
                       int with_reg, double *var_out) {
   double alpha = p[0], beta = p[1], gamma = p[2], z = p[3], t_ = p[4];
   const int *idx = upper ? g->Wup : g->W;
   int m = upper ? g->nWup : g->nW;
-  double *d = g->w->wbuf, *e = g->w->dbuf;
+  dyn_scratch *w = g->w;
+  double *d = w->wbuf, *e = w->dbuf;
   double u0_ = sol_u(t_, 0, alpha, beta), s0_;
   {
     double tmpu;
     sol_us(t_, 0, 0, alpha, beta, gamma, &tmpu, &s0_);
   }
-  double reg_c = g->has_ratio ? (gamma / beta - g->ratio) : 0;
+  /* first pass: each cell's branch, the exponentials of its sol_us() and its u, s */
+  double *O = w->sbuf, *EU = w->sbuf2, *ES = w->jv0, *Uk = w->jv1, *Sk = (double *)w->k1;
   for (int k = 0; k < m; k++) {
     int i = idx[k];
     double ti = t[i];
     double o = (double)(ti < t_);
     double tau = ti * o + (ti - t_) * (1 - o);
-    double u0 = 0 * o + u0_ * (1 - o), s0 = 0 * o + s0_ * (1 - o);
-    double a = alpha * o + 0 * (1 - o);
-    double U, S;
-    sol_us(tau, u0, s0, a, beta, gamma, &U, &S);
-    double ud = (U - g->u[i] / z) / g->std_u * z;
-    double sd = (S - g->s[i]) / g->std_s;
-    double dd = ud * ud + sd * sd;
-    if (with_reg && g->has_ratio) {
-      double r = reg_c * g->s[i] / g->std_s;
-      dd += r * r;
-    }
-    d[k] = dd;
-    if (var_out) e[k] = (double)((sd > 0) - (sd < 0)) * sqrt(dd) + (isnan(sd) ? NAN : 0);
+    O[k] = o;
+    EU[k] = exp(-beta * tau);
+    ES[k] = exp(-gamma * tau);
+    Uk[k] = g->u[i];
+    Sk[k] = g->s[i];
   }
+  loss_in L = {O, EU, ES, Uk, Sk, alpha, beta, gamma, z, u0_, s0_, g->std_u, g->std_s,
+               g->has_ratio ? (gamma / beta - g->ratio) : 0, inv0(gamma - beta),
+               with_reg && g->has_ratio};
+  int k0 = 0;
+#ifdef DYN_AVX
+  if (!var_out && g->sh->avx) k0 = loss_terms_avx(&L, m, d);
+#endif
+  loss_terms(&L, k0, m, d, var_out ? e : NULL);
   if (var_out) {
+    for (int k = 0; k < m; k++) {
+      double sd = e[k];
+      e[k] = (double)((sd > 0) - (sd < 0)) * sqrt(d[k]) + (isnan(sd) ? NAN : 0);
+    }
     double md = pw_sum(d, m) / (double)m, me = pw_sum(e, m) / (double)m;
     *var_out = md - me * me;
   }
