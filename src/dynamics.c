@@ -366,10 +366,10 @@ __attribute__((target("avx"))) static int dist_avx(dyn_scratch *w, const double 
 }
 #endif
 
-/* d0/d1 again for the rows with a neighbour among the nc cells whose time changed (cells,
- * chg[j]: bit 2 = off-branch time, bit 1 = on-branch time), read from the interleaved
- * distances X (stride K, lane 0 = r0, lane 1 = r1). Each recomputed lane has the multiply and
- * add order of the full smoothing, so the rows and lanes left alone keep their bits. */
+/* d0/d1 again for the rows with a neighbour among the nc cells whose time changed, read from
+ * the interleaved distances X (stride K, lane 0 = r0, lane 1 = r1). Each recomputed lane has
+ * the multiply and add order of the full smoothing, so it keeps its bits where its inputs
+ * did not change, and the rows left alone keep theirs. */
 static void resmooth(const dyn_shared *sh, dyn_scratch *w, const int *cells, int nc, int K) {
   int n = sh->n;
   const int *cp = sh->cp, *ci = sh->ci, *tp = sh->tp, *ti = sh->ti;
@@ -377,9 +377,8 @@ static void resmooth(const dyn_shared *sh, dyn_scratch *w, const int *cells, int
   unsigned char *rm = w->chg + n;
   memset(rm, 0, (size_t)n);
   for (int c = 0; c < nc; c++) {
-    int j = cells[c];
-    unsigned char b = w->chg[j];
-    for (int q = tp[j]; q < tp[j + 1]; q++) rm[ti[q]] |= b;
+    int j = cells[c], q1 = tp[j + 1];
+    for (int q = tp[j]; q < q1; q++) rm[ti[q]] = 1;
   }
   int *rows = w->idx_on, nr = 0; /* free here */
   for (int i = 0; i < n; i++)
