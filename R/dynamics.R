@@ -233,7 +233,9 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
   scaling_mode <- if (is.logical(fit_scaling)) as.integer(fit_scaling) else 2L
   iopts <- c(as.integer(max_iter), amode, scaling_mode, as.integer(fit_time),
              as.integer(fit_steady_states), as.integer(isTRUE(fit_basal_transcription)),
-             as.integer(!is.null(load_pars)))
+             as.integer(!is.null(load_pars)),
+             # internal switch for tests: FALSE takes the scalar/SSE2 paths of the C core
+             as.integer(!isFALSE(getOption("scnative.simd"))))
   dopts <- c(if (is.logical(fit_scaling)) 0 else as.double(fit_scaling), as.double(perc))
 
   chunk <- max(256L, 128L * n_threads) # genes per .Call: fewer barriers, progress every ~2 s

@@ -1632,7 +1632,7 @@ static double align_factor(const double *T, int n, double tg, double target) {
  *       align, threads)
  *   Ms, Mu: genes x cells double matrices (all genes); rows: 0-based rows of this chunk
  *   conn: NULL or list(p, j, x) CSR (0-based) with row-normalised weights
- *   iopts: (max_iter, amode, scaling_mode, fit_time, fit_steady, basal, load)
+ *   iopts: (max_iter, amode, scaling_mode, fit_time, fit_steady, basal, load, simd)
  *   dopts: (scaling_val, perc)
  *   prior: NULL or logical n
  *   load: NULL or list(pars G x 8 (alpha, beta, gamma, t_, scaling, steady_u, steady_s,
@@ -1669,7 +1669,7 @@ SEXP scnative_dynamics_fit(SEXP Ms, SEXP Mu, SEXP rows, SEXP conn, SEXP iopts, S
   sh.avx = 0;
 #ifdef DYN_AVX
   __builtin_cpu_init();
-  sh.avx = __builtin_cpu_supports("avx") ? 1 : 0;
+  sh.avx = __builtin_cpu_supports("avx") && (XLENGTH(iopts) < 8 || io[7]) ? 1 : 0;
 #endif
   int M = n / 5;
   if (M < 200) M = 200;

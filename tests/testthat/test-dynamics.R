@@ -417,7 +417,7 @@ test_that("1 and 2 threads give identical results; result layout", {
   expect_identical(f4$var, f1$var)
 })
 
-test_that("1 and 2 threads identical on real data with connectivities and projection", {
+test_that("1 and 2 threads, AVX and scalar paths identical on real data with connectivities", {
   ds <- dyn_dataset("scvelo_dentategyrus_100obs_preprocessed.h5ad")
   f1 <- recover_dynamics(ds$Ms, ds$Mu, var_names = "all", connectivities = ds$conn,
                          threads = 1, progress = FALSE)
@@ -425,6 +425,13 @@ test_that("1 and 2 threads identical on real data with connectivities and projec
                          threads = 2, progress = FALSE)
   expect_identical(f1$var, f2$var)
   expect_identical(f1$layers, f2$layers)
+  # the 256-bit paths (smoothing, distances, loss) do the scalar code's operations
+  f3 <- withr::with_options(list(scnative.simd = FALSE),
+    recover_dynamics(ds$Ms, ds$Mu, var_names = "all", connectivities = ds$conn,
+                     threads = 1, progress = FALSE))
+  expect_identical(f3$var, f1$var)
+  expect_identical(f3$layers, f1$layers)
+  expect_identical(f3$loss, f1$loss)
 })
 
 test_that("bad input gives clear errors; unrecoverable genes are skipped with a warning", {
