@@ -150,12 +150,16 @@ static inline double sol_u(double tau, double u0, double a, double b) {
   double eu = exp(-b * tau);
   return u0 * eu + a / b * (1 - eu);
 }
-static inline void sol_us(double tau, double u0, double s0, double a, double b, double g,
-                          double *U, double *S) {
-  double eu = exp(-b * tau), es = exp(-g * tau);
+/* U, S from u0, s0 given eu = exp(-b tau), es = exp(-g tau) */
+static inline void sol_us_e(double eu, double es, double u0, double s0, double a, double b,
+                            double g, double *U, double *S) {
   *U = u0 * eu + a / b * (1 - eu);
   double c = (a - u0 * b) * inv0(g - b);
   *S = s0 * es + a / g * (1 - es) + c * (es - eu);
+}
+static inline void sol_us(double tau, double u0, double s0, double a, double b, double g,
+                          double *U, double *S) {
+  sol_us_e(exp(-b * tau), exp(-g * tau), u0, s0, a, b, g, U, S);
 }
 
 static inline double clipped_log(double x) { return log(np_clip(x, 1e-6, 1 - 1e-6)); }
@@ -893,17 +897,15 @@ typedef struct {
   int reg;
 } loss_in;
 
-/* d_k of spec 3.1 from the gathered values, cells k0 <= k < k1: sol_us() written out with the
- * exponentials precomputed; sd_out (if not NULL) gets (S - s) / std_s */
+/* d_k of spec 3.1 from the gathered values, cells k0 <= k < k1; sd_out (if not NULL) gets (S - s) / std_s */
 static void loss_terms(const loss_in *L, int k0, int k1, double *d, double *sd_out) {
   double b = L->beta, g = L->gamma, z = L->z;
   for (int k = k0; k < k1; k++) {
     double o = L->o[k], eu = L->eu[k], es = L->es[k];
     double u0 = 0 * o + L->u0_ * (1 - o), s0 = 0 * o + L->s0_ * (1 - o);
     double a = L->alpha * o + 0 * (1 - o);
-    double U = u0 * eu + a / b * (1 - eu);
-    double c = (a - u0 * b) * L->ig;
-    double S = s0 * es + a / g * (1 - es) + c * (es - eu);
+    double U, S;
+    sol_us_e(eu, es, u0, s0, a, b, g, &U, &S);
     double ud = (U - L->u[k] / z) / L->std_u * z;
     double sd = (S - L->s[k]) / L->std_s;
     double dd = ud * ud + sd * sd;
