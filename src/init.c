@@ -4,19 +4,19 @@
 
 void scn_threads_init(void);
 
-/* core: threads, BLAS, RNG */
+/* core: threads, BLAS, RNG, argument checks */
 SEXP scnative_threads_info(void);
 SEXP scnative_threads_set(SEXP);
 SEXP scnative_threads_colsums(SEXP, SEXP);
 SEXP scnative_dgemm(SEXP, SEXP, SEXP, SEXP, SEXP);
 SEXP scnative_rng(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_value_flags(SEXP);
 /* end core */
 
 
 /* dynamics (scVelo recover_dynamics): declarations */
 SEXP scnative_dynamics_fit(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 SEXP scnative_dynamics_f32(SEXP);
-SEXP scnative_value_flags(SEXP);
 SEXP scnative_dynamics_interrupt(void);
 /* end dynamics declarations */
 
@@ -64,13 +64,13 @@ static const R_CallMethodDef callMethods[] = {
     CALLDEF(scnative_threads_colsums, 2),
     CALLDEF(scnative_dgemm, 5),
     CALLDEF(scnative_rng, 6),
+    CALLDEF(scnative_value_flags, 1),
     /* end core table */
 
 
     /* dynamics table */
     CALLDEF(scnative_dynamics_fit, 11),
     CALLDEF(scnative_dynamics_f32, 1),
-    CALLDEF(scnative_value_flags, 1),
     CALLDEF(scnative_dynamics_interrupt, 0),
     /* end dynamics table */
 
