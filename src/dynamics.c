@@ -192,7 +192,7 @@ typedef struct {
 typedef struct {
   double *uhat, *tau, *tau_, *r0, *r1, *r2, *r3, *d0, *d1, *d2, *d3;
   double *sbuf, *sbuf2, *dbuf, *wbuf, *ilv, *eU, *eS, *eU_, *eS_, *jv0, *jv1;
-  unsigned char *chg; /* per cell: which branch time the increment constraint changed */
+  unsigned char *rmark; /* resmooth's row marks */
   uint64_t *k1, *k2;
   double *ct, *ctau, *at, *atau, *grid;
   int *co, *ao, *idx_on, *idx_off;
@@ -378,7 +378,7 @@ static void resmooth(const dyn_shared *sh, dyn_scratch *w, const int *cells, int
   int n = sh->n;
   const int *cp = sh->cp, *ci = sh->ci, *tp = sh->tp, *ti = sh->ti;
   const double *cx = sh->cx, *X = w->ilv;
-  unsigned char *rm = w->chg + n;
+  unsigned char *rm = w->rmark;
   memset(rm, 0, (size_t)n);
   for (int c = 0; c < nc; c++) {
     int j = cells[c], q1 = tp[j + 1];
@@ -751,7 +751,7 @@ static void assign(dyn_gene *g, double alpha, double beta, double gamma, double 
     if (on) w->idx_on[non++] = i;
     else w->idx_off[noff++] = i;
   }
-  int changed = 0, nch = 0, *chl = w->ao; /* the cells whose time changed */
+  int nch = 0, nch_on = 0, *chl = w->ao; /* the cells whose time changed */
   {
     /* values of both sets: sbuf = [on values | off values] */
     double *von = w->sbuf, *voff = von + non;
@@ -776,25 +776,20 @@ static void assign(dyn_gene *g, double alpha, double beta, double gamma, double 
       if (noff > 0) apply_jumps(noff_v, voff, noff, soff2, dt_, ub, jumps);
       if (non > 0) apply_jumps(non_v, von, non, son, dt, ub, jumps);
     }
-    /* chg: bit 1 = on-branch time changed, bit 2 = off-branch time changed */
+    /* chl: the changed cells, on-branch ones first (nch_on of them) */
     for (int k = 0; k < non; k++) {
       if (non_v[k] == von[k]) continue;
       int i = w->idx_on[k];
-      if (!changed) memset(w->chg, 0, (size_t)n);
       tau[i] = non_v[k];
       sol_us(tau[i], 0, 0, alpha, beta, gamma, &eU[i], &eS[i]);
-      changed |= 1;
-      w->chg[i] |= 1;
       chl[nch++] = i;
     }
+    nch_on = nch;
     for (int k = 0; k < noff; k++) {
       if (noff_v[k] == voff[k]) continue;
       int i = w->idx_off[k];
-      if (!changed) memset(w->chg, 0, (size_t)n);
       tau_[i] = noff_v[k];
       sol_us(tau_[i], u0_, s0_, 0, beta, gamma, &eU_[i], &eS_[i]);
-      changed |= 2;
-      w->chg[i] |= 2;
       chl[nch++] = i;
     }
   }
@@ -805,13 +800,13 @@ static void assign(dyn_gene *g, double alpha, double beta, double gamma, double 
   }
 
   /* state distances (spec 4.4): the branch distances again at the adjusted times */
-  if (changed) {
+  if (nch > 0) {
     /* only the distances of changed cells, and (smoothed) only the rows with a changed
-     * neighbour, in the changed branch(es); the others are the same bits as before */
+     * neighbour; the others are the same bits as before */
     double *X = w->ilv;
     for (int c = 0; c < nch; c++) {
       int i = chl[c];
-      if (w->chg[i] & 1) {
+      if (c < nch_on) {
         double du = (uh[i] - eU[i]) / su, ds = (s[i] - eS[i]) / ss;
         w->r1[i] = X[K * (size_t)i + 1] = du * du + ds * ds;
       } else {
@@ -1533,7 +1528,7 @@ static void finish_gene(dyn_gene *g, double *pars, double *tau, double *tau_) {
 static void scratch_free(dyn_scratch *w) {
   if (!w) return;
   free(w->uhat);
-  free(w->chg);
+  free(w->rmark);
   free(w->co);
   free(w->cbuf);
   free(w->cibuf);
@@ -1545,14 +1540,14 @@ static int scratch_alloc(dyn_scratch *w, int n, int M) {
   int *ib = malloc(sizeof(int) * (nd * 4 + 8));
   double *cb = malloc(sizeof(double) * nd * 2 * DYN_CACHE);
   int *cib = malloc(sizeof(int) * nd * DYN_CACHE);
-  w->chg = malloc(2 * nd); /* chg and resmooth's row marks */
+  w->rmark = malloc(nd);
   w->uhat = b;
   w->co = ib;
   w->cbuf = cb;
   w->cibuf = cib;
-  if (!b || !ib || !cb || !cib || !w->chg) {
-    free(w->chg);
-    w->chg = NULL;
+  if (!b || !ib || !cb || !cib || !w->rmark) {
+    free(w->rmark);
+    w->rmark = NULL;
     free(b);
     free(ib);
     free(cb);
