@@ -1,5 +1,8 @@
 # One side of bench/dynamics.R: scnative::recover_dynamics on an h5ad's Ms/Mu/connectivities.
 # Args: file.h5ad threads [n_genes (0 = all)]
+# With SCNATIVE_LIBM_COUNT = the path of bench/libm_count.c built as a shared library (and the
+# same path in LD_PRELOAD), the measured call's exp()/log() calls are counted and printed as
+# LIBM_COUNTS=<exp calls>,<distinct exp args>,<log calls>,<distinct log args>,<all kept>.
 a <- commandArgs(TRUE)
 file <- a[1]
 threads <- as.integer(a[2])
@@ -35,8 +38,16 @@ run <- function() {
 }
 invisible(recover_dynamics(Ms[1:4, ], Mu[1:4, ], var_names = "all", connectivities = conn,
                            threads = threads, progress = FALSE)) # warm-up
+counter <- Sys.getenv("SCNATIVE_LIBM_COUNT")
+if (nzchar(counter)) {
+  dyn.load(counter)
+  if (!.C("scn_libm_start", 2^28, ok = 0L)$ok) stop("libm counter could not start")
+}
 t0 <- proc.time()[["elapsed"]]
 fit <- run()
 el <- proc.time()[["elapsed"]] - t0
+if (nzchar(counter)) {
+  cat(sprintf("LIBM_COUNTS=%s\n", paste(.C("scn_libm_stop", out = double(5))$out, collapse = ",")))
+}
 cat(sprintf("fitted %d genes x %d cells\n", sum(!is.na(fit$var$fit_alpha)), n))
 cat(sprintf("BENCH_SECONDS=%.6f\n", el))
