@@ -3,9 +3,10 @@
 # by side on the same genes (no extrapolation), then scnative once more with its exp()/log()
 # calls counted (bench/libm_count.c, interposed with LD_PRELOAD), and libm's time per call.
 # Prints the 50x budget (upstream's median / 50) beside the time those calls take at libm's
-# loop speed, for all calls and for distinct arguments only (a lower bound for any
-# implementation that reproduces upstream's float64 path, which calls libm's exp/log on every
-# one of those arguments).
+# loop speed, for all calls and for distinct arguments only. scnative matches upstream's fits
+# bit for bit by computing the same exponentials and logarithms with the same libm, so the
+# distinct-argument time is what any implementation on that route spends at the least, even
+# with perfect reuse of repeated arguments.
 #   Rscript bench/dynamics_floor.R [dataset = sim|veloviz] [n = 20 (sim) / 50 (veloviz)]
 #                                  [reps = 3] [datadir = /tmp/scnative-bench]
 source("bench/harness.R")
