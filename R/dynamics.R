@@ -10,8 +10,23 @@ dynamics_par_names <- c("alpha", "beta", "gamma", "t_", "scaling", "std_u", "std
 #' Fits, gene by gene, transcription (`alpha`), splicing (`beta`), degradation (`gamma`)
 #' rates, the switching time `t_` and every cell's latent time by the EM of
 #' `scvelo.tl.recover_dynamics` (scVelo 0.3.4): the same initialisation, time assignment,
-#' Nelder-Mead steps and acceptance rule, in double precision, with the genes fitted in
-#' parallel.
+#' Nelder-Mead steps and acceptance rule, with the genes fitted in parallel.
+#'
+#' @section Precision (`dtype`): scVelo stores `Ms`/`Mu` as float32 (`scv.pp.moments`, every
+#'   `.h5ad`), and with numpy 1.x (1.26, what scVelo's own installs and our peers run) a float32
+#'   array combined with a float64 scalar stays float32, so part of upstream's EM runs in single
+#'   precision: the weights' statistics, `u / scaling`, the inverse time assignment (with numpy's
+#'   own float32 `exp`/`log`), the state distances and their smoothing, the increment
+#'   constraint and the regulariser, while parameters, the loss sums and Nelder-Mead are
+#'   float64. `dtype = "float32"` (the default) reproduces that flow on `Ms`/`Mu` rounded to
+#'   float32, which is what upstream computes for the layers users have. `dtype = "float64"`
+#'   reproduces upstream given float64 layers (everything in double). The float32 flow mirrors
+#'   numpy 1.x's value-based casting; numpy 2 (NEP 50) keeps more scalars in float32 and is not
+#'   mirrored (use `dtype = "float64"` layers with numpy 2 for an exact comparison). On x86-64
+#'   with AVX2/FMA numpy's float32 `exp`/`log` are its own SIMD routines, which scnative
+#'   reproduces bit for bit; float64 `exp`/`log` come from the C library (numpy on AVX-512
+#'   machines uses Intel's SVML for float64, which differs in the last bit for some arguments,
+#'   so a few genes in a hundred can take another EM path there).
 #'
 #' @param x The moments of spliced counts `Ms` (default method), or an object holding them
 #'   (methods for other classes). It may also be given by name as `Ms =`.
@@ -49,6 +64,8 @@ dynamics_par_names <- c("alpha", "beta", "gamma", "t_", "scaling", "std_u", "std
 #' @param var `NULL` or a data.frame with one row per gene (row names = gene names) of
 #'   annotations: `velocity_genes`, `highly_variable`, previous `fit_*` columns.
 #' @param perc Percentile (0-100) used to trim the weighted cells (default 99).
+#' @param dtype `"float32"` (default) or `"float64"`: the precision of upstream's `Ms`/`Mu`
+#'   layers whose arithmetic is reproduced (see the Precision section).
 #' @param threads `NULL` (package default) or a positive whole number of threads.
 #' @param progress Logical: show a progress bar.
 #' @param ... Passed to methods.
@@ -91,8 +108,8 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
                                      fit_basal_transcription = NULL, use_raw = FALSE,
                                      load_pars = NULL, steady_state_prior = NULL,
                                      add_key = "fit", connectivities = NULL, var = NULL,
-                                     perc = 99, threads = NULL, progress = interactive(),
-                                     ...) {
+                                     perc = 99, dtype = c("float32", "float64"), threads = NULL,
+                                     progress = interactive(), ...) {
   Ms <- as_checked_matrix(x, "Ms", nonneg = TRUE)
   Mu <- as_checked_matrix(Mu, "Mu", nonneg = TRUE)
   if (!identical(dim(Ms), dim(Mu))) {
@@ -131,6 +148,7 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
   }
   check_string(add_key, "add_key")
   check_number(perc, "perc", min = 0, max = 100)
+  dtype <- check_choice(dtype, c("float32", "float64"), "dtype")
   check_flag(progress, "progress")
   n_threads <- resolve_threads(threads)
   if (!is.null(n_top_genes)) check_number(n_top_genes, "n_top_genes", min = 1, whole = TRUE)
@@ -235,7 +253,8 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
              as.integer(fit_steady_states), as.integer(isTRUE(fit_basal_transcription)),
              as.integer(!is.null(load_pars)),
              # internal switch for tests: FALSE takes the scalar/SSE2 paths of the C core
-             as.integer(!isFALSE(getOption("scnative.simd"))))
+             as.integer(!isFALSE(getOption("scnative.simd"))),
+             as.integer(dtype == "float32"))
   dopts <- c(if (is.logical(fit_scaling)) 0 else as.double(fit_scaling), as.double(perc))
 
   chunk <- max(256L, 128L * n_threads) # genes per .Call: fewer barriers, progress every ~2 s
@@ -337,7 +356,7 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
                     fit_connected_states = fit_connected_states,
                     fit_basal_transcription = fit_basal_transcription, use_raw = use_raw,
                     load_pars = !is.null(load_pars), steady_state_prior = steady_state_prior,
-                    add_key = add_key, perc = perc, threads = n_threads)
+                    add_key = add_key, perc = perc, dtype = dtype, threads = n_threads)
   ), class = "scnative_dynamics")
 }
 

@@ -8,6 +8,9 @@
 #' upstream writes (`var` columns `fit_*`, layers `fit_t`, `fit_tau`, `fit_tau_`,
 #' `varm['loss']`, `uns['recover_dynamics']`), so that `scv.tl.velocity(adata,
 #' mode = 'dynamical')`, `scv.tl.latent_time()` and the plots run unchanged on the result.
+#' The layers' dtype decides the arithmetic, as it does upstream: float32 `Ms`/`Mu` (what scVelo
+#' stores) are fitted with `dtype = "float32"`, float64 or integer ones with `"float64"` (see
+#' [recover_dynamics()]); float16 layers, or two layers of different dtypes, go to upstream.
 #'
 #' Calls outside the supported scope (for example `return_model = True`, `plot_results = True`,
 #' or fewer than 5 genes, where upstream returns its model object) go to the original upstream
@@ -105,7 +108,7 @@ scvelo_callback <- function(Ms, Mu, conn, var, genes, cells, args) {
                           fit_basal_transcription = a$fit_basal_transcription,
                           use_raw = a$use_raw, load_pars = a$load_pars,
                           steady_state_prior = ssp, connectivities = conn, var = var,
-                          perc = a$perc %||% 99,
+                          perc = a$perc %||% 99, dtype = a$dtype %||% "float64",
                           threads = if (is.null(a$n_jobs) || a$n_jobs < 1) NULL else as.integer(a$n_jobs),
                           progress = FALSE)
   list(var = fit$var, fit_t = fit$layers$fit_t, fit_tau = fit$layers$fit_tau,

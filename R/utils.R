@@ -35,6 +35,15 @@ check_string <- function(x, arg, allow_null = FALSE) {
   invisible(x)
 }
 
+# One of `choices` (a vector default means its first element), with a clear error otherwise.
+check_choice <- function(x, choices, arg) {
+  if (identical(x, choices)) return(choices[1L])
+  if (!is.character(x) || length(x) != 1L || is.na(x) || !x %in% choices) {
+    stopf("'%s' must be one of %s", arg, paste0("'", choices, "'", collapse = ", "))
+  }
+  x
+}
+
 # A numeric matrix (dense or a Matrix) with no NA/NaN/Inf; optionally non-negative or
 # integer-valued. Returns a dense double matrix with the dimnames kept.
 as_checked_matrix <- function(x, arg, nonneg = FALSE, integer_valued = FALSE, dense = TRUE) {

@@ -1,4 +1,4 @@
-/* dynamics.c: scVelo's dynamical model (tl.recover_dynamics) per gene, in double precision.
+/* dynamics.c: scVelo's dynamical model (tl.recover_dynamics) per gene.
  *
  * Every gene is fitted independently by the EM of /work/shared/spec/scvelo-dynamics.md:
  * weights and initial estimates (spec 2), time assignment (4), loss and accept rule (3.1-3.2),
@@ -6,20 +6,14 @@
  * The shim runs a chunk of genes in parallel (OpenMP over genes, one scratch per thread);
  * each gene's fit is sequential and deterministic, so results do not depend on threads.
  * Reductions follow numpy's order (pairwise sums, linear percentiles, first-index argmin)
- * so that trajectories track upstream's float64 run.
+ * so that trajectories track upstream's run. Two flows: upstream given float64 Ms/Mu (all in
+ * double) and given float32 Ms/Mu as scVelo stores them (sh->f32; the float32 steps live in
+ * dynamics_f32.c, the dtype of every step is listed there).
  */
-#include "scnative.h"
+#include "dynamics.h"
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
-
-#define DYN_MAX_LOSS 64
-#define DYN_NPAR 14 /* output columns per gene */
-#define DYN_CACHE 6  /* cached assignments per gene */
-
-enum { AM_NONE = 0, AM_PROJECTION = 1, AM_PARTIAL = 2, AM_FULL = 3 };
-
-/* ---------------------------------------------------------------- numpy-like helpers */
 
 /* numpy's pairwise summation of a contiguous double array */
 static double pw_sum(const double *a, ptrdiff_t n) {
@@ -43,6 +37,7 @@ static double pw_sum(const double *a, ptrdiff_t n) {
   }
 }
 
+double dyn_pw_sum(const double *a, ptrdiff_t n) { return pw_sum(a, n); }
 static double np_mean(const double *a, ptrdiff_t n) { return pw_sum(a, n) / (double)n; }
 
 /* population std (ddof 0), numpy order; tmp has room for n values */
@@ -54,19 +49,6 @@ static double np_std(const double *a, ptrdiff_t n, double *tmp) {
   }
   return sqrt(pw_sum(tmp, n) / (double)n);
 }
-
-/* numpy maximum/minimum (NaN propagates) */
-static inline double np_max2(double a, double b) {
-  if (isnan(a)) return a;
-  if (isnan(b)) return b;
-  return a >= b ? a : b;
-}
-static inline double np_min2(double a, double b) {
-  if (isnan(a)) return a;
-  if (isnan(b)) return b;
-  return a <= b ? a : b;
-}
-static inline double np_clip(double x, double lo, double hi) { return np_min2(np_max2(x, lo), hi); }
 
 /* ascending sort with NaN last (numpy order), LSD radix on the order-preserving bit image
  * of the doubles; tmp and keys have room for n values */
@@ -84,7 +66,7 @@ static inline double key_dbl(uint64_t k) {
   memcpy(&x, &b, sizeof x);
   return x;
 }
-static void sort_dbl(double *a, ptrdiff_t n, uint64_t *k1, uint64_t *k2) {
+void dyn_sort(double *a, ptrdiff_t n, uint64_t *k1, uint64_t *k2) {
   if (n < 2) return;
   if (n < 32) { /* insertion sort */
     for (ptrdiff_t i = 1; i < n; i++) {
@@ -127,9 +109,14 @@ static void sort_dbl(double *a, ptrdiff_t n, uint64_t *k1, uint64_t *k2) {
   for (ptrdiff_t i = 0; i < n; i++) a[i] = key_dbl(src[i]);
 }
 
-/* numpy percentile, method "linear", of a (permuted in place); NaN if any NaN */
+/* numpy percentile, method "linear", of a (permuted in place); NaN if any NaN. With f32 the
+ * values are a float32 array's: numpy interpolates with their difference rounded to float32
+ * and returns float64 */
 static double np_percentile(double *a, ptrdiff_t n, double q) {
   return scn_quantile_linear(a, n, q / 100.0);
+}
+static double np_percentile_t(double *a, ptrdiff_t n, double q, int f32) {
+  return f32 ? scn_quantile_linear32(a, n, q / 100.0) : scn_quantile_linear(a, n, q / 100.0);
 }
 
 /* numpy linspace point i of num from a to b */
@@ -139,96 +126,6 @@ static inline double lsp(double a, double b, int num, int i) {
   double step = (b - a) / div;
   if (step == 0) return ((double)i / div) * (b - a) + a;
   return (double)i * step + a;
-}
-
-/* ---------------------------------------------------------------- model pieces */
-
-static inline double inv0(double x) { return (1.0 / x) * (double)(x != 0); }
-
-/* U(tau) from u0 under transcription a */
-static inline double sol_u(double tau, double u0, double a, double b) {
-  double eu = exp(-b * tau);
-  return u0 * eu + a / b * (1 - eu);
-}
-/* U, S from u0, s0 given eu = exp(-b tau), es = exp(-g tau) */
-static inline void sol_us_e(double eu, double es, double u0, double s0, double a, double b,
-                            double g, double *U, double *S) {
-  *U = u0 * eu + a / b * (1 - eu);
-  double c = (a - u0 * b) * inv0(g - b);
-  *S = s0 * es + a / g * (1 - es) + c * (es - eu);
-}
-static inline void sol_us(double tau, double u0, double s0, double a, double b, double g,
-                          double *U, double *S) {
-  sol_us_e(exp(-b * tau), exp(-g * tau), u0, s0, a, b, g, U, S);
-}
-
-static inline double clipped_log(double x) { return log(np_clip(x, 1e-6, 1 - 1e-6)); }
-
-/* tau_inv for one cell (spec 5.2); u-branch if gamma >= beta */
-static inline double tau_inv1(double u, double s, double u0, double s0, double a, double b,
-                              double g) {
-  if (g >= b) {
-    double uinf = a / b;
-    return -1 / b * clipped_log((u - uinf) / (u0 - uinf));
-  }
-  double b_ = b * inv0(g - b);
-  double xinf = a / g - b_ * (a / b);
-  return -1 / g * clipped_log((s - b_ * u - xinf) / (s0 - b_ * u0 - xinf));
-}
-
-/* ---------------------------------------------------------------- per-gene state */
-
-typedef struct {
-  int n;
-  /* connectivities: CSR with float32-rounded weights, or NULL */
-  const int *cp, *ci;
-  const double *cx;
-  int *tp, *ti; /* the pattern transposed: column j lists the rows i that read x_j */
-  int fit_steady;
-  int proj_grid; /* M */
-  int avx;       /* 256-bit smoothing available */
-} dyn_shared;
-
-typedef struct {
-  double *uhat, *tau, *tau_, *r0, *r1, *r2, *r3, *d0, *d1, *d2, *d3;
-  double *sbuf, *sbuf2, *dbuf, *wbuf, *ilv, *eU, *eS, *eU_, *eS_, *jv0, *jv1;
-  unsigned char *rmark; /* resmooth's row marks */
-  uint64_t *k1, *k2;
-  double *ct, *ctau, *at, *atau, *grid;
-  int *co, *ao, *idx_on, *idx_off;
-  /* assignments already computed for this gene, keyed by the exact parameters */
-  double ckey[DYN_CACHE][6];
-  double *ct_[DYN_CACHE], *ctau_[DYN_CACHE];
-  int *co_[DYN_CACHE];
-  unsigned long cstamp[DYN_CACHE], clock;
-  int cvalid[DYN_CACHE];
-  double *cbuf;
-  int *cibuf;
-} dyn_scratch;
-
-typedef struct {
-  const dyn_shared *sh;
-  dyn_scratch *w;
-  const double *u, *s; /* after basal subtraction */
-  int *W, nW, *Wup, nWup;
-  double std_u, std_s;
-  double alpha, beta, gamma, t_, z;
-  double ratio;
-  int has_ratio;
-  double steady_u, steady_s, pval;
-  int mode;  /* current assignment mode */
-  int refit; /* refit_time */
-  double *t, *tau;
-  int *o;
-  double key[6];
-  int key_valid;
-  double loss[DYN_MAX_LOSS];
-  int nloss;
-  int fail;
-} dyn_gene;
-
-static inline int use_projection(int mode, double beta, double gamma) {
-  return mode == AM_FULL || mode == AM_PARTIAL || (mode == AM_PROJECTION && beta < gamma);
 }
 
 /* y_m = C x_m for k = 2 or 4 vectors stored interleaved (x[i * k + m]); each row is
@@ -511,7 +408,7 @@ static double gap_scan(const double *v, int m, double *bmin, double *bmax, doubl
  * the threshold exactly; if no hidden increment exceeds the threshold either, every jump is a
  * known gap. Applies the jumps to von/voff (in place, subtractions in upstream's order) and
  * returns 1; returns 0 (values untouched) when the exact sorting path is needed. */
-static int adjust_fast(double *von, int non, double *voff, int noff, dyn_scratch *w) {
+static int adjust_fast(double *von, int non, double *voff, int noff, dyn_scratch *w, int round32) {
   int N = non + noff, nk = 0;
   double *gap = w->wbuf, *thr = w->dbuf, *bk = (double *)w->k1, R = 0; /* k1, k2: 2n doubles */
   int nk_on = 0;
@@ -555,7 +452,7 @@ static int adjust_fast(double *von, int non, double *voff, int noff, dyn_scratch
     for (int i = 0; i < m; i++) {
       double x = v[i], val = x;
       for (int j = 0; j < nj; j++) {
-        if (x >= thr[jumps[j]]) val -= gap[jumps[j]];
+        if (x >= thr[jumps[j]]) val = round32 ? r32(val - r32(gap[jumps[j]])) : val - gap[jumps[j]];
         else break;
       }
       v[i] = val;
@@ -619,9 +516,10 @@ static int curve_argmin_pruned(const double *gU, const double *gS, int M, const 
   return bk < 0 ? 0 : bk;
 }
 
-/* adjust_increments on values v (in cell order, length m) with sorted copy srt and increments */
+/* adjust_increments on values v (in cell order, length m) with sorted copy srt and increments;
+ * round32: v is a float32 array, so each subtraction is float32 (the increment rounded first) */
 static void apply_jumps(double *v, const double *orig, int m, const double *srt, const double *dt,
-                        double ub, int *jumps) {
+                        double ub, int *jumps, int round32) {
   int nj = 0;
   for (int j = 0; j < m; j++)
     if (dt[j] > ub) jumps[nj++] = j;
@@ -629,25 +527,110 @@ static void apply_jumps(double *v, const double *orig, int m, const double *srt,
   for (int i = 0; i < m; i++) {
     double x = orig[i], val = v[i];
     for (int q = 0; q < nj; q++) {
-      if (x >= srt[jumps[q]]) val -= dt[jumps[q]];
+      if (x >= srt[jumps[q]]) val = round32 ? r32(val - r32(dt[jumps[q]])) : val - dt[jumps[q]];
       else break;
     }
     v[i] = val;
   }
 }
 
-/* Full time assignment at the given parameters (spec 4). If t_out is NULL, writes the raw
- * adjusted branch times into tau_raw/tau_raw_ (mode "tau"). */
-static void assign(dyn_gene *g, double alpha, double beta, double gamma, double z, double t_,
-                   double *t_out, double *tau_out, int *o_out, double *tau_raw,
-                   double *tau_raw_) {
+/* The increment constraint (spec 4.3) on the branch times w->tau (cells with D1 < D0) and
+ * w->tau_ (the others): writes the adjusted times back and lists the changed cells in w->ao,
+ * on-branch ones first (*nch_on of them); returns their number. round32: the times are float32
+ * arrays (the subtractions are float32; increments and threshold are float64 as numpy's). */
+int dyn_adjust_block(dyn_gene *g, const double *D0, const double *D1, int round32, int *nch_on) {
+  dyn_scratch *w = g->w;
+  int n = g->sh->n, non = 0, noff = 0;
+  double *tau = w->tau, *tau_ = w->tau_;
+  for (int i = 0; i < n; i++) {
+    double a0 = D0[i], a1 = D1[i];
+    int on = (isnan(a1) && !isnan(a0)) || (!isnan(a0) && a1 < a0);
+    if (on) w->idx_on[non++] = i;
+    else w->idx_off[noff++] = i;
+  }
+  int nch = 0, *chl = w->ao;
+  /* values of both sets: sbuf = [on values | off values] */
+  double *von = w->sbuf, *voff = von + non;
+  for (int k = 0; k < non; k++) von[k] = tau[w->idx_on[k]];
+  for (int k = 0; k < noff; k++) voff[k] = tau_[w->idx_off[k]];
+  double *non_v = w->jv0, *noff_v = w->jv1;
+  memcpy(non_v, von, sizeof(double) * (size_t)non);
+  memcpy(noff_v, voff, sizeof(double) * (size_t)noff);
+  if (!adjust_fast(non_v, non, noff_v, noff, w, round32)) {
+    double *soff = w->sbuf2;
+    double *son = soff, *soff2 = soff + non; /* sorted copies */
+    memcpy(son, von, sizeof(double) * (size_t)non);
+    memcpy(soff2, voff, sizeof(double) * (size_t)noff);
+    dyn_sort(son, non, w->k1, w->k2);
+    dyn_sort(soff2, noff, w->k1, w->k2);
+    double *dt = w->dbuf, *dt_ = w->dbuf + non;
+    for (int k = 0; k < non; k++) dt[k] = son[k] - (k ? son[k - 1] : 0);
+    for (int k = 0; k < noff; k++) dt_[k] = soff2[k] - (k ? soff2[k - 1] : 0);
+    memcpy(w->wbuf, dt, sizeof(double) * (size_t)(non + noff));
+    double ub = 3 * np_percentile(w->wbuf, non + noff, 99.5);
+    int *jumps = w->ao; /* free int buffer of length n */
+    if (noff > 0) apply_jumps(noff_v, voff, noff, soff2, dt_, ub, jumps, round32);
+    if (non > 0) apply_jumps(non_v, von, non, son, dt, ub, jumps, round32);
+  }
+  for (int k = 0; k < non; k++) {
+    if (non_v[k] == von[k]) continue;
+    int i = w->idx_on[k];
+    tau[i] = non_v[k];
+    chl[nch++] = i;
+  }
+  *nch_on = nch;
+  for (int k = 0; k < noff; k++) {
+    if (noff_v[k] == voff[k]) continue;
+    int i = w->idx_off[k];
+    tau_[i] = noff_v[k];
+    chl[nch++] = i;
+  }
+  return nch;
+}
+
+/* the state of cell i (spec 4.4): first index of the smallest of D[0..K-1][i] (numpy argmin,
+ * a NaN wins) */
+int dyn_state_choice(const double *const *D, int K, int i) {
+  int k = 0;
+  double best = D[0][i];
+  if (!isnan(best)) {
+    for (int m = 1; m < K; m++) {
+      double v = D[m][i];
+      if (isnan(v)) return m;
+      if (v < best) {
+        best = v;
+        k = m;
+      }
+    }
+  }
+  return k;
+}
+
+/* Full time assignment at the given parameters p (spec 4). If t_out is NULL, writes the raw
+ * adjusted branch times into tau_raw/tau_raw_ (mode "tau"). In the float32 flow the inverse
+ * assignment is dyn_assign_inv32(); the projection runs here (float64 grid and branch
+ * distances, float32 steady-state distances, as upstream). */
+static void assign(dyn_gene *g, const double *p, double *t_out, double *tau_out, int *o_out,
+                   double *tau_raw, double *tau_raw_) {
   const dyn_shared *sh = g->sh;
+  double alpha = p[0], beta = p[1], gamma = p[2], z = p[3], t_ = p[4];
+  if (sh->f32 && !use_projection(g->mode, beta, gamma)) {
+    dyn_assign_inv32(g, p, t_out, tau_out, o_out, tau_raw, tau_raw_);
+    return;
+  }
   dyn_scratch *w = g->w;
   int n = sh->n;
   const double *s = g->s;
   double *uh = w->uhat, *tau = w->tau, *tau_ = w->tau_;
-  for (int i = 0; i < n; i++) uh[i] = g->u[i] / z;
-  double su = g->std_u / z, ss = g->std_s;
+  double su, ss = g->std_s;
+  if (sh->f32) { /* u / z is a float32 array; std_u / z a float32 or float64 scalar */
+    float zf = (float)z;
+    for (int i = 0; i < n; i++) uh[i] = (double)((float)g->u[i] / zf);
+    su = dyn_scaled_std_u(g, z, (int)p[5]);
+  } else {
+    for (int i = 0; i < n; i++) uh[i] = g->u[i] / z;
+    su = g->std_u / z;
+  }
   double u0_, s0_;
   sol_us(t_, 0, 0, alpha, beta, gamma, &u0_, &s0_);
 
@@ -736,6 +719,7 @@ static void assign(dyn_gene *g, double alpha, double beta, double gamma, double 
       w->r3[i] = a * a + b * b;
     }
   }
+  if (sh->f32 && K == 4) dyn_steady_dists32(g, alpha, beta, gamma, su);
   double *D[4] = {w->r0, w->r1, w->r2, w->r3};
   if (sh->cp) {
     smooth_k(sh, w, K);
@@ -744,54 +728,12 @@ static void assign(dyn_gene *g, double alpha, double beta, double gamma, double 
     D[2] = w->d2;
     D[3] = w->d3;
   }
-  int non = 0, noff = 0;
-  for (int i = 0; i < n; i++) {
-    double a0 = D[0][i], a1 = D[1][i];
-    int on = (isnan(a1) && !isnan(a0)) || (!isnan(a0) && a1 < a0);
-    if (on) w->idx_on[non++] = i;
-    else w->idx_off[noff++] = i;
-  }
-  int nch = 0, nch_on = 0, *chl = w->ao; /* the cells whose time changed */
-  {
-    /* values of both sets: sbuf = [on values | off values] */
-    double *von = w->sbuf, *voff = von + non;
-    for (int k = 0; k < non; k++) von[k] = tau[w->idx_on[k]];
-    for (int k = 0; k < noff; k++) voff[k] = tau_[w->idx_off[k]];
-    double *non_v = w->jv0, *noff_v = w->jv1;
-    memcpy(non_v, von, sizeof(double) * (size_t)non);
-    memcpy(noff_v, voff, sizeof(double) * (size_t)noff);
-    if (!adjust_fast(non_v, non, noff_v, noff, w)) {
-      double *soff = w->sbuf2;
-      double *son = soff, *soff2 = soff + non; /* sorted copies */
-      memcpy(son, von, sizeof(double) * (size_t)non);
-      memcpy(soff2, voff, sizeof(double) * (size_t)noff);
-      sort_dbl(son, non, w->k1, w->k2);
-      sort_dbl(soff2, noff, w->k1, w->k2);
-      double *dt = w->dbuf, *dt_ = w->dbuf + non;
-      for (int k = 0; k < non; k++) dt[k] = son[k] - (k ? son[k - 1] : 0);
-      for (int k = 0; k < noff; k++) dt_[k] = soff2[k] - (k ? soff2[k - 1] : 0);
-      memcpy(w->wbuf, dt, sizeof(double) * (size_t)(non + noff));
-      double ub = 3 * np_percentile(w->wbuf, non + noff, 99.5);
-      int *jumps = w->ao; /* free int buffer of length n */
-      if (noff > 0) apply_jumps(noff_v, voff, noff, soff2, dt_, ub, jumps);
-      if (non > 0) apply_jumps(non_v, von, non, son, dt, ub, jumps);
-    }
-    /* chl: the changed cells, on-branch ones first (nch_on of them) */
-    for (int k = 0; k < non; k++) {
-      if (non_v[k] == von[k]) continue;
-      int i = w->idx_on[k];
-      tau[i] = non_v[k];
-      sol_us(tau[i], 0, 0, alpha, beta, gamma, &eU[i], &eS[i]);
-      chl[nch++] = i;
-    }
-    nch_on = nch;
-    for (int k = 0; k < noff; k++) {
-      if (noff_v[k] == voff[k]) continue;
-      int i = w->idx_off[k];
-      tau_[i] = noff_v[k];
-      sol_us(tau_[i], u0_, s0_, 0, beta, gamma, &eU_[i], &eS_[i]);
-      chl[nch++] = i;
-    }
+  int nch_on = 0, *chl = w->ao; /* the cells whose time changed */
+  int nch = dyn_adjust_block(g, D[0], D[1], 0, &nch_on);
+  for (int c = 0; c < nch; c++) {
+    int i = chl[c];
+    if (c < nch_on) sol_us(tau[i], 0, 0, alpha, beta, gamma, &eU[i], &eS[i]);
+    else sol_us(tau_[i], u0_, s0_, 0, beta, gamma, &eU_[i], &eS_[i]);
   }
   if (!t_out) {
     memcpy(tau_raw, tau, sizeof(double) * (size_t)n);
@@ -817,21 +759,7 @@ static void assign(dyn_gene *g, double alpha, double beta, double gamma, double 
     if (sh->cp) resmooth(sh, w, chl, nch, K);
   }
   for (int i = 0; i < n; i++) {
-    int k = 0;
-    double best = D[0][i];
-    if (!isnan(best)) {
-      for (int m = 1; m < K; m++) {
-        double v = D[m][i];
-        if (isnan(v)) {
-          k = m;
-          break;
-        }
-        if (v < best) {
-          best = v;
-          k = m;
-        }
-      }
-    }
+    int k = dyn_state_choice((const double *const *)D, K, i);
     double tm = tau[i] * (double)(k == 1), tm_ = tau_[i] * (double)(k == 0);
     int ob = (k == 1 || k == 2);
     t_out[i] = tm * (double)ob + (tm_ + t_) * (double)(!ob);
@@ -840,23 +768,33 @@ static void assign(dyn_gene *g, double alpha, double beta, double gamma, double 
   }
 }
 
+/* the cache key of an assignment at p: p and the projection flag */
+static void assign_key(const dyn_gene *g, const double *p, double *key) {
+  memcpy(key, p, sizeof(double) * DYN_NPARV);
+  if (!g->sh->f32) key[5] = 0; /* z's type only matters in the float32 flow */
+  key[6] = (double)use_projection(g->mode, p[1], p[2]);
+}
+
 /* time assignment at candidate parameters, or the stored one when times are not refitted;
- * reuses the stored assignment when it was computed at exactly these parameters */
-static void get_assignment(dyn_gene *g, const double *p, double *t, double *tau, int *o) {
+ * reuses the stored assignment when it was computed at exactly these parameters. Returns
+ * whether t is a float32 array (float32 flow, inverse assignment). */
+static int get_assignment(dyn_gene *g, const double *p, double *t, double *tau, int *o) {
   int n = g->sh->n;
   if (!g->refit) {
     memcpy(t, g->t, sizeof(double) * (size_t)n);
     memcpy(tau, g->tau, sizeof(double) * (size_t)n);
     memcpy(o, g->o, sizeof(int) * (size_t)n);
-    return;
+    return g->t32;
   }
-  double key[6] = {p[0], p[1], p[2], p[3], p[4], (double)use_projection(g->mode, p[1], p[2])};
+  double key[DYN_NKEY];
+  assign_key(g, p, key);
+  int t32 = g->sh->f32 && key[6] == 0;
   size_t nb = sizeof(double) * (size_t)n, ni = sizeof(int) * (size_t)n;
   if (g->key_valid && memcmp(g->key, key, sizeof key) == 0) {
     memcpy(t, g->t, nb);
     memcpy(tau, g->tau, nb);
     memcpy(o, g->o, ni);
-    return;
+    return t32;
   }
   dyn_scratch *w = g->w;
   for (int c = 0; c < DYN_CACHE; c++) {
@@ -865,10 +803,10 @@ static void get_assignment(dyn_gene *g, const double *p, double *t, double *tau,
       memcpy(tau, w->ctau_[c], nb);
       memcpy(o, w->co_[c], ni);
       w->cstamp[c] = ++w->clock;
-      return;
+      return t32;
     }
   }
-  assign(g, p[0], p[1], p[2], p[3], p[4], t, tau, o, NULL, NULL);
+  assign(g, p, t, tau, o, NULL, NULL);
   int slot = 0;
   for (int c = 0; c < DYN_CACHE; c++) {
     if (!w->cvalid[c]) {
@@ -883,6 +821,7 @@ static void get_assignment(dyn_gene *g, const double *p, double *t, double *tau,
   memcpy(w->co_[slot], o, ni);
   w->cvalid[slot] = 1;
   w->cstamp[slot] = ++w->clock;
+  return t32;
 }
 
 /* per-cell values se_loss() gathers in its first pass (k-th cell of W) */
@@ -890,6 +829,7 @@ typedef struct {
   const double *o, *eu, *es, *u, *s;
   double alpha, beta, gamma, z, u0_, s0_, std_u, std_s, reg_c, ig;
   int reg;
+  int f32; /* u holds the float32 array u / z; the regulariser is a float32 array */
 } loss_in;
 
 /* d_k of spec 3.1 from the gathered values, cells k0 <= k < k1; sd_out (if not NULL) gets (S - s) / std_s */
@@ -901,10 +841,13 @@ static void loss_terms(const loss_in *L, int k0, int k1, double *d, double *sd_o
     double a = L->alpha * o + 0 * (1 - o);
     double U, S;
     sol_us_e(eu, es, u0, s0, a, b, g, &U, &S);
-    double ud = (U - L->u[k] / z) / L->std_u * z;
+    double ud = L->f32 ? (U - L->u[k]) / L->std_u * z : (U - L->u[k] / z) / L->std_u * z;
     double sd = (S - L->s[k]) / L->std_s;
     double dd = ud * ud + sd * sd;
-    if (L->reg) {
+    if (L->reg && L->f32) { /* (gamma / beta - ratio) * s / std_s in float32 */
+      float r = (float)L->reg_c * (float)L->s[k] / (float)L->std_s;
+      dd += (double)(r * r);
+    } else if (L->reg) {
       double r = L->reg_c * L->s[k] / L->std_s;
       dd += r * r;
     }
@@ -952,8 +895,9 @@ __attribute__((target("avx"))) static int loss_terms_avx(const loss_in *L, int m
 }
 #endif
 
-/* sum of d over W (mean if mean), d from spec 3.1; t is the full cell-time vector */
-static double se_loss(dyn_gene *g, const double *p, const double *t, int mean, int upper,
+/* sum of d over W (mean if mean), d from spec 3.1; t is the full cell-time vector, a float32
+ * array if t32 (then t < t_ and t - t_ are float32 operations, as numpy's on such an array) */
+static double se_loss(dyn_gene *g, const double *p, const double *t, int t32, int mean, int upper,
                       int with_reg, double *var_out) {
   double alpha = p[0], beta = p[1], gamma = p[2], z = p[3], t_ = p[4];
   const int *idx = upper ? g->Wup : g->W;
@@ -967,23 +911,31 @@ static double se_loss(dyn_gene *g, const double *p, const double *t, int mean, i
   }
   /* first pass: each cell's branch, the exponentials of its sol_us() and its u, s */
   double *O = w->sbuf, *EU = w->sbuf2, *ES = w->jv0, *Uk = w->jv1, *Sk = (double *)w->k1;
+  int f32 = g->sh->f32;
+  float zf = (float)z, tf = (float)t_;
   for (int k = 0; k < m; k++) {
     int i = idx[k];
     double ti = t[i];
-    double o = (double)(ti < t_);
-    double tau = ti * o + (ti - t_) * (1 - o);
+    double o, tau;
+    if (t32) {
+      o = (double)((float)ti < tf);
+      tau = ti * o + (double)((float)ti - tf) * (1 - o);
+    } else {
+      o = (double)(ti < t_);
+      tau = ti * o + (ti - t_) * (1 - o);
+    }
     O[k] = o;
     EU[k] = exp(-beta * tau);
     ES[k] = exp(-gamma * tau);
-    Uk[k] = g->u[i];
+    Uk[k] = f32 ? (double)((float)g->u[i] / zf) : g->u[i];
     Sk[k] = g->s[i];
   }
   loss_in L = {O, EU, ES, Uk, Sk, alpha, beta, gamma, z, u0_, s0_, g->std_u, g->std_s,
                g->has_ratio ? (gamma / beta - g->ratio) : 0, inv0(gamma - beta),
-               with_reg && g->has_ratio};
+               with_reg && g->has_ratio, f32};
   int k0 = 0;
 #ifdef DYN_AVX
-  if (!var_out && g->sh->avx) k0 = loss_terms_avx(&L, m, d);
+  if (!var_out && g->sh->avx && !f32) k0 = loss_terms_avx(&L, m, d);
 #endif
   loss_terms(&L, k0, m, d, var_out ? e : NULL);
   if (var_out) {
@@ -1000,8 +952,8 @@ static double se_loss(dyn_gene *g, const double *p, const double *t, int mean, i
 
 /* ---------------------------------------------------------------- update (spec 3.2) */
 
-static void store(dyn_gene *g, const double *p, double *t, double *tau, int *o, double loss,
-                  int key_valid) {
+static void store(dyn_gene *g, const double *p, double *t, int t32, double *tau, int *o,
+                  double loss, int key_valid) {
   int n = g->sh->n;
   g->steady_u *= g->z / p[3];
   memcpy(g->t, t, sizeof(double) * (size_t)n);
@@ -1012,10 +964,9 @@ static void store(dyn_gene *g, const double *p, double *t, double *tau, int *o, 
   g->gamma = p[2];
   g->z = p[3];
   g->t_ = p[4];
-  if (key_valid) {
-    memcpy(g->key, p, sizeof(double) * 5);
-    g->key[5] = (double)use_projection(g->mode, p[1], p[2]);
-  }
+  g->zf32 = (int)p[5];
+  g->t32 = t32;
+  if (key_valid) assign_key(g, p, g->key);
   g->key_valid = key_valid && g->refit;
   if (g->nloss < DYN_MAX_LOSS) g->loss[g->nloss++] = loss;
   else g->fail = 1;
@@ -1027,16 +978,18 @@ static inline void cur_pars(const dyn_gene *g, double *p) {
   p[2] = g->gamma;
   p[3] = g->z;
   p[4] = g->t_;
+  p[5] = (double)g->zf32;
 }
 
-/* candidate p (alpha, beta, gamma, z, t_), already filled with current values where omitted */
+/* candidate p (alpha, beta, gamma, z, t_, z-is-float32), already filled with current values
+ * where omitted */
 static int update(dyn_gene *g, double *p, int adjust) {
   dyn_scratch *w = g->w;
   int n = g->sh->n;
   double loss_prev = g->nloss > 0 ? g->loss[g->nloss - 1] : 1e6;
   if (p[4] == 0) p[4] = g->t_;
-  get_assignment(g, p, w->ct, w->ctau, w->co);
-  double loss = se_loss(g, p, w->ct, 0, 0, 1, NULL);
+  int c32 = get_assignment(g, p, w->ct, w->ctau, w->co);
+  double loss = se_loss(g, p, w->ct, c32, 0, 0, 1, NULL);
   int perform = loss < loss_prev;
   int key_ok = 1;
   int any_on = 0;
@@ -1048,8 +1001,8 @@ static int update(dyn_gene *g, double *p, int adjust) {
   if (adjust && any_on) {
     if (!perform) {
       cur_pars(g, p);
-      get_assignment(g, p, w->ct, w->ctau, w->co);
-      loss = se_loss(g, p, w->ct, 0, 0, 1, NULL);
+      c32 = get_assignment(g, p, w->ct, w->ctau, w->co);
+      loss = se_loss(g, p, w->ct, c32, 0, 0, 1, NULL);
     }
     double alt = 0;
     int first = 1;
@@ -1060,16 +1013,16 @@ static int update(dyn_gene *g, double *p, int adjust) {
       }
     if (0 < alt && alt < p[4]) {
       double mx = w->ct[0];
-      double cnt = 0;
+      double cnt = 0, tcmp = c32 ? r32(p[4]) : p[4]; /* t == t_ on a float32 array */
       for (int i = 0; i < n; i++) {
         mx = np_max2(mx, w->ct[i]);
-        cnt += (w->ct[i] == p[4]);
+        cnt += (w->ct[i] == tcmp);
       }
       alt += mx / (double)n * cnt;
-      double pa[5] = {p[0], p[1], p[2], p[3], alt};
+      double pa[DYN_NPARV] = {p[0], p[1], p[2], p[3], alt, p[5]};
       if (pa[4] == 0) pa[4] = g->t_;
-      get_assignment(g, pa, w->at, w->atau, w->ao);
-      double alt_loss = se_loss(g, pa, w->at, 0, 0, 1, NULL);
+      int a32 = get_assignment(g, pa, w->at, w->atau, w->ao);
+      double alt_loss = se_loss(g, pa, w->at, a32, 0, 0, 1, NULL);
       double ut_cur = sol_u(p[4], 0, p[0], p[1]);
       double ut_alt = sol_u(pa[4], 0, p[0], p[1]);
       double min_loss = np_min2(loss, loss_prev);
@@ -1078,12 +1031,13 @@ static int update(dyn_gene *g, double *p, int adjust) {
         memcpy(w->ctau, w->atau, sizeof(double) * (size_t)n);
         memcpy(w->co, w->ao, sizeof(int) * (size_t)n);
         p[4] = pa[4];
+        c32 = a32;
         loss = alt_loss;
         perform = 1;
       }
     }
   }
-  if (perform) store(g, p, w->ct, w->ctau, w->co, loss, key_ok);
+  if (perform) store(g, p, w->ct, c32, w->ctau, w->co, loss, key_ok);
   return perform;
 }
 
@@ -1097,23 +1051,79 @@ typedef struct {
   int refit; /* objective re-assigns times */
 } nm_ctx;
 
+/* the candidate of a stage: current parameters with x in the optimised places (a z from the
+ * optimiser is a float64 scalar) */
+static void stage_pars(const dyn_gene *g, const int *which, int np, const double *x, double *p) {
+  cur_pars(g, p);
+  for (int k = 0; k < np; k++) {
+    p[which[k]] = x[k];
+    if (which[k] == 3) p[5] = 0;
+  }
+}
+
 static double nm_obj(nm_ctx *c, const double *x) {
   dyn_gene *g = c->g;
-  double p[5];
-  cur_pars(g, p);
-  for (int k = 0; k < c->np; k++) p[c->which[k]] = x[k];
+  double p[DYN_NPARV];
+  stage_pars(g, c->which, c->np, x, p);
   if (p[4] == 0) p[4] = g->t_;
   double *t;
+  int t32;
   if (c->refit && g->refit) {
-    get_assignment(g, p, g->w->at, g->w->atau, g->w->ao);
+    t32 = get_assignment(g, p, g->w->at, g->w->atau, g->w->ao);
     t = g->w->at;
   } else {
     t = g->t;
+    t32 = g->t32;
   }
-  return se_loss(g, p, t, 1, 0, 1, NULL);
+  return se_loss(g, p, t, t32, 1, 0, 1, NULL);
 }
 
-static void nm_sort(int N, double sim[5][4], double *f) {
+#include "argsort_ties.h"
+
+/* The permutation np.argsort gives N + 1 <= 5 values without NaN on AVX512_SKX CPUs (a sorting
+ * network: ties are neither stable nor reversed), from the generated table; 0 if none. */
+static int argsort_net(int n, const double *f, int *perm) {
+  int code = 0;
+  for (int i = 0; i < n; i++) {
+    if (isnan(f[i])) return 0;
+    int r = 0; /* dense rank: distinct values below f[i] */
+    for (int j = 0; j < n; j++) {
+      if (!(f[j] < f[i])) continue;
+      int first = 1;
+      for (int k = 0; k < j; k++)
+        if (f[k] == f[j]) first = 0;
+      r += first;
+    }
+    code = code * 5 + r;
+  }
+  int lo = 0, hi = (int)(sizeof argsort_ties / sizeof argsort_ties[0]) - 1;
+  while (lo <= hi) {
+    int mid = (lo + hi) / 2, mn = argsort_ties[mid].n, mc = argsort_ties[mid].code;
+    if (mn == n && mc == code) {
+      for (int k = 0; k < n; k++) perm[k] = (argsort_ties[mid].perm >> (3 * k)) & 7;
+      return 1;
+    }
+    if (mn < n || (mn == n && mc < code)) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return 0;
+}
+
+/* scipy sorts the simplex by np.argsort(fsim): numpy's sorting network on AVX512_SKX CPUs
+ * (net), else its introsort, which is a stable insertion sort for these sizes (NaN last, as
+ * also with the network when a NaN is present) */
+static void nm_sort(int N, double sim[5][4], double *f, int net) {
+  int perm[5];
+  if (net && argsort_net(N + 1, f, perm)) {
+    double s2[5][4], f2[5];
+    for (int k = 0; k <= N; k++) {
+      f2[k] = f[perm[k]];
+      memcpy(s2[k], sim[perm[k]], sizeof(s2[k]));
+    }
+    memcpy(f, f2, sizeof(double) * (size_t)(N + 1));
+    memcpy(sim, s2, sizeof(s2[0]) * (size_t)(N + 1));
+    return;
+  }
   /* stable insertion sort by f, NaN last */
   for (int i = 1; i <= N; i++) {
     double fv = f[i], xv[4];
@@ -1140,8 +1150,9 @@ static void nelder_mead(nm_ctx *c, const double *x0, int maxiter, double tol, do
     }
   }
   for (int k = 0; k <= N; k++) f[k] = nm_obj(c, sim[k]);
-  nm_sort(N, sim, f);
-  nm_sort(N, sim, f);
+  int net = c->g->sh->argsort_net;
+  nm_sort(N, sim, f, net);
+  nm_sort(N, sim, f, net);
   int iterations = 1;
   while (iterations < maxiter) {
     double mx = -INFINITY, mf = -INFINITY;
@@ -1209,7 +1220,7 @@ static void nelder_mead(nm_ctx *c, const double *x0, int maxiter, double tol, do
       }
     }
     iterations++;
-    nm_sort(N, sim, f);
+    nm_sort(N, sim, f, net);
   }
   memcpy(xout, sim[0], sizeof(double) * N);
 }
@@ -1220,22 +1231,23 @@ static void stage(dyn_gene *g, int np, const int *which, double tol, int refit_o
   c.g = g;
   c.np = np;
   c.refit = refit_obj;
-  double p[5], x0[4], x[4];
+  double p[DYN_NPARV], x0[4], x[4];
   cur_pars(g, p);
   for (int k = 0; k < np; k++) {
     c.which[k] = which[k];
     x0[k] = p[which[k]];
   }
   nelder_mead(&c, x0, maxiter, tol, x);
-  cur_pars(g, p);
-  for (int k = 0; k < np; k++) p[which[k]] = x[k];
+  stage_pars(g, which, np, x, p);
   update(g, p, 1);
 }
 
 /* ---------------------------------------------------------------- bimodality (spec 2.4) */
 
-/* returns 0 when the KDE cannot be built (upstream's ValueError path) */
-static int bimodality(const double *x, int n, double *pval, double *mode_hi, double *tmp) {
+/* returns 0 when the KDE cannot be built (upstream's ValueError path); f32: x is a float32
+ * array (only its percentile differs; the KDE is float64 either way) */
+static int bimodality(const double *x, int n, double *pval, double *mode_hi, double *tmp,
+                      int f32) {
   const int bins = 30;
   double lb = x[0], mxv = x[0];
   for (int i = 1; i < n; i++) {
@@ -1243,7 +1255,7 @@ static int bimodality(const double *x, int n, double *pval, double *mode_hi, dou
     mxv = np_max2(mxv, x[i]);
   }
   memcpy(tmp, x, sizeof(double) * (size_t)n);
-  double ub = np_percentile(tmp, n, 99.9);
+  double ub = np_percentile_t(tmp, n, 99.9, f32);
   double hi = (ub <= lb) ? ub : mxv;
   double grid[30], f[30];
   for (int k = 0; k < bins; k++) grid[k] = lsp(lb, hi, bins, k);
@@ -1334,69 +1346,93 @@ typedef struct {
 
 /* weights (spec 2.2); returns 0 if not recoverable */
 static int init_weights(dyn_gene *g, double perc) {
-  int n = g->sh->n;
+  int n = g->sh->n, f32 = g->sh->f32;
   double *tmp = g->w->wbuf;
   int m = 0;
   for (int i = 0; i < n; i++)
     if (g->s[i] > 0 && g->u[i] > 0) g->W[m++] = i;
   if (m <= 2) return 0;
   for (int k = 0; k < m; k++) tmp[k] = g->s[g->W[k]];
-  double ub_s = np_percentile(tmp, m, perc);
+  double ub_s = np_percentile_t(tmp, m, perc, f32);
   for (int k = 0; k < m; k++) tmp[k] = g->u[g->W[k]];
-  double ub_u = np_percentile(tmp, m, perc);
+  double ub_u = np_percentile_t(tmp, m, perc, f32);
+  /* float32 flow: s <= ub compares in float32 (the float64 bound is rounded) */
+  double cs = f32 ? r32(ub_s) : ub_s, cu = f32 ? r32(ub_u) : ub_u;
   int nW = 0;
   for (int k = 0; k < m; k++) {
     int i = g->W[k];
-    if (ub_s > 0 && !(g->s[i] <= ub_s)) continue;
-    if (ub_u > 0 && !(g->u[i] <= ub_u)) continue;
+    if (ub_s > 0 && !(g->s[i] <= cs)) continue;
+    if (ub_u > 0 && !(g->u[i] <= cu)) continue;
     g->W[nW++] = i;
   }
   g->nW = nW;
   double *a = g->w->dbuf;
   for (int k = 0; k < nW; k++) a[k] = g->u[g->W[k]];
-  g->std_u = np_std(a, nW, tmp);
+  g->std_u = f32 ? dyn_std32(a, nW, tmp) : np_std(a, nW, tmp);
   double mu = a[0];
   for (int k = 1; k < nW; k++) mu = np_max2(mu, a[k]);
   for (int k = 0; k < nW; k++) a[k] = g->s[g->W[k]];
-  g->std_s = np_std(a, nW, tmp);
+  g->std_s = f32 ? dyn_std32(a, nW, tmp) : np_std(a, nW, tmp);
   double ms = a[0];
   for (int k = 1; k < nW; k++) ms = np_max2(ms, a[k]);
+  double bu = mu / 3, bs = ms / 3; /* max / 3 is a float64 scalar; compared in float32 */
+  if (f32) {
+    bu = r32(bu);
+    bs = r32(bs);
+  }
   int nu = 0;
   if (nW > 0)
     for (int k = 0; k < nW; k++) {
       int i = g->W[k];
-      if (g->u[i] > mu / 3 && g->s[i] > ms / 3) g->Wup[nu++] = i;
+      if (g->u[i] > bu && g->s[i] > bs) g->Wup[nu++] = i;
     }
   g->nWup = nu;
   return 1;
 }
 
+/* initialize() (spec 2.3). Float32 flow: std, z = std_u / std_s, u / z, the means and the
+ * regression sums are float32 (numpy keeps the array dtype), percentiles float64 from float32
+ * values and compared in float32; gamma + 1e-6 and everything after it is float64. */
 static void initialize(dyn_gene *g, const dyn_opts *op) {
-  int n = g->sh->n, nW = g->nW;
+  int nW = g->nW, f32 = g->sh->f32;
   dyn_scratch *w = g->w;
   double *uw = w->r0, *sw = w->r1, *tmp = w->wbuf;
   for (int k = 0; k < nW; k++) {
     uw[k] = g->u[g->W[k]];
     sw[k] = g->s[g->W[k]];
   }
-  g->std_u = np_std(uw, nW, tmp);
-  g->std_s = np_std(sw, nW, tmp);
-  if (g->std_u == 0 || g->std_s == 0) g->std_u = g->std_s = 1;
+  g->std_u = f32 ? dyn_std32(uw, nW, tmp) : np_std(uw, nW, tmp);
+  g->std_s = f32 ? dyn_std32(sw, nW, tmp) : np_std(sw, nW, tmp);
+  int zero_sd = g->std_u == 0 || g->std_s == 0;
+  if (zero_sd) g->std_u = g->std_s = 1;
   double z = op->scaling_mode == 1 ? g->std_u / g->std_s : (op->scaling_mode == 0 ? 1 : op->scaling_val);
-  for (int k = 0; k < nW; k++) uw[k] = uw[k] / z;
+  /* a float32 scalar only when it is float32 std_u / float32 std_s */
+  g->zf32 = f32 && op->scaling_mode == 1 && !zero_sd;
+  if (g->zf32) z = r32(z);
+  if (f32) {
+    float zf = (float)z;
+    for (int k = 0; k < nW; k++) uw[k] = (double)((float)uw[k] / zf);
+  } else {
+    for (int k = 0; k < nW; k++) uw[k] = uw[k] / z;
+  }
   memcpy(tmp, sw, sizeof(double) * nW);
-  double ps = np_percentile(tmp, nW, 98);
+  double ps = np_percentile_t(tmp, nW, 98, f32);
   memcpy(tmp, uw, sizeof(double) * nW);
-  double pu = np_percentile(tmp, nW, 98);
+  double pu = np_percentile_t(tmp, nW, 98, f32);
+  if (f32) {
+    ps = r32(ps);
+    pu = r32(pu);
+  }
   double *a = w->r2, *b = w->r3;
   for (int k = 0; k < nW; k++) {
     int es = sw[k] >= ps;
     int gg = es || (op->prior && op->prior[g->W[k]]);
     double uu = gg ? uw[k] : 0, ssv = gg ? sw[k] : 0;
-    a[k] = ssv * ssv;
-    b[k] = ssv * uu;
+    a[k] = f32 ? r32(ssv * ssv) : ssv * ssv;
+    b[k] = f32 ? r32(ssv * uu) : ssv * uu;
   }
-  double gamma = pw_sum(b, nW) / pw_sum(a, nW) + 1e-6;
+  double gamma = f32 ? r32(dyn_pw_sum32(b, nW) / dyn_pw_sum32(a, nW)) + 1e-6
+                     : pw_sum(b, nW) / pw_sum(a, nW) + 1e-6;
   if (gamma < 0.05 / z) gamma *= 1.2;
   else if (gamma > 1.5 / z) gamma /= 1.2;
   int m1 = 0, m2 = 0;
@@ -1405,11 +1441,12 @@ static void initialize(dyn_gene *g, const dyn_opts *op) {
     if (eu || es) a[m1++] = uw[k];
     if (es) b[m2++] = sw[k];
   }
-  double u_inf = pw_sum(a, m1) / m1, s_inf = pw_sum(b, m2) / m2;
+  double u_inf = f32 ? dyn_mean32(a, m1) : pw_sum(a, m1) / m1;
+  double s_inf = f32 ? dyn_mean32(b, m2) : pw_sum(b, m2) / m2;
   double u0_ = u_inf, s0_ = s_inf;
   double beta = 1, alpha = u_inf * beta;
   double pu_, ps_, mu_, ms_;
-  if (!bimodality(uw, nW, &pu_, &mu_, tmp) || !bimodality(sw, nW, &ps_, &ms_, tmp)) {
+  if (!bimodality(uw, nW, &pu_, &mu_, tmp, f32) || !bimodality(sw, nW, &ps_, &ms_, tmp, f32)) {
     pu_ = ps_ = 1;
     mu_ = ms_ = 0;
   }
@@ -1430,17 +1467,16 @@ static void initialize(dyn_gene *g, const dyn_opts *op) {
   g->z = z;
   g->t_ = t_;
   g->has_ratio = 0;
-  double p[5];
+  double p[DYN_NPARV];
   cur_pars(g, p);
-  assign(g, p[0], p[1], p[2], p[3], p[4], g->t, g->tau, g->o, NULL, NULL);
-  memcpy(g->key, p, sizeof(double) * 5);
-  g->key[5] = (double)use_projection(g->mode, p[1], p[2]);
+  g->t32 = f32 && !use_projection(g->mode, p[1], p[2]);
+  assign(g, p, g->t, g->tau, g->o, NULL, NULL);
+  assign_key(g, p, g->key);
   g->key_valid = g->refit;
   g->nloss = 0;
   /* get_loss() at the current parameters: re-assigns (cache) */
-  get_assignment(g, p, w->ct, w->ctau, w->co);
-  g->loss[g->nloss++] = se_loss(g, p, w->ct, 0, 0, 1, NULL);
-  (void)n;
+  int c32 = get_assignment(g, p, w->ct, w->ctau, w->co);
+  g->loss[g->nloss++] = se_loss(g, p, w->ct, c32, 0, 0, 1, NULL);
   if (op->scaling_mode != 0 && !(op->scaling_mode == 2 && op->scaling_val == 0)) {
     const double sights[2] = {0.5, 0.1};
     for (int si = 0; si < 2; si++) {
@@ -1451,6 +1487,7 @@ static void initialize(dyn_gene *g, const dyn_opts *op) {
         cur_pars(g, p);
         p[1] = g->beta / g->z * zk;
         p[3] = zk;
+        p[5] = 0; /* z from linspace is a float64 scalar */
         update(g, p, 1);
       }
     }
@@ -1461,7 +1498,7 @@ static void initialize(dyn_gene *g, const dyn_opts *op) {
 
 static void fit_gene(dyn_gene *g, const dyn_opts *op) {
   int maxiter = (int)(op->max_iter / 5);
-  double p[5];
+  double p[DYN_NPARV];
   int scal = op->scaling_mode != 0 && !(op->scaling_mode == 2 && op->scaling_val == 0);
   if (op->max_iter > 0) {
     if (op->amode == AM_FULL) g->mode = AM_FULL;
@@ -1491,11 +1528,11 @@ static void fit_gene(dyn_gene *g, const dyn_opts *op) {
 
 /* outputs for one fitted gene: pars[14], tau, tau_ (n each) */
 static void finish_gene(dyn_gene *g, double *pars, double *tau, double *tau_) {
-  double p[5];
+  double p[DYN_NPARV];
   cur_pars(g, p);
-  assign(g, p[0], p[1], p[2], p[3], p[4], NULL, NULL, NULL, tau, tau_);
+  assign(g, p, NULL, NULL, NULL, tau, tau_);
   double var_lik = 0;
-  double sum = se_loss(g, p, g->t, 0, 1, 1, &var_lik);
+  double sum = se_loss(g, p, g->t, g->t32, 0, 1, 1, &var_lik);
   int m = g->nWup;
   double nn = (double)m - (double)g->sh->n * 0.01;
   if (nn < 2) nn = 2;
@@ -1506,9 +1543,9 @@ static void finish_gene(dyn_gene *g, double *pars, double *tau, double *tau_) {
   double lik = exp(ll);
   /* variance: fresh assignment, no regulariser */
   dyn_scratch *w = g->w;
-  get_assignment(g, p, w->ct, w->ctau, w->co);
+  int c32 = get_assignment(g, p, w->ct, w->ctau, w->co);
   double variance = 0;
-  se_loss(g, p, w->ct, 0, 1, 0, &variance);
+  se_loss(g, p, w->ct, c32, 0, 1, 0, &variance);
   pars[0] = g->alpha;
   pars[1] = g->beta / g->z;
   pars[2] = g->gamma;
@@ -1532,6 +1569,7 @@ static void scratch_free(dyn_scratch *w) {
   free(w->co);
   free(w->cbuf);
   free(w->cibuf);
+  free(w->f32buf);
 }
 
 static int scratch_alloc(dyn_scratch *w, int n, int M) {
@@ -1540,14 +1578,18 @@ static int scratch_alloc(dyn_scratch *w, int n, int M) {
   int *ib = malloc(sizeof(int) * (nd * 4 + 8));
   double *cb = malloc(sizeof(double) * nd * 2 * DYN_CACHE);
   int *cib = malloc(sizeof(int) * nd * DYN_CACHE);
+  float *fb = malloc(sizeof(float) * (nd * 8 + 16));
   w->rmark = malloc(nd);
   w->uhat = b;
   w->co = ib;
   w->cbuf = cb;
   w->cibuf = cib;
-  if (!b || !ib || !cb || !cib || !w->rmark) {
+  w->f32buf = fb;
+  if (!b || !ib || !cb || !cib || !fb || !w->rmark) {
     free(w->rmark);
     w->rmark = NULL;
+    free(fb);
+    w->f32buf = NULL;
     free(b);
     free(ib);
     free(cb);
@@ -1597,6 +1639,11 @@ static int scratch_alloc(dyn_scratch *w, int n, int M) {
   w->ao = ib + nd;
   w->idx_on = ib + 2 * nd;
   w->idx_off = ib + 3 * nd;
+  w->fa = fb;
+  w->fb = fb + nd;
+  w->fc = fb + 2 * nd;
+  w->fd = fb + 3 * nd;
+  w->x32 = fb + 4 * nd;
   return 1;
 }
 
@@ -1629,7 +1676,7 @@ static double align_factor(const double *T, int n, double tg, double target) {
  *       align, threads)
  *   Ms, Mu: genes x cells double matrices (all genes); rows: 0-based rows of this chunk
  *   conn: NULL or list(p, j, x) CSR (0-based) with row-normalised weights
- *   iopts: (max_iter, amode, scaling_mode, fit_time, fit_steady, basal, load, simd)
+ *   iopts: (max_iter, amode, scaling_mode, fit_time, fit_steady, basal, load, simd, f32)
  *   dopts: (scaling_val, perc)
  *   prior: NULL or logical n
  *   load: NULL or list(pars G x 8 (alpha, beta, gamma, t_, scaling, steady_u, steady_s,
@@ -1663,10 +1710,16 @@ SEXP scnative_dynamics_fit(SEXP Ms, SEXP Mu, SEXP rows, SEXP conn, SEXP iopts, S
   sh.cp = sh.ci = NULL;
   sh.cx = NULL;
   sh.fit_steady = io[4];
+  sh.f32 = XLENGTH(iopts) > 8 && io[8];
   sh.avx = 0;
+  sh.argsort_net = 0;
 #ifdef DYN_AVX
   __builtin_cpu_init();
   sh.avx = __builtin_cpu_supports("avx") && (XLENGTH(iopts) < 8 || io[7]) ? 1 : 0;
+  /* numpy 1.26 sorts float64 with x86-simd-sort where the CPU has AVX512_SKX */
+  sh.argsort_net = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") &&
+                   __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                   __builtin_cpu_supports("avx512vl");
 #endif
   int M = n / 5;
   if (M < 200) M = 200;
@@ -1748,17 +1801,21 @@ SEXP scnative_dynamics_fit(SEXP Ms, SEXP Mu, SEXP rows, SEXP conn, SEXP iopts, S
     size_t r = (size_t)rw[j];
     const double *S0 = Sp + r, *U0 = Up + r; /* element i at i * Gall */
     double u0b = 0, s0b = 0;
-    if (basal) {
-      u0b = U0[0];
-      s0b = S0[0];
-      for (int i = 1; i < n; i++) {
-        u0b = np_min2(u0b, U0[i * Gs]);
-        s0b = np_min2(s0b, S0[i * Gs]);
-      }
+    for (int i = 0; i < n; i++) { /* the float32 flow reads Ms/Mu as float32 arrays */
+      u[i] = sh.f32 ? r32(U0[i * Gs]) : U0[i * Gs];
+      s[i] = sh.f32 ? r32(S0[i * Gs]) : S0[i * Gs];
     }
-    for (int i = 0; i < n; i++) {
-      u[i] = U0[i * Gs] - u0b;
-      s[i] = S0[i * Gs] - s0b;
+    if (basal) {
+      u0b = u[0];
+      s0b = s[0];
+      for (int i = 1; i < n; i++) {
+        u0b = np_min2(u0b, u[i]);
+        s0b = np_min2(s0b, s[i]);
+      }
+      for (int i = 0; i < n; i++) {
+        u[i] = sh.f32 ? r32(u[i] - u0b) : u[i] - u0b;
+        s[i] = sh.f32 ? r32(s[i] - s0b) : s[i] - s0b;
+      }
     }
     dyn_gene g;
     memset(&g, 0, sizeof(g));
@@ -1800,10 +1857,12 @@ SEXP scnative_dynamics_fit(SEXP Ms, SEXP Mu, SEXP rows, SEXP conn, SEXP iopts, S
         g.tau[i] = tv * o + (tv - g.t_) * (1 - o);
       }
       g.key_valid = 0;
-      double p[5];
+      double p[DYN_NPARV];
+      g.zf32 = 0; /* loaded values are float64 */
+      g.t32 = 0;  /* and so is the fit_t layer */
       cur_pars(&g, p);
-      get_assignment(&g, p, w->ct, w->ctau, w->co);
-      g.loss[0] = se_loss(&g, p, w->ct, 0, 0, 1, NULL);
+      int c32 = get_assignment(&g, p, w->ct, w->ctau, w->co);
+      g.loss[0] = se_loss(&g, p, w->ct, c32, 0, 0, 1, NULL);
       g.nloss = 1;
     } else {
       initialize(&g, &op);

@@ -1,6 +1,7 @@
 /* numeric.c: small numeric kernels shared by the models (no R API, no SEXP).
  *   scn_select_kth()      k-th smallest by quickselect (permutes its input)
- *   scn_quantile_linear() numpy's quantile/percentile with the default "linear" method */
+ *   scn_quantile_linear() numpy's quantile/percentile with the default "linear" method;
+ *   scn_quantile_linear32() the same of a float32 array (values held as doubles) */
 #include "scnative.h"
 
 double scn_select_kth(double *a, ptrdiff_t n, ptrdiff_t k) {
@@ -38,7 +39,7 @@ double scn_select_kth(double *a, ptrdiff_t n, ptrdiff_t k) {
 /* numpy's linear quantile (q in [0, 1]) of a[0..n-1], which is permuted; NaN if any NaN.
  * Virtual index h = (n - 1) q, g = h - floor(h); a + (b - a) g if g < 0.5 else
  * b - (b - a)(1 - g), as numpy's _lerp. */
-double scn_quantile_linear(double *a, ptrdiff_t n, double q) {
+static double quantile_linear(double *a, ptrdiff_t n, double q, int f32) {
   if (n == 0) return NAN;
   for (ptrdiff_t i = 0; i < n; i++)
     if (isnan(a[i])) return NAN;
@@ -60,9 +61,14 @@ double scn_quantile_linear(double *a, ptrdiff_t n, double q) {
       if (a[i] < hi) hi = a[i];
   }
   double diff = hi - lo;
+  if (f32) diff = (double)(float)diff; /* numpy subtracts the two float32 values in float32 */
   double r = lo + diff * g;
   if (g >= 0.5) r = hi - diff * (1 - g);
   return r;
+}
+double scn_quantile_linear(double *a, ptrdiff_t n, double q) { return quantile_linear(a, n, q, 0); }
+double scn_quantile_linear32(double *a, ptrdiff_t n, double q) {
+  return quantile_linear(a, n, q, 1);
 }
 
 /* .Call(C_scnative_value_flags, x): for a double, integer or logical vector, whether it holds

@@ -73,6 +73,9 @@ uint64_t scn_seed_from_sexp(SEXP seed);
 double scn_select_kth(double *a, ptrdiff_t n, ptrdiff_t k);
 /* numpy's quantile with the default "linear" method, q in [0, 1]; permutes a; NaN if any NaN. */
 double scn_quantile_linear(double *a, ptrdiff_t n, double q);
+/* the same for a float32 array held as doubles: numpy's result is float64, interpolated with the
+ * float32 difference of the two order statistics */
+double scn_quantile_linear32(double *a, ptrdiff_t n, double q);
 
 /* ---- SVI shared by the cell2location models (svi.c) ---- */
 double scn_digamma(double x);

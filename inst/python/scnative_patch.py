@@ -130,6 +130,8 @@ def _scvelo_unsupported(adata, call):
         return "fit_time given as times is not supported"
     if call["return_model"]:
         return "return_model=True is not supported"
+    if _scvelo_dtype(adata, call) is None:
+        return "Ms/Mu layers of float16 or of two different dtypes are not supported"
     if call["return_model"] is None:
         vn = call["var_names"]
         n = 1 if isinstance(vn, str) and vn in adata.var_names else (
@@ -137,6 +139,26 @@ def _scvelo_unsupported(adata, call):
         if n < 5:
             return "fewer than 5 genes makes upstream return its model object (return_model)"
     return None
+
+
+def _scvelo_layer_keys(adata, use_raw):
+    if "Ms" not in adata.layers.keys() or "Mu" not in adata.layers.keys():
+        use_raw = True
+    return ("spliced", "unspliced") if use_raw else ("Ms", "Mu")
+
+
+def _scvelo_dtype(adata, call):
+    """The arithmetic upstream runs: 'float32' on float32 layers, 'float64' on float64 (or
+    integer) ones; None where it is neither (float16, or the two layers differ)."""
+    keys = _scvelo_layer_keys(adata, bool(call["use_raw"]))
+    dts = []
+    for k in keys:
+        if k not in adata.layers.keys():
+            return "float64"  # upstream fails on its own; let it say so
+        dts.append(np.dtype(adata.layers[k].dtype))
+    if dts[0] != dts[1] or any(d == np.float16 for d in dts):
+        return None
+    return "float32" if dts[0] == np.float32 else "float64"
 
 
 def _scvelo_native(r_fit, data, call):
@@ -152,7 +174,8 @@ def _scvelo_native(r_fit, data, call):
     adata.uns["recover_dynamics"] = {"fit_connected_states": fcs,
                                      "fit_basal_transcription": call["fit_basal_transcription"],
                                      "use_raw": use_raw}
-    s_key, u_key = ("spliced", "unspliced") if use_raw else ("Ms", "Mu")
+    s_key, u_key = _scvelo_layer_keys(adata, use_raw)
+    dtype = _scvelo_dtype(adata, call)
     # genes x cells, Fortran-ordered views of the cells x genes layers: R takes them in one copy
     Ms = _dense(adata.layers[s_key]).T
     Mu = _dense(adata.layers[u_key]).T
@@ -169,7 +192,7 @@ def _scvelo_native(r_fit, data, call):
                      fit_steady_states=call["fit_steady_states"], fit_connected_states=fcs,
                      fit_basal_transcription=call["fit_basal_transcription"], use_raw=use_raw,
                      load_pars=call["load_pars"], steady_state_prior=call["steady_state_prior"],
-                     n_jobs=call["n_jobs"], perc=call.get("perc", 99),
+                     n_jobs=call["n_jobs"], perc=call.get("perc", 99), dtype=dtype,
                      progress=bool(call["show_progress_bar"])))
     _scvelo_write(adata, res)
     return adata if call["copy"] else None
