@@ -1,5 +1,5 @@
 # One side of bench/dynamics.R: scnative::recover_dynamics on an h5ad's Ms/Mu/connectivities.
-# Args: file.h5ad threads [n_genes (0 = all)]
+# Args: file.h5ad threads [n_genes (0 = all)] [dtype = float32|float64]
 # With SCNATIVE_LIBM_COUNT = the path of bench/libm_count.c built as a shared library (and the
 # same path in LD_PRELOAD), the measured call's exp()/log() calls are counted and printed as
 # LIBM_COUNTS=<exp calls>,<distinct exp args>,<log calls>,<distinct log args>,<all kept>.
@@ -7,6 +7,7 @@ a <- commandArgs(TRUE)
 file <- a[1]
 threads <- as.integer(a[2])
 n_genes <- if (length(a) >= 3) as.integer(a[3]) else 0L
+dtype <- if (length(a) >= 4) a[4] else "float32"
 suppressMessages({
   library(scnative)
   library(Matrix)
@@ -34,7 +35,7 @@ if (n_genes > 0) {
 }
 run <- function() {
   recover_dynamics(Ms, Mu, var_names = "all", connectivities = conn, threads = threads,
-                   progress = FALSE)
+                   dtype = dtype, progress = FALSE)
 }
 invisible(recover_dynamics(Ms[1:4, ], Mu[1:4, ], var_names = "all", connectivities = conn,
                            threads = threads, progress = FALSE)) # warm-up
