@@ -1,5 +1,5 @@
 # scVelo's dynamical model (tl.recover_dynamics) natively; the per-gene EM runs in
-# src/dynamics.c (OpenMP over genes). Spec: /work/shared/spec/scvelo-dynamics.md.
+# src/dynamics.c, dynamics_assign.c and dynamics_f32.c (OpenMP over genes); spec: scVelo dynamics.
 
 dynamics_par_names <- c("alpha", "beta", "gamma", "t_", "scaling", "std_u", "std_s",
                         "likelihood", "u0", "s0", "pval_steady", "steady_u", "steady_s",

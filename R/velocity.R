@@ -1,7 +1,7 @@
 # RNA velocity around the dynamical model: first-order moments (scv.pp.moments), dynamical
 # velocities (scv.tl.velocity(mode = "dynamical")), the simulator (scv.datasets.simulation),
 # plots and the Seurat / SingleCellExperiment methods. kNN search and the Mersenne Twister
-# streams are in src/velocity.c. Spec: /work/shared/spec/scvelo-dynamics.md sections 5.1, 7,
+# streams are in src/velocity.c. Spec (scVelo dynamics) sections 5.1, 7,
 # 8 and 10.
 
 # ------------------------------------------------------------------ helpers

@@ -1,4 +1,5 @@
-/* dynamics.h: internal to the scVelo dynamical model (dynamics.c, dynamics_f32.c).
+/* dynamics.h: internal to the scVelo dynamical model (dynamics.c: the EM; dynamics_assign.c:
+ * the time assignment; dynamics_f32.c: the float32 flow).
  *
  * A parameter vector p has DYN_NPARV entries: alpha, beta_hat, gamma, z, t_ and whether z is
  * still the float32 initial scaling (in the float32 flow that decides the precision of
@@ -72,6 +73,8 @@ typedef struct {
   /* connectivities: CSR with float32-rounded weights, or NULL */
   const int *cp, *ci;
   const double *cx;
+  const float *cx32; /* the same weights as float (float32 flow) */
+  const int *ord;    /* the rows by ascending number of terms (float32 flow) */
   int *tp, *ti; /* the pattern transposed: column j lists the rows i that read x_j */
   int fit_steady;
   int proj_grid; /* M */
@@ -126,14 +129,44 @@ static inline int use_projection(int mode, double beta, double gamma) {
   return mode == AM_FULL || mode == AM_PARTIAL || (mode == AM_PROJECTION && beta < gamma);
 }
 
+/* numpy percentile, method "linear", of a (permuted in place); NaN if any NaN. With f32 the
+ * values are a float32 array's: numpy interpolates with their difference rounded to float32
+ * and returns float64 */
+static inline double np_percentile(double *a, ptrdiff_t n, double q) {
+  return scn_quantile_linear(a, n, q / 100.0);
+}
+static inline double np_percentile_t(double *a, ptrdiff_t n, double q, int f32) {
+  return f32 ? scn_quantile_linear32(a, n, q / 100.0) : scn_quantile_linear(a, n, q / 100.0);
+}
+
+/* numpy linspace point i of num from a to b */
+static inline double lsp(double a, double b, int num, int i) {
+  if (i == num - 1) return b;
+  double div = (double)(num - 1);
+  double step = (b - a) / div;
+  if (step == 0) return ((double)i / div) * (b - a) + a;
+  return (double)i * step + a;
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define DYN_AVX 1 /* 256-bit paths compiled (used where the CPU has AVX) */
+#endif
+
 /* float32 helpers of the float32 flow */
 static inline double r32(double x) { return (double)(float)x; }
 
-/* shared by both flows (dynamics.c) */
+/* shared by both flows (dynamics.c, dynamics_assign.c) */
 void dyn_sort(double *a, ptrdiff_t n, uint64_t *k1, uint64_t *k2);
 double dyn_pw_sum(const double *a, ptrdiff_t n);
 int dyn_adjust_block(dyn_gene *g, const double *D0, const double *D1, int round32, int *nch_on);
 int dyn_state_choice(const double *const *D, int K, int i);
+
+/* the time assignment (dynamics_assign.c) */
+void dyn_assign(dyn_gene *g, const double *p, double *t_out, double *tau_out, int *o_out,
+                double *tau_raw, double *tau_raw_);
+void dyn_assign_key(const dyn_gene *g, const double *p, double *key);
+int dyn_get_assignment(dyn_gene *g, const double *p, double *t, double *tau, int *o);
 
 /* the float32 flow (dynamics_f32.c) */
 double dyn_pw_sum32(const double *a, ptrdiff_t n);

@@ -135,30 +135,72 @@ void dyn_steady_dists32(dyn_gene *g, double alpha, double beta, double gamma, do
 }
 
 /* rows i of y_m = C x_m for the 4 interleaved float32 vectors x (stride 4), accumulated in
- * float32 in stored order (scipy's float32 sparse product); rows = NULL: all n rows */
-static void smooth32(const dyn_shared *sh, const float *x, dyn_scratch *w, const int *rows,
-                     int nr) {
-  const int *cp = sh->cp, *ci = sh->ci;
-  const double *cx = sh->cx;
-  double *y[4] = {w->d0, w->d1, w->d2, w->d3};
-  for (int k = 0; k < nr; k++) {
-    int i = rows ? rows[k] : k;
+ * float32 in stored order (scipy's float32 sparse product); rows = NULL: all n rows. Four rows
+ * advance together (four independent dependency chains), each in its own order; rows come in
+ * order of their length (sh->ord), so the four have about the same number of terms. */
 #ifdef DYN32_SSE
-    __m128 a = _mm_setzero_ps();
-    for (int p = cp[i]; p < cp[i + 1]; p++)
-      a = _mm_add_ps(a, _mm_mul_ps(_mm_set1_ps((float)cx[p]), _mm_loadu_ps(x + 4 * (size_t)ci[p])));
-    float r[4];
-    _mm_storeu_ps(r, a);
-#else
-    float r[4] = {0.f, 0.f, 0.f, 0.f};
+#define DYN32_ACC(acc, p)                                                                     \
+  acc = _mm_add_ps(acc, _mm_mul_ps(_mm_set1_ps(cw[p]), _mm_loadu_ps(x + 4 * (size_t)ci[p])))
+#endif
+static inline __attribute__((always_inline)) void smooth32_body(const dyn_shared *sh,
+                                                                const float *x, dyn_scratch *w,
+                                                                const int *rows, int nr) {
+  const int *cp = sh->cp, *ci = sh->ci;
+  const float *cw = sh->cx32;
+  double *y[4] = {w->d0, w->d1, w->d2, w->d3};
+  int k = 0;
+#ifdef DYN32_SSE
+  for (; k + 3 < nr; k += 4) {
+    int r[4], p[4], e[4], L = -1;
+    __m128 acc[4];
+    for (int j = 0; j < 4; j++) {
+      r[j] = rows ? rows[k + j] : sh->ord[k + j];
+      p[j] = cp[r[j]];
+      e[j] = cp[r[j] + 1];
+      if (L < 0 || e[j] - p[j] < L) L = e[j] - p[j];
+      acc[j] = _mm_setzero_ps();
+    }
+    for (int m = 0; m < L; m++) {
+      DYN32_ACC(acc[0], p[0] + m);
+      DYN32_ACC(acc[1], p[1] + m);
+      DYN32_ACC(acc[2], p[2] + m);
+      DYN32_ACC(acc[3], p[3] + m);
+    }
+    for (int j = 0; j < 4; j++) {
+      for (int m = p[j] + L; m < e[j]; m++) DYN32_ACC(acc[j], m);
+      float v[4];
+      _mm_storeu_ps(v, acc[j]);
+      for (int c = 0; c < 4; c++) y[c][r[j]] = (double)v[c];
+    }
+  }
+#endif
+  for (; k < nr; k++) {
+    int i = rows ? rows[k] : sh->ord[k];
+    float v[4] = {0.f, 0.f, 0.f, 0.f};
     for (int p = cp[i]; p < cp[i + 1]; p++) {
       const float *xj = x + 4 * (size_t)ci[p];
-      float wv = (float)cx[p];
-      for (int m = 0; m < 4; m++) r[m] += wv * xj[m];
+      for (int c = 0; c < 4; c++) v[c] += cw[p] * xj[c];
     }
-#endif
-    for (int m = 0; m < 4; m++) y[m][i] = (double)r[m];
+    for (int c = 0; c < 4; c++) y[c][i] = (double)v[c];
   }
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+/* the same operations with VEX encoding (broadcasts from memory) where the CPU has AVX */
+__attribute__((target("avx"))) static void smooth32_avx(const dyn_shared *sh, const float *x,
+                                                        dyn_scratch *w, const int *rows, int nr) {
+  smooth32_body(sh, x, w, rows, nr);
+}
+#endif
+static void smooth32(const dyn_shared *sh, const float *x, dyn_scratch *w, const int *rows,
+                     int nr) {
+#if defined(__GNUC__) && defined(__x86_64__)
+  if (sh->avx) {
+    smooth32_avx(sh, x, w, rows, nr);
+    return;
+  }
+#endif
+  smooth32_body(sh, x, w, rows, nr);
 }
 
 /* branch distances of cell i (spec 4.3 step 2) in float32 into r0 (repression), r1 (induction)
@@ -308,14 +350,18 @@ void dyn_assign_inv32(dyn_gene *g, const double *p, double *t_out, double *tau_o
     for (int c = 0; c < nch; c++) branch_dists32(w, s, chl[c], fsu, fss, c < nch_on ? 1 : 2);
     if (sh->cp) {
       unsigned char *rm = w->rmark;
+      const int *tp = sh->tp, *ti = sh->ti, *ord = sh->ord;
       memset(rm, 0, (size_t)n);
       for (int c = 0; c < nch; c++) {
-        int j = chl[c];
-        for (int q = sh->tp[j]; q < sh->tp[j + 1]; q++) rm[sh->ti[q]] = 1;
+        int j = chl[c], q1 = tp[j + 1];
+        for (int q = tp[j]; q < q1; q++) rm[ti[q]] = 1;
       }
       int *rows = w->idx_on, nr = 0; /* free here */
-      for (int i = 0; i < n; i++)
-        if (rm[i]) rows[nr++] = i;
+      for (int k = 0; k < n; k++) {
+        int i = ord[k];
+        rows[nr] = i;
+        nr += rm[i];
+      }
       smooth32(sh, X, w, rows, nr);
     }
   }

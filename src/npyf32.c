@@ -315,37 +315,29 @@ int scn_npy_f32_simd(void) {
   return !scn_npy_f32_force_libm && cpu_level() > 0;
 }
 
-void scn_npy_expf_array(const float *x, float *y, ptrdiff_t n) {
+/* the kernel of the CPU's level: 2 AVX512F, 1 AVX2+FMA3, 0 the C library */
+typedef void (*npy_kernel)(const float *, float *, ptrdiff_t);
+static npy_kernel pick(npy_kernel k512, npy_kernel k2, npy_kernel klibm) {
   int l = scn_npy_f32_force_libm ? 0 : cpu_level();
 #if SCN_NPY_X86
-  if (l == 2) {
-    scn_npy_exp_avx512(x, y, n);
-    return;
-  }
-  if (l == 1) {
-    scn_npy_exp_avx2(x, y, n);
-    return;
-  }
+  if (l == 2) return k512;
+  if (l == 1) return k2;
 #endif
   (void)l;
-  libm_exp(x, y, n);
+  (void)k512;
+  (void)k2;
+  return klibm;
 }
 
-void scn_npy_logf_array(const float *x, float *y, ptrdiff_t n) {
-  int l = scn_npy_f32_force_libm ? 0 : cpu_level();
 #if SCN_NPY_X86
-  if (l == 2) {
-    scn_npy_log_avx512(x, y, n);
-    return;
-  }
-  if (l == 1) {
-    scn_npy_log_avx2(x, y, n);
-    return;
-  }
+#define NPY_PICK(f) pick(scn_npy_##f##_avx512, scn_npy_##f##_avx2, libm_##f)
+#else
+#define NPY_PICK(f) pick(NULL, NULL, libm_##f)
 #endif
-  (void)l;
-  libm_log(x, y, n);
-}
+
+void scn_npy_expf_array(const float *x, float *y, ptrdiff_t n) { NPY_PICK(exp)(x, y, n); }
+
+void scn_npy_logf_array(const float *x, float *y, ptrdiff_t n) { NPY_PICK(log)(x, y, n); }
 
 float scn_npy_expf(float x) {
   float y;

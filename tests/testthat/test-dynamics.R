@@ -193,6 +193,21 @@ preprocessed <- c("scvelo_pancreas_50obs_preprocessed.h5ad",
                   "scvelo_dentategyrus_50obs_preprocessed.h5ad",
                   "scvelo_dentategyrus_100obs_preprocessed.h5ad")
 
+# the accepted-loss trajectories of >= 98% of genes and the layers equal upstream's
+dyn_expect_trajectories <- function(fit, up) {
+  L1 <- fit$loss
+  L2 <- up$loss
+  w <- min(ncol(L1), ncol(L2))
+  agree <- vapply(seq_len(nrow(L1)), function(g) {
+    isTRUE(all.equal(L1[g, seq_len(w)], L2[g, seq_len(w)], tolerance = 1e-12))
+  }, TRUE)
+  expect_gte(mean(agree), 0.98)
+  for (nm in c("fit_t", "fit_tau", "fit_tau_")) {
+    expect_equal(unname(fit$layers[[nm]]), unname(t(up$layers[[nm]])), tolerance = 1e-9,
+                 label = nm)
+  }
+}
+
 # the h5ad files as stored: all genes of the 50-cell subsets, the first 100 genes of the
 # 100-cell ones (runtime)
 dyn_subset <- function(f) {
@@ -271,17 +286,7 @@ test_that("float64 layers: dtype = 'float64' matches upstream given float64 laye
   fit <- recover_dynamics(ds$Ms[genes, ], ds$Mu[genes, ], var_names = "all",
                           connectivities = ds$conn, dtype = "float64", threads = 1,
                           progress = FALSE)
-  L1 <- fit$loss
-  L2 <- up$loss
-  w <- min(ncol(L1), ncol(L2))
-  agree <- vapply(seq_len(nrow(L1)), function(g) {
-    isTRUE(all.equal(L1[g, seq_len(w)], L2[g, seq_len(w)], tolerance = 1e-12))
-  }, TRUE)
-  expect_gte(mean(agree), 0.98)
-  for (nm in c("fit_t", "fit_tau", "fit_tau_")) {
-    expect_equal(unname(fit$layers[[nm]]), unname(t(up$layers[[nm]])), tolerance = 1e-9,
-                 label = nm)
-  }
+  dyn_expect_trajectories(fit, up)
 })
 
 test_that("float32 flow: loss trajectories and layers equal upstream's on float32 layers", {
@@ -292,17 +297,7 @@ test_that("float32 flow: loss trajectories and layers equal upstream's on float3
                           connectivities = ds$conn, threads = 1, progress = FALSE)
   st <- dyn_compare(fit, up)
   expect_gte(st$frac_exact, 0.98)
-  L1 <- fit$loss
-  L2 <- up$loss
-  w <- min(ncol(L1), ncol(L2))
-  agree <- vapply(seq_len(nrow(L1)), function(g) {
-    isTRUE(all.equal(L1[g, seq_len(w)], L2[g, seq_len(w)], tolerance = 1e-12))
-  }, TRUE)
-  expect_gte(mean(agree), 0.98)
-  for (nm in c("fit_t", "fit_tau", "fit_tau_")) {
-    expect_equal(unname(fit$layers[[nm]]), unname(t(up$layers[[nm]])), tolerance = 1e-9,
-                 label = nm)
-  }
+  dyn_expect_trajectories(fit, up)
   # the other flow is a different computation: on float32 layers it is further from upstream
   f64 <- recover_dynamics(ds$Ms[genes, ], ds$Mu[genes, ], var_names = "all",
                           connectivities = ds$conn, dtype = "float64", threads = 1,
