@@ -56,7 +56,7 @@ c2l_flatten <- function(mats, st) {
   unlist(lapply(seq_len(nrow(tab)), function(j) {
     m <- mats[[tab$name[j]]]
     if (tab$rows[j] == "spot") m <- m[ord, , drop = FALSE]
-    as.vector(m)
+    as.double(m)
   }), use.names = FALSE)
 }
 
@@ -128,6 +128,7 @@ c2l_prepare <- function(x, signatures, batch, N_cells_per_location, N_given, det
   if (!(is.matrix(x) || inherits(x, "Matrix"))) {
     stopf("'x' must be a genes x spots count matrix (matrix or dgCMatrix), not %s", class(x)[1L])
   }
+  check_valid_matrix(x, "x") # before the gene subset below touches its slots
   if (is.null(rownames(x))) stopf("'x' must have gene names as row names")
   if (ncol(x) < 1L) stopf("'x' has no spots (columns)")
   if (inherits(signatures, "scnative_reference")) signatures <- signatures(signatures)
@@ -337,7 +338,9 @@ c2l_train_blocks <- function(state, prep, params, epochs, epoch0, opt, seed, thr
 #'   the AutoNormal guide, upstream site names, spots in the input order), `history`
 #'   (data.frame `epoch`, `elbo_train`), `settings` (hyper-parameters and data facts: genes,
 #'   spots, cell types, batch levels, detection mean, ...), `signatures` (the matrix used),
-#'   `batch`, `optimizer`, `seed` and, with `keep_data`, `data`.
+#'   `batch`, `optimizer`, `seed`, `format` (the object's layout version) and, with
+#'   `keep_data`, `data`. The fields are checked whenever the fit is used again (an edited or
+#'   damaged field gives an error naming it).
 #' @seealso [export_posterior()], [cell_abundance()], [train_more()], [plot_history()].
 #' @examples
 #' set.seed(1)
@@ -384,6 +387,7 @@ cell2location.default <- function(x, signatures, batch = NULL, N_cells_per_locat
   if (!is.null(init) && !inherits(init, "scnative_c2l")) {
     stopf("'init' must be NULL or a scnative_c2l fit, not %s", class(init)[1L])
   }
+  if (!is.null(init)) validate_fit(init, "init", data = FALSE)
   prep <- c2l_prepare(x, signatures, batch, N_cells_per_location, N_given, detection_alpha,
                       A_factors_per_location, B_groups_per_location, n_groups,
                       detection_mean_per_sample, detection_mean_correction,
@@ -414,7 +418,7 @@ c2l_fit_run <- function(prep, params, history, epochs, opt, seed, threads, progr
     params = res$params, history = svi_history_append(history, res$loss),
     settings = prep$settings, signatures = prep$signatures, batch = prep$batch,
     optimizer = opt, seed = seed, data = if (keep_data) list(xt = prep$xt) else NULL,
-    interrupted = res$interrupted
+    interrupted = res$interrupted, format = fit_format
   )
   class(fit) <- "scnative_c2l"
   fit
@@ -447,6 +451,7 @@ cell2location.SingleCellExperiment <- function(x, signatures, ..., assay.type = 
 #' @export
 train_more.scnative_c2l <- function(fit, epochs, x = NULL, lr = NULL, seed = NULL, threads = NULL,
                                     progress = interactive(), ...) {
+  validate_fit(fit)
   check_number(epochs, "epochs", min = 1, whole = TRUE)
   check_flag(progress, "progress")
   opt <- fit$optimizer
@@ -484,6 +489,7 @@ train_more.scnative_c2l <- function(fit, epochs, x = NULL, lr = NULL, seed = NUL
 #' @method print scnative_c2l
 #' @export
 print.scnative_c2l <- function(x, ...) {
+  if (print_malformed(x, "scnative_c2l")) return(invisible(x))
   st <- x$settings
   h <- x$history
   cat(sprintf("<scnative_c2l> cell2location fit: %d spots x %d genes, %d cell types, %d groups, %d batch(es)\n",
@@ -502,6 +508,7 @@ print.scnative_c2l <- function(x, ...) {
 #' @method summary scnative_c2l
 #' @export
 summary.scnative_c2l <- function(object, ...) {
+  validate_fit(object, "object", data = FALSE)
   st <- object$settings
   h <- object$history
   w <- exp(object$params$w_sf$loc)
@@ -545,6 +552,7 @@ plot.scnative_c2l <- function(x, y, ...) {
 export_posterior.scnative_c2l <- function(fit, num_samples = 1000, quantiles = c(0.05, 0.95),
                                           use_quantiles = FALSE, seed = NULL, threads = NULL,
                                           ...) {
+  validate_fit(fit, data = FALSE)
   p <- fit$params
   ex <- svi_export(p, num_samples, quantiles, use_quantiles, seed, threads)
   if (use_quantiles) {
@@ -603,7 +611,10 @@ print.scnative_c2l_posterior <- function(x, ...) {
 #' head(cell_abundance(fit, "q05", upstream_names = TRUE, num_samples = 50))
 #' @export
 cell_abundance <- function(x, which = "means", upstream_names = FALSE, ...) {
-  if (inherits(x, "scnative_c2l")) x <- export_posterior(x, ...)
+  if (inherits(x, "scnative_c2l")) {
+    validate_fit(x, "x", data = FALSE)
+    x <- export_posterior(x, ...)
+  }
   if (!inherits(x, "scnative_c2l_posterior")) {
     stopf("'x' must be a scnative_c2l fit or a posterior from export_posterior()")
   }
@@ -633,6 +644,9 @@ add_cell_abundance <- function(object, fit_or_posterior, which = "means",
                                name = "cell2location", coldata = FALSE, ...) {
   check_string(name, "name")
   check_flag(coldata, "coldata")
+  if (inherits(fit_or_posterior, "scnative_c2l")) {
+    validate_fit(fit_or_posterior, "fit_or_posterior", data = FALSE)
+  }
   ab <- cell_abundance(fit_or_posterior, which = which, ...)
   spots <- colnames(object)
   if (is.null(spots) || !all(rownames(ab) %in% spots)) {

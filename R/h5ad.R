@@ -671,6 +671,7 @@ h5ad_check_df <- function(df, arg, n) {
 h5ad_check_matrix <- function(m, what) {
   ok <- (is.matrix(m) && (is.numeric(m) || is.logical(m))) || methods::is(m, "Matrix")
   if (!ok) stopf("'%s' must be a numeric matrix or a Matrix (e.g. dgCMatrix), not %s", what, class(m)[1L])
+  check_valid_matrix(m, what)
   if (is.matrix(m) && is.complex(m)) stopf("'%s' must not be complex", what)
 }
 

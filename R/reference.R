@@ -41,7 +41,7 @@ ref_unflatten <- function(v, st) {
 
 ref_flatten <- function(params, st, what) {
   tab <- ref_site_table(st)
-  unlist(lapply(tab$name, function(n) as.vector(params[[n]][[what]])), use.names = FALSE)
+  unlist(lapply(tab$name, function(n) as.double(params[[n]][[what]])), use.names = FALSE)
 }
 
 # Initial guide: logs of the prior means given the parents' initial values (init_to_mean), the
@@ -240,7 +240,9 @@ ref_default_epochs <- function(n_cells) {
 #' @return A `scnative_reference` object: a list with `params` (per site, `loc` and `rho`
 #'   matrices of the AutoNormal guide, upstream's site names), `history` (data.frame `epoch`,
 #'   `elbo_train`), `settings` (genes, cells, cell types, batch and covariate levels, priors,
-#'   minibatch size), `optimizer`, `seed`, `steps` and, with `keep_data`, `data`.
+#'   minibatch size), `optimizer`, `seed`, `steps`, `format` (the object's layout version)
+#'   and, with `keep_data`, `data`. The fields are checked whenever the fit is used again (an
+#'   edited or damaged field gives an error naming it).
 #' @seealso [signatures()], [export_posterior()], [filter_genes()], [cell2location()],
 #'   [plot_history()], [train_more()].
 #' @examples
@@ -323,6 +325,7 @@ ref_fit <- function(x, labels, batch, covariates, meta, max_epochs, batch_size, 
   if (!is.null(init) && !inherits(init, "scnative_reference")) {
     stopf("'init' must be NULL or a scnative_reference fit, not %s", class(init)[1L])
   }
+  if (!is.null(init)) validate_fit(init, "init", data = FALSE)
   prep <- ref_prepare(x, labels, batch, covariates, meta, priors)
   st <- prep$settings
   st$batch_size <- if (is.null(batch_size)) NULL else as.integer(batch_size)
@@ -369,7 +372,7 @@ ref_fit_run <- function(prep, params, history, steps, epochs, opt, seed, threads
     history = svi_history_append(history, res$loss), settings = st, optimizer = opt,
     seed = seed, steps = steps,
     data = if (keep_data) prep[c("x", "labels", "batch", "covariates", "cell_group", "gdef")],
-    interrupted = res$interrupted
+    interrupted = res$interrupted, format = fit_format
   )
   class(fit) <- "scnative_reference"
   fit
@@ -379,7 +382,9 @@ ref_fit_run <- function(prep, params, history, steps, epochs, opt, seed, threads
 #'
 #' Runs `epochs` more epochs of a [cell2location()] or [reference_signatures()] fit from its
 #' fitted parameters with a fresh Adam state (as upstream's repeated `train()`); the loss
-#' history is appended and the random streams continue after the fit's epochs.
+#' history is appended and the random streams continue after the fit's epochs. The fit's fields
+#' (settings, parameters, kept counts) are checked first; an edited or damaged field gives an
+#' error naming it.
 #'
 #' @param fit a `scnative_c2l` or `scnative_reference` fit.
 #' @param epochs number of epochs (whole number >= 1).
@@ -409,6 +414,7 @@ train_more.default <- function(fit, epochs, ...) {
 #' @export
 train_more.scnative_reference <- function(fit, epochs, x = NULL, lr = NULL, seed = NULL,
                                           threads = NULL, progress = interactive(), ...) {
+  validate_fit(fit)
   check_number(epochs, "epochs", min = 1, whole = TRUE)
   check_flag(progress, "progress")
   if (!is.null(x)) {
@@ -431,6 +437,7 @@ train_more.scnative_reference <- function(fit, epochs, x = NULL, lr = NULL, seed
 #' @method print scnative_reference
 #' @export
 print.scnative_reference <- function(x, ...) {
+  if (print_malformed(x, "scnative_reference")) return(invisible(x))
   st <- x$settings
   h <- x$history
   cat(sprintf("<scnative_reference> regression fit: %d cells x %d genes, %d cell types, %d batch(es)%s\n",
@@ -458,6 +465,7 @@ export_posterior.scnative_reference <- function(fit, num_samples = 1000,
                                                 quantiles = c(0.05, 0.95),
                                                 use_quantiles = FALSE, seed = NULL,
                                                 threads = NULL, ...) {
+  validate_fit(fit, data = FALSE)
   ex <- svi_export(fit$params, num_samples, quantiles, use_quantiles, seed, threads)
   out <- if (use_quantiles) ex$out else svi_posterior_lists(ex$res, quantiles)
   out$cell_types <- fit$settings$cell_types
@@ -497,7 +505,10 @@ print.scnative_reference_posterior <- function(x, ...) {
 #' head(signatures(fit, "q05", upstream_names = TRUE, num_samples = 50)[, 1:3])
 #' @export
 signatures <- function(x, which = "means", upstream_names = FALSE, ...) {
-  if (inherits(x, "scnative_reference")) x <- export_posterior(x, ...)
+  if (inherits(x, "scnative_reference")) {
+    validate_fit(x, "x", data = FALSE)
+    x <- export_posterior(x, ...)
+  }
   if (!inherits(x, "scnative_reference_posterior")) {
     stopf("'x' must be a scnative_reference fit or a posterior from export_posterior()")
   }

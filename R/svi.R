@@ -79,7 +79,7 @@ svi_guide_quantiles <- function(params, q) {
 # Monte-Carlo summaries of one site (stream = 100 + its index): mean, sd (ddof 0), quantiles;
 # `mult`/`mcol`: each draw multiplied by mult[draw, mcol[element]] (deterministic sites).
 svi_site_summary <- function(j, s, num, seed, quantiles, threads, mult = NULL, mcol = NULL) {
-  r <- .Call(C_scnative_svi_summary, as.vector(s$loc), as.vector(s$rho), as.integer(num), seed,
+  r <- .Call(C_scnative_svi_summary, as.double(s$loc), as.double(s$rho), as.integer(num), seed,
              as.double(100 + j), as.double(quantiles), mult,
              if (is.null(mcol)) NULL else as.integer(mcol), threads)
   shape <- function(v) {
@@ -93,7 +93,7 @@ svi_site_summary <- function(j, s, num, seed, quantiles, threads, mult = NULL, m
 
 # The draws of site j (the same numbers as svi_site_summary's): num x elements.
 svi_site_draws <- function(j, s, num, seed) {
-  .Call(C_scnative_svi_draws, as.vector(s$loc), as.vector(s$rho), as.integer(num), seed,
+  .Call(C_scnative_svi_draws, as.double(s$loc), as.double(s$rho), as.integer(num), seed,
         as.double(100 + j))
 }
 
@@ -153,9 +153,7 @@ svi_adam_steps <- function(theta0, grads, lr, clipped = FALSE, clip = 10, lrd = 
 #' plot_history(fit, iter_start = 5)
 #' @export
 plot_history <- function(x, iter_start = 0, iter_end = -1, ...) {
-  if (!inherits(x, c("scnative_c2l", "scnative_reference"))) {
-    stopf("'x' must be a scnative_c2l or scnative_reference fit")
-  }
+  validate_fit(x, "x", data = FALSE)
   check_number(iter_start, "iter_start", min = 0, whole = TRUE)
   check_number(iter_end, "iter_end", min = -1, whole = TRUE)
   h <- x$history

@@ -44,11 +44,25 @@ check_choice <- function(x, choices, arg) {
   x
 }
 
+# A Matrix (e.g. a dgCMatrix) whose slots were edited without validObject() can hold column
+# pointers or row indices past the end of its arrays, and Matrix's C code (coercions, subsetting)
+# and ours trust them; so a Matrix input is validated before any other use. Other inputs pass.
+check_valid_matrix <- function(x, arg) {
+  if (!methods::is(x, "Matrix")) return(invisible(x))
+  msg <- tryCatch({
+    methods::validObject(x)
+    NULL
+  }, error = function(e) sub("^invalid class .* object: ", "", conditionMessage(e)))
+  if (!is.null(msg)) stopf("'%s' is not a valid sparse matrix: %s", arg, msg)
+  invisible(x)
+}
+
 # A numeric matrix (dense or a Matrix) with no NA/NaN/Inf; optionally non-negative or
 # integer-valued. Returns a dense double matrix with the dimnames kept.
 as_checked_matrix <- function(x, arg, nonneg = FALSE, integer_valued = FALSE, dense = TRUE) {
   if (is.data.frame(x)) x <- as.matrix(x)
   if (inherits(x, "Matrix")) {
+    check_valid_matrix(x, arg)
     vals <- methods::as(x, "generalMatrix")
     v <- if (methods::is(vals, "sparseMatrix")) methods::as(vals, "CsparseMatrix")@x else as.vector(vals)
   } else if (is.matrix(x) && (is.numeric(x) || is.logical(x))) {

@@ -264,6 +264,7 @@ moments.default <- function(x, unspliced, n_neighbors = 30, n_pcs = NULL,
                                  dims = c(n_cells, n_cells), dimnames = list(cells, cells))
     dimnames(connectivities) <- list(cells, cells)
   } else {
+    check_valid_matrix(connectivities, "connectivities")
     connectivities <- methods::as(methods::as(connectivities, "CsparseMatrix"), "generalMatrix")
     if (nrow(connectivities) != n_cells || ncol(connectivities) != n_cells) {
       stopf("'connectivities' must be a %d x %d matrix (cells x cells), not %d x %d", n_cells,

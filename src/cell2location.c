@@ -110,6 +110,30 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
       XLENGTH(hyper) != C2L_NHYP || !isReal(de) || XLENGTH(de) != E || !isReal(alphad) ||
       XLENGTH(alphad) != E || !isInteger(tiles) || XLENGTH(tiles) != 2)
     SCN_INTERNAL_ERROR("bad arguments");
+  /* Guards (R's validate_fit() checks fits first; these keep a damaged object from reaching
+   * the passes below, which index with these values unchecked): sizes, batch ranges covering
+   * all spots, the CSC structure (row indices increasing within a column: the tile pass
+   * searches them) and values of the counts. O(spots + non-zeros). */
+  if (S < 1 || G < 1 || F < 1 || R < 1 || E < 1)
+    error(_("the cell2location model's sizes are invalid (a damaged fit?)"));
+  {
+    const int *b = INTEGER(bstart), *p = INTEGER(xp), *ix = INTEGER(xi);
+    const double *v = REAL(xv);
+    if (b[0] != 0 || b[E] != S) error(_("the batches do not cover the spots (a damaged fit?)"));
+    for (int e = 0; e < E; e++)
+      if (b[e + 1] < b[e]) error(_("the batches do not cover the spots (a damaged fit?)"));
+    if (p[0] != 0 || (R_xlen_t)p[G] != XLENGTH(xi))
+      error(_("the counts' column pointers do not match their row indices (an invalid dgCMatrix?)"));
+    for (int g = 0; g < G; g++)
+      if (p[g + 1] < p[g]) error(_("the counts' column pointers decrease (an invalid dgCMatrix?)"));
+    for (int g = 0; g < G; g++) {
+      for (int q = p[g]; q < p[g + 1]; q++) {
+        if (ix[q] < 0 || ix[q] >= S || (q > p[g] && ix[q] <= ix[q - 1]))
+          error(_("the counts' row indices are out of range or not increasing (an invalid dgCMatrix?)"));
+        if (!(v[q] >= 0.0) || !R_FINITE(v[q])) error(_("the counts must be finite and non-negative"));
+      }
+    }
+  }
   c2l_state *st = calloc(1, sizeof *st);
   if (!st) error(_("out of memory"));
   st->S = S, st->G = G, st->F = F, st->R = R, st->E = E;

@@ -86,6 +86,34 @@ SEXP scnative_reg_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP cell_group, S
       !isInteger(gdef) || XLENGTH(gdef) != (R_xlen_t)(2 + NC) * NG || !isReal(hyper) ||
       XLENGTH(hyper) != REG_NHYP)
     SCN_INTERNAL_ERROR("bad arguments");
+  /* Guards (R's validate_fit() checks fits first; these keep a damaged object from reaching
+   * the loops below, which index with these values unchecked): sizes, the CSC structure and
+   * values of the counts, the cells' groups and the groups' codes. O(cells + non-zeros). */
+  if (N < 1 || G < 1 || F < 1 || E < 1 || K < 0 || NC < 0 || NG < 1)
+    error(_("the regression model's sizes are invalid (a damaged fit?)"));
+  {
+    const int *p = INTEGER(xp), *ix = INTEGER(xi), *cg = INTEGER(cell_group), *gd = INTEGER(gdef);
+    const double *v = REAL(xv);
+    if (p[0] != 0 || (R_xlen_t)p[N] != XLENGTH(xi))
+      error(_("the counts' column pointers do not match their row indices (an invalid dgCMatrix?)"));
+    for (int c = 0; c < N; c++)
+      if (p[c + 1] < p[c])
+        error(_("the counts' column pointers decrease (an invalid dgCMatrix?)"));
+    for (R_xlen_t q = 0; q < XLENGTH(xi); q++) {
+      if (ix[q] < 0 || ix[q] >= G) error(_("the counts' row indices are out of range (an invalid dgCMatrix?)"));
+      if (!(v[q] >= 0.0) || !R_FINITE(v[q])) error(_("the counts must be finite and non-negative"));
+    }
+    for (int c = 0; c < N; c++)
+      if (cg[c] < 0 || cg[c] >= NG) error(_("a cell's group is out of range (a damaged fit?)"));
+    for (int gr = 0; gr < NG; gr++) {
+      const int *d1 = gd + (size_t)(2 + NC) * gr;
+      if (d1[0] < 0 || d1[0] >= F || d1[1] < 0 || d1[1] >= E)
+        error(_("a group's label or batch code is out of range (a damaged fit?)"));
+      for (int k = 0; k < NC; k++)
+        if (d1[2 + k] < 0 || d1[2 + k] >= K)
+          error(_("a group's covariate code is out of range (a damaged fit?)"));
+    }
+  }
   reg_state *st = calloc(1, sizeof *st);
   if (!st) error(_("out of memory"));
   st->N = N, st->G = G, st->F = F, st->E = E, st->K = K, st->NC = NC, st->NG = NG;
@@ -391,6 +419,8 @@ SEXP scnative_reg_train(SEXP ptr, SEXP n_epochs, SEXP epoch0, SEXP step0, SEXP o
     SCN_INTERNAL_ERROR("train arguments");
   const double *o = REAL(opt_);
   scn_optim opt = {o[0], o[1], o[2], (int)o[3]};
+  /* guard: a minibatch size < 1 (or NA) would divide by zero below */
+  if (INTEGER(mbs)[0] < 1) error(_("the minibatch size must be at least 1"));
   const int N = st->N, bs = INTEGER(mbs)[0] < N ? INTEGER(mbs)[0] : N;
   const int drop_last = INTEGER(mbs)[1], shuffle = INTEGER(mbs)[2];
   double ep0 = asReal(epoch0), step = asReal(step0);

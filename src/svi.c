@@ -292,8 +292,19 @@ SEXP scnative_svi_summary(SEXP loc, SEXP rho, SEXP num_, SEXP seed_, SEXP stream
   int num = asInteger(num_), nq = LENGTH(probs), nth = asInteger(threads);
   uint64_t seed = scn_seed_from_sexp(seed_), stream = (uint64_t)asReal(stream_);
   int has_mult = !isNull(mult);
-  if (has_mult && (!isReal(mult) || nrows(mult) != num || XLENGTH(mcol) != n))
+  /* guards: loc and rho come from a fit's params, which a user may have edited; a shorter rho
+   * would be read past its end (R's validate_fit() names the bad field first) */
+  if (!isReal(loc) || !isReal(rho) || XLENGTH(rho) != n)
+    error(_("a site's 'loc' and 'rho' must be double vectors of the same length"));
+  if (num < 1 || !isReal(probs)) SCN_INTERNAL_ERROR("num or probs");
+  if (has_mult && (!isReal(mult) || !isMatrix(mult) || nrows(mult) != num || !isInteger(mcol) ||
+                   XLENGTH(mcol) != n))
     SCN_INTERNAL_ERROR("mult");
+  if (has_mult) {
+    const int nc = ncols(mult), *mc0 = INTEGER(mcol);
+    for (R_xlen_t i = 0; i < n; i++)
+      if (mc0[i] < 0 || mc0[i] >= nc) SCN_INTERNAL_ERROR("mcol out of range");
+  }
   SEXP ans = PROTECT(allocVector(VECSXP, 3));
   SEXP mean = allocVector(REALSXP, n);
   SET_VECTOR_ELT(ans, 0, mean);
@@ -342,6 +353,10 @@ SEXP scnative_svi_draws(SEXP loc, SEXP rho, SEXP num_, SEXP seed_, SEXP stream_)
   R_xlen_t n = XLENGTH(loc);
   int num = asInteger(num_);
   uint64_t seed = scn_seed_from_sexp(seed_), stream = (uint64_t)asReal(stream_);
+  /* guards as in scnative_svi_summary */
+  if (!isReal(loc) || !isReal(rho) || XLENGTH(rho) != n)
+    error(_("a site's 'loc' and 'rho' must be double vectors of the same length"));
+  if (num < 1) SCN_INTERNAL_ERROR("num");
   SEXP ans = PROTECT(allocMatrix(REALSXP, num, n));
   for (R_xlen_t i = 0; i < n; i++) {
     double *a = REAL(ans) + i * num, sg = scn_softplus(REAL(rho)[i]);
