@@ -35,7 +35,6 @@ static double pw_sum(const double *a, ptrdiff_t n) {
   }
 }
 
-double dyn_pw_sum(const double *a, ptrdiff_t n) { return pw_sum(a, n); }
 static double np_mean(const double *a, ptrdiff_t n) { return pw_sum(a, n) / (double)n; }
 
 /* population std (ddof 0), numpy order; tmp has room for n values */

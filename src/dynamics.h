@@ -158,7 +158,6 @@ static inline double r32(double x) { return (double)(float)x; }
 
 /* shared by both flows (dynamics.c, dynamics_assign.c) */
 void dyn_sort(double *a, ptrdiff_t n, uint64_t *k1, uint64_t *k2);
-double dyn_pw_sum(const double *a, ptrdiff_t n);
 int dyn_adjust_block(dyn_gene *g, const double *D0, const double *D1, int round32, int *nch_on);
 int dyn_state_choice(const double *const *D, int K, int i);
 
