@@ -207,6 +207,17 @@ vf_common <- function(fit, arg) {
   invisible(fit)
 }
 
+# The checks both classes share (vf_common), then `fit$settings` as a list, with its path in
+# `.path` for the error messages.
+vf_settings <- function(fit, arg) {
+  vf_common(fit, arg)
+  sp <- vf_path(arg, "settings")
+  st <- vf_get(fit, "settings", arg)
+  vf_list(st, sp)
+  st$.path <- sp
+  st
+}
+
 vf_hyper <- function(h, path, fields) {
   vf_list(h, path)
   for (f in fields) vf_numbers(vf_get(h, f, path), vf_path(path, f), positive = TRUE)
@@ -216,12 +227,9 @@ vf_hyper <- function(h, path, fields) {
 # ---- cell2location fits ---------------------------------------------------------------------
 
 validate_c2l_fit <- function(fit, arg = "fit", data = TRUE) {
-  vf_common(fit, arg)
-  sp <- vf_path(arg, "settings")
-  st <- vf_get(fit, "settings", arg)
-  vf_list(st, sp)
-  g <- function(name) vf_get(st, name, sp)
-  p <- function(name) vf_path(sp, name)
+  st <- vf_settings(fit, arg)
+  g <- function(name) vf_get(st, name, st$.path)
+  p <- function(name) vf_path(st$.path, name)
   for (f in c("n_spots", "n_genes", "n_types", "n_groups", "n_batches")) vf_whole(g(f), p(f), min = 1)
   S <- st$n_spots; G <- st$n_genes; F <- st$n_types; R <- st$n_groups; E <- st$n_batches
   vf_names(g("genes"), p("genes"), G)
@@ -264,12 +272,9 @@ validate_c2l_fit <- function(fit, arg = "fit", data = TRUE) {
 # ---- reference fits -------------------------------------------------------------------------
 
 validate_ref_fit <- function(fit, arg = "fit", data = TRUE) {
-  vf_common(fit, arg)
-  sp <- vf_path(arg, "settings")
-  st <- vf_get(fit, "settings", arg)
-  vf_list(st, sp)
-  g <- function(name) vf_get(st, name, sp)
-  p <- function(name) vf_path(sp, name)
+  st <- vf_settings(fit, arg)
+  g <- function(name) vf_get(st, name, st$.path)
+  p <- function(name) vf_path(st$.path, name)
   vf_whole(g("n_cells"), p("n_cells"), min = 2)
   vf_whole(g("n_genes"), p("n_genes"), min = 1)
   vf_whole(g("n_groups"), p("n_groups"), min = 1)
@@ -290,7 +295,7 @@ validate_ref_fit <- function(fit, arg = "fit", data = TRUE) {
     stopf("'%s' must be the covariate levels of '%s' (%s)", p("tech_levels"), p("covariates"),
           if (length(tech)) paste(tech, collapse = ", ") else "none")
   }
-  bs <- vf_get(st, "batch_size", sp, optional = TRUE)
+  bs <- vf_get(st, "batch_size", st$.path, optional = TRUE)
   if (!is.null(bs) && (!is.numeric(bs) || length(bs) != 1L || !is.finite(bs) ||
                        bs != round(bs) || bs < 1)) {
     stopf("'%s' must be NULL or a whole number >= 1", p("batch_size"))
