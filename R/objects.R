@@ -221,7 +221,7 @@ obj_set_graph <- function(object, name, graph) {
   if (is_sce(object)) {
     need_pkg("SingleCellExperiment", "for SingleCellExperiment objects")
     g <- methods::as(graph, "dgCMatrix")
-    dimnames(g) <- NULL  # colPair<- rejects dimnames; cells are the object's, in order
+    dimnames(g) <- list(NULL, NULL) # colPair<- rejects dimnames; cells are the object's, in order
     SingleCellExperiment::colPair(object, name) <- g
     return(object)
   }
@@ -273,6 +273,50 @@ obj_coords <- function(object, image = NULL) {
       return(data.frame(x = m[, 1], y = m[, 2], row.names = colnames(object)))
     }
     stopf("the SingleCellExperiment has no spot coordinates (colData x/y or reducedDim 'spatial'); pass 'coords'")
+  }
+  stopf("'object' must be a Seurat or SingleCellExperiment object, not %s", class(object)[1L])
+}
+
+# A cells x dimensions embedding: Seurat reductions (Embeddings), SCE reducedDims.
+obj_reduction <- function(object, name, arg = "reduction") {
+  check_string(name, arg)
+  if (is_seurat(object)) {
+    have <- SeuratObject::Reductions(object)
+    if (!name %in% have) {
+      stopf("the Seurat object has no reduction '%s' (it has: %s)", name,
+            if (length(have)) paste(have, collapse = ", ") else "none")
+    }
+    return(SeuratObject::Embeddings(object[[name]]))
+  }
+  if (is_sce(object)) {
+    need_pkg("SingleCellExperiment", "for SingleCellExperiment objects")
+    have <- SingleCellExperiment::reducedDimNames(object)
+    if (!name %in% have) {
+      stopf("the SingleCellExperiment has no reducedDim '%s' (it has: %s)", name,
+            if (length(have)) paste(have, collapse = ", ") else "none")
+    }
+    e <- SingleCellExperiment::reducedDim(object, name)
+    if (is.null(rownames(e))) rownames(e) <- colnames(object)
+    return(as.matrix(e))
+  }
+  stopf("'object' must be a Seurat or SingleCellExperiment object, not %s", class(object)[1L])
+}
+
+obj_set_reduction <- function(object, name, value) {
+  if (is_seurat(object)) {
+    key <- paste0(tolower(gsub("[^[:alnum:]]", "", name)), "_")
+    colnames(value) <- paste0(key, seq_len(ncol(value)))
+    rownames(value) <- colnames(object)
+    dr <- SeuratObject::CreateDimReducObject(embeddings = value, key = key,
+                                             assay = SeuratObject::DefaultAssay(object))
+    object[[name]] <- dr
+    return(object)
+  }
+  if (is_sce(object)) {
+    need_pkg("SingleCellExperiment", "for SingleCellExperiment objects")
+    rownames(value) <- colnames(object)
+    SingleCellExperiment::reducedDim(object, name) <- value
+    return(object)
   }
   stopf("'object' must be a Seurat or SingleCellExperiment object, not %s", class(object)[1L])
 }

@@ -759,7 +759,8 @@ plot_dynamics_params <- function(fit, bins = 30) {
 #' @param graph_name Name under which the graph used is stored in the object.
 #' @details For objects, `Ms` and `Mu` are stored as assays (Seurat: new assays `"Ms"`, `"Mu"`
 #'   whose data layer holds them; SCE: `assay(object, "Ms")`), the graph under `graph_name`
-#'   (Seurat `Graphs`, SCE `colPairs`) and nothing else is changed.
+#'   (Seurat `Graphs`, SCE `colPairs`) and, when the kNN was computed here, the kNN distances
+#'   under `"scnative_distances"` (for [velocity_graph()]); nothing else is changed.
 #' @export
 moments.Seurat <- function(x, spliced = "spliced", unspliced = "unspliced", graph = NULL,
                            graph_name = "scnative_connectivities", ...) {
@@ -785,8 +786,16 @@ moments_object <- function(object, s_name, u_name, graph, graph_name, ...) {
   object <- obj_set_matrix(object, "Mu", m$Mu)
   g <- m$connectivities
   # SCE colPairs take an unnamed matrix (named ones fail validity); Seurat graphs need names
-  dimnames(g) <- if (is_seurat(object)) list(colnames(m$Ms), colnames(m$Ms)) else NULL
-  obj_set_graph(object, graph_name, g)
+  dn <- if (is_seurat(object)) list(colnames(m$Ms), colnames(m$Ms)) else list(NULL, NULL)
+  dimnames(g) <- dn
+  object <- obj_set_graph(object, graph_name, g)
+  if (!is.null(m$distances)) {
+    # the kNN distances, for velocity_graph() (scanpy's obsp["distances"])
+    d <- m$distances
+    dimnames(d) <- dn
+    object <- obj_set_graph(object, "scnative_distances", d)
+  }
+  object
 }
 
 obj_check_names <- function(object, ...) {

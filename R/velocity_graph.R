@@ -198,6 +198,77 @@ velocity_graph.default <- function(x, Ms, distances, velocity_genes = NULL,
             class = "scnative_velocity_graph")
 }
 
+#' @rdname velocity_graph
+#' @param velocity Object methods: name of the velocity assay ([velocity()] stores
+#'   `"velocity"`).
+#' @param graph_name Object methods: name under which the graph is stored (positive
+#'   cosines; the negative ones under `"<graph_name>_neg"`).
+#' @details Object methods read the velocity assay, `Ms`, the `velocity_genes` feature
+#'   column and the kNN graph `distances` (default `"scnative_distances"`, stored by
+#'   [moments()]; a Seurat `FindNeighbors()` graph such as `"RNA_nn"` also works) and store
+#'   the graph in `Graphs()` (Seurat) / `colPairs` (SCE), the self-transitions in the cell
+#'   metadata (`velocity_self_transition`) and the genes and settings in `Misc()` /
+#'   `metadata()` under `graph_name`.
+#' @export
+velocity_graph.Seurat <- function(x, Ms = "Ms", distances = "scnative_distances",
+                                  velocity = "velocity", graph_name = "velocity_graph", ...) {
+  velocity_graph_object(x, Ms, distances, velocity, graph_name, ...)
+}
+
+#' @rdname velocity_graph
+#' @export
+velocity_graph.SingleCellExperiment <- function(x, Ms = "Ms", distances = "scnative_distances",
+                                                velocity = "velocity",
+                                                graph_name = "velocity_graph", ...) {
+  velocity_graph_object(x, Ms, distances, velocity, graph_name, ...)
+}
+
+velocity_graph_object <- function(object, Ms, distances, velocity, graph_name, ...) {
+  obj_check_names(object, Ms = Ms, distances = distances, velocity = velocity,
+                  graph_name = graph_name)
+  V <- as.matrix(obj_matrix(object, velocity, arg = "velocity"))
+  S <- as.matrix(obj_matrix(object, Ms, arg = "Ms"))
+  ms_assay <- if (is_seurat(object) && Ms %in% SeuratObject::Assays(object)) Ms else NULL
+  fm <- obj_feature_meta(object, assay = ms_assay)
+  dots <- list(...)
+  if (is.null(dots$velocity_genes)) {
+    if (!"velocity_genes" %in% names(fm)) {
+      stopf("the object has no 'velocity_genes' feature column; run velocity() on it first")
+    }
+    vgenes <- fm$velocity_genes[match(rownames(V), rownames(fm))]
+    dots$velocity_genes <- !is.na(vgenes) & vgenes
+  }
+  D <- obj_graph(object, distances)
+  g <- do.call(velocity_graph.default, c(list(V, S, D), dots))
+  cells <- colnames(object)
+  dn <- if (is_seurat(object)) list(cells, cells) else list(NULL, NULL)
+  gp <- g$graph
+  gn <- g$graph_neg
+  dimnames(gp) <- dimnames(gn) <- dn
+  object <- obj_set_graph(object, graph_name, gp)
+  object <- obj_set_graph(object, paste0(graph_name, "_neg"), gn)
+  object <- obj_add_cell_meta(object, data.frame(velocity_self_transition = unname(g$self_transition)))
+  obj_set_misc(object, graph_name, list(genes = g$genes, params = g$params))
+}
+
+# The velocity graph of an object as a scnative_velocity_graph.
+graph_from_object <- function(object, graph_name) {
+  check_string(graph_name, "graph")
+  gp <- obj_graph(object, graph_name)
+  gn <- obj_graph(object, paste0(graph_name, "_neg"))
+  cells <- colnames(object)
+  dimnames(gp) <- dimnames(gn) <- list(cells, cells)
+  info <- obj_misc(object, graph_name) %||% list()
+  structure(list(graph = gp, graph_neg = gn, self_transition = NULL, genes = info$genes,
+                 params = info$params), class = "scnative_velocity_graph")
+}
+
+# A velocity graph from a scnative_velocity_graph or an object holding one.
+as_velocity_graph <- function(x, graph = "velocity_graph") {
+  if (is_seurat(x) || is_sce(x)) return(graph_from_object(x, graph))
+  x
+}
+
 # Logical gene mask from NULL (all), a logical vector or gene names.
 select_genes <- function(sel, n_genes, genes, arg) {
   if (is.null(sel)) return(rep(TRUE, n_genes))
@@ -272,7 +343,8 @@ print.scnative_velocity_graph <- function(x, ...) {
 #' row divided by the sum of its absolute values. Computed in double precision (upstream:
 #' float32, so entries agree to about 1e-6 relative).
 #'
-#' @param x A `scnative_velocity_graph` ([velocity_graph()]).
+#' @param x A `scnative_velocity_graph` ([velocity_graph()]), or a Seurat /
+#'   SingleCellExperiment object holding one (see `graph`).
 #' @param scale Positive number (default 10): the kernel's width.
 #' @param self_transitions Logical (default `TRUE`): put the self-transition on the diagonal.
 #' @param use_negative_cosines Logical (default `FALSE`): signed kernel (as
@@ -280,6 +352,7 @@ print.scnative_velocity_graph <- function(x, ...) {
 #' @param backward Logical (default `FALSE`): transpose (transitions into each cell).
 #' @param perc,threshold `NULL` or a number: drop entries below the `perc` percentile of
 #'   the entries (numpy's linear percentile), or below `threshold`.
+#' @param graph For objects: the name the graph was stored under by [velocity_graph()].
 #' @return A cells x cells `dgCMatrix`, rows summing to 1 in absolute value (rows without
 #'   entries stay empty).
 #' @examples
@@ -293,8 +366,8 @@ print.scnative_velocity_graph <- function(x, ...) {
 #' @export
 transition_matrix <- function(x, scale = 10, self_transitions = TRUE,
                               use_negative_cosines = FALSE, backward = FALSE, perc = NULL,
-                              threshold = NULL) {
-  g <- validate_velocity_graph(x)
+                              threshold = NULL, graph = "velocity_graph") {
+  g <- validate_velocity_graph(as_velocity_graph(x, graph))
   check_number(scale, "scale", min = 0, min_open = TRUE)
   check_flag(self_transitions, "self_transitions")
   check_flag(use_negative_cosines, "use_negative_cosines")
@@ -355,7 +428,8 @@ transition_matrix <- function(x, scale = 10, self_transitions = TRUE,
 #' them in a default figure (so they match upstream's `obsm["velocity_umap"]`; the factor
 #' depends on the figure's aspect ratio, `aspect`).
 #'
-#' @param x A `scnative_velocity_graph` ([velocity_graph()]).
+#' @param x A `scnative_velocity_graph` ([velocity_graph()]), or a Seurat /
+#'   SingleCellExperiment object after [velocity_graph()].
 #' @param embedding A cells x dimensions numeric matrix (e.g. UMAP coordinates), one row
 #'   per cell of the graph (same order; row names, when both have them, must match).
 #' @param T `NULL` (the default: [transition_matrix()] with `scale`, `self_transitions` and
@@ -367,8 +441,10 @@ transition_matrix <- function(x, scale = 10, self_transitions = TRUE,
 #'   `scv.set_figure_params()`, as in the scVelo tutorials).
 #' @param all_comps Logical (default `TRUE`): all columns of `embedding`; `FALSE` the first
 #'   two.
+#' @param ... Passed to the default method.
 #' @return A cells x dimensions matrix of embedded velocities (`NA` rows for cells without
 #'   transitions), with attribute `"scale"` (the divisor `3 A`, 1 without autoscale).
+#'   Object methods: the object with the matrix stored as reduction / reducedDim `name`.
 #' @examples
 #' sim <- simulate_velocity(n_obs = 150, n_vars = 6)
 #' m <- moments(sim$spliced, sim$unspliced, n_neighbors = 10, normalize = FALSE)
@@ -378,9 +454,47 @@ transition_matrix <- function(x, scale = 10, self_transitions = TRUE,
 #' emb <- prcomp(t(m$Ms))$x[, 1:2]
 #' head(velocity_embedding(vg, emb))
 #' @export
-velocity_embedding <- function(x, embedding, T = NULL, scale = 10, self_transitions = TRUE,
-                               use_negative_cosines = TRUE, autoscale = TRUE,
-                               aspect = 0.7451612903, all_comps = TRUE) {
+velocity_embedding <- function(x, ...) UseMethod("velocity_embedding")
+
+#' @rdname velocity_embedding
+#' @param reduction Object methods: the reduction / reducedDim to project onto (default
+#'   `"umap"`).
+#' @param graph Object methods: the name [velocity_graph()] stored the graph under.
+#' @param name Object methods: where to store the result (default
+#'   `"velocity_<reduction>"`, a Seurat reduction / SCE reducedDim).
+#' @export
+velocity_embedding.Seurat <- function(x, reduction = "umap", graph = "velocity_graph",
+                                      name = NULL, ...) {
+  velocity_embedding_object(x, reduction, graph, name, ...)
+}
+
+#' @rdname velocity_embedding
+#' @export
+velocity_embedding.SingleCellExperiment <- function(x, reduction = "umap",
+                                                    graph = "velocity_graph", name = NULL,
+                                                    ...) {
+  velocity_embedding_object(x, reduction, graph, name, ...)
+}
+
+velocity_embedding_object <- function(object, reduction, graph, name, ...) {
+  E <- obj_reduction(object, reduction)
+  name <- name %||% paste0("velocity_", reduction)
+  check_string(name, "name")
+  V <- velocity_embedding.default(graph_from_object(object, graph), E, ...)
+  obj_set_reduction(object, name, unclass_scale(V))
+}
+
+unclass_scale <- function(V) {
+  attr(V, "scale") <- NULL
+  V
+}
+
+#' @rdname velocity_embedding
+#' @export
+velocity_embedding.default <- function(x, embedding, T = NULL, scale = 10,
+                                       self_transitions = TRUE, use_negative_cosines = TRUE,
+                                       autoscale = TRUE, aspect = 0.7451612903,
+                                       all_comps = TRUE, ...) {
   g <- validate_velocity_graph(x)
   n <- g$n
   E <- check_embedding(embedding, n, g$cells)

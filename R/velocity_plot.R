@@ -190,21 +190,31 @@ plot_velocity_embedding.default <- function(x, V, type = c("stream", "grid", "ar
   pa <- point_alpha %||% (if (type == "stream") 0.4 else 0.7)
   aes_pt <- if (is.null(color)) ggplot2::aes(.data$x, .data$y) else
     ggplot2::aes(.data$x, .data$y, colour = .data$color)
-  p <- ggplot2::ggplot(cells) +
-    ggplot2::geom_point(aes_pt, size = ps, alpha = pa, stroke = 0) +
+  pts <- if (is.null(color)) {
+    ggplot2::geom_point(aes_pt, size = ps, alpha = pa, stroke = 0, colour = "grey70")
+  } else {
+    ggplot2::geom_point(aes_pt, size = ps, alpha = pa, stroke = 0)
+  }
+  p <- ggplot2::ggplot(cells) + pts +
     ggplot2::coord_cartesian(expand = TRUE) +
     ggplot2::labs(x = colnames(x)[1L] %||% "dim 1", y = colnames(x)[2L] %||% "dim 2",
                   colour = NULL) +
     ggplot2::theme_minimal() +
     ggplot2::theme(panel.grid = ggplot2::element_blank())
-  head <- function(len) grid::arrow(length = grid::unit(len * arrow_size, "mm"), type = "closed")
+  # arrow heads about a third of the typical arrow (in mm of a ~12 cm wide panel)
+  head_for <- function(dx, dy) {
+    len <- stats::median(sqrt(dx^2 + dy^2)) / diff(range(E[, 1L]))
+    mm <- min(2, max(0.3, 0.35 * 120 * len)) * arrow_size
+    grid::arrow(length = grid::unit(mm, "mm"), type = "closed", angle = 25)
+  }
   if (type == "arrows") {
     ok <- is.finite(V[, 1L]) & is.finite(V[, 2L])
     d <- data.frame(x = E[ok, 1L], y = E[ok, 2L], xend = E[ok, 1L] + arrow_length * V[ok, 1L],
                     yend = E[ok, 2L] + arrow_length * V[ok, 2L])
     p <- p + ggplot2::geom_segment(ggplot2::aes(.data$x, .data$y, xend = .data$xend,
                                                 yend = .data$yend), data = d,
-                                   linewidth = 0.2, colour = "grey20", arrow = head(1))
+                                   linewidth = 0.25, colour = "grey15",
+                                   arrow = head_for(d$xend - d$x, d$yend - d$y))
   } else if (type == "grid") {
     g <- velocity_grid(E, V, density = density, smooth = smooth, n_neighbors = n_neighbors,
                        min_mass = min_mass)
@@ -212,7 +222,8 @@ plot_velocity_embedding.default <- function(x, V, type = c("stream", "grid", "ar
                     yend = g$x[, 2L] + arrow_length * g$v[, 2L])
     p <- p + ggplot2::geom_segment(ggplot2::aes(.data$x, .data$y, xend = .data$xend,
                                                 yend = .data$yend), data = d,
-                                   linewidth = 0.3, colour = "grey20", arrow = head(1.2))
+                                   linewidth = 0.35, colour = "grey15",
+                                   arrow = head_for(d$xend - d$x, d$yend - d$y))
   } else {
     g <- velocity_grid(E, V, smooth = smooth, n_neighbors = n_neighbors, min_mass = min_mass,
                        adjust_for_stream = TRUE, cutoff_perc = cutoff_perc)
@@ -221,4 +232,48 @@ plot_velocity_embedding.default <- function(x, V, type = c("stream", "grid", "ar
     p <- Reduce(`+`, stream_layers(st, arrow_size = arrow_size), p)
   }
   p
+}
+
+#' @rdname plot_velocity_embedding
+#' @param reduction Object methods: the reduction / reducedDim with the cell coordinates
+#'   (default `"umap"`).
+#' @export
+plot_velocity_embedding.Seurat <- function(x, reduction = "umap", V = NULL, color = NULL, ...) {
+  plot_velocity_embedding_object(x, reduction, V, color, ...)
+}
+
+#' @rdname plot_velocity_embedding
+#' @export
+plot_velocity_embedding.SingleCellExperiment <- function(x, reduction = "umap", V = NULL,
+                                                         color = NULL, ...) {
+  plot_velocity_embedding_object(x, reduction, V, color, ...)
+}
+
+plot_velocity_embedding_object <- function(object, reduction, V, color, ...) {
+  E <- obj_reduction(object, reduction)
+  V <- V %||% paste0("velocity_", reduction)
+  Vm <- if (is.character(V)) obj_reduction(object, V, arg = "V") else V
+  col <- object_color(object, color)
+  p <- plot_velocity_embedding.default(E, Vm, color = col, ...)
+  if (is.character(color) && length(color) == 1L) p <- p + ggplot2::labs(colour = color)
+  p
+}
+
+# `color` for object plots: NULL, one value per cell, or the name of a cell metadata column
+# or of a gene (its values in the default assay's data).
+object_color <- function(object, color) {
+  if (is.null(color) || length(color) != 1L || !is.character(color)) return(color)
+  meta <- obj_cell_meta(object)
+  if (color %in% names(meta)) return(meta[[color]])
+  genes <- rownames(object)
+  if (color %in% genes) {
+    m <- if (is_seurat(object)) {
+      seurat_get_layer(object[[SeuratObject::DefaultAssay(object)]], "data")
+    } else {
+      an <- SummarizedExperiment::assayNames(object)
+      SummarizedExperiment::assay(object, if ("logcounts" %in% an) "logcounts" else an[1L])
+    }
+    return(as.numeric(m[color, ]))
+  }
+  stopf("'color' = \"%s\" is neither a cell metadata column nor a gene of the object", color)
 }

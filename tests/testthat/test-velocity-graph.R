@@ -267,3 +267,88 @@ test_that("velocity_graph() and friends reject bad input with clear errors", {
   expect_error(velocity_grid(matrix(stats::rnorm(120), 60, 2), matrix(0, 60, 2), density = 0),
                "'density'")
 })
+
+unclass_ve <- function(V) {
+  attr(V, "scale") <- NULL
+  V
+}
+
+test_that("Seurat and SingleCellExperiment: velocity_graph, velocity_embedding store results", {
+  skip_if_not_installed("SingleCellExperiment")
+  skip_if_not_installed("SeuratObject")
+  sim <- simulate_velocity(n_obs = 120, n_vars = 6, random_seed = 5)
+  m <- moments(sim$spliced, sim$unspliced, n_neighbors = 10)
+  fit <- recover_dynamics(m$Ms, m$Mu, var_names = "all", connectivities = m$connectivities,
+                          progress = FALSE)
+  v <- velocity(fit, m$Ms, m$Mu, connectivities = m$connectivities)
+  ref <- velocity_graph(v, m$Ms, m$distances)
+  E <- prcomp(t(m$Ms))$x[, 1:2]
+  colnames(E) <- c("UMAP_1", "UMAP_2")
+  ve <- velocity_embedding(ref, E)
+
+  sce <- SingleCellExperiment::SingleCellExperiment(
+    assays = list(spliced = sim$spliced, unspliced = sim$unspliced))
+  sce <- moments(sce, n_neighbors = 10)
+  expect_true("scnative_distances" %in% SingleCellExperiment::colPairNames(sce))
+  sce <- velocity(recover_dynamics(sce, var_names = "all", progress = FALSE))
+  SingleCellExperiment::reducedDim(sce, "umap") <- unname(E)
+  before <- sce
+  expect_error(velocity_graph(sce, distances = "nope"), "nope")
+  expect_error(velocity_embedding(sce), "velocity_graph")
+  expect_identical(sce, before)
+  sce <- velocity_graph(sce)
+  G <- SingleCellExperiment::colPair(sce, "velocity_graph", asSparse = TRUE)
+  expect_equal(unname(as.matrix(G)), unname(as.matrix(ref$graph)))
+  expect_equal(sce$velocity_self_transition, unname(ref$self_transition))
+  expect_equal(unname(as.matrix(transition_matrix(sce))), unname(as.matrix(transition_matrix(ref))))
+  sce <- velocity_embedding(sce)
+  expect_equal(unname(SingleCellExperiment::reducedDim(sce, "velocity_umap")), unname(unclass_ve(ve)))
+  expect_error(velocity_embedding(sce, reduction = "tsne"), "no reducedDim 'tsne'")
+
+  so <- SeuratObject::CreateSeuratObject(counts = Matrix::Matrix(sim$spliced, sparse = TRUE),
+                                         assay = "spliced")
+  so[["unspliced"]] <- SeuratObject::CreateAssayObject(
+    counts = Matrix::Matrix(sim$unspliced, sparse = TRUE))
+  so <- velocity(recover_dynamics(moments(so, n_neighbors = 10), var_names = "all",
+                                  progress = FALSE))
+  so[["umap"]] <- SeuratObject::CreateDimReducObject(
+    embeddings = `rownames<-`(E, colnames(so)), key = "UMAP_", assay = "spliced")
+  so <- velocity_embedding(velocity_graph(so))
+  expect_true(all(c("velocity_graph", "velocity_graph_neg") %in% SeuratObject::Graphs(so)))
+  expect_equal(unname(as.matrix(methods::as(so[["velocity_graph"]], "dgCMatrix"))),
+               unname(as.matrix(ref$graph)))
+  expect_equal(so$velocity_self_transition, ref$self_transition, ignore_attr = TRUE)
+  expect_equal(unname(SeuratObject::Embeddings(so[["velocity_umap"]])), unname(unclass_ve(ve)))
+  skip_if_not_installed("ggplot2")
+  so$group <- rep(c("a", "b", "c"), 40)
+  for (type in c("grid", "arrows")) {
+    p <- plot_velocity_embedding(so, type = type, color = "group")
+    expect_s3_class(p, "ggplot")
+    expect_true(is.factor(p$data$color))
+    expect_true(any(vapply(p$layers, function(l) inherits(l$geom, "GeomSegment"), TRUE)))
+  }
+  p <- plot_velocity_embedding(sce, type = "grid", color = "0")
+  expect_true(is.numeric(p$data$color))
+  expect_error(plot_velocity_embedding(so, color = "nope"), "'color'")
+})
+
+test_that("grid and arrow plots draw the grid velocities", {
+  skip_if_not_installed("ggplot2")
+  f <- vg_fixture()
+  vg <- velocity_graph(f$v, f$m$Ms, f$m$distances)
+  V <- velocity_embedding(vg, f$E)
+  p <- plot_velocity_embedding(f$E, V, type = "grid", color = f$clusters)
+  seg <- p$layers[[2]]$data
+  g <- velocity_grid(f$E, V)
+  expect_equal(seg$x, g$x[, 1])
+  expect_equal(seg$xend - seg$x, g$v[, 1])
+  p2 <- plot_velocity_embedding(f$E, V, type = "arrows", arrow_length = 2)
+  seg2 <- p2$layers[[2]]$data
+  expect_equal(seg2$yend - seg2$y, 2 * V[is.finite(V[, 1]), 2], ignore_attr = TRUE)
+  expect_error(plot_velocity_embedding(f$E, V, type = "nope"), "'type'")
+  expect_error(plot_velocity_embedding(f$E, V[-1, ]), "'V'")
+  if (nzchar(Sys.getenv("SCNATIVE_PLOT_DIR"))) {
+    ggplot2::ggsave(file.path(Sys.getenv("SCNATIVE_PLOT_DIR"), "grid.png"), p, width = 6, height = 5)
+    ggplot2::ggsave(file.path(Sys.getenv("SCNATIVE_PLOT_DIR"), "arrows.png"), p2, width = 6, height = 5)
+  }
+})
