@@ -52,6 +52,11 @@ SEXP scnative_velocity_mt(SEXP, SEXP, SEXP);
 /* end velocity declarations */
 
 
+/* streamplot (matplotlib's streamlines): declarations */
+SEXP scnative_streamlines(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+/* end streamplot declarations */
+
+
 /* spatial extras (simulation): declarations */
 /* end spatial extras declarations */
 
@@ -104,6 +109,11 @@ static const R_CallMethodDef callMethods[] = {
     CALLDEF(scnative_velocity_knn, 3),
     CALLDEF(scnative_velocity_mt, 3),
     /* end velocity table */
+
+
+    /* streamplot table */
+    CALLDEF(scnative_streamlines, 10),
+    /* end streamplot table */
 
 
     /* spatial extras table */
