@@ -58,6 +58,11 @@ SEXP scnative_velocity_graph(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 /* end velocity graph declarations */
 
 
+/* streamplot (matplotlib's streamlines): declarations */
+SEXP scnative_streamlines(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+/* end streamplot declarations */
+
+
 /* spatial extras (simulation): declarations */
 /* end spatial extras declarations */
 
@@ -116,6 +121,11 @@ static const R_CallMethodDef callMethods[] = {
     /* velocity graph table */
     CALLDEF(scnative_velocity_graph, 8),
     /* end velocity graph table */
+
+
+    /* streamplot table */
+    CALLDEF(scnative_streamlines, 10),
+    /* end streamplot table */
 
 
     /* spatial extras table */
