@@ -345,10 +345,20 @@ test_that("grid and arrow plots draw the grid velocities", {
   p2 <- plot_velocity_embedding(f$E, V, type = "arrows", arrow_length = 2)
   seg2 <- p2$layers[[2]]$data
   expect_equal(seg2$yend - seg2$y, 2 * V[is.finite(V[, 1]), 2], ignore_attr = TRUE)
+  # stream: the lines integrated through the stream grid, widths from its line widths
+  p3 <- plot_velocity_embedding(f$E, V, color = f$clusters)
+  g <- velocity_grid(f$E, V, adjust_for_stream = TRUE)
+  st <- stream_lines(g$x, g$y, g$u, g$v, density = 2, linewidth = g$linewidth, maxlength = 4)
+  segs <- Filter(function(l) inherits(l$geom, "GeomSegment"), p3$layers)
+  expect_length(segs, 2)
+  expect_gt(nrow(st$segments), 1000)
+  expect_equal(nrow(segs[[1]]$data), sum(is.finite(st$segments$width)))
+  expect_equal(nrow(segs[[2]]$data), nrow(st$arrows))
   expect_error(plot_velocity_embedding(f$E, V, type = "nope"), "'type'")
   expect_error(plot_velocity_embedding(f$E, V[-1, ]), "'V'")
   if (nzchar(Sys.getenv("SCNATIVE_PLOT_DIR"))) {
     ggplot2::ggsave(file.path(Sys.getenv("SCNATIVE_PLOT_DIR"), "grid.png"), p, width = 6, height = 5)
     ggplot2::ggsave(file.path(Sys.getenv("SCNATIVE_PLOT_DIR"), "arrows.png"), p2, width = 6, height = 5)
+    ggplot2::ggsave(file.path(Sys.getenv("SCNATIVE_PLOT_DIR"), "stream.png"), p3, width = 6, height = 5)
   }
 })
