@@ -25,9 +25,21 @@ as_cell_graph <- function(g, n_cells, arg, nonneg = FALSE) {
 # Neighbour index of each cell from a kNN distances graph (spec: Shared helpers, get_indices):
 # every stored entry counts (also explicit zeros); k = the smallest count of a row; rows with
 # more keep their k smallest distances. Returns a k x n integer matrix of 1-based indices.
-knn_indices <- function(distances, n_cells, arg = "distances") {
+# `distances` may also be a scnative_moments object. need_positive: velocity_graph's check
+# that every cell has a neighbour at a distance > 0.
+knn_indices <- function(distances, n_cells, arg = "distances", need_positive = TRUE) {
+  if (inherits(distances, "scnative_moments")) {
+    if (is.null(distances$distances)) {
+      stopf("'%s': these moments were computed on a given graph and hold no kNN distances", arg)
+    }
+    distances <- distances$distances
+  }
   D <- as_cell_graph(distances, n_cells, arg, nonneg = TRUE)
-  pos <- Matrix::rowSums(D > 0)
+  if (any(diff(Matrix::t(D)@p) == 0)) {
+    stopf("'%s': every cell needs at least one neighbour; cell %d has none", arg,
+          which(diff(Matrix::t(D)@p) == 0)[1L])
+  }
+  pos <- if (need_positive) Matrix::rowSums(D > 0) else 1
   if (any(pos == 0)) {
     stopf("'%s': every cell needs a neighbour at a distance > 0; cell %d has none", arg,
           which(pos == 0)[1L])

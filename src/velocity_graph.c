@@ -54,9 +54,14 @@ static int vg_neighbourhood(const int *nb, int k, int i, int nrec, int *mark, in
 static inline double vg_signed_sqrt(double x) { return x < 0 ? -sqrt(-x) : sqrt(x); }
 
 /* Cosines of cell i with every j of S (m entries). x, v: g x n float (column = cell), v
- * already transformed and centred; vnorm = |v_i|. Writes c (NaN where undefined). */
-static void vg_cosines(const float *x, const float *v, int g, int i, const int *S, int m,
-                       int sqrt_dx, double vnorm, double *c) {
+ * already transformed and centred; vnorm = |v_i|. Writes c (NaN where undefined). One pass
+ * per pair with four sums: sum d, sum d^2, sum d v, sum v (the centred velocity's sum is 0
+ * only up to rounding, so it is kept). Compiled for three instruction sets below; the sums'
+ * order (SIMD lanes) differs between them by rounding in the last bits of a double, far
+ * below the float32 the result is rounded to. */
+static inline __attribute__((always_inline)) void
+vg_cosines_body(const float *x, const float *v, int g, int i, const int *S, int m, int sqrt_dx,
+                double vnorm, double *c) {
   const float *xi = x + (ptrdiff_t)i * g, *vi = v + (ptrdiff_t)i * g;
   for (int a = 0; a < m; a++) {
     const float *xj = x + (ptrdiff_t)S[a] * g;
@@ -85,6 +90,30 @@ static void vg_cosines(const float *x, const float *v, int g, int i, const int *
     double den = den2 > 0 ? sqrt(den2) * vnorm : 0.0;
     c[a] = den > 0 ? num / den : NAN;
   }
+}
+
+#define VG_COS_ARGS                                                                          \
+  const float *x, const float *v, int g, int i, const int *S, int m, int sqrt_dx, double vnorm, \
+      double *c
+static void vg_cosines_plain(VG_COS_ARGS) { vg_cosines_body(x, v, g, i, S, m, sqrt_dx, vnorm, c); }
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define VG_HAVE_X86 1
+__attribute__((target("avx2,fma"))) static void vg_cosines_avx2(VG_COS_ARGS) {
+  vg_cosines_body(x, v, g, i, S, m, sqrt_dx, vnorm, c);
+}
+__attribute__((target("avx512f,avx2,fma"))) static void vg_cosines_avx512(VG_COS_ARGS) {
+  vg_cosines_body(x, v, g, i, S, m, sqrt_dx, vnorm, c);
+}
+#endif
+typedef void (*vg_cosines_fn)(VG_COS_ARGS);
+
+static vg_cosines_fn vg_cosines_select(void) {
+#ifdef VG_HAVE_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return vg_cosines_avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return vg_cosines_avx2;
+#endif
+  return vg_cosines_plain;
 }
 
 /* scnative_velocity_graph(x, v, nb, nrec, sqrt_dx, from, to, threads)
@@ -161,6 +190,7 @@ SEXP scnative_velocity_graph(SEXP x_, SEXP v_, SEXP nb_, SEXP nrec_, SEXP sqrt_,
   memset(marks, 0, (size_t)nth * n * sizeof(int));
   /* pass 2: cosines, then drop NaN and zeros in place (per cell) */
   int *kept = (int *)R_alloc(nc, sizeof(int));
+  vg_cosines_fn cos_fn = vg_cosines_select();
 #pragma omp parallel for num_threads(nth) schedule(dynamic, 16)
   for (int a = 0; a < nc; a++) {
     int t = omp_get_thread_num();
@@ -170,7 +200,7 @@ SEXP scnative_velocity_graph(SEXP x_, SEXP v_, SEXP nb_, SEXP nrec_, SEXP sqrt_,
     int *S = jj + off[a];
     double *c = cc + off[a];
     int m = vg_neighbourhood(nb, k, i, nrec, marks + (ptrdiff_t)t * n, a + 1, S);
-    vg_cosines(x, v, g, i, S, m, sqrt_dx, vnorm[i], c);
+    cos_fn(x, v, g, i, S, m, sqrt_dx, vnorm[i], c);
     int w = 0;
     for (int b = 0; b < m; b++) {
       double cf = (double)(float)c[b];
