@@ -52,6 +52,12 @@ SEXP scnative_velocity_mt(SEXP, SEXP, SEXP);
 /* end velocity declarations */
 
 
+/* terminal states, velocity pseudotime (sparse eigen solver): declarations */
+SEXP scnative_eigs(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_components(SEXP, SEXP, SEXP);
+/* end terminal states declarations */
+
+
 /* spatial extras (simulation): declarations */
 /* end spatial extras declarations */
 
@@ -104,6 +110,12 @@ static const R_CallMethodDef callMethods[] = {
     CALLDEF(scnative_velocity_knn, 3),
     CALLDEF(scnative_velocity_mt, 3),
     /* end velocity table */
+
+
+    /* terminal states table */
+    CALLDEF(scnative_eigs, 11),
+    CALLDEF(scnative_components, 3),
+    /* end terminal states table */
 
 
     /* spatial extras table */
