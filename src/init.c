@@ -49,7 +49,13 @@ SEXP scnative_reg_logjoint(SEXP, SEXP, SEXP, SEXP);
 /* velocity (moments, velocity, simulation): declarations */
 SEXP scnative_velocity_knn(SEXP, SEXP, SEXP);
 SEXP scnative_velocity_mt(SEXP, SEXP, SEXP);
+SEXP scnative_velocity_knn_query(SEXP, SEXP, SEXP, SEXP);
 /* end velocity declarations */
+
+
+/* velocity graph (velocity_graph, transition matrix, embedding): declarations */
+SEXP scnative_velocity_graph(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+/* end velocity graph declarations */
 
 
 /* terminal states, velocity pseudotime (sparse eigen solver): declarations */
@@ -109,7 +115,13 @@ static const R_CallMethodDef callMethods[] = {
     /* velocity table */
     CALLDEF(scnative_velocity_knn, 3),
     CALLDEF(scnative_velocity_mt, 3),
+    CALLDEF(scnative_velocity_knn_query, 4),
     /* end velocity table */
+
+
+    /* velocity graph table */
+    CALLDEF(scnative_velocity_graph, 8),
+    /* end velocity graph table */
 
 
     /* terminal states table */

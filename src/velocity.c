@@ -85,6 +85,47 @@ SEXP scnative_velocity_knn(SEXP x, SEXP k_, SEXP threads_) {
   return out;
 }
 
+/* k nearest rows of ref (n x p) for each row of query (m x p), both column-major: 1-based
+ * indices and Euclidean distances, m x k each, ties by index (the velocity grid: spec
+ * compute_velocity_on_grid, kNN of grid points among cells). */
+SEXP scnative_velocity_knn_query(SEXP ref, SEXP query, SEXP k_, SEXP threads_) {
+  if (!isReal(ref) || !isReal(query)) error(_("'%s' and '%s' must be double matrices"), "ref", "query");
+  int n = nrows(ref), p = ncols(ref), m = nrows(query), k = asInteger(k_);
+  if (ncols(query) != p) error(_("'%s' and '%s' must have the same columns"), "ref", "query");
+  if (k < 1 || k > n) error(_("'%s' must be in [1, number of cells]"), "k");
+  SEXP idx = PROTECT(allocMatrix(INTSXP, m, k));
+  SEXP dst = PROTECT(allocMatrix(REALSXP, m, k));
+  const double *rp = REAL(ref), *qp = REAL(query);
+  int *ip = INTEGER(idx);
+  double *dp = REAL(dst);
+  int nth = scn_threads_for((R_xlen_t)m * n, asInteger(threads_));
+  double *bdall = (double *)R_alloc((size_t)nth * k, sizeof(double));
+  int *biall = (int *)R_alloc((size_t)nth * k, sizeof(int));
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 4)
+  for (int i = 0; i < m; i++) {
+    int t = omp_get_thread_num(), cnt = 0;
+    double *bd = bdall + (size_t)t * k;
+    int *bi = biall + (size_t)t * k;
+    for (int j = 0; j < n; j++) {
+      double s = 0.0;
+      for (int c = 0; c < p; c++) {
+        double df = qp[i + (ptrdiff_t)c * m] - rp[j + (ptrdiff_t)c * n];
+        s += df * df;
+      }
+      knn_insert(bd, bi, &cnt, k, s, j);
+    }
+    for (int r = 0; r < k; r++) {
+      ip[i + (ptrdiff_t)r * m] = bi[r] + 1;
+      dp[i + (ptrdiff_t)r * m] = sqrt(bd[r]);
+    }
+  }
+  SEXP out = PROTECT(allocVector(VECSXP, 2));
+  SET_VECTOR_ELT(out, 0, idx);
+  SET_VECTOR_ELT(out, 1, dst);
+  UNPROTECT(3);
+  return out;
+}
+
 /* ---------------------------------------------------------------- MT19937 */
 
 #define MT_N 624

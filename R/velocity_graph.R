@@ -1,0 +1,468 @@
+# The velocity graph and what is built on it: scVelo's tl.velocity_graph (cosines of velocity
+# with neighbour displacements, src/velocity_graph.c), tl.transition_matrix and
+# tl.velocity_embedding (projection onto an embedding, with matplotlib's quiver autoscale).
+# Spec (scVelo downstream): "tl.velocity_graph", "tl.transition_matrix and
+# tl.velocity_embedding", "Shared helpers".
+
+# ------------------------------------------------------------------ shared checks
+
+# A cells x cells graph as a general dgCMatrix, validated (slots, size, finiteness).
+as_cell_graph <- function(g, n_cells, arg, nonneg = FALSE) {
+  if (!(is.matrix(g) || methods::is(g, "Matrix"))) {
+    stopf("'%s' must be a cells x cells matrix or sparse Matrix, not %s", arg, class(g)[1L])
+  }
+  check_valid_matrix(g, arg)
+  if (nrow(g) != n_cells || ncol(g) != n_cells) {
+    stopf("'%s' must be %d x %d (cells x cells), not %d x %d", arg, n_cells, n_cells,
+          nrow(g), ncol(g))
+  }
+  g <- methods::as(methods::as(methods::as(g, "CsparseMatrix"), "generalMatrix"), "dMatrix")
+  if (anyNA(g@x) || any(is.infinite(g@x))) stopf("'%s' contains NA or infinite values", arg)
+  if (nonneg && any(g@x < 0)) stopf("'%s' contains negative values", arg)
+  g
+}
+
+# Neighbour index of each cell from a kNN distances graph (spec: Shared helpers, get_indices):
+# every stored entry counts (also explicit zeros); k = the smallest count of a row; rows with
+# more keep their k smallest distances. Returns a k x n integer matrix of 1-based indices.
+knn_indices <- function(distances, n_cells, arg = "distances") {
+  D <- as_cell_graph(distances, n_cells, arg, nonneg = TRUE)
+  pos <- Matrix::rowSums(D > 0)
+  if (any(pos == 0)) {
+    stopf("'%s': every cell needs a neighbour at a distance > 0; cell %d has none", arg,
+          which(pos == 0)[1L])
+  }
+  Dt <- Matrix::t(D) # column i = row i of D, explicit zeros kept
+  cnt <- diff(Dt@p)
+  k <- min(cnt)
+  col <- rep.int(seq_len(n_cells), cnt)
+  o <- order(col, Dt@x, method = "radix")
+  keep <- o[sequence(cnt) <= k]
+  matrix(Dt@i[keep] + 1L, nrow = k)
+}
+
+# Row-wise triplets (i, j, x) of a dgCMatrix, 1-based.
+sparse_triplets <- function(m) {
+  list(i = m@i + 1L, j = rep.int(seq_len(ncol(m)), diff(m@p)), x = m@x)
+}
+
+# Column sums of the rows of x (a vector or matrix) per group g in 1..n: an n-row matrix,
+# zero rows for absent groups.
+group_sums <- function(x, g, n) {
+  x <- as.matrix(x)
+  out <- matrix(0, n, ncol(x))
+  if (length(g)) {
+    agg <- rowsum(x, g, reorder = TRUE)
+    out[as.integer(rownames(agg)), ] <- agg
+  }
+  out
+}
+
+# ------------------------------------------------------------------ velocity_graph
+
+#' Velocity graph (scVelo's `tl.velocity_graph`)
+#'
+#' For every cell `i` and every cell `j` within two steps of its nearest neighbours (the kNN
+#' index of `distances`, `n_recurse_neighbors = 2`), the cosine correlation of the
+#' displacement `Ms_j - Ms_i` with the velocity of cell `i`, both centred across genes (a
+#' Pearson correlation), over the velocity genes, as `scvelo.tl.velocity_graph(adata)` does
+#' (scVelo 0.3.4, `mode_neighbors = "distances"`). Velocities and `Ms` are rounded to
+#' float32 as upstream reads them; cosines are computed in double precision and rounded to
+#' float32, so values agree with upstream's to about 1e-7.
+#'
+#' Positive cosines form `graph`, negative ones `graph_neg` (upstream's
+#' `uns["velocity_graph"]`, `uns["velocity_graph_neg"]`); the diagonal, exact zeros and
+#' undefined cosines (identical cells) are absent from both. `self_transition` is upstream's
+#' `obs["velocity_self_transition"]`.
+#'
+#' @param x A genes x cells velocity matrix (rows of unfitted genes may be `NA`), or a
+#'   `scnative_velocity` object ([velocity()]), or a Seurat / SingleCellExperiment object
+#'   after [velocity()].
+#' @param Ms Genes x cells first-order spliced moments (same genes and cells as `x`). Object
+#'   methods: the assay / assay name.
+#' @param distances Cells x cells kNN distance graph, self excluded (as scanpy's
+#'   `obsp["distances"]` or `moments()$distances`); its stored entries are the neighbours.
+#' @param velocity_genes `NULL` (for a `scnative_velocity` object its `velocity_genes`, else
+#'   all genes), or a logical vector (one per gene) or a character vector of gene names
+#'   (upstream's `gene_subset`). Genes with any `NA` velocity are dropped as upstream does.
+#' @param n_recurse_neighbors Whole number >= 1 (default 2): neighbour steps.
+#' @param sqrt_transform Logical (default `FALSE`, upstream's choice for the dynamical
+#'   model): signed square root of velocities and displacements (stochastic mode).
+#' @param threads `NULL` (package default) or a whole number of threads. Results do not
+#'   depend on it.
+#' @param progress `TRUE` to show a progress bar.
+#' @param ... Passed to methods.
+#' @return An object of class `scnative_velocity_graph`: a list with `graph` and
+#'   `graph_neg` (cells x cells `dgCMatrix`, row = from cell), `self_transition` (named
+#'   numeric), `genes` (the genes used) and `params`.
+#' @examples
+#' sim <- simulate_velocity(n_obs = 150, n_vars = 6)
+#' m <- moments(sim$spliced, sim$unspliced, n_neighbors = 10, normalize = FALSE)
+#' fit <- recover_dynamics(m$Ms, m$Mu, var_names = "all", threads = 1, progress = FALSE)
+#' v <- velocity(fit, m$Ms, m$Mu)
+#' vg <- velocity_graph(v, m$Ms, m$distances, velocity_genes = rep(TRUE, 6), threads = 1)
+#' vg
+#' @export
+velocity_graph <- function(x, ...) UseMethod("velocity_graph")
+
+#' @rdname velocity_graph
+#' @export
+velocity_graph.scnative_velocity <- function(x, Ms, distances, velocity_genes = NULL, ...) {
+  if (is.null(velocity_genes)) velocity_genes <- x$var$velocity_genes
+  velocity_graph.default(x$velocity, Ms, distances, velocity_genes = velocity_genes, ...)
+}
+
+#' @rdname velocity_graph
+#' @export
+velocity_graph.default <- function(x, Ms, distances, velocity_genes = NULL,
+                                   n_recurse_neighbors = 2, sqrt_transform = FALSE,
+                                   threads = NULL, progress = interactive(), ...) {
+  if (missing(Ms)) stopf("'Ms' is missing")
+  if (missing(distances)) stopf("'distances' is missing (the kNN graph, e.g. moments()$distances)")
+  if (!(is.matrix(x) || methods::is(x, "Matrix")) || !is.numeric(x[0, 0, drop = TRUE])) {
+    stopf("'x' must be a genes x cells velocity matrix or a scnative_velocity object, not %s",
+          class(x)[1L])
+  }
+  check_valid_matrix(x, "x")
+  V <- as.matrix(x)
+  storage.mode(V) <- "double"
+  if (any(is.infinite(V))) stopf("'x' (velocity) contains infinite values")
+  Ms <- as_checked_matrix(Ms, "Ms")
+  if (!identical(dim(Ms), dim(V))) {
+    stopf("'Ms' must have the dimensions of the velocity (%d x %d), not %d x %d", nrow(V),
+          ncol(V), nrow(Ms), ncol(Ms))
+  }
+  if (!is.null(rownames(V)) && !is.null(rownames(Ms)) && !identical(rownames(V), rownames(Ms))) {
+    stopf("the genes (rows) of 'Ms' are not those of the velocity, in order")
+  }
+  if (!is.null(colnames(V)) && !is.null(colnames(Ms)) && !identical(colnames(V), colnames(Ms))) {
+    stopf("the cells (columns) of 'Ms' are not those of the velocity, in order")
+  }
+  check_number(n_recurse_neighbors, "n_recurse_neighbors", min = 1, max = 8, whole = TRUE)
+  check_flag(sqrt_transform, "sqrt_transform")
+  check_flag(progress, "progress")
+  nth <- resolve_threads(threads)
+  n_genes <- nrow(V)
+  n <- ncol(V)
+  if (n < 2L) stopf("'x' must have at least 2 cells (columns)")
+  genes <- rownames(V) %||% rownames(Ms)
+  cells <- colnames(V) %||% colnames(Ms)
+  keep <- select_genes(velocity_genes, n_genes, genes, "velocity_genes")
+  keep <- keep & !apply(is.na(V), 1L, any)
+  if (sum(keep) < 2L) {
+    stopf("too few velocity genes: %d gene(s) selected with a velocity in every cell (need >= 2)",
+          sum(keep))
+  }
+  nb <- knn_indices(distances, n) - 1L
+
+  # spec: Data, Velocity transform: float32 velocities, signed sqrt, row centring in float32
+  Vg <- as_f32(V[keep, , drop = FALSE])
+  if (sqrt_transform) Vg <- as_f32(sign(Vg) * sqrt(abs(Vg)))
+  Vg <- as_f32(sweep(Vg, 2L, as_f32(colMeans(Vg)), "-"))
+  Xg <- as_f32(Ms[keep, , drop = FALSE])
+
+  chunk <- max(256L, as.integer(ceiling(n / 50)))
+  starts <- seq.int(1L, n, by = chunk)
+  pb <- if (progress && length(starts) > 1L) utils::txtProgressBar(0, n, style = 3) else NULL
+  parts <- vector("list", length(starts))
+  for (b in seq_along(starts)) {
+    from <- starts[b] - 1L
+    to <- min(from + chunk, n)
+    parts[[b]] <- .Call(C_scnative_velocity_graph, Xg, Vg, nb, as.integer(n_recurse_neighbors),
+                        sqrt_transform, from, to, nth)
+    if (!is.null(pb)) utils::setTxtProgressBar(pb, to)
+  }
+  if (!is.null(pb)) close(pb)
+  cnt <- unlist(lapply(parts, function(p) diff(p[[1L]])), use.names = FALSE)
+  jj <- unlist(lapply(parts, `[[`, 2L), use.names = FALSE)
+  cc <- unlist(lapply(parts, `[[`, 3L), use.names = FALSE)
+  col <- rep.int(seq_len(n), cnt) # from-cell of each pair
+  dn <- list(cells, cells)
+  # each from-cell's pairs are sorted by j, so these are valid CSC slots of t(graph)
+  half <- function(sel) {
+    p <- c(0L, cumsum(tabulate(col[sel], n)))
+    tg <- methods::new("dgCMatrix", i = jj[sel], p = as.integer(p), x = cc[sel], Dim = c(n, n))
+    g <- Matrix::t(tg)
+    if (!is.null(cells)) dimnames(g) <- dn
+    g
+  }
+  graph <- half(cc > 0)
+  graph_neg <- half(cc < 0)
+  s <- self_transitions_of(graph)
+  if (!is.null(cells)) names(s) <- cells
+  structure(list(graph = graph, graph_neg = graph_neg, self_transition = s,
+                 genes = if (is.null(genes)) which(keep) else genes[keep],
+                 params = list(n_recurse_neighbors = as.integer(n_recurse_neighbors),
+                               sqrt_transform = sqrt_transform, mode_neighbors = "distances",
+                               n_neighbors = nrow(nb))),
+            class = "scnative_velocity_graph")
+}
+
+# Logical gene mask from NULL (all), a logical vector or gene names.
+select_genes <- function(sel, n_genes, genes, arg) {
+  if (is.null(sel)) return(rep(TRUE, n_genes))
+  if (is.logical(sel)) {
+    if (length(sel) != n_genes || anyNA(sel)) {
+      stopf("'%s' must be a logical vector with one non-NA value per gene (%d)", arg, n_genes)
+    }
+    return(sel)
+  }
+  if (is.character(sel)) {
+    if (is.null(genes)) stopf("'%s' gives gene names but the matrices have no row names", arg)
+    bad <- setdiff(sel, genes)
+    if (length(bad)) stopf("'%s': unknown gene(s) %s", arg, paste(utils::head(bad, 5), collapse = ", "))
+    return(genes %in% sel)
+  }
+  stopf("'%s' must be NULL, a logical vector or gene names, not %s", arg, class(sel)[1L])
+}
+
+# spec: Assembly (self-transition): conf_i = max_j graph_ij; s_i = clip(P98(conf) - conf_i, 0, 1)
+# in float32.
+self_transitions_of <- function(graph) {
+  tg <- Matrix::t(graph)
+  cnt <- diff(tg@p)
+  conf <- numeric(ncol(tg))
+  if (length(tg@x)) {
+    mx <- vapply(split(tg@x, rep.int(seq_along(cnt), cnt)), max, 0)
+    conf[cnt > 0] <- mx
+  }
+  conf <- as_f32(conf)
+  as_f32(pmin(pmax(as_f32(np_percentile(conf, 98)) - conf, 0), 1))
+}
+
+validate_velocity_graph <- function(x, arg = "x") {
+  if (!inherits(x, "scnative_velocity_graph")) {
+    stopf("'%s' must be a scnative_velocity_graph (from velocity_graph()), not %s", arg,
+          class(x)[1L])
+  }
+  if (!is.list(x) || is.null(x$graph) || is.null(x$graph_neg)) {
+    stopf("'%s' is a malformed velocity graph: 'graph' and 'graph_neg' are required", arg)
+  }
+  n <- nrow(x$graph)
+  g <- as_cell_graph(x$graph, n, paste0(arg, "$graph"), nonneg = TRUE)
+  gn <- as_cell_graph(x$graph_neg, n, paste0(arg, "$graph_neg"))
+  if (any(gn@x > 0)) stopf("'%s$graph_neg' must hold values <= 0", arg)
+  if (any(g@x > 1) || any(gn@x < -1)) stopf("'%s': cosines must lie in [-1, 1]", arg)
+  list(graph = g, graph_neg = gn, n = n, cells = rownames(x$graph) %||% colnames(x$graph))
+}
+
+#' @exportS3Method print scnative_velocity_graph
+print.scnative_velocity_graph <- function(x, ...) {
+  ok <- is.list(x) && methods::is(x$graph, "Matrix") && methods::is(x$graph_neg, "Matrix")
+  if (!ok) {
+    cat("<scnative_velocity_graph> (malformed)\n")
+    return(invisible(x))
+  }
+  n <- nrow(x$graph)
+  cat(sprintf("<scnative_velocity_graph> %d cells, %d genes; %d positive and %d negative cosines (%.1f per cell)\n",
+              n, length(x$genes), length(x$graph@x), length(x$graph_neg@x),
+              (length(x$graph@x) + length(x$graph_neg@x)) / max(n, 1)))
+  invisible(x)
+}
+
+# ------------------------------------------------------------------ transition_matrix
+
+#' Transition matrix of the velocity graph (scVelo's `tl.transition_matrix`)
+#'
+#' Turns the cosines into transition probabilities as `scvelo.tl.transition_matrix` does:
+#' an exponential kernel `exp(scale * c_ij)` on the stored pairs of the graph (with
+#' `use_negative_cosines = TRUE`: `exp(scale * c) - 1` for positive and
+#' `-(exp(scale * |c|) - 1)` for negative cosines), the cell's own self-transition on the
+#' diagonal (when `self_transitions` and it is positive), transposed for `backward`, and each
+#' row divided by the sum of its absolute values. Computed in double precision (upstream:
+#' float32, so entries agree to about 1e-6 relative).
+#'
+#' @param x A `scnative_velocity_graph` ([velocity_graph()]).
+#' @param scale Positive number (default 10): the kernel's width.
+#' @param self_transitions Logical (default `TRUE`): put the self-transition on the diagonal.
+#' @param use_negative_cosines Logical (default `FALSE`): signed kernel (as
+#'   [velocity_embedding()] uses).
+#' @param backward Logical (default `FALSE`): transpose (transitions into each cell).
+#' @param perc,threshold `NULL` or a number: drop entries below the `perc` percentile of
+#'   the entries (numpy's linear percentile), or below `threshold`.
+#' @return A cells x cells `dgCMatrix`, rows summing to 1 in absolute value (rows without
+#'   entries stay empty).
+#' @examples
+#' sim <- simulate_velocity(n_obs = 150, n_vars = 6)
+#' m <- moments(sim$spliced, sim$unspliced, n_neighbors = 10, normalize = FALSE)
+#' fit <- recover_dynamics(m$Ms, m$Mu, var_names = "all", threads = 1, progress = FALSE)
+#' v <- velocity(fit, m$Ms, m$Mu)
+#' vg <- velocity_graph(v, m$Ms, m$distances, velocity_genes = rep(TRUE, 6), threads = 1)
+#' T <- transition_matrix(vg)
+#' summary(Matrix::rowSums(T))
+#' @export
+transition_matrix <- function(x, scale = 10, self_transitions = TRUE,
+                              use_negative_cosines = FALSE, backward = FALSE, perc = NULL,
+                              threshold = NULL) {
+  g <- validate_velocity_graph(x)
+  check_number(scale, "scale", min = 0, min_open = TRUE)
+  check_flag(self_transitions, "self_transitions")
+  check_flag(use_negative_cosines, "use_negative_cosines")
+  check_flag(backward, "backward")
+  check_number(perc, "perc", min = 0, max = 100, allow_null = TRUE)
+  check_number(threshold, "threshold", allow_null = TRUE)
+  n <- g$n
+  pos <- sparse_triplets(g$graph)
+  neg <- sparse_triplets(g$graph_neg)
+  # spec: transition_matrix Steps 1-3
+  if (use_negative_cosines) {
+    kp <- expm1(scale * pos$x)
+    kn <- -expm1(-scale * neg$x)
+  } else {
+    kp <- exp(scale * pos$x)
+    kn <- exp(scale * neg$x)
+  }
+  i <- c(pos$i, neg$i)
+  j <- c(pos$j, neg$j)
+  k <- c(kp, kn)
+  if (self_transitions) {
+    s <- self_transitions_of(g$graph)
+    d <- which(s > 0)
+    i <- c(i, d)
+    j <- c(j, d)
+    k <- c(k, if (use_negative_cosines) expm1(scale * s[d]) else exp(scale * s[d]))
+  }
+  # spec: Steps 6 (percentile / threshold cut)
+  if (!is.null(perc) || !is.null(threshold)) {
+    thr <- if (!is.null(threshold)) threshold else np_percentile(k, perc)
+    ok <- k >= thr
+    i <- i[ok]
+    j <- j[ok]
+    k <- k[ok]
+  }
+  if (backward) {
+    tmp <- i
+    i <- j
+    j <- tmp
+  }
+  # spec: Step 8 (normalize: rows by the sum of absolute values)
+  rs <- group_sums(abs(k), i, n)[, 1L]
+  k <- k / rs[i]
+  T <- Matrix::sparseMatrix(i = i, j = j, x = k, dims = c(n, n))
+  if (!is.null(g$cells)) dimnames(T) <- list(g$cells, g$cells)
+  T
+}
+
+# ------------------------------------------------------------------ velocity_embedding
+
+#' Velocities projected onto an embedding (scVelo's `tl.velocity_embedding`)
+#'
+#' For each cell, the expected displacement in the embedding under the transition matrix
+#' minus its mean over the neighbours, as `scvelo.tl.velocity_embedding` does: with
+#' `p_ij` the signed transition probabilities (diagonal removed) and `d_ij` the unit vector
+#' from cell `i` to `j`, `v_i = sum_j p_ij d_ij - mean_j(p_ij) sum_j d_ij`. With `autoscale`
+#' the vectors are divided by `3 A`, the arrow scale matplotlib's quiver would choose for
+#' them in a default figure (so they match upstream's `obsm["velocity_umap"]`; the factor
+#' depends on the figure's aspect ratio, `aspect`).
+#'
+#' @param x A `scnative_velocity_graph` ([velocity_graph()]).
+#' @param embedding A cells x dimensions numeric matrix (e.g. UMAP coordinates), one row
+#'   per cell of the graph (same order; row names, when both have them, must match).
+#' @param T `NULL` (the default: [transition_matrix()] with `scale`, `self_transitions` and
+#'   `use_negative_cosines = TRUE`) or a cells x cells transition matrix.
+#' @param scale,self_transitions,use_negative_cosines Passed to [transition_matrix()].
+#' @param autoscale Logical (default `TRUE`): scale as upstream.
+#' @param aspect Positive number: height / width of the axes of the default matplotlib
+#'   figure upstream measures; 0.7451612903 (matplotlib's defaults) or 0.6495726496 (after
+#'   `scv.set_figure_params()`, as in the scVelo tutorials).
+#' @param all_comps Logical (default `TRUE`): all columns of `embedding`; `FALSE` the first
+#'   two.
+#' @return A cells x dimensions matrix of embedded velocities (`NA` rows for cells without
+#'   transitions), with attribute `"scale"` (the divisor `3 A`, 1 without autoscale).
+#' @examples
+#' sim <- simulate_velocity(n_obs = 150, n_vars = 6)
+#' m <- moments(sim$spliced, sim$unspliced, n_neighbors = 10, normalize = FALSE)
+#' fit <- recover_dynamics(m$Ms, m$Mu, var_names = "all", threads = 1, progress = FALSE)
+#' v <- velocity(fit, m$Ms, m$Mu)
+#' vg <- velocity_graph(v, m$Ms, m$distances, velocity_genes = rep(TRUE, 6), threads = 1)
+#' emb <- prcomp(t(m$Ms))$x[, 1:2]
+#' head(velocity_embedding(vg, emb))
+#' @export
+velocity_embedding <- function(x, embedding, T = NULL, scale = 10, self_transitions = TRUE,
+                               use_negative_cosines = TRUE, autoscale = TRUE,
+                               aspect = 0.7451612903, all_comps = TRUE) {
+  g <- validate_velocity_graph(x)
+  n <- g$n
+  E <- check_embedding(embedding, n, g$cells)
+  check_flag(autoscale, "autoscale")
+  check_flag(all_comps, "all_comps")
+  check_number(aspect, "aspect", min = 0, min_open = TRUE)
+  if (!all_comps) E <- E[, 1:2, drop = FALSE]
+  if (is.null(T)) {
+    T <- transition_matrix(x, scale = scale, self_transitions = self_transitions,
+                           use_negative_cosines = use_negative_cosines)
+  } else {
+    T <- as_cell_graph(T, n, "T")
+  }
+  V <- embed_velocities(T, E)
+  dimnames(V) <- list(rownames(embedding) %||% g$cells, colnames(E))
+  a <- 1
+  if (autoscale) {
+    a <- 3 * quiver_scale(E, V, aspect)
+    if (is.finite(a) && a > 0) V <- V / a
+  }
+  attr(V, "scale") <- a
+  V
+}
+
+check_embedding <- function(embedding, n, cells, arg = "embedding") {
+  if (is.data.frame(embedding)) embedding <- as.matrix(embedding)
+  if (!is.matrix(embedding) || !is.numeric(embedding)) {
+    stopf("'%s' must be a numeric cells x dimensions matrix, not %s", arg, class(embedding)[1L])
+  }
+  if (nrow(embedding) != n) stopf("'%s' must have %d rows (cells), not %d", arg, n, nrow(embedding))
+  if (ncol(embedding) < 2L) stopf("'%s' must have at least 2 columns", arg)
+  if (!is.null(cells) && !is.null(rownames(embedding)) && !identical(rownames(embedding), cells)) {
+    stopf("the rows of '%s' are not the graph's cells, in order", arg)
+  }
+  if (anyNA(embedding) || any(is.infinite(embedding))) {
+    stopf("'%s' contains NA or infinite values", arg)
+  }
+  storage.mode(embedding) <- "double"
+  embedding
+}
+
+# spec: Projection. T's diagonal removed; per row: sum p d - mean(p) sum d over stored entries.
+embed_velocities <- function(T, E) {
+  tr <- sparse_triplets(Matrix::t(T)) # i = to-cell, j = from-cell
+  from <- tr$j
+  to <- tr$i
+  p <- tr$x
+  off <- from != to
+  from <- from[off]
+  to <- to[off]
+  p <- p[off]
+  n <- nrow(E)
+  D <- E[to, , drop = FALSE] - E[from, , drop = FALSE]
+  nr <- sqrt(rowSums(D^2))
+  D <- D / nr
+  D[nr == 0, ] <- 0
+  kk <- tabulate(from, n)
+  sp <- group_sums(p, from, n)[, 1L]
+  spd <- group_sums(p * D, from, n)
+  sd <- group_sums(D, from, n)
+  V <- matrix(NA_real_, n, ncol(E))
+  has <- kk > 0
+  V[has, ] <- spd[has, , drop = FALSE] - (sp[has] / kk[has]) * sd[has, , drop = FALSE]
+  V
+}
+
+# matplotlib's quiver autoscale in a default figure (spec: Autoscale, exact): returns A.
+quiver_scale <- function(E, V, aspect) {
+  sf <- max(abs(E))
+  if (!is.finite(sf) || sf == 0) return(1)
+  p <- E[, 1:2, drop = FALSE] / sf
+  rng <- function(z) {
+    lo <- min(z)
+    hi <- max(z)
+    d <- hi - lo
+    (hi + 0.05 * d) - (lo - 0.05 * d)
+  }
+  rx <- rng(p[, 1L])
+  ry <- rng(p[, 2L])
+  if (rx == 0 || ry == 0) return(1)
+  ok <- is.finite(V[, 1L]) & is.finite(V[, 2L])
+  if (!any(ok)) return(1)
+  len <- sqrt((V[ok, 1L] / rx)^2 + (aspect * V[ok, 2L] / ry)^2)
+  1.8 * max(10, sqrt(nrow(V))) * mean(len) / sf
+}

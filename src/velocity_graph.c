@@ -1,0 +1,214 @@
+/* velocity_graph.c: scVelo's velocity graph (spec: tl.velocity_graph).
+ *
+ * For each cell i, the neighbourhood S_i = {i} + N(i) + N(N(i)) (n_recurse 2; r hops in
+ * general) of the kNN index (spec: get_iterative_indices), sorted ascending, and for every
+ * j in S_i the cosine of the centred displacement with the cell's centred velocity
+ * (spec: Per-cell cosines):
+ *
+ *   c_ij = sum_g (d_g - mean(d)) v_g / (|d - mean(d)| |v|),   d = x_j - x_i,
+ *
+ * computed in double from float32-rounded inputs and rounded to float32 at the end (spec:
+ * Precision and expected port tolerance). NaN (j = i, x_j = x_i) and exact zeros are not
+ * emitted (spec: Assembly: NaN -> 0 -> eliminated).
+ *
+ * The R side runs the cells in chunks (progress, interrupts); each chunk is one call that
+ * counts |S_i| for its cells, then fills them in parallel. The output of a chunk is the
+ * chunk's columns of t(graph) in CSC form: for cell i (a column) the sorted j and c_ij, so
+ * the result does not depend on the thread count.
+ */
+#include "scnative.h"
+
+/* Neighbourhood of cell i after `nrec` hops over nb (k x n, 0-based, -1 = absent), sorted
+ * ascending into out (capacity n); mark is an n-vector of stamps owned by the caller. */
+static int vg_neighbourhood(const int *nb, int k, int i, int nrec, int *mark, int stamp,
+                            int *out) {
+  int m = 0;
+  out[m++] = i;
+  mark[i] = stamp;
+  int lo = 0;
+  for (int r = 0; r < nrec; r++) {
+    int hi = m;
+    for (int a = lo; a < hi; a++) {
+      const int *row = nb + (ptrdiff_t)out[a] * k;
+      for (int b = 0; b < k; b++) {
+        int j = row[b];
+        if (j < 0 || mark[j] == stamp) continue;
+        mark[j] = stamp;
+        out[m++] = j;
+      }
+    }
+    lo = hi;
+  }
+  /* insertion sort is fine for the few hundred entries; keeps the kernel dependency-free */
+  for (int a = 1; a < m; a++) {
+    int v = out[a], b = a - 1;
+    while (b >= 0 && out[b] > v) {
+      out[b + 1] = out[b];
+      b--;
+    }
+    out[b + 1] = v;
+  }
+  return m;
+}
+
+static inline double vg_signed_sqrt(double x) { return x < 0 ? -sqrt(-x) : sqrt(x); }
+
+/* Cosines of cell i with every j of S (m entries). x, v: g x n float (column = cell), v
+ * already transformed and centred; vnorm = |v_i|. Writes c (NaN where undefined). */
+static void vg_cosines(const float *x, const float *v, int g, int i, const int *S, int m,
+                       int sqrt_dx, double vnorm, double *c) {
+  const float *xi = x + (ptrdiff_t)i * g, *vi = v + (ptrdiff_t)i * g;
+  for (int a = 0; a < m; a++) {
+    const float *xj = x + (ptrdiff_t)S[a] * g;
+    double sd = 0.0, sdd = 0.0, sdv = 0.0, sv = 0.0;
+    if (sqrt_dx) {
+      for (int q = 0; q < g; q++) {
+        double d = vg_signed_sqrt((double)xj[q] - (double)xi[q]);
+        sd += d;
+        sdd += d * d;
+        sdv += d * vi[q];
+        sv += vi[q];
+      }
+    } else {
+#pragma omp simd reduction(+ : sd, sdd, sdv, sv)
+      for (int q = 0; q < g; q++) {
+        double d = (double)xj[q] - (double)xi[q];
+        sd += d;
+        sdd += d * d;
+        sdv += d * vi[q];
+        sv += vi[q];
+      }
+    }
+    double mean = sd / g;
+    double num = sdv - mean * sv;
+    double den2 = sdd - mean * sd;
+    double den = den2 > 0 ? sqrt(den2) * vnorm : 0.0;
+    c[a] = den > 0 ? num / den : NAN;
+  }
+}
+
+/* scnative_velocity_graph(x, v, nb, nrec, sqrt_dx, from, to, threads)
+ * x, v: g x n double matrices (rounded to float32 here); v transformed and centred in R;
+ * nb: k x n integer (0-based, -1 absent); cells [from, to) (0-based). Returns
+ * list(p (to - from + 1), j (0-based), c). */
+SEXP scnative_velocity_graph(SEXP x_, SEXP v_, SEXP nb_, SEXP nrec_, SEXP sqrt_, SEXP from_,
+                             SEXP to_, SEXP threads_) {
+  if (!isReal(x_) || !isReal(v_) || !isInteger(nb_)) error(_("velocity_graph: bad argument types"));
+  int g = nrows(x_), n = ncols(x_), k = nrows(nb_);
+  int nrec = asInteger(nrec_), sqrt_dx = asLogical(sqrt_), from = asInteger(from_),
+      to = asInteger(to_);
+  if (nrows(v_) != g || ncols(v_) != n || ncols(nb_) != n || k < 1 || g < 1)
+    error(_("velocity_graph: inconsistent dimensions"));
+  if (nrec < 1 || nrec > 8 || from < 0 || to > n || from >= to)
+    error(_("velocity_graph: bad cell range or recursion depth"));
+  const int *nb = INTEGER(nb_);
+  for (R_xlen_t a = 0; a < XLENGTH(nb_); a++)
+    if (nb[a] < -1 || nb[a] >= n) error(_("velocity_graph: neighbour index out of range"));
+  int nc = to - from;
+  int nth = scn_threads_for(nc, asInteger(threads_));
+
+  /* float copies of the inputs (the float32 rounding of spec: Data) */
+  R_xlen_t gn = (R_xlen_t)g * n;
+  float *x = (float *)R_alloc(gn, sizeof(float));
+  float *v = (float *)R_alloc(gn, sizeof(float));
+  double *vnorm = (double *)R_alloc(n, sizeof(double));
+  const double *xd = REAL(x_), *vd = REAL(v_);
+  for (R_xlen_t a = 0; a < gn; a++) {
+    x[a] = (float)xd[a];
+    v[a] = (float)vd[a];
+  }
+  for (int i = 0; i < n; i++) {
+    double s = 0.0;
+    for (int q = 0; q < g; q++) s += (double)v[(ptrdiff_t)i * g + q] * v[(ptrdiff_t)i * g + q];
+    vnorm[i] = sqrt(s);
+  }
+
+  /* pass 1: neighbourhood sizes */
+  int *cnt = (int *)R_alloc(nc, sizeof(int));
+  int *marks = (int *)calloc((size_t)nth * n, sizeof(int));
+  int *bufs = (int *)malloc((size_t)nth * n * sizeof(int));
+  if (!marks || !bufs) {
+    free(marks);
+    free(bufs);
+    error(_("velocity_graph: out of memory"));
+  }
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 16)
+  for (int a = 0; a < nc; a++) {
+    int t = omp_get_thread_num();
+    int i = from + a;
+    cnt[a] = vnorm[i] > 0 ? vg_neighbourhood(nb, k, i, nrec, marks + (ptrdiff_t)t * n, a + 1,
+                                             bufs + (ptrdiff_t)t * n)
+                          : 0;
+  }
+  R_xlen_t total = 0;
+  SEXP p_ = PROTECT(allocVector(INTSXP, nc + 1));
+  int *p = INTEGER(p_);
+  /* offsets in a double-width running sum; the final CSC must fit R's int pointers */
+  R_xlen_t *off = (R_xlen_t *)R_alloc(nc + 1, sizeof(R_xlen_t));
+  off[0] = 0;
+  for (int a = 0; a < nc; a++) off[a + 1] = off[a] + cnt[a];
+  total = off[nc];
+  int *jj = (int *)malloc((size_t)(total > 0 ? total : 1) * sizeof(int));
+  double *cc = (double *)malloc((size_t)(total > 0 ? total : 1) * sizeof(double));
+  if (!jj || !cc) {
+    free(marks);
+    free(bufs);
+    free(jj);
+    free(cc);
+    UNPROTECT(1);
+    error(_("velocity_graph: out of memory (%.0f pairs)"), (double)total);
+  }
+  memset(marks, 0, (size_t)nth * n * sizeof(int));
+  /* pass 2: cosines, then drop NaN and zeros in place (per cell) */
+  int *kept = (int *)R_alloc(nc, sizeof(int));
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 16)
+  for (int a = 0; a < nc; a++) {
+    int t = omp_get_thread_num();
+    int i = from + a;
+    kept[a] = 0;
+    if (cnt[a] == 0) continue;
+    int *S = jj + off[a];
+    double *c = cc + off[a];
+    int m = vg_neighbourhood(nb, k, i, nrec, marks + (ptrdiff_t)t * n, a + 1, S);
+    vg_cosines(x, v, g, i, S, m, sqrt_dx, vnorm[i], c);
+    int w = 0;
+    for (int b = 0; b < m; b++) {
+      double cf = (double)(float)c[b];
+      if (ISNAN(cf) || cf == 0.0) continue;
+      S[w] = S[b];
+      c[w] = cf;
+      w++;
+    }
+    kept[a] = w;
+  }
+  free(marks);
+  free(bufs);
+  R_xlen_t nk = 0;
+  for (int a = 0; a < nc; a++) nk += kept[a];
+  if (nk > INT_MAX) {
+    free(jj);
+    free(cc);
+    UNPROTECT(1);
+    error(_("velocity_graph: more than 2^31 - 1 pairs in one chunk"));
+  }
+  SEXP j_ = PROTECT(allocVector(INTSXP, nk));
+  SEXP c_ = PROTECT(allocVector(REALSXP, nk));
+  int *jo = INTEGER(j_);
+  double *co = REAL(c_);
+  R_xlen_t w = 0;
+  p[0] = 0;
+  for (int a = 0; a < nc; a++) {
+    memcpy(jo + w, jj + off[a], (size_t)kept[a] * sizeof(int));
+    memcpy(co + w, cc + off[a], (size_t)kept[a] * sizeof(double));
+    w += kept[a];
+    p[a + 1] = (int)w;
+  }
+  free(jj);
+  free(cc);
+  SEXP out = PROTECT(allocVector(VECSXP, 3));
+  SET_VECTOR_ELT(out, 0, p_);
+  SET_VECTOR_ELT(out, 1, j_);
+  SET_VECTOR_ELT(out, 2, c_);
+  UNPROTECT(4);
+  return out;
+}

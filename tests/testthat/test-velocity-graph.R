@@ -1,0 +1,269 @@
+# velocity_graph(), transition_matrix(), velocity_embedding(), velocity_grid(): parity with
+# live scVelo (peers venv, same run) given the same Ms / velocity / kNN / embedding, an
+# independent check of the cosines, thread invariance, bad input.
+
+local({
+  old <- set_scnative_threads(min(2L, scnative_threads()))
+  withr::defer(set_scnative_threads(old), teardown_env())
+})
+
+vg_py_code <- "
+import numpy as _np, anndata as _ad, scipy.sparse as _sp, scvelo as _scv, warnings as _w
+_w.filterwarnings('ignore')
+_scv.settings.verbosity = 0
+
+def _vg_trip(m):
+    m = _sp.coo_matrix(m)
+    return {'i': m.row + 1, 'j': m.col + 1, 'x': m.data.astype(float), 'n': m.shape[0]}
+
+def _vg_sp(t):
+    return _sp.csr_matrix((_np.asarray(t['x'], dtype=float), (_np.asarray(t['i'], dtype=int) - 1,
+                          _np.asarray(t['j'], dtype=int) - 1)), shape=(int(t['n']), int(t['n'])))
+
+def vg_read(path):
+    a = _ad.read_h5ad(path)
+    return {'Ms': _np.asarray(a.layers['Ms'], dtype=float).T,
+            'V': _np.asarray(a.layers['velocity'], dtype=float).T,
+            'vgenes': [bool(x) for x in a.var['velocity_genes']],
+            'dist': _vg_trip(a.obsp['distances']),
+            'umap': _np.asarray(a.obsm['X_umap'], dtype=float),
+            'stored': _vg_trip(a.obsp['velocity_graph'] + a.obsp['velocity_graph_neg'])}
+
+def vg_upstream(Ms, V, vgenes, dist, umap):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from scvelo.plotting.velocity_embedding_grid import compute_velocity_on_grid
+    plt.rcdefaults()
+    Ms = _np.asarray(Ms, dtype=_np.float32).T.copy()
+    a = _ad.AnnData(X=Ms.copy())
+    a.layers['Ms'] = Ms
+    a.layers['velocity'] = _np.asarray(V, dtype=float).T.copy()
+    a.var['velocity_genes'] = _np.asarray(vgenes, dtype=bool)
+    D = _vg_sp(dist)
+    a.obsp['distances'] = D
+    a.obsp['connectivities'] = D.copy()
+    a.uns['neighbors'] = {'params': {'n_neighbors': 30, 'method': 'umap'},
+                          'connectivities_key': 'connectivities', 'distances_key': 'distances'}
+    a.uns['velocity_params'] = {'mode': 'dynamical'}
+    _scv.tl.velocity_graph(a)
+    out = {'graph': _vg_trip(a.uns['velocity_graph']), 'neg': _vg_trip(a.uns['velocity_graph_neg']),
+           'self': _np.asarray(a.obs['velocity_self_transition'], dtype=float)}
+    out['T'] = _vg_trip(_scv.tl.transition_matrix(a))
+    out['Tb'] = _vg_trip(_scv.tl.transition_matrix(a, backward=True, self_transitions=False))
+    out['Tn'] = _vg_trip(_scv.tl.transition_matrix(a, use_negative_cosines=True))
+    out['Tp'] = _vg_trip(_scv.tl.transition_matrix(a, perc=50))
+    E = _np.asarray(umap, dtype=_np.float32)
+    a.obsm['X_umap'] = E
+    _scv.tl.velocity_embedding(a, basis='umap')
+    vu = _np.asarray(a.obsm['velocity_umap'], dtype=float)
+    out['vumap'] = vu
+    X, Vg = compute_velocity_on_grid(E, vu, autoscale=True)
+    out['grid_x'] = _np.asarray(X, dtype=float)
+    out['grid_v'] = _np.asarray(Vg, dtype=float)
+    X, Vg = compute_velocity_on_grid(E, vu, density=1, autoscale=False, adjust_for_stream=True)
+    out['st_x'] = _np.asarray(X[0], dtype=float)
+    out['st_y'] = _np.asarray(X[1], dtype=float)
+    out['st_u'] = _np.asarray(Vg[0], dtype=float)
+    out['st_v'] = _np.asarray(Vg[1], dtype=float)
+    return out
+"
+
+vg_py <- function() {
+  use_peers()
+  if (!reticulate::py_has_attr(reticulate::py, "vg_upstream")) {
+    reticulate::py_run_string(vg_py_code, local = FALSE)
+  }
+  reticulate::py
+}
+
+trip_matrix <- function(t) {
+  Matrix::sparseMatrix(i = as.integer(t$i), j = as.integer(t$j), x = as.vector(t$x),
+                       dims = c(as.integer(t$n), as.integer(t$n)))
+}
+as_trip <- function(M) {
+  s <- Matrix::summary(methods::as(M, "CsparseMatrix"))
+  list(i = s$i, j = s$j, x = s$x, n = nrow(M))
+}
+
+as_f32_ref <- function(x) {
+  # float32 rounding through R's own single-precision conversion of writeBin
+  d <- dim(x)
+  out <- readBin(writeBin(as.vector(x), raw(), size = 4), "double", n = length(x), size = 4)
+  dim(out) <- d
+  out
+}
+
+# The bundled pancreas cells through our moments/recover_dynamics/velocity, a float32
+# embedding without duplicated points (kNN ties at the grid would be resolved differently).
+vg_fixture <- local({
+  cache <- NULL
+  function() {
+    if (is.null(cache)) {
+      x <- readRDS(system.file("extdata", "pancreas_velocity.rds", package = "scnative"))
+      m <- moments(x$spliced, x$unspliced)
+      fit <- recover_dynamics(m$Ms, m$Mu, connectivities = m$connectivities, progress = FALSE)
+      v <- velocity(fit, m$Ms, m$Mu)
+      E <- prcomp(t(log1p(m$Ms)))$x[, 1:2]
+      E <- scnative:::as_f32(E + 1e-3 * sin(outer(seq_len(nrow(E)), c(1.3, 2.1))))
+      cache <<- list(m = m, v = v, E = E, clusters = x$clusters)
+    }
+    cache
+  }
+})
+
+# Upstream on one input set, every output compared by the caller.
+vg_compare <- function(Ms, V, vgenes, dist, E) {
+  py <- vg_py()
+  up <- py$vg_upstream(Ms, V, vgenes, as_trip(dist), E)
+  vg <- velocity_graph(V, Ms, dist, velocity_genes = vgenes)
+  mine <- vg$graph + vg$graph_neg
+  theirs <- trip_matrix(up$graph) + trip_matrix(up$neg)
+  # same sparsity pattern, values within 1e-6 (float32 upstream)
+  expect_identical(length(vg$graph@x), length(up$graph$x))
+  expect_identical(length(vg$graph_neg@x), length(up$neg$x))
+  expect_identical(Matrix::which(mine != 0), Matrix::which(theirs != 0))
+  expect_lt(max(abs(mine - theirs)), 1e-6)
+  expect_lt(max(abs(vg$self_transition - as.vector(up$self))), 1e-6)
+  rel <- function(a, b) max(abs(a - b)) / max(abs(b))
+  tm <- list(T = transition_matrix(vg),
+             Tb = transition_matrix(vg, backward = TRUE, self_transitions = FALSE),
+             Tn = transition_matrix(vg, use_negative_cosines = TRUE),
+             Tp = transition_matrix(vg, perc = 50))
+  for (nm in names(tm)) {
+    ref <- trip_matrix(up[[nm]])
+    expect_identical(length(tm[[nm]]@x), length(ref@x), label = nm)
+    expect_lt(rel(tm[[nm]], ref), 1e-5, label = nm)
+  }
+  ve <- velocity_embedding(vg, E)
+  expect_lt(rel(ve, up$vumap), 1e-5)
+  expect_gt(min(diag(stats::cor(ve, up$vumap))), 0.999)
+  g <- velocity_grid(E, up$vumap)
+  expect_identical(dim(g$x), dim(up$grid_x))
+  expect_lt(max(abs(g$x - up$grid_x)), 1e-6 * max(abs(E)))
+  expect_lt(rel(g$v, up$grid_v), 1e-5)
+  expect_gt(min(diag(stats::cor(g$v, up$grid_v))), 0.999)
+  s <- velocity_grid(E, up$vumap, adjust_for_stream = TRUE)
+  expect_lt(max(abs(s$x - up$st_x)), 1e-6 * max(abs(E)))
+  expect_lt(max(abs(s$y - up$st_y)), 1e-6 * max(abs(E)))
+  # the cut-off mask may flip at borderline points only
+  expect_lte(sum(is.na(s$u) != is.nan(up$st_u)), 2)
+  both <- !is.na(s$u) & !is.nan(up$st_u)
+  expect_lt(max(abs(s$u[both] - up$st_u[both])) / max(abs(up$st_u[both])), 1e-5)
+  expect_lt(rel(s$v, up$st_v), 1e-5)
+  invisible(vg)
+}
+
+test_that("velocity graph, transition matrices, embedding and grids match scVelo (pancreas, 739 cells)", {
+  f <- vg_fixture()
+  vg_compare(f$m$Ms, f$v$velocity, f$v$var$velocity_genes, f$m$distances, f$E)
+})
+
+test_that("... and on the CellRank golden files (upstream's own velocity and kNN)", {
+  py <- vg_py()
+  for (n in c(50, 100)) {
+    d <- py$vg_read(shared_file("velocity", sprintf("cellrank_golden_adata_%d.h5ad", n)))
+    dist <- trip_matrix(d$dist)
+    vg <- vg_compare(d$Ms, d$V, unlist(d$vgenes), dist, d$umap)
+    # the stored cosines (scVelo ~0.2.4, another neighbour graph: values only, spec 1.10)
+    st <- trip_matrix(d$stored)
+    mine <- vg$graph + vg$graph_neg
+    common <- Matrix::which(st != 0 & mine != 0)
+    expect_gt(length(common), 0.5 * sum(st != 0))
+    expect_lt(max(abs(mine[common] - st[common])), 1e-6)
+  }
+})
+
+test_that("velocity_graph(): independent cosines, thread invariance, options", {
+  sim <- simulate_velocity(n_obs = 120, n_vars = 8, random_seed = 3)
+  m <- moments(sim$spliced, sim$unspliced, n_neighbors = 8, normalize = FALSE)
+  fit <- recover_dynamics(m$Ms, m$Mu, var_names = "all", progress = FALSE)
+  v <- velocity(fit, m$Ms, m$Mu)
+  keep <- rep(TRUE, 8)
+  vg1 <- velocity_graph(v, m$Ms, m$distances, velocity_genes = keep, threads = 1)
+  vg2 <- velocity_graph(v, m$Ms, m$distances, velocity_genes = keep, threads = 2)
+  expect_identical(vg1, vg2)
+  # the spec's formula by hand: 2-hop neighbourhoods of the 7-NN, Pearson of displacement
+  # and velocity over the fitted genes
+  ok <- !apply(is.na(v$velocity), 1, any)
+  X <- as_f32_ref(m$Ms[ok, ])
+  V <- as_f32_ref(v$velocity[ok, ])
+  V <- sweep(V, 2, colMeans(V))
+  D <- as.matrix(m$distances) > 0
+  G <- vg1$graph + vg1$graph_neg
+  for (i in c(1, 17, 60, 120)) {
+    n1 <- which(D[i, ])
+    S <- sort(unique(c(i, n1, unlist(lapply(n1, function(j) which(D[j, ]))))))
+    S <- setdiff(S, i)
+    ref <- vapply(S, function(j) stats::cor(X[, j] - X[, i], V[, i]), 0)
+    expect_equal(as.vector(G[i, S]), ref, tolerance = 1e-6)
+    expect_true(all(G[i, -S] == 0))
+  }
+  # one recursion: only the direct neighbours
+  vr <- velocity_graph(v, m$Ms, m$distances, velocity_genes = keep, n_recurse_neighbors = 1)
+  expect_true(all(as.matrix((vr$graph + vr$graph_neg) != 0) <= D))
+  expect_lt(length(vr$graph@x), length(vg1$graph@x))
+  # rows of the transition matrix sum to one; backward = transposed kernel
+  T <- transition_matrix(vg1)
+  expect_equal(unname(Matrix::rowSums(T)), rep(1, 120), tolerance = 1e-12)
+  Tb <- transition_matrix(vg1, backward = TRUE, self_transitions = FALSE)
+  C <- as.matrix(vg1$graph + vg1$graph_neg)
+  K <- t(exp(10 * C) * (C != 0))
+  rs <- rowSums(K)
+  expect_true(any(rs == 0)) # cells nobody reaches: empty rows stay empty
+  rs[rs == 0] <- 1
+  expect_equal(unname(as.matrix(Tb)), unname(K / rs), tolerance = 1e-12)
+  # embedding without autoscale: the projection by hand for one cell
+  E <- prcomp(t(m$Ms))$x[, 1:2]
+  ve <- velocity_embedding(vg1, E, autoscale = FALSE)
+  Tn <- transition_matrix(vg1, use_negative_cosines = TRUE)
+  i <- 5
+  js <- setdiff(which(Tn[i, ] != 0), i)
+  d <- sweep(E[js, , drop = FALSE], 2, E[i, ])
+  d <- d / sqrt(rowSums(d^2))
+  p <- Tn[i, js]
+  expect_equal(unname(ve[i, ]), unname(colSums(p * d) - mean(p) * colSums(d)), tolerance = 1e-10)
+  expect_identical(attr(ve, "scale"), 1)
+  expect_output(print(vg1), "scnative_velocity_graph")
+})
+
+test_that("velocity_graph() and friends reject bad input with clear errors", {
+  sim <- simulate_velocity(n_obs = 60, n_vars = 4, random_seed = 2)
+  m <- moments(sim$spliced, sim$unspliced, n_neighbors = 6, normalize = FALSE)
+  fit <- recover_dynamics(m$Ms, m$Mu, var_names = "all", progress = FALSE)
+  v <- velocity(fit, m$Ms, m$Mu)
+  Ms0 <- m$Ms
+  expect_error(velocity_graph(v, m$Ms), "'distances' is missing")
+  expect_error(velocity_graph(v, m$Ms[, -1], m$distances, velocity_genes = rep(TRUE, 4)), "'Ms'")
+  expect_error(velocity_graph(v, m$Ms, m$distances[-1, ], velocity_genes = rep(TRUE, 4)),
+               "'distances' must be 60 x 60")
+  expect_error(velocity_graph(v, m$Ms, m$distances, velocity_genes = c(TRUE, FALSE)),
+               "'velocity_genes'")
+  expect_error(velocity_graph(v, m$Ms, m$distances, velocity_genes = c(TRUE, rep(FALSE, 3))),
+               "too few velocity genes")
+  expect_error(velocity_graph(v, m$Ms, m$distances, velocity_genes = "nope"), "unknown gene")
+  expect_error(velocity_graph(v, m$Ms, m$distances, n_recurse_neighbors = 0), "n_recurse_neighbors")
+  bad <- m$distances
+  bad[3, ] <- 0
+  expect_error(velocity_graph(v, m$Ms, Matrix::drop0(bad), velocity_genes = rep(TRUE, 4)),
+               "cell 3 has none")
+  broken <- m$distances
+  broken@p[length(broken@p)] <- broken@p[length(broken@p)] + 5L
+  expect_error(velocity_graph(v, m$Ms, broken, velocity_genes = rep(TRUE, 4)),
+               "'distances' is not a valid sparse matrix")
+  expect_error(velocity_graph("a", m$Ms, m$distances), "'x' must be")
+  expect_identical(m$Ms, Ms0)
+  vg <- velocity_graph(v, m$Ms, m$distances, velocity_genes = rep(TRUE, 4))
+  expect_error(transition_matrix(list()), "scnative_velocity_graph")
+  expect_error(transition_matrix(vg, scale = -1), "'scale'")
+  mal <- vg
+  mal$graph_neg <- mal$graph_neg[-1, ]
+  expect_error(transition_matrix(mal), "graph_neg")
+  expect_error(velocity_embedding(vg, matrix(0, 10, 2)), "'embedding' must have 60 rows")
+  E <- matrix(stats::rnorm(120), 60, 2)
+  E[4, 1] <- NA
+  expect_error(velocity_embedding(vg, E), "NA")
+  expect_error(velocity_grid(matrix(stats::rnorm(120), 60, 2), matrix(0, 5, 2)), "'V'")
+  expect_error(velocity_grid(matrix(stats::rnorm(120), 60, 2), matrix(0, 60, 2), density = 0),
+               "'density'")
+})
