@@ -20,22 +20,6 @@ sv_scale <- function(x) {
   x
 }
 
-# Square general dgCMatrix (cells x cells) with finite values, dimnames kept.
-as_cell_graph <- function(x, arg, n = NULL) {
-  check_valid_matrix(x, arg)
-  if (!(is.matrix(x) && is.numeric(x)) && !methods::is(x, "Matrix")) {
-    stopf("'%s' must be a numeric matrix or a Matrix (dgCMatrix), not %s", arg, class(x)[1L])
-  }
-  if (nrow(x) != ncol(x)) stopf("'%s' must be square (cells x cells), not %d x %d", arg,
-                                nrow(x), ncol(x))
-  if (!is.null(n) && nrow(x) != n) {
-    stopf("'%s' must be %d x %d (cells x cells), not %d x %d", arg, n, n, nrow(x), ncol(x))
-  }
-  x <- methods::as(methods::as(methods::as(x, "CsparseMatrix"), "generalMatrix"), "dMatrix")
-  if (anyNA(x@x) || any(is.infinite(x@x))) stopf("'%s' contains NA or infinite values", arg)
-  x
-}
-
 # scVelo's get_connectivities() (spec 0.4): (G > 0) with a unit diagonal, rows divided by
 # their counts, weights rounded to float32.
 cell_average <- function(G) {
@@ -236,20 +220,6 @@ resolve_root <- function(root, arg, C_conn, cells) {
 
 # ------------------------------------------------------------------ public API
 
-graph_cells <- function(x) {
-  dn <- dimnames(x$graph)
-  dn[[1L]] %||% dn[[2L]]
-}
-
-check_velocity_graph <- function(x) {
-  if (!inherits(x, "scnative_velocity_graph") || !is.list(x) || is.null(x$graph)) {
-    stopf("'x' must be a velocity graph (the result of velocity_graph()), not %s", class(x)[1L])
-  }
-  G <- as_cell_graph(x$graph, "x$graph")
-  Gn <- if (is.null(x$graph_neg)) NULL else as_cell_graph(x$graph_neg, "x$graph_neg", nrow(G))
-  list(graph = G, graph_neg = Gn, n = nrow(G), cells = graph_cells(x))
-}
-
 #' Terminal states: root cells and end points of the velocity-inferred Markov chain
 #'
 #' Native `scvelo.tl.terminal_states()` (scVelo 0.3.4). Root cells are stationary states of
@@ -305,9 +275,9 @@ check_velocity_graph <- function(x) {
 #' @export
 terminal_states <- function(x, distances, eps = 1e-3, self_transitions = FALSE, Ms = NULL,
                             gene_count_corr = NULL, threads = NULL, ...) {
-  g <- check_velocity_graph(x)
+  g <- validate_velocity_graph(x)
   if (missing(distances)) stopf("'distances' is missing")
-  D <- as_cell_graph(distances, "distances", g$n)
+  D <- as_cell_graph(distances, g$n, "distances")
   check_number(eps, "eps", min = 0, max = 1)
   if (eps >= 1) stopf("'eps' must be less than 1")
   check_flag(self_transitions, "self_transitions")
@@ -315,8 +285,8 @@ terminal_states <- function(x, distances, eps = 1e-3, self_transitions = FALSE, 
   vr <- check_verify_inputs(Ms, gene_count_corr, g$n)
   Tb <- transition_matrix(x, backward = TRUE, self_transitions = self_transitions, ...)
   Tf <- transition_matrix(x, backward = FALSE, self_transitions = self_transitions, ...)
-  res <- terminal_scores(as_cell_graph(Tb, "transition_matrix(x)", g$n),
-                         as_cell_graph(Tf, "transition_matrix(x)", g$n), cell_average(D),
+  res <- terminal_scores(as_cell_graph(Tb, g$n, "transition_matrix(x)"),
+                         as_cell_graph(Tf, g$n, "transition_matrix(x)"), cell_average(D),
                          eps = eps, Ms = vr$Ms, gcc = vr$gcc, threads = nth)
   names(res$root_cells) <- names(res$end_points) <- g$cells
   structure(res, class = "scnative_terminal_states")
@@ -395,9 +365,9 @@ as.data.frame.scnative_terminal_states <- function(x, ...) {
 #' @export
 velocity_pseudotime <- function(x, connectivities, root = NULL, end = NULL, distances = NULL,
                                 n_dcs = 10, threads = NULL) {
-  g <- check_velocity_graph(x)
+  g <- validate_velocity_graph(x)
   if (missing(connectivities)) stopf("'connectivities' is missing")
-  Cg <- as_cell_graph(connectivities, "connectivities", g$n)
+  Cg <- as_cell_graph(connectivities, g$n, "connectivities")
   check_number(n_dcs, "n_dcs", min = 1, whole = TRUE)
   nth <- resolve_threads(threads)
   if (is.null(root)) {
@@ -411,8 +381,7 @@ velocity_pseudotime <- function(x, connectivities, root = NULL, end = NULL, dist
   C_conn <- cell_average(Cg)
   iroot <- resolve_root(root, "root", C_conn, g$cells)
   iend <- resolve_root(end, "end", C_conn, g$cells)
-  A <- abs(g$graph)
-  if (!is.null(g$graph_neg)) A <- A + abs(g$graph_neg)
+  A <- abs(g$graph) + abs(g$graph_neg)
   K <- vpt_operator(A)
   k <- as.integer(min(g$n - 1L, n_dcs))
   if (k < 1L) stopf("velocity_pseudotime() needs at least 2 cells")
