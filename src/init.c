@@ -59,7 +59,7 @@ SEXP scnative_velocity_graph(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 
 
 /* terminal states, velocity pseudotime (sparse eigen solver): declarations */
-SEXP scnative_eigs(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_eigs(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 SEXP scnative_components(SEXP, SEXP, SEXP);
 /* end terminal states declarations */
 
@@ -125,7 +125,7 @@ static const R_CallMethodDef callMethods[] = {
 
 
     /* terminal states table */
-    CALLDEF(scnative_eigs, 11),
+    CALLDEF(scnative_eigs, 12),
     CALLDEF(scnative_components, 3),
     /* end terminal states table */
 

@@ -10,7 +10,8 @@
  * (dtrexc), a truncation to the leading Schur vectors, and a restart. Given the same start
  * vector (numpy's MT19937 seed 0 rand(n), made on the R side) every run is identical and
  * independent of the thread count: the only parallel part is the matrix-vector product,
- * one output entry per iteration.
+ * one output entry per iteration, and only for graphs with millions of stored entries (the R
+ * side's `grain`: one parallel region per product costs more than it saves below that).
  *
  * The operator is y = M' x for a dgCMatrix M (column j of M dotted with x), so eigenvectors
  * of M' (the left eigenvectors of a transition matrix M) need no transposed copy, and a
@@ -310,18 +311,20 @@ static int krylov_schur(const csc_op *A, int nev, int m, int which, int sym, con
   return nconv;
 }
 
-/* R: .Call(C_scnative_eigs, p, i, x, v0, nev, ncv, which, sym, tol, maxit, threads)
- * for a validated square dgCMatrix M (slots p, i, x; n = length(v0)) ->
+/* R: .Call(C_scnative_eigs, p, i, x, v0, nev, ncv, which, sym, tol, maxit, threads, grain)
+ * for a validated square dgCMatrix M (slots p, i, x; n = length(v0)); grain: stored entries
+ * per thread below which the product stays serial (a parallel region per product costs more
+ * than it saves on small graphs, far more on a busy machine) ->
  * list(values_re, values_im, vectors (n x nev), nconv, iterations). */
 SEXP scnative_eigs(SEXP p_, SEXP i_, SEXP x_, SEXP v0_, SEXP nev_, SEXP ncv_, SEXP which_,
-                   SEXP sym_, SEXP tol_, SEXP maxit_, SEXP threads_) {
+                   SEXP sym_, SEXP tol_, SEXP maxit_, SEXP threads_, SEXP grain_) {
   if (!isInteger(p_) || !isInteger(i_) || !isReal(x_) || !isReal(v0_)) {
     error(_("'%s' must be the integer/double slots of a dgCMatrix and a double vector"), "M");
   }
   const int n = LENGTH(v0_);
   const int nev = asInteger(nev_), m = asInteger(ncv_), which = asInteger(which_);
   const int sym = asLogical(sym_), maxit = asInteger(maxit_), nth_req = asInteger(threads_);
-  const double tol = asReal(tol_);
+  const double tol = asReal(tol_), grain = asReal(grain_);
   if (LENGTH(p_) != n + 1) error(_("'%s' must have %d column pointers"), "M", n + 1);
   const int *P = INTEGER(p_), *I = INTEGER(i_);
   if (P[0] != 0 || P[n] != LENGTH(i_) || LENGTH(x_) != LENGTH(i_)) {
@@ -334,10 +337,11 @@ SEXP scnative_eigs(SEXP p_, SEXP i_, SEXP x_, SEXP v0_, SEXP nev_, SEXP ncv_, SE
     if (I[k] < 0 || I[k] >= n) error(_("'%s' has a row index out of range"), "M");
   }
   if (n < 3 || m < 2 || m > n - 1 || nev < 1 || nev > m - 2 || (which != 0 && which != 1) ||
-      sym == NA_LOGICAL || !(tol > 0) || maxit < 1) {
+      sym == NA_LOGICAL || !(tol > 0) || maxit < 1 || !(grain >= 1)) {
     error(_("invalid eigen solver settings (n %d, nev %d, ncv %d)"), n, nev, m);
   }
-  csc_op A = {n, P, I, REAL(x_), scn_threads_for((R_xlen_t)LENGTH(i_) / 4096 + 1, nth_req)};
+  csc_op A = {n, P, I, REAL(x_),
+              scn_threads_for((R_xlen_t)(LENGTH(i_) / grain) + 1, nth_req)};
 
   const int lwork = 8 * m + 64;
   double *V = (double *)R_alloc((size_t)n * (m + 1), sizeof(double));

@@ -173,8 +173,8 @@ test_that("numpy's legacy rand() start vector and the solver against LAPACK", {
   }
   expect_equal(crossprod(es$vectors), diag(10), tolerance = 1e-10)
   # same vectors with 1 and 2 threads (the product is parallel over columns)
-  e1 <- scnative:::sparse_eigs(M, 10, "LR", threads = 1)
-  e2 <- scnative:::sparse_eigs(M, 10, "LR", threads = 2)
+  e1 <- scnative:::sparse_eigs(M, 10, "LR", threads = 1, grain = 1)
+  e2 <- scnative:::sparse_eigs(M, 10, "LR", threads = 2, grain = 1)
   expect_identical(e1$vectors, e2$vectors)
   expect_identical(e1$values, e2$values)
 })
