@@ -120,7 +120,11 @@ terminal_score <- function(C, E) {
 
 # spec: verify_roots and the plasticity score. Ms genes x cells; gcc per gene.
 verify_roots <- function(roots, Ms, gcc) {
-  top <- order(gcc, decreasing = TRUE, na.last = FALSE)[seq_len(min(200L, length(gcc)))]
+  # upstream: argsort reversed, so NaN first and, among ties (values are rounded to 4
+  # decimals), the later gene first as a reversed stable sort gives (numpy's own tie order
+  # depends on its sort kernel)
+  top <- order(gcc, seq_along(gcc), decreasing = TRUE, na.last = FALSE)
+  top <- top[seq_len(min(200L, length(gcc)))]
   M <- Ms[top, , drop = FALSE]
   p <- sv_scale(colMeans(M / apply(M, 1L, max)))
   p_ub <- !is.na(p) & p > 0.5
