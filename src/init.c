@@ -63,6 +63,12 @@ SEXP scnative_streamlines(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, 
 /* end streamplot declarations */
 
 
+/* terminal states, velocity pseudotime (sparse eigen solver): declarations */
+SEXP scnative_eigs(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_components(SEXP, SEXP, SEXP);
+/* end terminal states declarations */
+
+
 /* spatial extras (simulation): declarations */
 /* end spatial extras declarations */
 
@@ -126,6 +132,12 @@ static const R_CallMethodDef callMethods[] = {
     /* streamplot table */
     CALLDEF(scnative_streamlines, 10),
     /* end streamplot table */
+
+
+    /* terminal states table */
+    CALLDEF(scnative_eigs, 12),
+    CALLDEF(scnative_components, 3),
+    /* end terminal states table */
 
 
     /* spatial extras table */
