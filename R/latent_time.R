@@ -114,7 +114,7 @@ stop_dots <- function(...) {
   if (...length()) {
     unsup <- intersect(names(list(...)), c("weight_diffusion", "min_corr_diffusion"))
     if (length(unsup)) {
-      stopf("'%s' is not supported: it needs the velocity pseudotime, which scnative does not compute yet",
+      stopf("'%s' is not supported by latent_time() yet (it mixes in velocity_pseudotime())",
             unsup[1L])
     }
     nm <- names(list(...))
@@ -193,13 +193,15 @@ lt_flagged <- function(sc, ord, what) {
 #' @section Not supported: upstream's `weight_diffusion` and `min_corr_diffusion` mix in
 #'   the velocity pseudotime (`tl.velocity_pseudotime`), which scnative does not compute
 #'   (yet); without them (upstream's default) the pseudotime upstream computes as a side
-#'   effect does not enter the latent time. Root cells are not inferred (`tl.terminal_states`):
-#'   give them.
+#'   effect does not enter the latent time. Root cells are not inferred here: give
+#'   [terminal_states()]'s result (upstream's default, `root_key = "root_cells"` from
+#'   `tl.terminal_states`) or your own.
 #'
 #' @param x An `scnative_dynamics` fit of [recover_dynamics()] (uses `x$layers$fit_t`,
 #'   `x$var$fit_likelihood` and, by default, `x$connectivities`), or (default method) the
 #'   genes x cells matrix of gene times `fit_t` (`NA` rows for unfitted genes).
-#' @param root_cells Either numeric (or logical) per-cell root scores, one per cell (as
+#' @param root_cells The result of [terminal_states()] (its `root_cells` are used), or
+#'   numeric (or logical) per-cell root scores, one per cell (as
 #'   scVelo's `obs["root_cells"]` from `tl.terminal_states`, in \[0, 1\]; named vectors are
 #'   matched to the cell names; `NA` counts as 0): the cells scoring above `1 - 1e-3` are the
 #'   roots (if none, a warning and the 4 cells with the smallest summed gene time); or a
@@ -286,8 +288,10 @@ latent_time.default <- function(x, root_cells, end_points = NULL, connectivities
 lt_run <- function(fit_t, lik, conn, connectivities, root_cells, end_points, min_likelihood,
                    min_confidence, t_max) {
   if (missing(root_cells)) {
-    stopf("'root_cells' is missing: give per-cell root scores (as scVelo's terminal_states() root_cells) or one root cell")
+    stopf("'root_cells' is missing: give terminal_states()'s result, per-cell root scores or one root cell")
   }
+  if (inherits(root_cells, "scnative_terminal_states")) root_cells <- root_cells$root_cells
+  if (inherits(end_points, "scnative_terminal_states")) end_points <- end_points$end_points
   if (is.data.frame(fit_t)) fit_t <- as.matrix(fit_t)
   if (inherits(fit_t, "Matrix")) {
     check_valid_matrix(fit_t, "x")

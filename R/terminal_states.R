@@ -9,31 +9,6 @@ np_legacy_rand <- function(n, seed = 0) {
   .Call(C_scnative_velocity_mt, as.double(seed), as.double(n), 2L)
 }
 
-# scVelo's scale(): over the finite entries, x - min, then divided by the new max unless 0.
-sv_scale <- function(x) {
-  ok <- is.finite(x)
-  if (any(ok)) {
-    x <- x - min(x[ok])
-    mx <- max(x[ok])
-    if (mx != 0) x <- x / mx
-  }
-  x
-}
-
-# scVelo's get_connectivities() (spec 0.4): (G > 0) with a unit diagonal, rows divided by
-# their counts, weights rounded to float32.
-cell_average <- function(G) {
-  C <- G
-  C@x <- as.double(C@x > 0)
-  C <- Matrix::drop0(C)
-  diag(C) <- 1
-  cnt <- Matrix::rowSums(C)
-  C <- Matrix::Diagonal(x = 1 / cnt) %*% C
-  C <- methods::as(C, "CsparseMatrix")
-  C@x <- as_f32(C@x)
-  C
-}
-
 # Unit-norm vectors, the entry of largest modulus real positive; real parts kept (as upstream).
 fix_phase <- function(V) {
   if (!ncol(V)) return(matrix(0, nrow(V), 0))
@@ -281,7 +256,11 @@ resolve_root <- function(root, arg, C_conn, cells) {
 #' ts <- terminal_states(vg, Matrix::Matrix(d, sparse = TRUE))
 #' which.max(ts$root_cells); which.max(ts$end_points)
 #' @export
-terminal_states <- function(x, distances, eps = 1e-3, self_transitions = FALSE, Ms = NULL,
+terminal_states <- function(x, ...) UseMethod("terminal_states")
+
+#' @rdname terminal_states
+#' @export
+terminal_states.default <- function(x, distances, eps = 1e-3, self_transitions = FALSE, Ms = NULL,
                             gene_count_corr = NULL, threads = NULL, ...) {
   g <- validate_velocity_graph(x)
   if (missing(distances)) stopf("'distances' is missing")
@@ -294,7 +273,7 @@ terminal_states <- function(x, distances, eps = 1e-3, self_transitions = FALSE, 
   Tb <- transition_matrix(x, backward = TRUE, self_transitions = self_transitions, ...)
   Tf <- transition_matrix(x, backward = FALSE, self_transitions = self_transitions, ...)
   res <- terminal_scores(as_cell_graph(Tb, g$n, "transition_matrix(x)"),
-                         as_cell_graph(Tf, g$n, "transition_matrix(x)"), cell_average(D),
+                         as_cell_graph(Tf, g$n, "transition_matrix(x)"), normalise_connectivities(D, g$n),
                          eps = eps, Ms = vr$Ms, gcc = vr$gcc, threads = nth)
   names(res$root_cells) <- names(res$end_points) <- g$cells
   structure(res, class = "scnative_terminal_states")
@@ -371,8 +350,13 @@ as.data.frame.scnative_terminal_states <- function(x, ...) {
 #' pt <- velocity_pseudotime(vg, conn, root = 1)
 #' round(head(pt), 3)
 #' @export
-velocity_pseudotime <- function(x, connectivities, root = NULL, end = NULL, distances = NULL,
-                                n_dcs = 10, threads = NULL) {
+velocity_pseudotime <- function(x, ...) UseMethod("velocity_pseudotime")
+
+#' @rdname velocity_pseudotime
+#' @param ... Passed to methods.
+#' @export
+velocity_pseudotime.default <- function(x, connectivities, root = NULL, end = NULL,
+                                        distances = NULL, n_dcs = 10, threads = NULL, ...) {
   g <- validate_velocity_graph(x)
   if (missing(connectivities)) stopf("'connectivities' is missing")
   Cg <- as_cell_graph(connectivities, g$n, "connectivities")
@@ -382,11 +366,11 @@ velocity_pseudotime <- function(x, connectivities, root = NULL, end = NULL, dist
     if (is.null(distances)) {
       stopf("'distances' is needed to find the root cells when 'root' is NULL")
     }
-    ts <- terminal_states(x, distances, threads = nth)
+    ts <- terminal_states.default(x, distances, threads = nth)
     root <- ts$root_cells
     if (is.null(end)) end <- ts$end_points
   }
-  C_conn <- cell_average(Cg)
+  C_conn <- normalise_connectivities(Cg, g$n)
   iroot <- resolve_root(root, "root", C_conn, g$cells)
   iend <- resolve_root(end, "end", C_conn, g$cells)
   A <- abs(g$graph) + abs(g$graph_neg)

@@ -210,59 +210,6 @@ velocity_graph.default <- function(x, Ms, distances, velocity_genes = NULL,
             class = "scnative_velocity_graph")
 }
 
-#' @rdname velocity_graph
-#' @param velocity Object methods: name of the velocity assay ([velocity()] stores
-#'   `"velocity"`).
-#' @param graph_name Object methods: name under which the graph is stored (positive
-#'   cosines; the negative ones under `"<graph_name>_neg"`).
-#' @details Object methods read the velocity assay, `Ms`, the `velocity_genes` feature
-#'   column and the kNN graph `distances` (default `"scnative_distances"`, stored by
-#'   [moments()]; a Seurat `FindNeighbors()` graph such as `"RNA_nn"` also works) and store
-#'   the graph in `Graphs()` (Seurat) / `colPairs` (SCE), the self-transitions in the cell
-#'   metadata (`velocity_self_transition`) and the genes and settings in `Misc()` /
-#'   `metadata()` under `graph_name`.
-#' @export
-velocity_graph.Seurat <- function(x, Ms = "Ms", distances = "scnative_distances",
-                                  velocity = "velocity", graph_name = "velocity_graph", ...) {
-  velocity_graph_object(x, Ms, distances, velocity, graph_name, ...)
-}
-
-#' @rdname velocity_graph
-#' @export
-velocity_graph.SingleCellExperiment <- function(x, Ms = "Ms", distances = "scnative_distances",
-                                                velocity = "velocity",
-                                                graph_name = "velocity_graph", ...) {
-  velocity_graph_object(x, Ms, distances, velocity, graph_name, ...)
-}
-
-velocity_graph_object <- function(object, Ms, distances, velocity, graph_name, ...) {
-  obj_check_names(object, Ms = Ms, distances = distances, velocity = velocity,
-                  graph_name = graph_name)
-  V <- as.matrix(obj_matrix(object, velocity, arg = "velocity"))
-  S <- as.matrix(obj_matrix(object, Ms, arg = "Ms"))
-  ms_assay <- if (is_seurat(object) && Ms %in% SeuratObject::Assays(object)) Ms else NULL
-  fm <- obj_feature_meta(object, assay = ms_assay)
-  dots <- list(...)
-  if (is.null(dots$velocity_genes)) {
-    if (!"velocity_genes" %in% names(fm)) {
-      stopf("the object has no 'velocity_genes' feature column; run velocity() on it first")
-    }
-    vgenes <- fm$velocity_genes[match(rownames(V), rownames(fm))]
-    dots$velocity_genes <- !is.na(vgenes) & vgenes
-  }
-  D <- obj_graph(object, distances)
-  g <- do.call(velocity_graph.default, c(list(V, S, D), dots))
-  cells <- colnames(object)
-  dn <- if (is_seurat(object)) list(cells, cells) else list(NULL, NULL)
-  gp <- g$graph
-  gn <- g$graph_neg
-  dimnames(gp) <- dimnames(gn) <- dn
-  object <- obj_set_graph(object, graph_name, gp)
-  object <- obj_set_graph(object, paste0(graph_name, "_neg"), gn)
-  object <- obj_add_cell_meta(object, data.frame(velocity_self_transition = unname(g$self_transition)))
-  obj_set_misc(object, graph_name, list(genes = g$genes, params = g$params))
-}
-
 # The velocity graph of an object as a scnative_velocity_graph.
 graph_from_object <- function(object, graph_name) {
   check_string(graph_name, "graph")
@@ -467,39 +414,6 @@ transition_matrix <- function(x, scale = 10, self_transitions = TRUE,
 #' head(velocity_embedding(vg, emb))
 #' @export
 velocity_embedding <- function(x, ...) UseMethod("velocity_embedding")
-
-#' @rdname velocity_embedding
-#' @param reduction Object methods: the reduction / reducedDim to project onto (default
-#'   `"umap"`).
-#' @param graph Object methods: the name [velocity_graph()] stored the graph under.
-#' @param name Object methods: where to store the result (default
-#'   `"velocity_<reduction>"`, a Seurat reduction / SCE reducedDim).
-#' @export
-velocity_embedding.Seurat <- function(x, reduction = "umap", graph = "velocity_graph",
-                                      name = NULL, ...) {
-  velocity_embedding_object(x, reduction, graph, name, ...)
-}
-
-#' @rdname velocity_embedding
-#' @export
-velocity_embedding.SingleCellExperiment <- function(x, reduction = "umap",
-                                                    graph = "velocity_graph", name = NULL,
-                                                    ...) {
-  velocity_embedding_object(x, reduction, graph, name, ...)
-}
-
-velocity_embedding_object <- function(object, reduction, graph, name, ...) {
-  E <- obj_reduction(object, reduction)
-  name <- name %||% paste0("velocity_", reduction)
-  check_string(name, "name")
-  V <- velocity_embedding.default(graph_from_object(object, graph), E, ...)
-  obj_set_reduction(object, name, unclass_scale(V))
-}
-
-unclass_scale <- function(V) {
-  attr(V, "scale") <- NULL
-  V
-}
 
 #' @rdname velocity_embedding
 #' @export

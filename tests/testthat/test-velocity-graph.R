@@ -304,6 +304,21 @@ test_that("Seurat and SingleCellExperiment: velocity_graph, velocity_embedding s
   sce <- velocity_embedding(sce)
   expect_equal(unname(SingleCellExperiment::reducedDim(sce, "velocity_umap")), unname(unclass_ve(ve)))
   expect_error(velocity_embedding(sce, reduction = "tsne"), "no reducedDim 'tsne'")
+  # terminal states, latent time, pseudotime, confidence land in colData
+  ts <- terminal_states(ref, m$distances)
+  lt <- latent_time(fit, ts)
+  sce2 <- latent_time(sce)
+  expect_equal(sce2$root_cells, unname(ts$root_cells))
+  expect_equal(sce2$end_points, unname(ts$end_points))
+  expect_equal(sce2$latent_time, unname(lt))
+  sce2 <- velocity_pseudotime(sce2)
+  pt <- velocity_pseudotime(ref, m$connectivities, root = ts$root_cells, end = ts$end_points)
+  expect_equal(sce2$velocity_pseudotime, unname(as.vector(pt)))
+  sce2 <- velocity_confidence(sce2)
+  vc <- velocity_confidence(v, m$distances)
+  expect_equal(sce2$velocity_confidence, vc$velocity_confidence)
+  expect_equal(sce2$velocity_length, vc$velocity_length)
+  expect_error(latent_time(sce, root_cells = "nope"), "root")
 
   so <- SeuratObject::CreateSeuratObject(counts = Matrix::Matrix(sim$spliced, sparse = TRUE),
                                          assay = "spliced")
@@ -319,6 +334,10 @@ test_that("Seurat and SingleCellExperiment: velocity_graph, velocity_embedding s
                unname(as.matrix(ref$graph)))
   expect_equal(so$velocity_self_transition, ref$self_transition, ignore_attr = TRUE)
   expect_equal(unname(SeuratObject::Embeddings(so[["velocity_umap"]])), unname(unclass_ve(ve)))
+  so2 <- velocity_confidence(velocity_pseudotime(latent_time(so)))
+  expect_equal(unname(so2$latent_time), unname(lt))
+  expect_equal(unname(so2$velocity_pseudotime), unname(as.vector(pt)))
+  expect_equal(unname(so2$velocity_confidence), vc$velocity_confidence)
   skip_if_not_installed("ggplot2")
   so$group <- rep(c("a", "b", "c"), 40)
   for (type in c("grid", "arrows")) {
