@@ -137,7 +137,7 @@ velocity_graph.default <- function(x, Ms, distances, velocity_genes = NULL,
   }
   check_valid_matrix(x, "x")
   V <- as.matrix(x)
-  storage.mode(V) <- "double"
+  if (!is.double(V)) storage.mode(V) <- "double"
   if (any(is.infinite(V))) stopf("'x' (velocity) contains infinite values")
   Ms <- as_checked_matrix(Ms, "Ms")
   if (!identical(dim(Ms), dim(V))) {
@@ -160,7 +160,7 @@ velocity_graph.default <- function(x, Ms, distances, velocity_genes = NULL,
   genes <- rownames(V) %||% rownames(Ms)
   cells <- colnames(V) %||% colnames(Ms)
   keep <- select_genes(velocity_genes, n_genes, genes, "velocity_genes")
-  keep <- keep & !apply(is.na(V), 1L, any)
+  keep <- keep & !is.na(rowSums(V))
   if (sum(keep) < 2L) {
     stopf("too few velocity genes: %d gene(s) selected with a velocity in every cell (need >= 2)",
           sum(keep))
@@ -168,10 +168,7 @@ velocity_graph.default <- function(x, Ms, distances, velocity_genes = NULL,
   nb <- knn_indices(distances, n) - 1L
 
   # spec: Data, Velocity transform: float32 velocities, signed sqrt, row centring in float32
-  Vg <- as_f32(V[keep, , drop = FALSE])
-  if (sqrt_transform) Vg <- as_f32(sign(Vg) * sqrt(abs(Vg)))
-  Vg <- as_f32(sweep(Vg, 2L, as_f32(colMeans(Vg)), "-"))
-  Xg <- as_f32(Ms[keep, , drop = FALSE])
+  prep <- .Call(C_scnative_velocity_graph_prep, Ms, V, which(keep) - 1L, sqrt_transform)
 
   chunk <- max(256L, as.integer(ceiling(n / 50)))
   starts <- seq.int(1L, n, by = chunk)
@@ -180,8 +177,9 @@ velocity_graph.default <- function(x, Ms, distances, velocity_genes = NULL,
   for (b in seq_along(starts)) {
     from <- starts[b] - 1L
     to <- min(from + chunk, n)
-    parts[[b]] <- .Call(C_scnative_velocity_graph, Xg, Vg, nb, as.integer(n_recurse_neighbors),
-                        sqrt_transform, from, to, nth)
+    parts[[b]] <- .Call(C_scnative_velocity_graph, prep[[1L]], prep[[2L]], prep[[3L]],
+                        sum(keep), nb, as.integer(n_recurse_neighbors), sqrt_transform, from, to,
+                        nth)
     if (!is.null(pb)) utils::setTxtProgressBar(pb, to)
   }
   if (!is.null(pb)) close(pb)

@@ -54,7 +54,8 @@ SEXP scnative_velocity_knn_query(SEXP, SEXP, SEXP, SEXP);
 
 
 /* velocity graph (velocity_graph, transition matrix, embedding): declarations */
-SEXP scnative_velocity_graph(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_velocity_graph_prep(SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_velocity_graph(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 /* end velocity graph declarations */
 
 
@@ -125,7 +126,8 @@ static const R_CallMethodDef callMethods[] = {
 
 
     /* velocity graph table */
-    CALLDEF(scnative_velocity_graph, 8),
+    CALLDEF(scnative_velocity_graph_prep, 4),
+    CALLDEF(scnative_velocity_graph, 10),
     /* end velocity graph table */
 
 

@@ -116,17 +116,66 @@ static vg_cosines_fn vg_cosines_select(void) {
   return vg_cosines_plain;
 }
 
-/* scnative_velocity_graph(x, v, nb, nrec, sqrt_dx, from, to, threads)
- * x, v: g x n double matrices (rounded to float32 here); v transformed and centred in R;
- * nb: k x n integer (0-based, -1 absent); cells [from, to) (0-based). Returns
- * list(p (to - from + 1), j (0-based), c). */
-SEXP scnative_velocity_graph(SEXP x_, SEXP v_, SEXP nb_, SEXP nrec_, SEXP sqrt_, SEXP from_,
-                             SEXP to_, SEXP threads_) {
-  if (!isReal(x_) || !isReal(v_) || !isInteger(nb_)) error(_("velocity_graph: bad argument types"));
-  int g = nrows(x_), n = ncols(x_), k = nrows(nb_);
+/* scnative_velocity_graph_prep(Ms, V, genes, sqrt_v): the float32 inputs of spec "Data" and
+ * "Velocity transform", once per graph. Ms, V: G x n double matrices; genes: the used rows
+ * (0-based). Returns list(x, v, vnorm): x = f32(Ms[genes, ]), v = the velocity rounded to
+ * float32, signed-square-rooted when sqrt_v (float32 sqrt), centred per cell (mean rounded to
+ * float32, difference rounded to float32), both g x n floats in raw vectors (column = cell);
+ * vnorm = |v_i| in double. */
+SEXP scnative_velocity_graph_prep(SEXP Ms_, SEXP V_, SEXP genes_, SEXP sqrt_) {
+  if (!isReal(Ms_) || !isReal(V_) || !isInteger(genes_))
+    error(_("velocity_graph: bad argument types"));
+  int G = nrows(Ms_), n = ncols(Ms_), g = LENGTH(genes_), sqrt_v = asLogical(sqrt_);
+  if (nrows(V_) != G || ncols(V_) != n || g < 1) error(_("velocity_graph: inconsistent dimensions"));
+  const int *gi = INTEGER(genes_);
+  for (int q = 0; q < g; q++)
+    if (gi[q] < 0 || gi[q] >= G) error(_("velocity_graph: gene index out of range"));
+  R_xlen_t gn = (R_xlen_t)g * n;
+  SEXP x_ = PROTECT(allocVector(RAWSXP, gn * (R_xlen_t)sizeof(float)));
+  SEXP v_ = PROTECT(allocVector(RAWSXP, gn * (R_xlen_t)sizeof(float)));
+  SEXP vn_ = PROTECT(allocVector(REALSXP, n));
+  float *x = (float *)RAW(x_), *v = (float *)RAW(v_);
+  double *vnorm = REAL(vn_);
+  const double *Md = REAL(Ms_), *Vd = REAL(V_);
+  for (int i = 0; i < n; i++) {
+    const double *mc = Md + (ptrdiff_t)i * G, *vc = Vd + (ptrdiff_t)i * G;
+    float *xo = x + (ptrdiff_t)i * g, *vo = v + (ptrdiff_t)i * g;
+    double s = 0.0;
+    for (int q = 0; q < g; q++) {
+      xo[q] = (float)mc[gi[q]];
+      float f = (float)vc[gi[q]];
+      if (sqrt_v) f = f < 0 ? -sqrtf(-f) : sqrtf(f);
+      vo[q] = f;
+      s += f;
+    }
+    float mean = (float)(s / g);
+    double ss = 0.0;
+    for (int q = 0; q < g; q++) {
+      vo[q] = (float)((double)vo[q] - (double)mean);
+      ss += (double)vo[q] * vo[q];
+    }
+    vnorm[i] = sqrt(ss);
+  }
+  SEXP out = PROTECT(allocVector(VECSXP, 3));
+  SET_VECTOR_ELT(out, 0, x_);
+  SET_VECTOR_ELT(out, 1, v_);
+  SET_VECTOR_ELT(out, 2, vn_);
+  UNPROTECT(4);
+  return out;
+}
+
+/* scnative_velocity_graph(x, v, vnorm, g, nb, nrec, sqrt_dx, from, to, threads)
+ * x, v, vnorm from scnative_velocity_graph_prep (g genes); nb: k x n integer (0-based, -1
+ * absent); cells [from, to) (0-based). Returns list(p (to - from + 1), j (0-based), c). */
+SEXP scnative_velocity_graph(SEXP x_, SEXP v_, SEXP vnorm_, SEXP g_, SEXP nb_, SEXP nrec_,
+                             SEXP sqrt_, SEXP from_, SEXP to_, SEXP threads_) {
+  if (TYPEOF(x_) != RAWSXP || TYPEOF(v_) != RAWSXP || !isReal(vnorm_) || !isInteger(nb_))
+    error(_("velocity_graph: bad argument types"));
+  int g = asInteger(g_), n = ncols(nb_), k = nrows(nb_);
   int nrec = asInteger(nrec_), sqrt_dx = asLogical(sqrt_), from = asInteger(from_),
       to = asInteger(to_);
-  if (nrows(v_) != g || ncols(v_) != n || ncols(nb_) != n || k < 1 || g < 1)
+  if (g < 1 || k < 1 || LENGTH(vnorm_) != n ||
+      XLENGTH(x_) != (R_xlen_t)g * n * (R_xlen_t)sizeof(float) || XLENGTH(v_) != XLENGTH(x_))
     error(_("velocity_graph: inconsistent dimensions"));
   if (nrec < 1 || nrec > 8 || from < 0 || to > n || from >= to)
     error(_("velocity_graph: bad cell range or recursion depth"));
@@ -135,22 +184,8 @@ SEXP scnative_velocity_graph(SEXP x_, SEXP v_, SEXP nb_, SEXP nrec_, SEXP sqrt_,
     if (nb[a] < -1 || nb[a] >= n) error(_("velocity_graph: neighbour index out of range"));
   int nc = to - from;
   int nth = scn_threads_for(nc, asInteger(threads_));
-
-  /* float copies of the inputs (the float32 rounding of spec: Data) */
-  R_xlen_t gn = (R_xlen_t)g * n;
-  float *x = (float *)R_alloc(gn, sizeof(float));
-  float *v = (float *)R_alloc(gn, sizeof(float));
-  double *vnorm = (double *)R_alloc(n, sizeof(double));
-  const double *xd = REAL(x_), *vd = REAL(v_);
-  for (R_xlen_t a = 0; a < gn; a++) {
-    x[a] = (float)xd[a];
-    v[a] = (float)vd[a];
-  }
-  for (int i = 0; i < n; i++) {
-    double s = 0.0;
-    for (int q = 0; q < g; q++) s += (double)v[(ptrdiff_t)i * g + q] * v[(ptrdiff_t)i * g + q];
-    vnorm[i] = sqrt(s);
-  }
+  const float *x = (const float *)RAW(x_), *v = (const float *)RAW(v_);
+  const double *vnorm = REAL(vnorm_);
 
   /* pass 1: neighbourhood sizes */
   int *cnt = (int *)R_alloc(nc, sizeof(int));
