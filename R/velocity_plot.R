@@ -196,6 +196,7 @@ plot_velocity_embedding.default <- function(x, V, type = c("stream", "grid", "ar
     ggplot2::geom_point(aes_pt, size = ps, alpha = pa, stroke = 0)
   }
   p <- ggplot2::ggplot(cells) + pts +
+    (if (is.numeric(cells$color)) ggplot2::scale_colour_viridis_c(option = "plasma") else NULL) +
     ggplot2::coord_cartesian(expand = TRUE) +
     ggplot2::labs(x = colnames(x)[1L] %||% "dim 1", y = colnames(x)[2L] %||% "dim 2",
                   colour = NULL) +

@@ -31,6 +31,21 @@ if (has_gg) {
   save_plot(plot_phase_portrait(fit, top[1], m$Ms, m$Mu, color = d$clusters), "phase_portrait.png")
   save_plot(plot_dynamics_params(fit), "dynamics_params.png")
 }
+# downstream of velocity: the velocity graph, its projection on an embedding (here the first
+# two PCs of the log moments), the stream plot, latent time rooted at the ductal progenitors
+t0 <- proc.time()[["elapsed"]]
+vg <- velocity_graph(v, m$Ms, m$distances, progress = FALSE)
+emb <- prcomp(t(log1p(m$Ms)))$x[, 1:2]
+ve <- velocity_embedding(vg, emb)
+lt <- latent_time(fit, as.numeric(d$clusters == "Ductal"))
+cat(sprintf("velocity graph, embedding, latent time: %.2f s\n", proc.time()[["elapsed"]] - t0))
+print(vg)
+cat("median latent time per cluster:\n")
+print(round(tapply(lt, d$clusters, stats::median), 2))
+if (has_gg) {
+  save_plot(plot_velocity_embedding(emb, ve, color = d$clusters), "velocity_stream.png")
+  save_plot(plot_velocity_embedding(emb, ve, color = lt), "latent_time.png")
+}
 
 # 2. cell2location: mouse hippocampus, Visium (313 spots) and a reference of 17 types (GPL-3)
 cat("\n== cell2location spatial mapping ==\n")
