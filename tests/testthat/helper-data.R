@@ -59,3 +59,18 @@ use_peers <- function() {
   }
   invisible(py)
 }
+
+# The Python code of a test file, run once per R session in the peers venv: `marker` is a name
+# the code defines (its presence means the code already ran). Returns reticulate's main module.
+peers_module <- function(code, marker) {
+  use_peers()
+  if (!reticulate::py_has_attr(reticulate::py, marker)) reticulate::py_run_string(code, local = FALSE)
+  reticulate::py
+}
+
+# Tests use at most 2 threads (calls without `threads =` use the package default); restored
+# when the test file ends.
+cap_test_threads <- function(env = parent.frame()) {
+  old <- set_scnative_threads(min(2L, scnative_threads()))
+  withr::defer(set_scnative_threads(old), envir = env)
+}

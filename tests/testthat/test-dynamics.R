@@ -97,13 +97,7 @@ def dyn_upstream(Ms, Mu, conn, genes, cells, kw, var=None, libm=False, f32=False
     return first
 "
 
-dyn_py <- function() {
-  use_peers()
-  if (!reticulate::py_has_attr(reticulate::py, "dyn_upstream")) {
-    reticulate::py_run_string(dyn_py_code, local = FALSE)
-  }
-  reticulate::py
-}
+dyn_py <- function() peers_module(dyn_py_code, "dyn_upstream")
 
 # one dataset as genes x cells R matrices + dense connectivities
 dyn_dataset <- function(file) {

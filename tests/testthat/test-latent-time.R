@@ -3,10 +3,7 @@
 # root/end scores, neighbour graphs, velocities, transition matrix), the stored CellRank
 # golden values, a larger real data set, and bad input.
 
-local({
-  old <- set_scnative_threads(min(2L, scnative_threads()))
-  withr::defer(set_scnative_threads(old), teardown_env())
-})
+cap_test_threads(teardown_env())
 
 lt_py_code <- "
 import numpy as _np, anndata as _ad, scipy.sparse as _sp, scvelo as _scv, warnings as _w
@@ -102,13 +99,7 @@ def lt_pipeline(fit_t, lik, V, vg, Ms, conn, dist):
     return out
 "
 
-lt_py <- function() {
-  use_peers()
-  if (!reticulate::py_has_attr(reticulate::py, "lt_pipeline")) {
-    reticulate::py_run_string(lt_py_code, local = FALSE)
-  }
-  reticulate::py
-}
+lt_py <- function() peers_module(lt_py_code, "lt_pipeline")
 
 lt_csr <- function(p) {
   m <- Matrix::sparseMatrix(j = as.vector(p$j) + 1L, p = as.vector(p$p), x = as.vector(p$x),

@@ -37,13 +37,7 @@ def stream_mpl(x, y, u, v, linewidth=None, **kw):
     return out
 "
 
-stream_py <- function() {
-  use_peers()
-  if (!reticulate::py_has_attr(reticulate::py, "stream_mpl")) {
-    reticulate::py_run_string(stream_py_code, local = FALSE)
-  }
-  reticulate::py
-}
+stream_py <- function() peers_module(stream_py_code, "stream_mpl")
 
 # A spiral sink with some curvature: u[iy, ix], v[iy, ix] at (x[ix], y[iy]).
 stream_field <- function(nx = 50, ny = 50, xr = c(-2, 2), yr = c(-2, 2)) {

@@ -3,10 +3,7 @@
 # graph (upstream run in float32 as it is and in float64), the solver against LAPACK, thread
 # invariance, bad input.
 
-local({
-  old <- set_scnative_threads(min(2L, scnative_threads()))
-  withr::defer(set_scnative_threads(old), teardown_env())
-})
+cap_test_threads(teardown_env())
 
 ts_py_code <- "
 import sys as _sys, numpy as _np, anndata as _ad, scipy.sparse as _sp, scvelo as _scv, warnings as _w
@@ -86,13 +83,7 @@ def ts_graph(G, Gn, D, C, cells, float64=False):
     return _ts_run(a, float64)
 "
 
-ts_py <- function() {
-  use_peers()
-  if (!reticulate::py_has_attr(reticulate::py, "ts_graph")) {
-    reticulate::py_run_string(ts_py_code, local = FALSE)
-  }
-  reticulate::py
-}
+ts_py <- function() peers_module(ts_py_code, "ts_graph")
 
 ts_trip <- function(m) {
   m <- methods::as(methods::as(m, "generalMatrix"), "TsparseMatrix")

@@ -2,10 +2,7 @@
 # live scVelo (peers venv, same run) given the same Ms / velocity / kNN / embedding, an
 # independent check of the cosines, thread invariance, bad input.
 
-local({
-  old <- set_scnative_threads(min(2L, scnative_threads()))
-  withr::defer(set_scnative_threads(old), teardown_env())
-})
+cap_test_threads(teardown_env())
 
 vg_py_code <- "
 import numpy as _np, anndata as _ad, scipy.sparse as _sp, scvelo as _scv, warnings as _w
@@ -69,13 +66,7 @@ def vg_upstream(Ms, V, vgenes, dist, umap):
     return out
 "
 
-vg_py <- function() {
-  use_peers()
-  if (!reticulate::py_has_attr(reticulate::py, "vg_upstream")) {
-    reticulate::py_run_string(vg_py_code, local = FALSE)
-  }
-  reticulate::py
-}
+vg_py <- function() peers_module(vg_py_code, "vg_upstream")
 
 trip_matrix <- function(t) {
   Matrix::sparseMatrix(i = as.integer(t$i), j = as.integer(t$j), x = as.vector(t$x),

@@ -1,11 +1,7 @@
 # moments(), velocity(), simulate_velocity(), the plots and the object methods: parity with
 # live upstream scVelo (peers venv, same test run), bad input, thread invariance.
 
-# tests use at most 2 threads (calls without `threads =` use the package default)
-local({
-  old <- set_scnative_threads(min(2L, scnative_threads()))
-  withr::defer(set_scnative_threads(old), teardown_env())
-})
+cap_test_threads(teardown_env())
 
 velo_py_code <- "
 import numpy as _np, anndata as _ad, scipy.sparse as _sp, scvelo as _scv, warnings as _w
@@ -79,13 +75,7 @@ def velo_velocity_upstream(Ms, Mu, conn, genes, cells, var, layers, uns):
     return _velo_out(a)
 "
 
-velo_py <- function() {
-  use_peers()
-  if (!reticulate::py_has_attr(reticulate::py, "velo_fit_upstream")) {
-    reticulate::py_run_string(velo_py_code, local = FALSE)
-  }
-  reticulate::py
-}
+velo_py <- function() peers_module(velo_py_code, "velo_fit_upstream")
 
 named <- function(m, genes, cells) {
   dimnames(m) <- list(unlist(genes), unlist(cells))
