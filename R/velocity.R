@@ -293,6 +293,77 @@ print.scnative_moments <- function(x, ...) {
 
 # ------------------------------------------------------------------ velocity
 
+# Ms and Mu checked against a fit (the genes of x$var in order, the cells of its layers);
+# returned as dense double matrices.
+dyn_check_moments <- function(x, Ms, Mu) {
+  if (missing(Ms) || missing(Mu)) stopf("'Ms' and 'Mu' (the moments the fit was made on) are required")
+  Ms <- as_checked_matrix(Ms, "Ms", nonneg = TRUE)
+  Mu <- as_checked_matrix(Mu, "Mu", nonneg = TRUE)
+  var <- x$var
+  if (!identical(dim(Ms), dim(Mu))) stopf("'Ms' and 'Mu' must have the same dimensions")
+  if (nrow(Ms) != nrow(var)) {
+    stopf("'Ms' has %d genes but the fit has %d", nrow(Ms), nrow(var))
+  }
+  if (!is.null(rownames(Ms)) && !identical(rownames(Ms), rownames(var))) {
+    stopf("the genes (rows) of 'Ms' are not the fit's genes in order")
+  }
+  if (!identical(ncol(x$layers$fit_tau), ncol(Ms))) {
+    stopf("'Ms' has %d cells but the fit has %d", ncol(Ms), ncol(x$layers$fit_tau))
+  }
+  list(Ms = Ms, Mu = Mu)
+}
+
+# The fitted model against the data for the fitted genes g (row indices) of a fit: scVelo's
+# compute_divergence without the time-increment constraint (spec (dynamics) 7 steps 1-4).
+# Parameters as stored (beta times scaling, sigma_u over scaling), u = Mu / scaling kept in
+# float32 as upstream divides the float32 layer in place (basal transcription subtracted when
+# fitted); model values at the stored tau (induction) and tau_ (repression); the standardised
+# residuals of both branches; the four state distances res = (repression, induction,
+# zero steady state, upper steady state), each smoothed by the row-normalised graph C unless
+# C is NULL; varx, the "chi" variance of the unsmoothed nearer branch. Shared by velocity()
+# and rank_dynamical_genes(). Matrices are length(g) x cells.
+dyn_state_distances <- function(var, layers, Ms, Mu, g, basal, C) {
+  alpha <- var$fit_alpha[g]
+  scaling <- var$fit_scaling[g]
+  beta <- var$fit_beta[g] * scaling
+  gamma <- var$fit_gamma[g]
+  t_ <- var$fit_t_[g]
+  std_u <- var$fit_std_u[g] / scaling
+  std_s <- var$fit_std_s[g]
+  # upstream divides the float32 Mu layer in place, so u stays float32
+  u <- as_f32(Mu[g, , drop = FALSE] / scaling)
+  s <- Ms[g, , drop = FALSE]
+  if (basal) {
+    u <- u - var$fit_u0[g] / scaling
+    s <- s - var$fit_s0[g]
+  }
+  tau <- unname(as.matrix(layers$fit_tau[g, , drop = FALSE]))
+  tau_ <- unname(as.matrix(layers$fit_tau_[g, , drop = FALSE]))
+  u0_ <- ode_u(t_, 0, alpha, beta)
+  s0_ <- ode_s(t_, 0, 0, alpha, beta, gamma)
+  ut <- ode_u(tau, 0, alpha, beta)
+  st <- ode_s(tau, 0, 0, alpha, beta, gamma)
+  ut_ <- ode_u(tau_, u0_, 0, beta)
+  st_ <- ode_s(tau_, s0_, u0_, 0, beta, gamma)
+  distu <- (u - ut) / std_u
+  distu_ <- (u - ut_) / std_u
+  dists <- (s - st) / std_s
+  dists_ <- (s - st_) / std_s
+  distx <- distu^2 + dists^2
+  distx_ <- distu_^2 + dists_^2
+  d_st <- ((u - alpha / beta) / std_u)^2 + ((s - alpha / gamma) / std_s)^2
+  d_st_ <- (u / std_u)^2 + (s / std_s)^2
+  o <- distx < distx_
+  dist <- ifelse(o, distx, distx_)
+  sgn <- sign(ifelse(o, dists, dists_))
+  varx <- rowMeans(dist) - rowMeans(sgn * sqrt(dist))^2
+  smooth <- function(m) if (is.null(C)) m else as.matrix(m %*% Matrix::t(C))
+  res <- lapply(list(distx_, distx, d_st_, d_st), smooth)
+  list(alpha = alpha, beta = beta, gamma = gamma, t_ = t_, scaling = scaling, u = u, s = s,
+       tau = tau, tau_ = tau_, u0_ = u0_, s0_ = s0_, ut = ut, st = st, ut_ = ut_, st_ = st_,
+       distu = distu, distu_ = distu_, dists = dists, dists_ = dists_, res = res, varx = varx)
+}
+
 # Closed-form solution (spec 5.1), element-wise with recycling, upstream's evaluation order.
 ode_u <- function(tau, u0, a, b) {
   eu <- exp(-b * tau)
@@ -348,20 +419,11 @@ velocity.scnative_dynamics <- function(x, Ms, Mu, mode = "dynamical",
   if (!identical(mode, "dynamical")) stopf("'mode' must be \"dynamical\", not '%s'", mode)
   check_number(min_likelihood, "min_likelihood")
   check_number(min_r2, "min_r2", allow_null = TRUE)
-  Ms <- as_checked_matrix(Ms, "Ms", nonneg = TRUE)
-  Mu <- as_checked_matrix(Mu, "Mu", nonneg = TRUE)
+  mm <- dyn_check_moments(x, Ms, Mu)
+  Ms <- mm$Ms
+  Mu <- mm$Mu
   var <- x$var
-  if (!identical(dim(Ms), dim(Mu))) stopf("'Ms' and 'Mu' must have the same dimensions")
-  if (nrow(Ms) != nrow(var)) {
-    stopf("'Ms' has %d genes but the fit has %d", nrow(Ms), nrow(var))
-  }
-  if (!is.null(rownames(Ms)) && !identical(rownames(Ms), rownames(var))) {
-    stopf("the genes (rows) of 'Ms' are not the fit's genes in order")
-  }
   n_cells <- ncol(Ms)
-  if (!identical(ncol(x$layers$fit_tau), n_cells)) {
-    stopf("'Ms' has %d cells but the fit has %d", n_cells, ncol(x$layers$fit_tau))
-  }
   C <- if (is.null(connectivities)) NULL else normalise_connectivities(connectivities, n_cells)
   uns <- x$uns$recover_dynamics %||% list()
   use_raw <- isTRUE(uns$use_raw)
@@ -372,45 +434,26 @@ velocity.scnative_dynamics <- function(x, Ms, Mu, mode = "dynamical",
   vel <- matrix(NA_real_, nrow(Ms), n_cells, dimnames = dimnames(Ms))
   vel_u <- vel
   if (length(g)) {
-    alpha <- var$fit_alpha[g]
-    scaling <- var$fit_scaling[g]
-    beta <- var$fit_beta[g] * scaling
-    gamma <- var$fit_gamma[g]
-    t_ <- var$fit_t_[g]
-    std_u <- var$fit_std_u[g] / scaling
-    std_s <- var$fit_std_s[g]
-    # upstream divides the float32 Mu layer in place, so u stays float32
-    u <- as_f32(Mu[g, , drop = FALSE] / scaling)
-    s <- Ms[g, , drop = FALSE]
-    if (basal) {
-      u <- u - var$fit_u0[g] / scaling
-      s <- s - var$fit_s0[g]
-    }
-    tau <- unname(as.matrix(x$layers$fit_tau[g, , drop = FALSE]))
-    tau_ <- unname(as.matrix(x$layers$fit_tau_[g, , drop = FALSE]))
-    zero <- 0 * tau
-    u0_ <- ode_u(t_, 0, alpha, beta)
-    s0_ <- ode_s(t_, 0, 0, alpha, beta, gamma)
-    ut <- ode_u(tau, 0, alpha, beta)
-    st <- ode_s(tau, 0, 0, alpha, beta, gamma)
-    ut_ <- ode_u(tau_, u0_, 0, beta)
-    st_ <- ode_s(tau_, s0_, u0_, 0, beta, gamma)
-    distu <- (u - ut) / std_u
-    distu_ <- (u - ut_) / std_u
-    dists <- (s - st) / std_s
-    dists_ <- (s - st_) / std_s
-    distx <- distu^2 + dists^2
-    distx_ <- distu_^2 + dists_^2
-    d_st <- ((u - alpha / beta) / std_u)^2 + ((s - alpha / gamma) / std_s)^2
-    d_st_ <- (u / std_u)^2 + (s / std_s)^2
-    o <- distx < distx_
-    dist <- ifelse(o, distx, distx_)
-    sgn <- sign(ifelse(o, dists, dists_))
-    varx <- rowMeans(dist) - rowMeans(sgn * sqrt(dist))^2
+    d <- dyn_state_distances(var, x$layers, Ms, Mu, g, basal, if (connect) C)
+    alpha <- d$alpha
+    beta <- d$beta
+    gamma <- d$gamma
+    t_ <- d$t_
+    scaling <- d$scaling
+    u <- d$u
+    s <- d$s
+    tau <- d$tau
+    tau_ <- d$tau_
+    u0_ <- d$u0_
+    s0_ <- d$s0_
+    ut <- d$ut
+    st <- d$st
+    ut_ <- d$ut_
+    st_ <- d$st_
+    varx <- d$varx
     smooth <- function(m) if (connect) as.matrix(m %*% Matrix::t(C)) else m
-    res <- list(distx_, distx, d_st_, d_st)
-    lik <- lapply(res, function(r) {
-      1 / (2 * pi * sqrt(varx)) * exp(-0.5 * (smooth(r) / varx))
+    lik <- lapply(d$res, function(r) {
+      1 / (2 * pi * sqrt(varx)) * exp(-0.5 * (r / varx))
     })
     k <- matrix(4L, nrow(s), n_cells)
     best <- matrix(1e-6, nrow(s), n_cells)
