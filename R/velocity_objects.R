@@ -476,3 +476,116 @@ velocity_confidence_object <- function(object, velocity, Ms, distances, ...) {
   obj_add_cell_meta(object, data.frame(velocity_length = res$velocity_length,
                                        velocity_confidence = res$velocity_confidence))
 }
+
+# ------------------------------------------------------------------ gene rankings
+
+#' Gene rankings on objects
+#'
+#' Seurat and SingleCellExperiment methods of [rank_velocity_genes()] and
+#' [rank_dynamical_genes()]: `groupby` names a cell metadata column (default `"clusters"`);
+#' the velocity, `Ms`/`Mu`, the fit and the `velocity_genes` / `fit_likelihood` feature
+#' columns are read from the object. The ranking (names, scores, parameters) is stored in
+#' `Misc()` (Seurat) / `metadata()` (SCE) under `"rank_velocity_genes"` /
+#' `"rank_dynamical_genes"`, as scVelo stores it in `uns`; `rank_velocity_genes()` also adds
+#' the `velocity_score` and `spearmans_score` feature columns.
+#'
+#' @param x A Seurat or SingleCellExperiment object.
+#' @param groupby Name of a cell metadata column, or one group per cell.
+#' @param velocity,Ms,Mu Names of the assays.
+#' @param unspliced Name of the unspliced counts assay (for upstream's `min_counts`
+#'   filter), or `NULL`.
+#' @param graph Name of the neighbour graph ([moments()] stores `"scnative_connectivities"`);
+#'   `NULL` for none.
+#' @param ... Passed to the matrix methods.
+#' @return The object with the ranking stored.
+#' @name rank_genes_objects
+#' @examples
+#' if (requireNamespace("SingleCellExperiment", quietly = TRUE)) {
+#'   sim <- simulate_velocity(n_obs = 200, n_vars = 6, random_seed = 2)
+#'   sce <- SingleCellExperiment::SingleCellExperiment(
+#'     assays = list(spliced = sim$spliced, unspliced = sim$unspliced))
+#'   sce$clusters <- cut(sim$obs$true_t, 3, labels = c("early", "mid", "late"))
+#'   sce <- velocity(recover_dynamics(moments(sce, n_neighbors = 15), var_names = "all",
+#'                                    threads = 1, progress = FALSE))
+#'   sce <- rank_dynamical_genes(sce)
+#'   S4Vectors::metadata(sce)$rank_dynamical_genes$names
+#' }
+NULL
+
+#' @rdname rank_genes_objects
+#' @export
+rank_velocity_genes.Seurat <- function(x, groupby = "clusters", velocity = "velocity",
+                                       Ms = "Ms", Mu = "Mu", unspliced = "unspliced", ...) {
+  rank_velocity_genes_object(x, groupby, velocity, Ms, Mu, unspliced, ...)
+}
+
+#' @rdname rank_genes_objects
+#' @export
+rank_velocity_genes.SingleCellExperiment <- function(x, groupby = "clusters",
+                                                     velocity = "velocity", Ms = "Ms",
+                                                     Mu = "Mu", unspliced = "unspliced", ...) {
+  rank_velocity_genes_object(x, groupby, velocity, Ms, Mu, unspliced, ...)
+}
+
+# The object's per-cell groups: a metadata column named by a string, else the value.
+object_groups <- function(object, groupby) {
+  if (is.character(groupby) && length(groupby) == 1L) {
+    meta <- obj_cell_meta(object)
+    if (!groupby %in% names(meta)) {
+      stopf("'groupby' = \"%s\" is not a cell metadata column of the object", groupby)
+    }
+    return(meta[[groupby]])
+  }
+  groupby
+}
+
+rank_velocity_genes_object <- function(object, groupby, velocity, Ms, Mu, unspliced, ...) {
+  obj_check_names(object, velocity = velocity, Ms = Ms, Mu = Mu)
+  grp <- object_groups(object, groupby)
+  V <- as.matrix(obj_matrix(object, velocity, arg = "velocity"))
+  S <- as.matrix(obj_matrix(object, Ms, arg = "Ms"))
+  U <- as.matrix(obj_matrix(object, Mu, arg = "Mu"))
+  ms_assay <- if (is_seurat(object) && Ms %in% SeuratObject::Assays(object)) Ms else NULL
+  fm <- obj_feature_meta(object, assay = ms_assay)
+  col <- function(nm) if (nm %in% names(fm)) fm[[nm]][match(rownames(V), rownames(fm))] else NULL
+  vg <- col("velocity_genes")
+  if (!is.null(vg)) vg <- !is.na(vg) & vg
+  un <- if (!is.null(unspliced) && obj_has_matrix(object, unspliced)) {
+    obj_matrix(object, unspliced, arg = "unspliced")[rownames(V), , drop = FALSE]
+  } else {
+    NULL
+  }
+  rk <- rank_velocity_genes.default(V, grp, Ms = S, Mu = U, velocity_genes = vg,
+                                    unspliced = un, fit_likelihood = col("fit_likelihood"), ...)
+  object <- obj_add_feature_meta(object, data.frame(velocity_score = rk$velocity_score,
+                                                    spearmans_score = rk$spearmans_score,
+                                                    row.names = rownames(V)),
+                                 assay = ms_assay)
+  obj_set_misc(object, "rank_velocity_genes", rk[c("names", "scores", "params")])
+}
+
+#' @rdname rank_genes_objects
+#' @export
+rank_dynamical_genes.Seurat <- function(x, groupby = "clusters", Ms = "Ms", Mu = "Mu",
+                                        graph = "scnative_connectivities", ...) {
+  rank_dynamical_genes_object(x, groupby, Ms, Mu, graph, ...)
+}
+
+#' @rdname rank_genes_objects
+#' @export
+rank_dynamical_genes.SingleCellExperiment <- function(x, groupby = "clusters", Ms = "Ms",
+                                                      Mu = "Mu", graph = "scnative_connectivities",
+                                                      ...) {
+  rank_dynamical_genes_object(x, groupby, Ms, Mu, graph, ...)
+}
+
+rank_dynamical_genes_object <- function(object, groupby, Ms, Mu, graph, ...) {
+  obj_check_names(object, Ms = Ms, Mu = Mu)
+  grp <- object_groups(object, groupby)
+  S <- as.matrix(obj_matrix(object, Ms, arg = "Ms"))
+  U <- as.matrix(obj_matrix(object, Mu, arg = "Mu"))
+  fit <- fit_from_object(object, Ms, rownames(S))
+  conn <- object_graph_or_null(object, graph)
+  rk <- rank_dynamical_genes.scnative_dynamics(fit, S, U, grp, connectivities = conn, ...)
+  obj_set_misc(object, "rank_dynamical_genes", rk[c("names", "scores")])
+}

@@ -3,10 +3,7 @@
 # bundled pancreas cells through our moments/recover_dynamics/velocity (the same layers fed
 # to upstream), an independent check of the t-test, and bad input.
 
-local({
-  old <- set_scnative_threads(min(2L, scnative_threads()))
-  withr::defer(set_scnative_threads(old), teardown_env())
-})
+cap_test_threads(teardown_env())
 
 rk_py_code <- "
 import sys as _sys, numpy as _np, pandas as _pd, anndata as _ad, scipy.sparse as _sp
@@ -119,13 +116,7 @@ def rk_upstream(Ms, Mu, U, V, vg, var, layers, conn, genes, cells, uns, groups, 
                   groups, levels, **kw)
 "
 
-rk_py <- function() {
-  use_peers()
-  if (!reticulate::py_has_attr(reticulate::py, "rk_upstream")) {
-    reticulate::py_run_string(rk_py_code, local = FALSE)
-  }
-  reticulate::py
-}
+rk_py <- function() peers_module(rk_py_code, "rk_upstream")
 
 rk_df <- function(d) {
   out <- as.data.frame(lapply(d, unlist), stringsAsFactors = FALSE, optional = TRUE)

@@ -310,6 +310,18 @@ test_that("Seurat and SingleCellExperiment: velocity_graph, velocity_embedding s
   expect_equal(sce2$velocity_confidence, vc$velocity_confidence)
   expect_equal(sce2$velocity_length, vc$velocity_length)
   expect_error(latent_time(sce, root_cells = "nope"), "root")
+  # gene rankings land in metadata() and rowData
+  grp <- rep(c("a", "b", "c"), 40)
+  sce2$clusters <- grp
+  sce2 <- rank_dynamical_genes(rank_velocity_genes(sce2, n_genes = 3), n_genes = 3)
+  rv <- rank_velocity_genes(v, grp, Ms = m$Ms, Mu = m$Mu, n_genes = 3,
+                            unspliced = sim$unspliced, fit_likelihood = fit)
+  rd <- rank_dynamical_genes(fit, m$Ms, m$Mu, grp, n_genes = 3)
+  md <- S4Vectors::metadata(sce2)
+  expect_identical(md$rank_velocity_genes$names, rv$names)
+  expect_identical(md$rank_dynamical_genes$names, rd$names)
+  expect_equal(SummarizedExperiment::rowData(sce2)$velocity_score, unname(rv$velocity_score))
+  expect_error(rank_velocity_genes(sce2, groupby = "nope"), "'groupby'")
 
   so <- SeuratObject::CreateSeuratObject(counts = Matrix::Matrix(sim$spliced, sparse = TRUE),
                                          assay = "spliced")
