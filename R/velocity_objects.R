@@ -589,3 +589,77 @@ rank_dynamical_genes_object <- function(object, groupby, Ms, Mu, graph, ...) {
   rk <- rank_dynamical_genes.scnative_dynamics(fit, S, U, grp, connectivities = conn, ...)
   obj_set_misc(object, "rank_dynamical_genes", rk[c("names", "scores")])
 }
+
+# ------------------------------------------------------------------ heatmap, graph plot
+
+#' Latent-time heatmap and velocity-graph plot of an object
+#'
+#' Seurat and SingleCellExperiment methods of [plot_latent_time_heatmap()] and
+#' [plot_velocity_graph()]: the fit, `Ms`, the `latent_time` column, the velocity graph, the
+#' kNN distances and the embedding are read from the object; `color` may name a cell
+#' metadata column.
+#'
+#' @param x A Seurat or SingleCellExperiment object.
+#' @param latent_time Name of the cell metadata column with the latent time ([latent_time()]
+#'   stores `"latent_time"`).
+#' @param Ms Name of the `Ms` assay.
+#' @param color `NULL`, a cell metadata column name, or one value per cell.
+#' @param reduction Name of the reduction / reducedDim to draw on (default `"umap"`).
+#' @param graph Name of the velocity graph ([velocity_graph()] stores `"velocity_graph"`).
+#' @param distances Name of the kNN distance graph ([moments()] stores
+#'   `"scnative_distances"`).
+#' @param ... Passed to the matrix methods.
+#' @return A `ggplot` object.
+#' @name velocity_plots_objects
+NULL
+
+#' @rdname velocity_plots_objects
+#' @export
+plot_latent_time_heatmap.Seurat <- function(x, latent_time = "latent_time", Ms = "Ms",
+                                            color = NULL, ...) {
+  plot_latent_time_heatmap_object(x, latent_time, Ms, color, ...)
+}
+
+#' @rdname velocity_plots_objects
+#' @export
+plot_latent_time_heatmap.SingleCellExperiment <- function(x, latent_time = "latent_time",
+                                                          Ms = "Ms", color = NULL, ...) {
+  plot_latent_time_heatmap_object(x, latent_time, Ms, color, ...)
+}
+
+plot_latent_time_heatmap_object <- function(object, latent_time, Ms, color, ...) {
+  obj_check_names(object, latent_time = latent_time, Ms = Ms)
+  meta <- obj_cell_meta(object)
+  if (!latent_time %in% names(meta)) {
+    stopf("'latent_time' = \"%s\" is not a cell metadata column; run latent_time() first",
+          latent_time)
+  }
+  S <- as.matrix(obj_matrix(object, Ms, arg = "Ms"))
+  fit <- fit_from_object(object, Ms, rownames(S))
+  col <- if (is.character(color) && length(color) == 1L) object_groups(object, color) else color
+  plot_latent_time_heatmap.default(fit, S, meta[[latent_time]], color = col, ...)
+}
+
+#' @rdname velocity_plots_objects
+#' @export
+plot_velocity_graph.Seurat <- function(x, reduction = "umap", graph = "velocity_graph",
+                                       distances = "scnative_distances", color = NULL, ...) {
+  plot_velocity_graph_object(x, reduction, graph, distances, color, ...)
+}
+
+#' @rdname velocity_plots_objects
+#' @export
+plot_velocity_graph.SingleCellExperiment <- function(x, reduction = "umap",
+                                                     graph = "velocity_graph",
+                                                     distances = "scnative_distances",
+                                                     color = NULL, ...) {
+  plot_velocity_graph_object(x, reduction, graph, distances, color, ...)
+}
+
+plot_velocity_graph_object <- function(object, reduction, graph, distances, color, ...) {
+  obj_check_names(object, graph = graph, distances = distances)
+  E <- obj_reduction(object, reduction)
+  col <- if (is.character(color) && length(color) == 1L) object_groups(object, color) else color
+  plot_velocity_graph.default(graph_from_object(object, graph), E, obj_graph(object, distances),
+                              color = col, ...)
+}

@@ -322,6 +322,14 @@ test_that("Seurat and SingleCellExperiment: velocity_graph, velocity_embedding s
   expect_identical(md$rank_dynamical_genes$names, rd$names)
   expect_equal(SummarizedExperiment::rowData(sce2)$velocity_score, unname(rv$velocity_score))
   expect_error(rank_velocity_genes(sce2, groupby = "nope"), "'groupby'")
+  skip_if_not_installed("ggplot2")
+  hm <- plot_latent_time_heatmap(sce2, color = "clusters", n_convolve = 10)
+  expect_s3_class(hm, "ggplot")
+  expect_equal(latent_time_heatmap_data(fit, m$Ms, lt, n_convolve = 10),
+               latent_time_heatmap_data(fit, m$Ms, sce2$latent_time, n_convolve = 10))
+  pg <- plot_velocity_graph(sce2, color = "clusters")
+  expect_s3_class(pg, "ggplot")
+  expect_error(plot_latent_time_heatmap(sce, color = "clusters"), "'latent_time'")
 
   so <- SeuratObject::CreateSeuratObject(counts = Matrix::Matrix(sim$spliced, sparse = TRUE),
                                          assay = "spliced")
