@@ -398,6 +398,16 @@ transition_matrix <- function(x, scale = 10, self_transitions = TRUE,
 #'   `scv.set_figure_params()`, as in the scVelo tutorials).
 #' @param all_comps Logical (default `TRUE`): all columns of `embedding`; `FALSE` the first
 #'   two.
+#' @param retain_scale Logical: keep the displacements' lengths (not unit vectors) and scale
+#'   each cell's vector by `clip(10 p, 0, 1)`, `p` the projection of its velocity on the
+#'   direction of its expected displacement `T Ms - Ms` (upstream's `retain_scale`; needs
+#'   `velocity`, `Ms`).
+#' @param direct_pca_projection Logical: project the centred velocities on the PCA
+#'   `loadings` instead (exploratory; no transition matrix; `embedding` should be the PCA
+#'   scores).
+#' @param velocity,Ms,loadings For those two options: the velocities ([velocity()] or a genes
+#'   x cells matrix), the genes x cells `Ms`, the genes x components PCA loadings (scanpy's
+#'   `varm["PCs"]`). The velocity genes are the graph's.
 #' @param ... Passed to the default method.
 #' @return A cells x dimensions matrix of embedded velocities (`NA` rows for cells without
 #'   transitions), with attribute `"scale"` (the divisor `3 A`, 1 without autoscale).
@@ -418,21 +428,31 @@ velocity_embedding <- function(x, ...) UseMethod("velocity_embedding")
 velocity_embedding.default <- function(x, embedding, T = NULL, scale = 10,
                                        self_transitions = TRUE, use_negative_cosines = TRUE,
                                        autoscale = TRUE, aspect = 0.7451612903,
-                                       all_comps = TRUE, ...) {
+                                       all_comps = TRUE, retain_scale = FALSE,
+                                       direct_pca_projection = FALSE, velocity = NULL,
+                                       Ms = NULL, loadings = NULL, ...) {
   g <- validate_velocity_graph(x)
+  g$genes <- x$genes
   n <- g$n
   E <- check_embedding(embedding, n, g$cells)
   check_flag(autoscale, "autoscale")
   check_flag(all_comps, "all_comps")
+  check_flag(retain_scale, "retain_scale")
+  check_flag(direct_pca_projection, "direct_pca_projection")
   check_number(aspect, "aspect", min = 0, min_open = TRUE)
   if (!all_comps) E <- E[, 1:2, drop = FALSE]
-  if (is.null(T)) {
-    T <- transition_matrix(x, scale = scale, self_transitions = self_transitions,
-                           use_negative_cosines = use_negative_cosines)
+  if (direct_pca_projection) {
+    V <- pca_projection(velocity, loadings, g, ncol(E))
   } else {
-    T <- as_cell_graph(T, n, "T")
+    if (is.null(T)) {
+      T <- transition_matrix(x, scale = scale, self_transitions = self_transitions,
+                             use_negative_cosines = use_negative_cosines)
+    } else {
+      T <- as_cell_graph(T, n, "T")
+    }
+    V <- embed_velocities(T, E, normalise = !retain_scale)
+    if (retain_scale) V <- V * retained_scale(T, velocity, Ms, g)
   }
-  V <- embed_velocities(T, E)
   dimnames(V) <- list(rownames(embedding) %||% g$cells, colnames(E))
   a <- 1
   if (autoscale) {
@@ -441,6 +461,50 @@ velocity_embedding.default <- function(x, embedding, T = NULL, scale = 10,
   }
   attr(V, "scale") <- a
   V
+}
+
+# The velocity genes' velocities (cells in columns) for the options that use them: the genes
+# of the graph when it names them, else the complete rows.
+embedding_velocity <- function(velocity, g, arg = "velocity") {
+  if (is.null(velocity)) stopf("'%s' (the velocities: velocity() or a genes x cells matrix) is needed", arg)
+  if (inherits(velocity, "scnative_velocity")) velocity <- velocity$velocity
+  if (!is.matrix(velocity) || !is.numeric(velocity) || ncol(velocity) != g$n) {
+    stopf("'%s' must be a genes x cells numeric matrix with %d columns", arg, g$n)
+  }
+  keep <- !is.na(rowSums(velocity))
+  if (is.character(g$genes) && !is.null(rownames(velocity))) {
+    keep <- keep & rownames(velocity) %in% g$genes
+  }
+  if (!any(keep)) stopf("'%s' has no gene with a velocity in every cell", arg)
+  keep
+}
+
+# spec: Non-default branches, direct_pca_projection: (V - gene means over cells) %*% loadings.
+pca_projection <- function(velocity, loadings, g, n_comps) {
+  keep <- embedding_velocity(velocity, g)
+  if (inherits(velocity, "scnative_velocity")) velocity <- velocity$velocity
+  if (!is.matrix(loadings) || !is.numeric(loadings) || nrow(loadings) != nrow(velocity) ||
+      ncol(loadings) < n_comps || anyNA(loadings)) {
+    stopf("'loadings' must be a genes x components matrix (the PCA loadings, one row per gene of 'velocity', at least %d columns, no NA)",
+          n_comps)
+  }
+  V <- t(velocity[keep, , drop = FALSE])
+  V <- sweep(V, 2L, colMeans(V))
+  V %*% loadings[keep, seq_len(n_comps), drop = FALSE]
+}
+
+# spec: Non-default branches, retain_scale: clip(10 (V_i . D_i) / |D_i|, 0, 1) with
+# D = T Ms - Ms over the velocity genes.
+retained_scale <- function(T, velocity, Ms, g) {
+  keep <- embedding_velocity(velocity, g)
+  if (inherits(velocity, "scnative_velocity")) velocity <- velocity$velocity
+  Ms <- as_checked_matrix(Ms, "Ms")
+  if (!identical(dim(Ms), dim(velocity))) stopf("'Ms' must have the dimensions of 'velocity'")
+  X <- Ms[keep, , drop = FALSE]
+  Matrix::diag(T) <- 0 # the projection's T: no self-transitions
+  D <- as.matrix(X %*% Matrix::t(Matrix::drop0(T))) - X
+  V <- velocity[keep, , drop = FALSE]
+  pmin(pmax(10 * colSums(V * D) / sqrt(colSums(D^2)), 0), 1)
 }
 
 check_embedding <- function(embedding, n, cells, arg = "embedding") {
@@ -460,8 +524,9 @@ check_embedding <- function(embedding, n, cells, arg = "embedding") {
   embedding
 }
 
-# spec: Projection. T's diagonal removed; per row: sum p d - mean(p) sum d over stored entries.
-embed_velocities <- function(T, E) {
+# spec: Projection. T's diagonal removed; per row: sum p d - mean(p) sum d over stored entries
+# (d the unit displacement, or the raw one without `normalise`).
+embed_velocities <- function(T, E, normalise = TRUE) {
   tr <- sparse_triplets(Matrix::t(T)) # i = to-cell, j = from-cell
   from <- tr$j
   to <- tr$i
@@ -472,9 +537,11 @@ embed_velocities <- function(T, E) {
   p <- p[off]
   n <- nrow(E)
   D <- E[to, , drop = FALSE] - E[from, , drop = FALSE]
-  nr <- sqrt(rowSums(D^2))
-  D <- D / nr
-  D[nr == 0, ] <- 0
+  if (normalise) {
+    nr <- sqrt(rowSums(D^2))
+    D <- D / nr
+    D[nr == 0, ] <- 0
+  }
   kk <- tabulate(from, n)
   sp <- group_sums(p, from, n)[, 1L]
   spd <- group_sums(p * D, from, n)

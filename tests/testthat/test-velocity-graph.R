@@ -64,6 +64,32 @@ def vg_upstream(Ms, V, vgenes, dist, umap):
     out['st_u'] = _np.asarray(Vg[0], dtype=float)
     out['st_v'] = _np.asarray(Vg[1], dtype=float)
     return out
+
+def vg_embed_options(Ms, V, vgenes, dist, E, loadings):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    plt.rcdefaults()
+    Ms = _np.asarray(Ms, dtype=_np.float32).T.copy()
+    a = _ad.AnnData(X=Ms.copy())
+    a.layers['Ms'] = Ms
+    a.layers['velocity'] = _np.asarray(V, dtype=float).T.copy()
+    a.var['velocity_genes'] = _np.asarray(vgenes, dtype=bool)
+    D = _vg_sp(dist)
+    a.obsp['distances'] = D
+    a.obsp['connectivities'] = D.copy()
+    a.uns['neighbors'] = {'params': {'n_neighbors': 30, 'method': 'umap'},
+                          'connectivities_key': 'connectivities', 'distances_key': 'distances'}
+    a.uns['velocity_params'] = {'mode': 'dynamical'}
+    _scv.tl.velocity_graph(a)
+    a.obsm['X_umap'] = _np.asarray(E, dtype=_np.float32)
+    _scv.tl.velocity_embedding(a, basis='umap', retain_scale=True)
+    out = {'retain': _np.asarray(a.obsm['velocity_umap'], dtype=float)}
+    a.obsm['X_pca'] = _np.asarray(E, dtype=_np.float32)
+    a.varm['PCs'] = _np.asarray(loadings, dtype=float)
+    _scv.tl.velocity_embedding(a, basis='pca', direct_pca_projection=True)
+    out['direct'] = _np.asarray(a.obsm['velocity_pca'], dtype=float)
+    return out
 "
 
 vg_py <- function() peers_module(vg_py_code, "vg_upstream")
@@ -148,6 +174,24 @@ vg_compare <- function(Ms, V, vgenes, dist, E) {
 test_that("velocity graph, transition matrices, embedding and grids match scVelo (pancreas, 739 cells)", {
   f <- vg_fixture()
   vg_compare(f$m$Ms, f$v$velocity, f$v$var$velocity_genes, f$m$distances, f$E)
+})
+
+test_that("velocity_embedding(retain_scale, direct_pca_projection) match scVelo", {
+  f <- vg_fixture()
+  py <- vg_py()
+  pc <- prcomp(t(log1p(f$m$Ms)))
+  L <- pc$rotation[, 1:2]
+  up <- py$vg_embed_options(f$m$Ms, f$v$velocity, f$v$var$velocity_genes, as_trip(f$m$distances),
+                            f$E, L)
+  vg <- velocity_graph(f$v, f$m$Ms, f$m$distances)
+  rel <- function(a, b) max(abs(a - b), na.rm = TRUE) / max(abs(b), na.rm = TRUE)
+  vr <- velocity_embedding(vg, f$E, retain_scale = TRUE, velocity = f$v, Ms = f$m$Ms)
+  expect_lt(rel(vr, up$retain), 1e-5)
+  vd <- velocity_embedding(vg, f$E, direct_pca_projection = TRUE, velocity = f$v, loadings = L)
+  expect_lt(rel(vd, up$direct), 1e-5)
+  expect_error(velocity_embedding(vg, f$E, retain_scale = TRUE), "'velocity'")
+  expect_error(velocity_embedding(vg, f$E, direct_pca_projection = TRUE, velocity = f$v),
+               "'loadings'")
 })
 
 test_that("... and on the CellRank golden files (upstream's own velocity and kNN)", {
