@@ -292,13 +292,14 @@ print.scnative_velocity_graph <- function(x, ...) {
 
 #' Transition matrix of the velocity graph (scVelo's `tl.transition_matrix`)
 #'
-#' Turns the cosines into transition probabilities as `scvelo.tl.transition_matrix` does:
+#' Turns the cosines into transition probabilities as `scvelo.tl.transition_matrix` does
+#' (kernel values rounded to float32 as upstream's, the rest in double):
 #' an exponential kernel `exp(scale * c_ij)` on the stored pairs of the graph (with
 #' `use_negative_cosines = TRUE`: `exp(scale * c) - 1` for positive and
 #' `-(exp(scale * |c|) - 1)` for negative cosines), the cell's own self-transition on the
 #' diagonal (when `self_transitions` and it is positive), transposed for `backward`, and each
-#' row divided by the sum of its absolute values. Computed in double precision (upstream:
-#' float32, so entries agree to about 1e-6 relative).
+#' row divided by the sum of its absolute values. Entries agree with upstream's (float32
+#' throughout) to about 1e-6 relative.
 #'
 #' @param x A `scnative_velocity_graph` ([velocity_graph()]), or a Seurat /
 #'   SingleCellExperiment object holding one (see `graph`).
@@ -309,6 +310,13 @@ print.scnative_velocity_graph <- function(x, ...) {
 #' @param backward Logical (default `FALSE`): transpose (transitions into each cell).
 #' @param perc,threshold `NULL` or a number: drop entries below the `perc` percentile of
 #'   the entries (numpy's linear percentile), or below `threshold`.
+#' @param weight_indirect_neighbors `NULL` or a number in \[0, 1\]: weight of the transitions
+#'   to cells that are not direct kNN neighbours (0 keeps only the direct ones).
+#' @param n_neighbors `NULL` or a whole number: weight the transitions by the row-normalised
+#'   two-step connectivity of each cell's `n_neighbors` nearest neighbours (upstream's
+#'   `n_neighbors`, as `pl.velocity_graph` uses it).
+#' @param distances The kNN distance graph (cells x cells, or a [moments()] result), needed
+#'   by the two options above.
 #' @param graph For objects: the name the graph was stored under by [velocity_graph()].
 #' @return A cells x cells `dgCMatrix`, rows summing to 1 in absolute value (rows without
 #'   entries stay empty).
@@ -323,7 +331,8 @@ print.scnative_velocity_graph <- function(x, ...) {
 #' @export
 transition_matrix <- function(x, scale = 10, self_transitions = TRUE,
                               use_negative_cosines = FALSE, backward = FALSE, perc = NULL,
-                              threshold = NULL, graph = "velocity_graph") {
+                              threshold = NULL, weight_indirect_neighbors = NULL,
+                              n_neighbors = NULL, distances = NULL, graph = "velocity_graph") {
   g <- validate_velocity_graph(as_velocity_graph(x, graph))
   check_number(scale, "scale", min = 0, min_open = TRUE)
   check_flag(self_transitions, "self_transitions")
@@ -331,35 +340,59 @@ transition_matrix <- function(x, scale = 10, self_transitions = TRUE,
   check_flag(backward, "backward")
   check_number(perc, "perc", min = 0, max = 100, allow_null = TRUE)
   check_number(threshold, "threshold", allow_null = TRUE)
+  check_number(weight_indirect_neighbors, "weight_indirect_neighbors", min = 0, max = 1,
+               allow_null = TRUE)
+  check_number(n_neighbors, "n_neighbors", min = 1, whole = TRUE, allow_null = TRUE)
   n <- g$n
+  knn <- !is.null(n_neighbors) || (!is.null(weight_indirect_neighbors) &&
+                                     weight_indirect_neighbors < 1)
+  if (knn) {
+    if (is.null(distances)) {
+      stopf("'distances' (the kNN graph) is needed with 'weight_indirect_neighbors' or 'n_neighbors'")
+    }
+    D <- knn_distances(distances, n)
+  }
   pos <- sparse_triplets(g$graph)
   neg <- sparse_triplets(g$graph_neg)
-  # spec: transition_matrix Steps 1-3
-  if (use_negative_cosines) {
-    kp <- expm1(scale * pos$x)
-    kn <- -expm1(-scale * neg$x)
-  } else {
-    kp <- exp(scale * pos$x)
-    kn <- exp(scale * neg$x)
-  }
+  # spec: transition_matrix Steps 1-3, with upstream's float32 kernel values
+  f32exp <- function(c) as_f32(expm1(as_f32(scale * c)))
   i <- c(pos$i, neg$i)
   j <- c(pos$j, neg$j)
-  k <- c(kp, kn)
+  k <- if (use_negative_cosines) c(f32exp(pos$x), -f32exp(-neg$x)) else
+    as_f32(f32exp(c(pos$x, neg$x)) + 1)
   if (self_transitions) {
     s <- self_transitions_of(g$graph)
     d <- which(s > 0)
     i <- c(i, d)
     j <- c(j, d)
-    k <- c(k, if (use_negative_cosines) expm1(scale * s[d]) else exp(scale * s[d]))
+    k <- c(k, if (use_negative_cosines) f32exp(s[d]) else as_f32(f32exp(s[d]) + 1))
   }
-  # spec: Steps 6 (percentile / threshold cut)
+  # Step 4: indirect neighbours (not direct kNN neighbours, not the cell) weighted by w
+  if (!is.null(weight_indirect_neighbors) && weight_indirect_neighbors < 1) {
+    direct <- i == j | sparse_at(D, i, j) > 0
+    k <- as_f32(ifelse(direct, k, weight_indirect_neighbors * k))
+  }
+  # Step 5: times get_connectivities(mode = "distances", n_neighbors, recurse_neighbors)
+  if (!is.null(n_neighbors)) {
+    cnt <- diff(Matrix::t(D)@p)
+    Dn <- if (n_neighbors <= max(cnt)) select_nearest(D, n_neighbors) else D
+    C <- methods::as(Dn > 0, "dMatrix")
+    Matrix::diag(C) <- 1
+    Rc <- methods::as(C + C %*% (0.5 * C), "CsparseMatrix")
+    Rc@x <- pmin(pmax(Rc@x, 0), 1)
+    W <- as_f32(sparse_at(Rc, i, j) * (1 / Matrix::rowSums(Rc))[i]) # scipy: x * (1 / sum)
+    k <- as_f32(k * W)
+  }
+  # Step 6: percentile / threshold cut (float32 comparison, zeros dropped)
   if (!is.null(perc) || !is.null(threshold)) {
     thr <- if (!is.null(threshold)) threshold else np_percentile(k, perc)
-    ok <- k >= thr
-    i <- i[ok]
-    j <- j[ok]
-    k <- k[ok]
+    ok <- k != 0 & k >= as_f32(thr)
+  } else {
+    ok <- k != 0
   }
+  i <- i[ok]
+  j <- j[ok]
+  k <- k[ok]
   if (backward) {
     tmp <- i
     i <- j
@@ -371,6 +404,48 @@ transition_matrix <- function(x, scale = 10, self_transitions = TRUE,
   T <- Matrix::sparseMatrix(i = i, j = j, x = k, dims = c(n, n))
   if (!is.null(g$cells)) dimnames(T) <- list(g$cells, g$cells)
   T
+}
+
+# A kNN distance graph (or moments() result) as a dgCMatrix with positive entries, every cell
+# with a neighbour.
+knn_distances <- function(distances, n, arg = "distances") {
+  if (inherits(distances, "scnative_moments")) {
+    if (is.null(distances$distances)) {
+      stopf("'%s': these moments were computed on a given graph and hold no kNN distances", arg)
+    }
+    distances <- distances$distances
+  }
+  D <- Matrix::drop0(as_cell_graph(distances, n, arg, nonneg = TRUE))
+  cnt <- diff(Matrix::t(D)@p)
+  if (any(cnt == 0)) {
+    stopf("'%s': every cell needs a neighbour at a distance > 0; cell %d has none", arg,
+          which(cnt == 0)[1L])
+  }
+  D
+}
+
+# scVelo's select_distances: every row keeps its min(n_neighbors, smallest row count) nearest
+# neighbours (stable order among equal distances; numpy's argsort leaves them unspecified).
+# D: dgCMatrix with positive entries only.
+select_nearest <- function(D, n_neighbors) {
+  tD <- Matrix::t(D) # column i = row i of D
+  cnt <- diff(tD@p)
+  k <- min(min(cnt), n_neighbors)
+  if (all(cnt <= k)) return(D)
+  col <- rep.int(seq_along(cnt), cnt)
+  o <- order(col, tD@x, method = "radix")
+  keep <- sort(o[sequence(cnt) <= k])
+  Matrix::sparseMatrix(i = col[keep], j = tD@i[keep] + 1L, x = tD@x[keep], dims = dim(D))
+}
+
+# Values M[i, j] of a sparse matrix at the pairs (i, j) (0 where nothing is stored).
+sparse_at <- function(M, i, j) {
+  tr <- sparse_triplets(methods::as(M, "CsparseMatrix"))
+  n <- nrow(M)
+  pos <- match((i - 1) * n + j, (tr$i - 1) * n + tr$j)
+  out <- tr$x[pos]
+  out[is.na(pos)] <- 0
+  out
 }
 
 # ------------------------------------------------------------------ velocity_embedding

@@ -1,37 +1,9 @@
 # scVelo's pl.velocity_graph (scVelo 0.3.4) in ggplot2: the cells on an embedding and, under
-# them, the edges of the velocity graph's strongest transitions. The edge selection (a
-# transition matrix restricted to the kNN and cut at a threshold) is in velocity_graph_edges();
-# the drawing in plot_velocity_graph().
+# them, the edges of the velocity graph's strongest transitions. The edge selection (the
+# transition matrix restricted to the kNN and cut at a threshold, transition_matrix()) is in
+# velocity_graph_edges(); the drawing in plot_velocity_graph().
 # Spec (scVelo downstream): "tl.transition_matrix" (steps 1-8) and "Shared helpers"
 # (get_connectivities); the selection itself follows pl.velocity_graph's default branch.
-# The importFrom(Matrix, ...) below loads Matrix with the package: without it, a velocity graph
-# read back with readRDS() in a fresh session has no dim() (Matrix's S4 methods not loaded).
-
-# ------------------------------------------------------------------ helpers
-
-# scVelo's select_distances: every row keeps its min(n_neighbors, smallest row count) nearest
-# neighbours (stable order among equal distances; numpy's argsort leaves them unspecified).
-# D: dgCMatrix with positive entries only.
-select_nearest <- function(D, n_neighbors) {
-  tD <- Matrix::t(D) # column i = row i of D
-  cnt <- diff(tD@p)
-  k <- min(min(cnt), n_neighbors)
-  if (all(cnt <= k)) return(D)
-  col <- rep.int(seq_along(cnt), cnt)
-  o <- order(col, tD@x, method = "radix")
-  keep <- sort(o[sequence(cnt) <= k])
-  Matrix::sparseMatrix(i = col[keep], j = tD@i[keep] + 1L, x = tD@x[keep], dims = dim(D))
-}
-
-# Values M[i, j] of a sparse matrix at the pairs (i, j) (0 where nothing is stored).
-sparse_at <- function(M, i, j) {
-  tr <- sparse_triplets(methods::as(M, "CsparseMatrix"))
-  n <- nrow(M)
-  pos <- match((i - 1) * n + j, (tr$i - 1) * n + tr$j)
-  out <- tr$x[pos]
-  out[is.na(pos)] <- 0
-  out
-}
 
 # ------------------------------------------------------------------ the selection
 
@@ -85,63 +57,18 @@ velocity_graph_edges <- function(x, distances, n_neighbors = 10, threshold = NUL
   if (missing(distances)) stopf("'distances' is missing (the kNN graph, e.g. moments()$distances)")
   check_number(n_neighbors, "n_neighbors", min = 1, whole = TRUE)
   check_number(threshold, "threshold", min = 0, allow_null = TRUE)
-  if (is.null(threshold)) threshold <- 0.05
+  T <- transition_matrix(x, self_transitions = TRUE, weight_indirect_neighbors = 0,
+                         n_neighbors = n_neighbors, distances = distances,
+                         threshold = threshold %||% 0.05)
   n <- g$n
-  if (inherits(distances, "scnative_moments")) {
-    if (is.null(distances$distances)) {
-      stopf("'distances': these moments were computed on a given graph and hold no kNN distances")
-    }
-    distances <- distances$distances
-  }
-  D <- Matrix::drop0(as_cell_graph(distances, n, "distances", nonneg = TRUE))
-  cnt <- Matrix::rowSums(D > 0)
-  if (any(cnt == 0)) {
-    stopf("'distances': every cell needs a neighbour at a distance > 0; cell %d has none",
-          which(cnt == 0)[1L])
-  }
-
-  # spec: transition_matrix Steps 1-3 (use_negative_cosines = FALSE), in float32: exp(10 c)
-  # as expm1(10 c) + 1 on every stored pair; self-transitions s_i > 0 on the diagonal
-  pos <- sparse_triplets(g$graph)
-  neg <- sparse_triplets(g$graph_neg)
-  s <- self_transitions_of(g$graph)
-  d <- which(s > 0)
-  i <- c(pos$i, neg$i, d)
-  j <- c(pos$j, neg$j, d)
-  cc <- as_f32(c(pos$x, neg$x, s[d]))
-  k <- as_f32(as_f32(expm1(as_f32(10 * cc))) + 1)
-
-  # Step 4 (weight_indirect_neighbors = 0): only direct neighbours and the diagonal
-  direct <- i == j | sparse_at(D, i, j) > 0
-  i <- i[direct]
-  j <- j[direct]
-  k <- k[direct]
-
-  # Step 5: times get_connectivities(mode = "distances", n_neighbors, recurse_neighbors)
-  Dn <- if (n_neighbors <= max(cnt)) select_nearest(D, n_neighbors) else D
-  C <- methods::as(Dn > 0, "dMatrix")
-  Matrix::diag(C) <- 1
-  Rc <- methods::as(C + C %*% (0.5 * C), "CsparseMatrix")
-  Rc@x <- pmin(pmax(Rc@x, 0), 1)
-  W <- as_f32(sparse_at(Rc, i, j) * (1 / Matrix::rowSums(Rc))[i]) # scipy: x * (1 / sum)
-  k <- as_f32(k * W)
-
-  # Step 6: the cut, in float32 as numpy compares a float32 array with a Python float
-  keep <- k > 0 & k >= as_f32(threshold)
-  i <- i[keep]
-  j <- j[keep]
-  k <- k[keep]
-
-  # Step 8: rows divided by their sums
-  rs <- group_sums(k, i, n)[, 1L]
-  T <- Matrix::sparseMatrix(i = i, j = j, x = k / rs[i], dims = c(n, n))
-  if (!is.null(g$cells)) dimnames(T) <- list(g$cells, g$cells)
-
+  tr <- sparse_triplets(Matrix::t(T)) # row-wise: i = from, j = to
+  i <- tr$j
+  j <- tr$i
   # networkx.Graph(T): one undirected edge per pair of distinct cells
   off <- i != j
   a <- pmin(i[off], j[off])
   b <- pmax(i[off], j[off])
-  p <- (k / rs[i])[off]
+  p <- tr$x[off]
   key <- (a - 1) * n + b
   ord <- order(key, method = "radix")
   key <- key[ord]

@@ -247,7 +247,8 @@ test_that("velocity_graph(): independent cosines, thread invariance, options", {
   rs <- rowSums(K)
   expect_true(any(rs == 0)) # cells nobody reaches: empty rows stay empty
   rs[rs == 0] <- 1
-  expect_equal(unname(as.matrix(Tb)), unname(K / rs), tolerance = 1e-12)
+  # (the kernel is rounded to float32 as upstream's)
+  expect_equal(unname(as.matrix(Tb)), unname(K / rs), tolerance = 1e-6)
   # embedding without autoscale: the projection by hand for one cell
   E <- prcomp(t(m$Ms))$x[, 1:2]
   ve <- velocity_embedding(vg1, E, autoscale = FALSE)
