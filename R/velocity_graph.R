@@ -317,6 +317,11 @@ print.scnative_velocity_graph <- function(x, ...) {
 #'   `n_neighbors`, as `pl.velocity_graph` uses it).
 #' @param distances The kNN distance graph (cells x cells, or a [moments()] result), needed
 #'   by the two options above.
+#' @param embedding `NULL` or a cells x dimensions embedding (upstream's `basis`): the
+#'   positive transitions are multiplied by a Gaussian kernel of the embedding distances
+#'   (width `scale_diffusion` times their mean) and, with `0 < weight_diffusion < 1`, mixed
+#'   with a narrower one (Brownian motion), then renormalised.
+#' @param weight_diffusion,scale_diffusion Numbers (defaults 0 and 1), see `embedding`.
 #' @param graph For objects: the name the graph was stored under by [velocity_graph()].
 #' @return A cells x cells `dgCMatrix`, rows summing to 1 in absolute value (rows without
 #'   entries stay empty).
@@ -332,7 +337,9 @@ print.scnative_velocity_graph <- function(x, ...) {
 transition_matrix <- function(x, scale = 10, self_transitions = TRUE,
                               use_negative_cosines = FALSE, backward = FALSE, perc = NULL,
                               threshold = NULL, weight_indirect_neighbors = NULL,
-                              n_neighbors = NULL, distances = NULL, graph = "velocity_graph") {
+                              n_neighbors = NULL, distances = NULL, embedding = NULL,
+                              weight_diffusion = 0, scale_diffusion = 1,
+                              graph = "velocity_graph") {
   g <- validate_velocity_graph(as_velocity_graph(x, graph))
   check_number(scale, "scale", min = 0, min_open = TRUE)
   check_flag(self_transitions, "self_transitions")
@@ -343,7 +350,10 @@ transition_matrix <- function(x, scale = 10, self_transitions = TRUE,
   check_number(weight_indirect_neighbors, "weight_indirect_neighbors", min = 0, max = 1,
                allow_null = TRUE)
   check_number(n_neighbors, "n_neighbors", min = 1, whole = TRUE, allow_null = TRUE)
+  check_number(weight_diffusion, "weight_diffusion", min = 0, max = 1)
+  check_number(scale_diffusion, "scale_diffusion", min = 0, min_open = TRUE)
   n <- g$n
+  if (!is.null(embedding)) E <- check_embedding(embedding, n, g$cells)
   knn <- !is.null(n_neighbors) || (!is.null(weight_indirect_neighbors) &&
                                      weight_indirect_neighbors < 1)
   if (knn) {
@@ -401,6 +411,20 @@ transition_matrix <- function(x, scale = 10, self_transitions = TRUE,
   # spec: Step 8 (normalize: rows by the sum of absolute values)
   rs <- group_sums(abs(k), i, n)[, 1L]
   k <- k / rs[i]
+  # Step 9: a Gaussian diffusion kernel of the embedding distances on the positive entries
+  if (!is.null(embedding)) {
+    pp <- k > 0
+    i <- i[pp]
+    j <- j[pp]
+    de <- sqrt(rowSums((E[i, , drop = FALSE] - E[j, , drop = FALSE])^2))
+    sd <- scale_diffusion * mean(de)
+    k <- k[pp] * exp(-0.5 * de^2 / sd^2)
+    if (weight_diffusion > 0 && weight_diffusion < 1) {
+      k <- (1 - weight_diffusion) * k + weight_diffusion * exp(-0.5 * de^2 / (sd / 2)^2)
+    }
+    rs <- group_sums(k, i, n)[, 1L]
+    k <- k / rs[i]
+  }
   T <- Matrix::sparseMatrix(i = i, j = j, x = k, dims = c(n, n))
   if (!is.null(g$cells)) dimnames(T) <- list(g$cells, g$cells)
   T

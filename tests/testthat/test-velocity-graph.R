@@ -50,6 +50,10 @@ def vg_upstream(Ms, V, vgenes, dist, umap):
     out['Tb'] = _vg_trip(_scv.tl.transition_matrix(a, backward=True, self_transitions=False))
     out['Tn'] = _vg_trip(_scv.tl.transition_matrix(a, use_negative_cosines=True))
     out['Tp'] = _vg_trip(_scv.tl.transition_matrix(a, perc=50))
+    out['Tw'] = _vg_trip(_scv.tl.transition_matrix(a, weight_indirect_neighbors=0.3, n_neighbors=10))
+    a.obsm['X_emb'] = _np.asarray(umap, dtype=_np.float32)
+    out['Td'] = _vg_trip(_scv.tl.transition_matrix(a, basis='emb', weight_diffusion=0.4,
+                                                   scale_diffusion=2))
     E = _np.asarray(umap, dtype=_np.float32)
     a.obsm['X_umap'] = E
     _scv.tl.velocity_embedding(a, basis='umap')
@@ -146,7 +150,11 @@ vg_compare <- function(Ms, V, vgenes, dist, E) {
   tm <- list(T = transition_matrix(vg),
              Tb = transition_matrix(vg, backward = TRUE, self_transitions = FALSE),
              Tn = transition_matrix(vg, use_negative_cosines = TRUE),
-             Tp = transition_matrix(vg, perc = 50))
+             Tp = transition_matrix(vg, perc = 50),
+             Tw = transition_matrix(vg, weight_indirect_neighbors = 0.3, n_neighbors = 10,
+                                    distances = dist),
+             Td = transition_matrix(vg, embedding = E, weight_diffusion = 0.4,
+                                    scale_diffusion = 2))
   for (nm in names(tm)) {
     ref <- trip_matrix(up[[nm]])
     expect_identical(length(tm[[nm]]@x), length(ref@x), label = nm)
