@@ -3,6 +3,8 @@
 #   make check   installs what is missing (incl. the Python peers venv), builds the tarball,
 #                runs R CMD check (tests, parity tests against live upstream, vignettes) and
 #                ends with one line "N passed, N failed, N skipped"
+#   make fuzz N=10000 SEED=1   the long fuzz campaign of the exported API on the installed
+#                package (build/fuzz-report.md); a fixed-seed subset runs in `make check`
 SHELL := /bin/bash
 PKG := scnative
 VERSION := $(shell sed -n 's/^Version: *//p' DESCRIPTION)
@@ -10,7 +12,12 @@ TARBALL := $(PKG)_$(VERSION).tar.gz
 BUILD := build
 SHARED_DATA := $(abspath ../shared/data)
 
-.PHONY: demo check deps-demo deps-check install docs clean
+N ?= 1000
+SEED ?= 1
+# each fuzz child may use at most this much virtual memory (KiB): huge sizes must fail fast
+FUZZ_MEM_KB ?= 8000000
+
+.PHONY: demo check deps-demo deps-check install docs clean fuzz
 
 deps-demo:
 	bash tools/install-deps.sh demo
@@ -34,6 +41,10 @@ docs:
 
 check: deps-check
 	bash tools/check.sh
+
+fuzz:
+	mkdir -p $(BUILD)
+	ulimit -v $(FUZZ_MEM_KB); OMP_THREAD_LIMIT=2 Rscript tools/fuzz.R N=$(N) SEED=$(SEED) OUT=$(BUILD)/fuzz-report.md
 
 clean:
 	rm -rf $(BUILD) $(PKG).Rcheck $(PKG)_*.tar.gz src/*.o src/*.so
