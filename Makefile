@@ -5,6 +5,8 @@
 #                ends with one line "N passed, N failed, N skipped"
 #   make fuzz N=10000 SEED=1   the long fuzz campaign of the exported API on the installed
 #                package (build/fuzz-report.md); a fixed-seed subset runs in `make check`
+#   make sanitize  builds with -fsanitize=address,undefined into build/sanitize and runs the
+#                fuzz subset and the test files without Python under it
 SHELL := /bin/bash
 PKG := scnative
 VERSION := $(shell sed -n 's/^Version: *//p' DESCRIPTION)
@@ -17,7 +19,7 @@ SEED ?= 1
 # each fuzz child may use at most this much virtual memory (KiB): huge sizes must fail fast
 FUZZ_MEM_KB ?= 8000000
 
-.PHONY: demo check deps-demo deps-check install docs clean fuzz
+.PHONY: demo check deps-demo deps-check install docs clean fuzz sanitize
 
 deps-demo:
 	bash tools/install-deps.sh demo
@@ -45,6 +47,9 @@ check: deps-check
 fuzz:
 	mkdir -p $(BUILD)
 	ulimit -v $(FUZZ_MEM_KB); OMP_THREAD_LIMIT=2 Rscript tools/fuzz.R N=$(N) SEED=$(SEED) OUT=$(BUILD)/fuzz-report.md
+
+sanitize:
+	bash tools/sanitize.sh
 
 clean:
 	rm -rf $(BUILD) $(PKG).Rcheck $(PKG)_*.tar.gz src/*.o src/*.so

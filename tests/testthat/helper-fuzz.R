@@ -122,13 +122,15 @@ fuzz_setup <- function(h5_dir = tempfile("fuzz-h5"), objects = TRUE) {
       conform = "embedding")
   add("velocity_embedding (T)", "velocity_embedding", list(x = vg, embedding = emb, T = T),
       conform = c("embedding", "T"))
+  # non-finite cells are left out of the grid (as upstream): NA is valid there
   add("velocity_grid", "velocity_grid", list(embedding = emb, V = ve, threads = 1),
-      conform = c("embedding", "V"))
+      conform = c("embedding", "V"), na_ok = c("embedding", "V"))
   add("terminal_states", "terminal_states",
       list(x = vg, distances = m$distances, threads = 1), conform = "distances")
   add("terminal_states (Ms)", "terminal_states",
       list(x = vg, distances = m$distances, Ms = m$Ms, gene_count_corr = seq(-0.5, 0.5, 0.2),
-           threads = 1), conform = c("distances", "Ms", "gene_count_corr"))
+           threads = 1), conform = c("distances", "Ms", "gene_count_corr"),
+      na_ok = "gene_count_corr")
   add("velocity_pseudotime", "velocity_pseudotime",
       list(x = vg, connectivities = m$connectivities, distances = m$distances, threads = 1),
       conform = c("connectivities", "distances"))
@@ -144,12 +146,12 @@ fuzz_setup <- function(h5_dir = tempfile("fuzz-h5"), objects = TRUE) {
   add("latent_time (matrix)", "latent_time",
       list(x = fit$layers$fit_t, root_cells = 1, connectivities = m$connectivities,
            fit_likelihood = fit$var$fit_likelihood),
-      conform = c("x", "connectivities", "fit_likelihood"), na_ok = "x")
+      conform = c("x", "connectivities", "fit_likelihood"), na_ok = c("x", "fit_likelihood"))
   add("velocity_confidence", "velocity_confidence", list(x = v, distances = m$distances),
       conform = "distances")
   add("velocity_confidence (matrix)", "velocity_confidence",
       list(x = v$velocity, distances = m$distances, velocity_genes = rep(TRUE, 6)),
-      conform = c("x", "distances", "velocity_genes"))
+      conform = c("x", "distances", "velocity_genes"), na_ok = "x")
   add("velocity_confidence_transition", "velocity_confidence_transition",
       list(x = v, Ms = m$Ms, T = T), conform = c("Ms", "T"))
   add("simulate_spatial", "simulate_spatial",
@@ -157,14 +159,14 @@ fuzz_setup <- function(h5_dir = tempfile("fuzz-h5"), objects = TRUE) {
       iters = c("n_spots", "n_genes", "n_cell_types"))
   add("simulate_spatial (reference)", "simulate_spatial",
       list(x = rx, labels = lab, n_spots = 10, n_genes = 20, seed = 1),
-      conform = c("x", "labels"), counts = "x", nonneg = "x", iters = c("n_spots", "n_genes"))
+      conform = c("x:cols", "labels"), counts = "x", nonneg = "x", iters = c("n_spots", "n_genes"))
   add("reference_signatures", "reference_signatures",
       list(x = rx, labels = lab, max_epochs = 3, seed = 1, progress = FALSE, threads = 1),
-      conform = c("x", "labels"), counts = "x", nonneg = "x", iters = "max_epochs")
+      conform = c("x:cols", "labels"), counts = "x", nonneg = "x", iters = "max_epochs")
   add("reference_signatures (batch)", "reference_signatures",
       list(x = rx, labels = lab, batch = factor(rep(c("s1", "s2"), 15)), batch_size = 10,
            max_epochs = 2, seed = 1, progress = FALSE, threads = 1),
-      conform = c("x", "labels", "batch"), counts = "x", nonneg = "x", iters = "max_epochs")
+      conform = c("x:cols", "labels", "batch"), counts = "x", nonneg = "x", iters = "max_epochs")
   add("reference_signatures (init)", "reference_signatures",
       list(x = rx, labels = lab, init = rf, max_epochs = 2, seed = 1, progress = FALSE,
            threads = 1),
@@ -204,7 +206,7 @@ fuzz_setup <- function(h5_dir = tempfile("fuzz-h5"), objects = TRUE) {
       list(x = rx, cell_count_cutoff = 2, cell_percentage_cutoff2 = 0.05, nonz_mean_cutoff = 1,
            plot = FALSE), nonneg = "x")
   add("cluster_averages", "cluster_averages", list(x = rx, labels = lab),
-      conform = c("x", "labels"))
+      conform = c("x:cols", "labels"))
   add("scnative_threads", "scnative_threads", list(verbose = TRUE))
   add("set_scnative_threads", "set_scnative_threads", list(threads = 1))
   if (have_sce) {
@@ -222,7 +224,7 @@ fuzz_setup <- function(h5_dir = tempfile("fuzz-h5"), objects = TRUE) {
              obs = data.frame(lab = lab, row.names = colnames(rx)),
              obsm = list(X_pca = matrix(seq_len(60) / 7, 30, 2)),
              uns = list(note = "fuzz"), overwrite = TRUE),
-        conform = c("X", "obs", "obsm"), free = c("uns", "path"))
+        conform = c("X:cols", "obs", "obsm:rows"), free = c("uns", "path"))
   }
   if (have_gg) {
     add("plot_history", "plot_history", list(x = c2), post = build, strict = "x")
@@ -232,12 +234,12 @@ fuzz_setup <- function(h5_dir = tempfile("fuzz-h5"), objects = TRUE) {
         list(fit = fit, gene = rownames(m$Ms)[3], Ms = m$Ms, Mu = m$Mu), post = build,
         conform = c("Ms", "Mu"), na_ok = "fit")
     add("plot_spatial_abundance", "plot_spatial_abundance", list(x = ab, coords = sp$coords),
-        post = build, conform = c("x", "coords"))
+        post = build, conform = c("x:rows", "coords"))
     add("plot_velocity_embedding", "plot_velocity_embedding", list(x = emb, V = ve),
-        post = build, conform = c("x", "V"))
+        post = build, conform = c("x", "V"), na_ok = c("x", "V"))
     add("plot_velocity_embedding (arrows)", "plot_velocity_embedding",
         list(x = emb, V = ve, type = "arrows", color = sim$obs[[1]]), post = build,
-        conform = c("x", "V", "color"), free = "color")
+        conform = c("x", "V", "color"), free = "color", na_ok = c("x", "V", "color"))
   }
   exports <- sort(getNamespaceExports("scnative"))
   fuzzed <- unique(vapply(cs, `[[`, "", "fun"))
@@ -284,7 +286,15 @@ fz_mut <- function(value, class, label, invalid) {
 
 fz_pick <- function(x) x[[sample.int(length(x), 1L)]]
 
-fz_in <- function(ctx, what) ctx$arg %in% ctx$case[[what]]
+fz_in <- function(ctx, what) {
+  if (what == "conform") return(fz_conform(ctx, "rows") || fz_conform(ctx, "cols"))
+  ctx$arg %in% ctx$case[[what]]
+}
+
+# `conform` entries are "arg" (both axes) or "arg:rows" / "arg:cols" (one axis must match).
+fz_conform <- function(ctx, axis) {
+  any(c(ctx$arg, paste0(ctx$arg, ":", axis)) %in% ctx$case$conform)
+}
 
 # Junk of another type, and NULL.
 fz_type_muts <- function(value, ctx) {
@@ -309,7 +319,8 @@ fz_type_muts <- function(value, ctx) {
 }
 
 fz_special <- function(ctx) {
-  na <- fz_in(ctx, "na_ok") && !ctx$strict
+  # NA in a field of a result object (not a validated fit) may be documented (unfitted genes)
+  na <- (fz_in(ctx, "na_ok") || ctx$in_field) && !ctx$strict
   iters <- fz_in(ctx, "iters")
   out <- list(
     function() list(v = NA_real_, l = "NA", inv = !na),
@@ -363,13 +374,15 @@ fz_atomic_muts <- function(value, ctx) {
   if (is.character(value)) {
     out <- c(out, list(
       function() fz_mut(NA_character_, "value", "NA string",
-                        !fz_in(ctx, "na_ok") && (!fz_in(ctx, "free") || ctx$strict)),
+                        !fz_in(ctx, "na_ok") && (!fz_in(ctx, "free") || ctx$strict) &&
+                          (!ctx$in_field || ctx$strict)),
       function() fz_mut("", "value", "empty string", FALSE),
       function() fz_mut(paste0(value[1L], intToUtf8(c(233, 1))), "value", "odd characters", FALSE)))
     if (n > 1L) {
       out <- c(out, list(function() {
         v <- value; k <- sample.int(n, 1L); v[k] <- NA
-        fz_mut(v, "value", sprintf("element %d NA", k), !fz_in(ctx, "na_ok"))
+        fz_mut(v, "value", sprintf("element %d NA", k),
+               !fz_in(ctx, "na_ok") && (!ctx$in_field || ctx$strict))
       }, function() {
         v <- value; v[2L] <- v[1L]
         fz_mut(v, "names", "duplicated value", FALSE)
@@ -438,6 +451,8 @@ fz_factor_muts <- function(value, ctx) {
 # Dense matrices (and, through as.matrix, the data of sparse ones).
 fz_matrix_muts <- function(value, ctx) {
   conform <- fz_in(ctx, "conform") || ctx$strict
+  crow <- fz_conform(ctx, "rows") || ctx$strict
+  ccol <- fz_conform(ctx, "cols") || ctx$strict
   named <- fz_in(ctx, "named")
   nonneg <- fz_in(ctx, "nonneg")
   nr <- nrow(value); nc <- ncol(value)
@@ -450,7 +465,7 @@ fz_matrix_muts <- function(value, ctx) {
       fz_mut(x, class, sprintf("entry %d set to %s", k, lab), inv)
     }
   }
-  na <- fz_in(ctx, "na_ok") && !ctx$strict
+  na <- (fz_in(ctx, "na_ok") || ctx$in_field) && !ctx$strict
   out <- list(
     put(NA, "NA", "NA", !na), put(NaN, "NaN", "NaN", !na), put(Inf, "Inf", "Inf", !na),
     put(-Inf, "-Inf", "-Inf", !na), put(-1, "-1", "-1", nonneg), put(1e308, "1e308", "1e308",
@@ -464,15 +479,15 @@ fz_matrix_muts <- function(value, ctx) {
       fz_mut(x, "type", "a logical matrix", FALSE) },
     function() fz_mut(as.vector(value), "shape", "dims dropped (a vector)", conform),
     function() fz_mut(value[-sample.int(nr, 1L), , drop = FALSE], "shape", "a row dropped",
-                      conform),
+                      crow),
     function() fz_mut(value[, -sample.int(nc, 1L), drop = FALSE], "shape", "a column dropped",
-                      conform),
+                      ccol),
     function() fz_mut(t(value), "shape", "transposed", conform && nr != nc),
     function() fz_mut(value[0L, , drop = FALSE], "shape", "0 rows", !ctx$in_field || ctx$strict),
     function() fz_mut(value[, 0L, drop = FALSE], "shape", "0 columns",
                       !ctx$in_field || ctx$strict),
-    function() fz_mut(value[1L, , drop = FALSE], "shape", "1 row", conform),
-    function() fz_mut(value[, 1L, drop = FALSE], "shape", "1 column", conform),
+    function() fz_mut(value[1L, , drop = FALSE], "shape", "1 row", crow && nr > 1L),
+    function() fz_mut(value[, 1L, drop = FALSE], "shape", "1 column", ccol && nc > 1L),
     function() fz_mut(array(value, c(dim(value), 1L)), "shape", "a 3-d array",
                       !ctx$in_field || ctx$strict)
   )
@@ -484,7 +499,7 @@ fz_matrix_muts <- function(value, ctx) {
         list(function() {
           x <- value; d <- dimnames(x); d[[ax]] <- sample(d[[ax]]); dimnames(x) <- d
           fz_mut(x, "names", sprintf("%s names shuffled", c("row", "column")[ax]),
-                 (conform && length(d[[ax]]) > 1L) && !named)
+                 (c(crow, ccol)[ax] && length(d[[ax]]) > 1L) && !named)
         }, function() {
           x <- value; d <- dimnames(x); d[[ax]][sample.int(length(d[[ax]]), 1L)] <- NA
           dimnames(x) <- d
@@ -536,7 +551,7 @@ fz_sparse_muts <- function(value, ctx) {
     slot_edit("p too short", function(x) { x@p <- x@p[-length(x@p)]; x })
   )
   if (nnz) {
-    na <- fz_in(ctx, "na_ok") && !ctx$strict
+    na <- (fz_in(ctx, "na_ok") || ctx$in_field) && !ctx$strict
     xs <- function(v, lab, inv) function() {
       x <- value; x@x[sample.int(nnz, 1L)] <- v; fz_mut(x, "value", lab, inv) }
     out <- c(out, list(
@@ -546,12 +561,14 @@ fz_sparse_muts <- function(value, ctx) {
   }
   # structural edits through valid Matrix operations
   conform <- fz_in(ctx, "conform") || ctx$strict
+  crow <- fz_conform(ctx, "rows") || ctx$strict
+  ccol <- fz_conform(ctx, "cols") || ctx$strict
   nr <- nrow(value); nc <- ncol(value)
   out <- c(out, list(
     function() fz_mut(value[-sample.int(nr, 1L), , drop = FALSE], "shape", "a row dropped",
-                      conform),
+                      crow),
     function() fz_mut(value[, -sample.int(nc, 1L), drop = FALSE], "shape", "a column dropped",
-                      conform),
+                      ccol),
     function() fz_mut(Matrix::t(value), "shape", "transposed", conform && nr != nc),
     function() fz_mut(value[0L, , drop = FALSE], "shape", "0 rows", !ctx$in_field || ctx$strict),
     function() fz_mut(as.matrix(value), "type", "as a dense matrix", FALSE),
@@ -562,7 +579,7 @@ fz_sparse_muts <- function(value, ctx) {
   if (!is.null(dn[[1L]])) {
     out <- c(out, list(function() {
       x <- value; x@Dimnames[[1L]] <- sample(dn[[1L]])
-      fz_mut(x, "names", "row names shuffled", conform && !fz_in(ctx, "named")) },
+      fz_mut(x, "names", "row names shuffled", crow && !fz_in(ctx, "named")) },
       function() {
         x <- value; x@Dimnames[[1L]][2L] <- x@Dimnames[[1L]][1L]
         fz_mut(x, "names", "duplicated row names", fz_in(ctx, "named")) }))
@@ -605,16 +622,21 @@ fz_list_muts <- function(value, ctx, depth = 0L) {
   # the kept data of a fit (`fit$data`) is only read by train_more()
   strict_k <- function(k) ctx$strict && (depth > 0L || nm[k] != "data" ||
                                             isTRUE(ctx$case$strict_data))
+  optional <- if (depth == 0L) c("data", "interrupted", "format") else character()
+  same <- function(a, b) {
+    identical(class(a), class(b)) && identical(dim(a), dim(b)) && identical(length(a), length(b))
+  }
   out <- list(
     function() { k <- sample.int(length(value), 1L); x <- value; x[[k]] <- NULL
-      fz_mut(x, "field", sprintf("field '%s' dropped", nm[k]), strict_k(k) && nm[k] != "data") },
+      fz_mut(x, "field", sprintf("field '%s' dropped", nm[k]),
+             strict_k(k) && !nm[k] %in% optional) },
     function() { k <- sample.int(length(value), 1L); x <- value; x[[k]] <- "fuzz"
       fz_mut(x, "field", sprintf("field '%s' set to a string", nm[k]), strict_k(k)) },
     function() {
       if (length(value) < 2L) return(fz_mut(value[0L], "field", "all fields dropped", strict_k(1L)))
       k <- sample.int(length(value), 2L); x <- value; x[k] <- value[rev(k)]
       fz_mut(x, "field", sprintf("fields '%s' and '%s' swapped", nm[k[1]], nm[k[2]]),
-             strict_k(k[1]) && strict_k(k[2]) && !identical(value[[k[1]]], value[[k[2]]]))
+             strict_k(k[1]) && strict_k(k[2]) && !same(value[[k[1]]], value[[k[2]]]))
     },
     function() { x <- value; class(x) <- NULL
       fz_mut(x, "field", "class removed", FALSE) }
@@ -826,7 +848,15 @@ fz_call <- function(case, args) {
 fz_outcome <- function(r, draw, setup) {
   case <- setup$cases[[draw$k]]
   if (isTRUE(r$mutated)) return("mutated")
-  if (r$error) return(if (fz_names_arg(r$message, draw$arg)) "good" else "vague")
+  if (r$error) {
+    if (fz_names_arg(r$message, draw$arg)) return("good")
+    # a shape or names that no longer match another argument: naming that one is clear too
+    if (r$class %in% c("shape", "names", "field") &&
+        any(vapply(names(case$args), fz_names_arg, TRUE, msg = r$message))) {
+      return("good")
+    }
+    return("vague")
+  }
   if (r$invalid) return("silent_accepted")
   if (r$nonfinite && !isTRUE(case$base_nonfinite)) return("silent_nan")
   "ok"
@@ -835,6 +865,10 @@ fz_outcome <- function(r, draw, setup) {
 # Runs the base calls once (in this process; they use one thread) to learn which return NaN/Inf anyway, and checks
 # they all work (a base call that fails is a bug of the fuzzer or of the package).
 fuzz_check_base <- function(setup) {
+  wd <- tempfile("fuzz-base")
+  dir.create(wd)
+  old <- setwd(wd) # write_h5ad's relative path, ggplot's Rplots.pdf
+  on.exit({ setwd(old); unlink(wd, recursive = TRUE) }, add = TRUE)
   bad <- character()
   for (k in seq_along(setup$cases)) {
     draw <- list(k = k, arg = names(setup$cases[[k]]$args)[1L],
