@@ -140,7 +140,9 @@ c2l_prepare <- function(x, signatures, batch, N_cells_per_location, N_given, det
   if (is.null(colnames(signatures))) stopf("'signatures' must have cell type names as column names")
   if (anyDuplicated(rownames(x))) stopf("'x' has duplicated gene names")
   if (anyDuplicated(rownames(signatures))) stopf("'signatures' has duplicated gene names")
-  if (anyDuplicated(colnames(signatures))) stopf("'signatures' has duplicated cell type names")
+  if (anyDuplicated(colnames(signatures)) || anyNA(colnames(signatures))) {
+    stopf("'signatures' has NA or duplicated cell type names")
+  }
   genes <- intersect(rownames(x), rownames(signatures))
   if (length(genes) == 0L) stopf("'x' and 'signatures' share no gene names")
   if (length(genes) < min_genes) {

@@ -310,7 +310,9 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
           length(unrec), paste(utils::head(unrec, 10), collapse = ", "))
   }
   fidx <- which(fitted)
-  if (length(fidx) == 0L) stopf("recover_dynamics: no gene could be fitted")
+  if (length(fidx) == 0L) {
+    stopf("recover_dynamics: no gene could be fitted from 'x' (Ms) and 'Mu' (too few cells with non-zero moments?)")
+  }
 
   # fit_t comes back from C already smoothed over the graph (spec 6.2)
   # loss matrix (varm["loss"])

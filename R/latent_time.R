@@ -276,6 +276,10 @@ latent_time.default <- function(x, root_cells, end_points = NULL, connectivities
                                 fit_likelihood = NULL, min_likelihood = 0.1,
                                 min_confidence = 0.75, t_max = NULL, ...) {
   stop_dots(...)
+  if (!(is.matrix(x) || is.data.frame(x) || inherits(x, "Matrix"))) {
+    stopf("'x' must be a numeric genes x cells matrix of gene times (or a scnative_dynamics fit), not %s",
+          class(x)[1L])
+  }
   if (missing(connectivities) || is.null(connectivities)) {
     stopf("'connectivities' (the cells x cells neighbour graph) is missing")
   }
@@ -459,6 +463,7 @@ velocity_confidence <- function(x, ...) UseMethod("velocity_confidence")
 #' @export
 velocity_confidence.scnative_velocity <- function(x, distances, spearmans_score = NULL, ...) {
   stop_dots(...)
+  validate_velocity_object(x, "x")
   velocity_confidence.default(x$velocity, distances, velocity_genes = x$var$velocity_genes,
                               spearmans_score = spearmans_score)
 }
@@ -530,6 +535,7 @@ velocity_confidence_transition <- function(x, ...) UseMethod("velocity_confidenc
 velocity_confidence_transition.scnative_velocity <- function(x, Ms, T, spearmans_score = NULL,
                                                              ...) {
   stop_dots(...)
+  validate_velocity_object(x, "x")
   velocity_confidence_transition.default(x$velocity, Ms, T,
                                          velocity_genes = x$var$velocity_genes,
                                          spearmans_score = spearmans_score)

@@ -570,6 +570,9 @@ filter_genes <- function(x, cell_count_cutoff = 15, cell_percentage_cutoff2 = 0.
   }
   x <- check_expression(x, "x")
   if (is.null(rownames(x))) rownames(x) <- sprintf("gene_%d", seq_len(nrow(x)))
+  if (anyNA(rownames(x)) || anyDuplicated(rownames(x))) {
+    stopf("'x' has NA or duplicated gene (row) names")
+  }
   n_cells <- if (inherits(x, "Matrix")) Matrix::rowSums(x > 0) else rowSums(x > 0)
   tot <- if (inherits(x, "Matrix")) Matrix::rowSums(x) else rowSums(x)
   nonz_mean <- tot / n_cells

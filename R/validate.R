@@ -254,7 +254,12 @@ validate_c2l_fit <- function(fit, arg = "fit", data = TRUE) {
              "gene_add_alpha_alpha", "gene_add_alpha_beta", "gene_add_mean_alpha",
              "gene_add_mean_beta", "phi_alpha", "phi_beta"))
   vf_params(vf_get(fit, "params", arg), c2l_site_table(S, G, F, R, E), vf_path(arg, "params"))
-  vf_matrix(vf_get(fit, "signatures", arg), vf_path(arg, "signatures"), G, F, nonneg = TRUE)
+  sg <- vf_get(fit, "signatures", arg)
+  vf_matrix(sg, vf_path(arg, "signatures"), G, F, nonneg = TRUE)
+  if ((!is.null(rownames(sg)) && !identical(rownames(sg), st$genes)) ||
+      (!is.null(colnames(sg)) && !identical(colnames(sg), st$cell_types))) {
+    stopf("'%s' must have the fit's genes and cell types as dimnames", vf_path(arg, "signatures"))
+  }
   b <- vf_get(fit, "batch", arg)
   vf_factor(b, vf_path(arg, "batch"), S, st$batch_levels)
   if (!all(as.integer(b) == st$batch_codes)) {
@@ -424,7 +429,11 @@ validate_dynamics <- function(x, arg = "x", var_cols = dyn_var_cols,
     }
   }
   uns <- vf_get(x, "uns", arg, optional = TRUE)
-  if (!is.null(uns)) vf_list(uns, vf_path(arg, "uns"))
+  if (!is.null(uns)) {
+    vf_list(uns, vf_path(arg, "uns"))
+    rd <- uns$recover_dynamics
+    if (!is.null(rd)) vf_list(rd, vf_path(vf_path(arg, "uns"), "recover_dynamics"))
+  }
   invisible(list(n_genes = G, n_cells = N))
 }
 
@@ -453,4 +462,28 @@ validate_posterior_summary <- function(x, arg, which, site, rows, meta, site_row
   dims <- if (site_rows_first) c(length(rn), length(ct)) else c(length(ct), length(rn))
   vf_matrix(m, vf_path(sp, site), dims[1L], dims[2L])
   m
+}
+
+# ---- velocity() results -------------------------------------------------------------------------
+
+# A scnative_velocity object before its velocities are read: `velocity` a numeric genes x cells
+# matrix (NA rows for genes without velocity), `var$velocity_genes` one logical per gene.
+validate_velocity_object <- function(x, arg = "x") {
+  if (!inherits(x, "scnative_velocity") || !is.list(x)) {
+    stopf("'%s' must be a scnative_velocity object (from velocity()), not %s", arg, class(x)[1L])
+  }
+  V <- vf_get(x, "velocity", arg)
+  if (!is.numeric(V) || !is.matrix(V)) {
+    stopf("'%s' must be a numeric genes x cells matrix (is %s)", vf_path(arg, "velocity"),
+          vf_shape(V))
+  }
+  var <- vf_get(x, "var", arg)
+  vp <- vf_path(arg, "var")
+  if (!is.data.frame(var)) stopf("'%s' must be a data.frame, not %s", vp, class(var)[1L])
+  vg <- vf_get(var, "velocity_genes", vp)
+  if (!is.logical(vg) || length(vg) != nrow(V)) {
+    stopf("'%s' must be one logical per gene of '%s' (%d)", vf_path(vp, "velocity_genes"),
+          vf_path(arg, "velocity"), nrow(V))
+  }
+  invisible(x)
 }

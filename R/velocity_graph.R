@@ -123,6 +123,7 @@ velocity_graph <- function(x, ...) UseMethod("velocity_graph")
 #' @rdname velocity_graph
 #' @export
 velocity_graph.scnative_velocity <- function(x, Ms, distances, velocity_genes = NULL, ...) {
+  validate_velocity_object(x, "x")
   if (is.null(velocity_genes)) velocity_genes <- x$var$velocity_genes
   velocity_graph.default(x$velocity, Ms, distances, velocity_genes = velocity_genes, ...)
 }

@@ -59,6 +59,10 @@ velocity_grid <- function(embedding, V, density = 1, smooth = 0.5, n_neighbors =
   check_number(aspect, "aspect", min = 0, min_open = TRUE)
   nth <- resolve_threads(threads)
   ok <- is.finite(rowSums(E)) & is.finite(rowSums(V))
+  if (sum(ok) < 2L) {
+    stopf("'embedding' and 'V' have %d cell(s) with finite coordinates and velocity; at least 2 are needed",
+          sum(ok))
+  }
   E <- E[ok, , drop = FALSE]
   V <- V[ok, , drop = FALSE]
   n <- nrow(E)

@@ -118,13 +118,14 @@ fuzz_setup <- function(h5_dir = tempfile("fuzz-h5"), objects = TRUE) {
            threads = 1, progress = FALSE),
       conform = c("x", "Ms", "distances", "velocity_genes"))
   add("transition_matrix", "transition_matrix", list(x = vg), na_ok = character())
+  # an embedding's column names (PC1, ...) are labels: only its rows must match the cells
   add("velocity_embedding", "velocity_embedding", list(x = vg, embedding = emb),
-      conform = "embedding")
+      conform = "embedding:rows")
   add("velocity_embedding (T)", "velocity_embedding", list(x = vg, embedding = emb, T = T),
-      conform = c("embedding", "T"))
+      conform = c("embedding:rows", "T"))
   # non-finite cells are left out of the grid (as upstream): NA is valid there
   add("velocity_grid", "velocity_grid", list(embedding = emb, V = ve, threads = 1),
-      conform = c("embedding", "V"), na_ok = c("embedding", "V"))
+      conform = c("embedding:rows", "V:rows"), na_ok = c("embedding", "V"))
   add("terminal_states", "terminal_states",
       list(x = vg, distances = m$distances, threads = 1), conform = "distances")
   add("terminal_states (Ms)", "terminal_states",
@@ -151,7 +152,7 @@ fuzz_setup <- function(h5_dir = tempfile("fuzz-h5"), objects = TRUE) {
       conform = "distances")
   add("velocity_confidence (matrix)", "velocity_confidence",
       list(x = v$velocity, distances = m$distances, velocity_genes = rep(TRUE, 6)),
-      conform = c("x", "distances", "velocity_genes"), na_ok = "x")
+      conform = c("x:cols", "distances", "velocity_genes"), na_ok = "x")
   add("velocity_confidence_transition", "velocity_confidence_transition",
       list(x = v, Ms = m$Ms, T = T), conform = c("Ms", "T"))
   add("simulate_spatial", "simulate_spatial",
@@ -177,7 +178,8 @@ fuzz_setup <- function(h5_dir = tempfile("fuzz-h5"), objects = TRUE) {
       strict = "fit", strict_data = TRUE, iters = "epochs")
   add("export_posterior (reference)", "export_posterior",
       list(fit = rf, num_samples = 10, seed = 1, threads = 1), strict = "fit")
-  add("signatures", "signatures", list(x = rf, num_samples = 10, seed = 1), strict = "x")
+  add("signatures", "signatures", list(x = rf, num_samples = 10, seed = 1), strict = "x",
+      nullable = "seed")
   add("signatures (posterior)", "signatures", list(x = rp))
   add("cell2location", "cell2location",
       list(x = sp$counts, signatures = sig, max_epochs = 3, seed = 1, progress = FALSE,
@@ -201,7 +203,7 @@ fuzz_setup <- function(h5_dir = tempfile("fuzz-h5"), objects = TRUE) {
       list(fit = c2, num_samples = 10, seed = 1, threads = 1), strict = "fit")
   add("cell_abundance", "cell_abundance", list(x = cp))
   add("cell_abundance (fit)", "cell_abundance", list(x = c2, num_samples = 10, seed = 1),
-      strict = "x")
+      strict = "x", nullable = "seed")
   add("filter_genes", "filter_genes",
       list(x = rx, cell_count_cutoff = 2, cell_percentage_cutoff2 = 0.05, nonz_mean_cutoff = 1,
            plot = FALSE), nonneg = "x")
@@ -224,7 +226,8 @@ fuzz_setup <- function(h5_dir = tempfile("fuzz-h5"), objects = TRUE) {
              obs = data.frame(lab = lab, row.names = colnames(rx)),
              obsm = list(X_pca = matrix(seq_len(60) / 7, 30, 2)),
              uns = list(note = "fuzz"), overwrite = TRUE),
-        conform = c("X:cols", "obs", "obsm:rows"), free = c("uns", "path"))
+        conform = c("X:cols", "obs", "obsm:rows"), free = c("uns", "path"),
+        na_ok = "X") # a float matrix may hold NaN/Inf in .h5ad
   }
   if (have_gg) {
     add("plot_history", "plot_history", list(x = c2), post = build, strict = "x")
@@ -234,12 +237,12 @@ fuzz_setup <- function(h5_dir = tempfile("fuzz-h5"), objects = TRUE) {
         list(fit = fit, gene = rownames(m$Ms)[3], Ms = m$Ms, Mu = m$Mu), post = build,
         conform = c("Ms", "Mu"), na_ok = "fit")
     add("plot_spatial_abundance", "plot_spatial_abundance", list(x = ab, coords = sp$coords),
-        post = build, conform = c("x:rows", "coords"))
+        post = build, conform = "coords") # matched by spot names: rows of 'x' may differ
     add("plot_velocity_embedding", "plot_velocity_embedding", list(x = emb, V = ve),
-        post = build, conform = c("x", "V"), na_ok = c("x", "V"))
+        post = build, conform = c("x:rows", "V:rows"), na_ok = c("x", "V"))
     add("plot_velocity_embedding (arrows)", "plot_velocity_embedding",
         list(x = emb, V = ve, type = "arrows", color = sim$obs[[1]]), post = build,
-        conform = c("x", "V", "color"), free = "color", na_ok = c("x", "V", "color"))
+        conform = c("x:rows", "V:rows", "color"), free = "color", na_ok = c("x", "V", "color"))
   }
   exports <- sort(getNamespaceExports("scnative"))
   fuzzed <- unique(vapply(cs, `[[`, "", "fun"))
@@ -474,7 +477,7 @@ fz_matrix_muts <- function(value, ctx) {
     function() fz_mut(value * NA_real_, "value", "all NA", !na),
     function() fz_mut(value * 0, "value", "all zero", FALSE),
     function() { x <- value; storage.mode(x) <- "character"
-      fz_mut(x, "type", "a character matrix", TRUE) },
+      fz_mut(x, "type", "a character matrix", !ctx$in_field || ctx$strict) },
     function() { x <- value; storage.mode(x) <- "logical"
       fz_mut(x, "type", "a logical matrix", FALSE) },
     function() fz_mut(as.vector(value), "shape", "dims dropped (a vector)", conform),
@@ -624,7 +627,8 @@ fz_list_muts <- function(value, ctx, depth = 0L) {
                                             isTRUE(ctx$case$strict_data))
   optional <- if (depth == 0L) c("data", "interrupted", "format") else character()
   same <- function(a, b) {
-    identical(class(a), class(b)) && identical(dim(a), dim(b)) && identical(length(a), length(b))
+    (identical(class(a), class(b)) || (is.numeric(a) && is.numeric(b))) &&
+      identical(dim(a), dim(b)) && identical(length(a), length(b))
   }
   out <- list(
     function() { k <- sample.int(length(value), 1L); x <- value; x[[k]] <- NULL
@@ -650,6 +654,7 @@ fz_list_muts <- function(value, ctx, depth = 0L) {
     cand <- fz_candidates(sub, subctx, depth + 1L)
     if (!length(cand)) return(NULL)
     r <- fz_pick(cand)()
+    if (is.null(r$value) && nm[k] %in% optional) r$invalid <- FALSE # same as dropping it
     x <- value
     if (is.null(r$value)) x[k] <- list(NULL) else x[[k]] <- r$value
     fz_mut(x, if (r$class == "field") "field" else r$class,
