@@ -3,8 +3,9 @@
 #   make check   installs what is missing (incl. the Python peers venv), builds the tarball,
 #                runs R CMD check (tests, parity tests against live upstream, vignettes) and
 #                ends with one line "N passed, N failed, N skipped"
-#   make fuzz N=10000 SEED=1   the long fuzz campaign of the exported API on the installed
-#                package (build/fuzz-report.md); a fixed-seed subset runs in `make check`
+#   make fuzz N=10000 SEED=1   installs the tree into build/fuzz-lib and runs the long fuzz
+#                campaign of the exported API (build/fuzz-report.md); a fixed-seed subset runs
+#                in `make check` (tests/testthat/test-fuzz.R)
 #   make sanitize  builds with -fsanitize=address,undefined into build/sanitize and runs the
 #                fuzz subset and the test files without Python under it
 SHELL := /bin/bash
@@ -44,9 +45,14 @@ docs:
 check: deps-check
 	bash tools/check.sh
 
+# the tree is installed into a private library first (other libraries stay untouched)
 fuzz:
-	mkdir -p $(BUILD)
-	ulimit -v $(FUZZ_MEM_KB); OMP_THREAD_LIMIT=2 Rscript tools/fuzz.R N=$(N) SEED=$(SEED) OUT=$(BUILD)/fuzz-report.md
+	mkdir -p $(BUILD)/fuzz-lib
+	rm -f src/*.o src/*.so
+	R CMD INSTALL --preclean --no-multiarch -l $(BUILD)/fuzz-lib . > $(BUILD)/fuzz-install.log 2>&1 || (cat $(BUILD)/fuzz-install.log; exit 1)
+	rm -f src/*.o src/*.so
+	ulimit -v $(FUZZ_MEM_KB); R_LIBS="$(abspath $(BUILD))/fuzz-lib:$${R_LIBS:-}" OMP_THREAD_LIMIT=2 \
+	  Rscript tools/fuzz.R N=$(N) SEED=$(SEED) OUT=$(BUILD)/fuzz-report.md
 
 sanitize:
 	bash tools/sanitize.sh
