@@ -3,6 +3,11 @@
 #   make check   installs what is missing (incl. the Python peers venv), builds the tarball,
 #                runs R CMD check (tests, parity tests against live upstream, vignettes) and
 #                ends with one line "N passed, N failed, N skipped"
+#   make fuzz N=10000 SEED=1   installs the tree into build/fuzz-lib and runs the long fuzz
+#                campaign of the exported API (build/fuzz-report.md); a fixed-seed subset runs
+#                in `make check` (tests/testthat/test-fuzz.R)
+#   make sanitize  builds with -fsanitize=address,undefined into build/sanitize and runs the
+#                fuzz subset and the test files without Python under it
 SHELL := /bin/bash
 PKG := scnative
 VERSION := $(shell sed -n 's/^Version: *//p' DESCRIPTION)
@@ -10,7 +15,12 @@ TARBALL := $(PKG)_$(VERSION).tar.gz
 BUILD := build
 SHARED_DATA := $(abspath ../shared/data)
 
-.PHONY: demo check deps-demo deps-check install docs clean
+N ?= 1000
+SEED ?= 1
+# each fuzz child may use at most this much virtual memory (KiB): huge sizes must fail fast
+FUZZ_MEM_KB ?= 8000000
+
+.PHONY: demo check deps-demo deps-check install docs clean fuzz sanitize
 
 deps-demo:
 	bash tools/install-deps.sh demo
@@ -34,6 +44,18 @@ docs:
 
 check: deps-check
 	bash tools/check.sh
+
+# the tree is installed into a private library first (other libraries stay untouched)
+fuzz:
+	mkdir -p $(BUILD)/fuzz-lib
+	rm -f src/*.o src/*.so
+	R CMD INSTALL --preclean --no-multiarch -l $(BUILD)/fuzz-lib . > $(BUILD)/fuzz-install.log 2>&1 || (cat $(BUILD)/fuzz-install.log; exit 1)
+	rm -f src/*.o src/*.so
+	ulimit -v $(FUZZ_MEM_KB); R_LIBS="$(abspath $(BUILD))/fuzz-lib:$${R_LIBS:-}" OMP_THREAD_LIMIT=2 \
+	  Rscript tools/fuzz.R N=$(N) SEED=$(SEED) OUT=$(BUILD)/fuzz-report.md
+
+sanitize:
+	bash tools/sanitize.sh
 
 clean:
 	rm -rf $(BUILD) $(PKG).Rcheck $(PKG)_*.tar.gz src/*.o src/*.so

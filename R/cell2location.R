@@ -140,7 +140,9 @@ c2l_prepare <- function(x, signatures, batch, N_cells_per_location, N_given, det
   if (is.null(colnames(signatures))) stopf("'signatures' must have cell type names as column names")
   if (anyDuplicated(rownames(x))) stopf("'x' has duplicated gene names")
   if (anyDuplicated(rownames(signatures))) stopf("'signatures' has duplicated gene names")
-  if (anyDuplicated(colnames(signatures))) stopf("'signatures' has duplicated cell type names")
+  if (anyDuplicated(colnames(signatures)) || anyNA(colnames(signatures))) {
+    stopf("'signatures' has NA or duplicated cell type names")
+  }
   genes <- intersect(rownames(x), rownames(signatures))
   if (length(genes) == 0L) stopf("'x' and 'signatures' share no gene names")
   if (length(genes) < min_genes) {
@@ -172,6 +174,10 @@ c2l_prepare <- function(x, signatures, batch, N_cells_per_location, N_given, det
   if (is.null(batch)) {
     batch <- factor(rep("all", S))
   } else {
+    if (!(is.atomic(batch) || is.factor(batch)) || !is.null(dim(batch))) {
+      stopf("'batch' must be NULL or a vector with one value per spot (%d)", S)
+    }
+    check_factor(batch, "batch")
     if (length(batch) != S) {
       stopf("'batch' must have one value per spot (%d), not %d", S, length(batch))
     }
@@ -611,15 +617,21 @@ print.scnative_c2l_posterior <- function(x, ...) {
 #' head(cell_abundance(fit, "q05", upstream_names = TRUE, num_samples = 50))
 #' @export
 cell_abundance <- function(x, which = "means", upstream_names = FALSE, ...) {
+  c2l_abundance(x, which, upstream_names, "x", ...)
+}
+
+# cell_abundance() with the argument's name for the errors (add_cell_abundance's differs).
+c2l_abundance <- function(x, which, upstream_names, arg, ...) {
   if (inherits(x, "scnative_c2l")) {
-    validate_fit(x, "x", data = FALSE)
+    validate_fit(x, arg, data = FALSE)
     x <- export_posterior(x, ...)
   }
   if (!inherits(x, "scnative_c2l_posterior")) {
-    stopf("'x' must be a scnative_c2l fit or a posterior from export_posterior()")
+    stopf("'%s' must be a scnative_c2l fit or a posterior from export_posterior()", arg)
   }
   check_flag(upstream_names, "upstream_names")
-  m <- svi_summary_of(x, which, "w_sf", c("cell_types", "spots", "num_samples"))
+  m <- validate_posterior_summary(x, arg, which, "w_sf", "spots",
+                                  c("cell_types", "spots", "num_samples"))
   colnames(m) <- if (upstream_names) paste0(which, "cell_abundance_w_sf_", x$cell_types) else x$cell_types
   rownames(m) <- x$spots
   m
@@ -647,7 +659,7 @@ add_cell_abundance <- function(object, fit_or_posterior, which = "means",
   if (inherits(fit_or_posterior, "scnative_c2l")) {
     validate_fit(fit_or_posterior, "fit_or_posterior", data = FALSE)
   }
-  ab <- cell_abundance(fit_or_posterior, which = which, ...)
+  ab <- c2l_abundance(fit_or_posterior, which, FALSE, "fit_or_posterior", ...)
   spots <- colnames(object)
   if (is.null(spots) || !all(rownames(ab) %in% spots)) {
     stopf("the spots of the fit are not all columns of 'object'")

@@ -110,14 +110,14 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
                                      add_key = "fit", connectivities = NULL, var = NULL,
                                      perc = 99, dtype = c("float32", "float64"), threads = NULL,
                                      progress = interactive(), ...) {
-  Ms <- as_checked_matrix(x, "Ms", nonneg = TRUE)
+  Ms <- as_checked_matrix(x, "x", nonneg = TRUE) # 'x' is Ms (may be given as Ms =)
   Mu <- as_checked_matrix(Mu, "Mu", nonneg = TRUE)
   if (!identical(dim(Ms), dim(Mu))) {
-    stopf("'Ms' and 'Mu' must have the same dimensions (Ms is %d x %d, Mu is %d x %d)",
+    stopf("'x' (Ms) and 'Mu' must have the same dimensions (Ms is %d x %d, Mu is %d x %d)",
           nrow(Ms), ncol(Ms), nrow(Mu), ncol(Mu))
   }
   if (!identical(dimnames(Ms), dimnames(Mu))) {
-    stopf("'Ms' and 'Mu' must have the same dimnames (genes in rows, cells in columns)")
+    stopf("'x' (Ms) and 'Mu' must have the same dimnames (genes in rows, cells in columns)")
   }
   n_genes <- nrow(Ms)
   n_cells <- ncol(Ms)
@@ -188,7 +188,7 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
   conn <- NULL
   conn_list <- NULL
   if (fit_connected_states && !is.null(connectivities)) {
-    conn <- normalise_connectivities(connectivities, n_cells)
+    conn <- normalise_connectivities(connectivities, n_cells, colnames(Ms))
     tc <- Matrix::t(conn) # CSC of t(C) = CSR of C (row-sorted column indices)
     conn_list <- list(tc@p, tc@i, tc@x)
   }
@@ -310,7 +310,9 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
           length(unrec), paste(utils::head(unrec, 10), collapse = ", "))
   }
   fidx <- which(fitted)
-  if (length(fidx) == 0L) stopf("recover_dynamics: no gene could be fitted")
+  if (length(fidx) == 0L) {
+    stopf("recover_dynamics: no gene could be fitted from 'x' (Ms) and 'Mu' (too few cells with non-zero moments?)")
+  }
 
   # fit_t comes back from C already smoothed over the graph (spec 6.2)
   # loss matrix (varm["loss"])
@@ -361,11 +363,13 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
 }
 
 # Binarised graph with self loops, rows divided by their counts, weights rounded to float32.
-normalise_connectivities <- function(connectivities, n_cells) {
+normalise_connectivities <- function(connectivities, n_cells, cells = NULL) {
   C <- connectivities
   if (!(is.matrix(C) || inherits(C, "Matrix")) || nrow(C) != n_cells || ncol(C) != n_cells) {
     stopf("'connectivities' must be a %d x %d matrix (cells x cells)", n_cells, n_cells)
   }
+  check_valid_matrix(C, "connectivities")
+  check_graph_cells(C, cells, "connectivities")
   C <- methods::as(methods::as(C, "CsparseMatrix"), "generalMatrix")
   C <- methods::as(C, "dMatrix")
   if (anyNA(C@x) || any(is.infinite(C@x))) stopf("'connectivities' contains NA or infinite values")

@@ -246,8 +246,9 @@ latent_time.scnative_dynamics <- function(x, root_cells, end_points = NULL,
                                           connectivities = NULL, min_likelihood = 0.1,
                                           min_confidence = 0.75, t_max = NULL, ...) {
   stop_dots(...)
+  validate_dynamics(x, "x", var_cols = if (is.null(min_likelihood)) character() else "fit_likelihood",
+                    layers = "fit_t")
   fit_t <- x$layers$fit_t
-  if (is.null(fit_t)) stopf("'x' has no fit_t layer: run recover_dynamics() first")
   lik <- x$var$fit_likelihood
   if (is.null(lik) && !is.null(min_likelihood)) {
     stopf("'x' has no fit_likelihood column: run recover_dynamics() first")
@@ -275,6 +276,10 @@ latent_time.default <- function(x, root_cells, end_points = NULL, connectivities
                                 fit_likelihood = NULL, min_likelihood = 0.1,
                                 min_confidence = 0.75, t_max = NULL, ...) {
   stop_dots(...)
+  if (!(is.matrix(x) || is.data.frame(x) || inherits(x, "Matrix"))) {
+    stopf("'x' must be a numeric genes x cells matrix of gene times (or a scnative_dynamics fit), not %s",
+          class(x)[1L])
+  }
   if (missing(connectivities) || is.null(connectivities)) {
     stopf("'connectivities' (the cells x cells neighbour graph) is missing")
   }
@@ -310,7 +315,7 @@ lt_run <- function(fit_t, lik, conn, connectivities, root_cells, end_points, min
   ends <- if (is.null(end_points)) NULL else lt_cells_arg(end_points, cells, n, "end_points")
   if (is.null(conn)) {
     check_valid_matrix(connectivities, "connectivities")
-    conn <- normalise_connectivities(connectivities, n)
+    conn <- normalise_connectivities(connectivities, n, cells)
   }
 
   # genes (spec: latent_time, Gene times): complete rows with likelihood >= min_likelihood
@@ -329,7 +334,9 @@ lt_run <- function(fit_t, lik, conn, connectivities, root_cells, end_points, min
   }
   t <- unname(fit_t[keep, , drop = FALSE])
   storage.mode(t) <- "double"
-  if (any(is.infinite(t))) stopf("'fit_t' has infinite values in the genes used")
+  if (any(is.infinite(t))) stopf("'x' (fit_t) has infinite values in the genes used")
+  # re-rooting adds times: values near the double range would overflow into Inf/NaN
+  if (any(abs(t) > 1e150)) stopf("'x' (fit_t) holds values too large to be gene times (> 1e150)")
   t_sum <- colSums(t)
 
   # root and end cells (spec: latent_time, Root cells / Fates)
@@ -456,6 +463,7 @@ velocity_confidence <- function(x, ...) UseMethod("velocity_confidence")
 #' @export
 velocity_confidence.scnative_velocity <- function(x, distances, spearmans_score = NULL, ...) {
   stop_dots(...)
+  validate_velocity_object(x, "x")
   velocity_confidence.default(x$velocity, distances, velocity_genes = x$var$velocity_genes,
                               spearmans_score = spearmans_score)
 }
@@ -469,7 +477,7 @@ velocity_confidence.default <- function(x, distances, velocity_genes = NULL,
   n <- ncol(V)
   cells <- colnames(V)
   if (missing(distances)) stopf("'distances' (the cells x cells kNN distance graph) is missing")
-  idx <- t(knn_indices(distances, n, need_positive = FALSE))
+  idx <- t(knn_indices(distances, n, need_positive = FALSE, cells = cells))
   keep <- vc_genes(V, velocity_genes, spearmans_score)
   V <- unname(V[keep, , drop = FALSE])
   if (any(is.infinite(V))) stopf("'x' has infinite velocities in the genes used")
@@ -527,6 +535,7 @@ velocity_confidence_transition <- function(x, ...) UseMethod("velocity_confidenc
 velocity_confidence_transition.scnative_velocity <- function(x, Ms, T, spearmans_score = NULL,
                                                              ...) {
   stop_dots(...)
+  validate_velocity_object(x, "x")
   velocity_confidence_transition.default(x$velocity, Ms, T,
                                          velocity_genes = x$var$velocity_genes,
                                          spearmans_score = spearmans_score)
@@ -552,6 +561,7 @@ velocity_confidence_transition.default <- function(x, Ms, T, velocity_genes = NU
   if (nrow(T) != n || ncol(T) != n) {
     stopf("'T' must be %d x %d (cells x cells), not %d x %d", n, n, nrow(T), ncol(T))
   }
+  check_graph_cells(T, cells, "T")
   T <- methods::as(methods::as(methods::as(T, "CsparseMatrix"), "generalMatrix"), "dMatrix")
   if (anyNA(T@x) || any(is.infinite(T@x))) stopf("'T' contains NA or infinite values")
   keep <- vc_genes(V, velocity_genes, spearmans_score)

@@ -195,6 +195,7 @@ rank_velocity_genes.scnative_velocity <- function(x, groupby, Ms = NULL, Mu = NU
                                                   fit_likelihood = NULL, r2 = NULL,
                                                   dispersions_norm = NULL, ...) {
   stop_dots(...)
+  validate_velocity_object(x, "x")
   if (missing(groupby)) groupby <- NULL
   rank_velocity_genes.default(x$velocity, groupby, Ms = Ms, Mu = Mu, n_genes = n_genes,
                               min_counts = min_counts, min_r2 = min_r2, min_corr = min_corr,
@@ -390,6 +391,7 @@ rank_dynamical_genes <- function(x, ...) UseMethod("rank_dynamical_genes")
 rank_dynamical_genes.scnative_dynamics <- function(x, Ms, Mu, groupby, n_genes = 100,
                                                    connectivities = x$connectivities, ...) {
   stop_dots(...)
+  validate_dynamics(x, "x")
   mm <- dyn_check_moments(x, Ms, Mu)
   var <- x$var
   n <- ncol(mm$Ms)

@@ -77,9 +77,10 @@ ref_cell_vector <- function(v, arg, n, meta) {
     }
     v <- meta[[v]]
   }
-  if (!(is.atomic(v) || is.factor(v)) || is.null(v)) {
+  if (!(is.atomic(v) || is.factor(v)) || is.null(v) || !is.null(dim(v))) {
     stopf("'%s' must be a vector with one value per cell", arg)
   }
+  check_factor(v, arg)
   if (length(v) != n) stopf("'%s' must have one value per cell (%d), not %d", arg, n, length(v))
   if (anyNA(v)) stopf("'%s' contains NA values (%d cells)", arg, sum(is.na(v)))
   f <- if (is.factor(v)) droplevels(v) else factor(v, levels = sort(unique(as.character(v)), method = "radix"))
@@ -513,7 +514,9 @@ signatures <- function(x, which = "means", upstream_names = FALSE, ...) {
     stopf("'x' must be a scnative_reference fit or a posterior from export_posterior()")
   }
   check_flag(upstream_names, "upstream_names")
-  m <- t(svi_summary_of(x, which, "per_cluster_mu_fg", c("cell_types", "genes", "num_samples")))
+  m <- t(validate_posterior_summary(x, "x", which, "per_cluster_mu_fg", "genes",
+                                    c("cell_types", "genes", "num_samples"),
+                                    site_rows_first = FALSE))
   dimnames(m) <- list(x$genes, if (upstream_names) {
     paste0(which, "_per_cluster_mu_fg_", x$cell_types)
   } else {
@@ -567,6 +570,9 @@ filter_genes <- function(x, cell_count_cutoff = 15, cell_percentage_cutoff2 = 0.
   }
   x <- check_expression(x, "x")
   if (is.null(rownames(x))) rownames(x) <- sprintf("gene_%d", seq_len(nrow(x)))
+  if (anyNA(rownames(x)) || anyDuplicated(rownames(x))) {
+    stopf("'x' has NA or duplicated gene (row) names")
+  }
   n_cells <- if (inherits(x, "Matrix")) Matrix::rowSums(x > 0) else rowSums(x > 0)
   tot <- if (inherits(x, "Matrix")) Matrix::rowSums(x) else rowSums(x)
   nonz_mean <- tot / n_cells

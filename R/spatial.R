@@ -211,10 +211,11 @@ simulate_spatial <- function(x = NULL, labels = NULL, n_spots = 2500, n_genes = 
   if (!is.null(seed)) check_number(seed, "seed", min = 0, max = .Machine$integer.max, whole = TRUE)
 
   mode <- if (is.null(x)) "synthetic" else if (is.null(labels)) "signatures" else "reference"
-  if (mode == "synthetic") {
-    check_number(n_genes, "n_genes", min = 2, whole = TRUE)
-    check_number(n_cell_types, "n_cell_types", min = 2, whole = TRUE)
-  } else if (mode == "signatures") {
+  # checked in every mode (only the synthetic mode uses them), so that a bad value is never
+  # silently ignored
+  check_number(n_genes, "n_genes", min = 2, whole = TRUE)
+  check_number(n_cell_types, "n_cell_types", min = 2, whole = TRUE)
+  if (mode == "signatures") {
     x <- check_expression(x, "x")
     if (ncol(x) < 2L) stopf("'x' (signatures) must have at least 2 cell types (columns)")
     x <- as.matrix(x)
@@ -223,9 +224,11 @@ simulate_spatial <- function(x = NULL, labels = NULL, n_spots = 2500, n_genes = 
     if (is.null(rownames(x))) rownames(x) <- sprintf("gene_%d", seq_len(nrow(x)))
     if (is.null(colnames(x))) colnames(x) <- sprintf("type_%d", seq_len(ncol(x)))
     if (anyDuplicated(colnames(x))) stopf("'x' (signatures) has duplicated cell type names")
-  } else {
+  } else if (mode == "reference") {
     x <- check_expression(x, "x", integer_valued = TRUE)
-    if (!is.atomic(labels) || length(labels) != ncol(x) || anyNA(labels)) {
+    check_factor(labels, "labels")
+    if (!is.atomic(labels) || !is.null(dim(labels)) || length(labels) != ncol(x) ||
+        anyNA(labels)) {
       stopf("'labels' must be a vector of %d cell types (one per column of 'x') without NA",
             ncol(x))
     }
@@ -450,7 +453,9 @@ cluster_averages <- function(x, labels, assay = NULL, layer = "counts") {
     x <- obj_matrix(x, layer, assay = assay, arg = "layer")
   }
   x <- check_expression_any(x, "x")
-  if (!(is.atomic(labels) || is.factor(labels)) || length(labels) != ncol(x) || anyNA(labels)) {
+  check_factor(labels, "labels")
+  if (!(is.atomic(labels) || is.factor(labels)) || is.null(labels) || !is.null(dim(labels)) ||
+      length(labels) != ncol(x) || anyNA(labels)) {
     stopf("'labels' must be a vector of %d labels (one per column of 'x') without NA", ncol(x))
   }
   lev <- if (is.factor(labels)) {
@@ -521,6 +526,11 @@ plot_spatial_abundance <- function(x, coords, cell_types = NULL, ncol = NULL, po
           class(x)[1L])
   }
   if (anyNA(x)) stopf("'x' contains NA values")
+  if (any(is.infinite(x))) stopf("'x' contains infinite values")
+  if (!nrow(x) || !ncol(x)) stopf("'x' must have at least one spot and one cell type")
+  if (!is.null(colnames(x)) && (anyNA(colnames(x)) || anyDuplicated(colnames(x)))) {
+    stopf("'x' has NA or duplicated cell type (column) names")
+  }
   if (is.null(colnames(x))) colnames(x) <- sprintf("type_%d", seq_len(ncol(x)))
   if (!is.null(cell_types)) {
     if (!is.character(cell_types) || !length(cell_types) || anyNA(cell_types)) {

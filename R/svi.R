@@ -105,18 +105,6 @@ svi_posterior_lists <- function(res, quantiles) {
   out
 }
 
-# One summary ("means", "q05", ...) of one site from a posterior list, with a clear error for a
-# summary that was not exported. `meta`: the list's non-summary entries.
-svi_summary_of <- function(x, which, site, meta) {
-  check_string(which, "which")
-  avail <- setdiff(names(x), meta)
-  if (!which %in% avail || is.null(x[[which]])) {
-    stopf("'which' must be one of %s, not '%s'", paste(sprintf("'%s'", avail), collapse = ", "),
-          which)
-  }
-  x[[which]][[site]]
-}
-
 # The optimiser settings of a fit from the user's arguments.
 svi_optimizer <- function(optimizer, lr, dots) {
   clip <- dots$clip_norm %||% 10

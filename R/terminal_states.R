@@ -264,7 +264,7 @@ terminal_states.default <- function(x, distances, eps = 1e-3, self_transitions =
                             gene_count_corr = NULL, threads = NULL, ...) {
   g <- validate_velocity_graph(x)
   if (missing(distances)) stopf("'distances' is missing")
-  D <- as_cell_graph(distances, g$n, "distances")
+  D <- as_cell_graph(distances, g$n, "distances", cells = g$cells)
   check_number(eps, "eps", min = 0, max = 1)
   if (eps >= 1) stopf("'eps' must be less than 1")
   check_flag(self_transitions, "self_transitions")
@@ -359,7 +359,7 @@ velocity_pseudotime.default <- function(x, connectivities, root = NULL, end = NU
                                         distances = NULL, n_dcs = 10, threads = NULL, ...) {
   g <- validate_velocity_graph(x)
   if (missing(connectivities)) stopf("'connectivities' is missing")
-  Cg <- as_cell_graph(connectivities, g$n, "connectivities")
+  Cg <- as_cell_graph(connectivities, g$n, "connectivities", cells = g$cells)
   check_number(n_dcs, "n_dcs", min = 1, whole = TRUE)
   nth <- resolve_threads(threads)
   if (is.null(root)) {

@@ -15,11 +15,13 @@ check_flag <- function(x, arg) {
   invisible(x)
 }
 
-# A single finite number in [min, max] (or (min, max] with min_open = TRUE).
-check_number <- function(x, arg, min = -Inf, max = Inf, whole = FALSE, min_open = FALSE,
-                         allow_null = FALSE) {
+# A single finite number in [min, max] (or (min, max] with min_open = TRUE). Whole numbers are
+# at most .Machine$integer.max unless `max` says otherwise: they become C ints, and a larger
+# one would turn into NA (or wrap) on the way.
+check_number <- function(x, arg, min = -Inf, max = if (whole) .Machine$integer.max else Inf,
+                         whole = FALSE, min_open = FALSE, allow_null = FALSE) {
   if (is.null(x) && allow_null) return(invisible(x))
-  if (!is.numeric(x) || length(x) != 1L || is.na(x) || !is.finite(x)) {
+  if (!is.numeric(x) || is.object(x) || length(x) != 1L || is.na(x) || !is.finite(x)) {
     stopf("'%s' must be a single finite number", arg)
   }
   if (whole && x != round(x)) stopf("'%s' must be a whole number, not %s", arg, format(x))
@@ -42,6 +44,37 @@ check_choice <- function(x, choices, arg) {
     stopf("'%s' must be one of %s", arg, paste0("'", choices, "'", collapse = ", "))
   }
   x
+}
+
+# A cells x cells graph `g` whose row or column names, where it has them, must be `cells` in
+# order (a graph of the same size but of other cells, or reordered, would be used silently).
+check_graph_cells <- function(g, cells, arg) {
+  if (is.null(cells)) return(invisible(g))
+  dn <- dimnames(g)
+  for (k in 1:2) {
+    if (!is.null(dn[[k]]) && !identical(as.character(dn[[k]]), as.character(cells))) {
+      stopf("the %s of '%s' are not the cells (%s, ...), in order", c("rows", "columns")[k],
+            arg, paste(utils::head(cells, 3L), collapse = ", "))
+    }
+  }
+  invisible(g)
+}
+
+# A factor whose codes and levels agree. A factor edited through unclass() or attr() can hold
+# codes outside 1..nlevels or duplicated levels, which R's own factor code reports as
+# "malformed factor" (or silently miscounts); other vectors pass.
+check_factor <- function(x, arg) {
+  if (!is.factor(x)) return(invisible(x))
+  lev <- attr(x, "levels")
+  codes <- unclass(x)
+  if (!is.integer(codes) || !is.character(lev) || anyNA(lev) || anyDuplicated(lev)) {
+    stopf("'%s' is a malformed factor: its levels must be distinct strings", arg)
+  }
+  if (any(codes < 1L | codes > length(lev), na.rm = TRUE)) {
+    stopf("'%s' is a malformed factor: codes must lie in 1..%d (its number of levels)", arg,
+          length(lev))
+  }
+  invisible(x)
 }
 
 # A Matrix (e.g. a dgCMatrix) whose slots were edited without validObject() can hold column

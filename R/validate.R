@@ -254,7 +254,12 @@ validate_c2l_fit <- function(fit, arg = "fit", data = TRUE) {
              "gene_add_alpha_alpha", "gene_add_alpha_beta", "gene_add_mean_alpha",
              "gene_add_mean_beta", "phi_alpha", "phi_beta"))
   vf_params(vf_get(fit, "params", arg), c2l_site_table(S, G, F, R, E), vf_path(arg, "params"))
-  vf_matrix(vf_get(fit, "signatures", arg), vf_path(arg, "signatures"), G, F, nonneg = TRUE)
+  sg <- vf_get(fit, "signatures", arg)
+  vf_matrix(sg, vf_path(arg, "signatures"), G, F, nonneg = TRUE)
+  if ((!is.null(rownames(sg)) && !identical(rownames(sg), st$genes)) ||
+      (!is.null(colnames(sg)) && !identical(colnames(sg), st$cell_types))) {
+    stopf("'%s' must have the fit's genes and cell types as dimnames", vf_path(arg, "signatures"))
+  }
   b <- vf_get(fit, "batch", arg)
   vf_factor(b, vf_path(arg, "batch"), S, st$batch_levels)
   if (!all(as.integer(b) == st$batch_codes)) {
@@ -365,4 +370,120 @@ vf_ref_data <- function(d, st, dp) {
           vf_path(dp, "cell_group"), gp)
   }
   invisible(d)
+}
+
+# ---- recover_dynamics() fits ----------------------------------------------------------------
+
+# The fields of a scnative_dynamics fit that its users read: `var` (a data.frame, one row per
+# gene, numeric fit_* columns `var_cols`: NA for unfitted genes, never infinite), `layers`
+# (genes x cells numeric matrices `layers`, with the genes of `var`), `connectivities` (NULL or
+# a valid cells x cells matrix), `uns` (a list). Returns the numbers of genes and cells.
+dyn_var_cols <- c("fit_alpha", "fit_beta", "fit_gamma", "fit_t_", "fit_scaling", "fit_likelihood")
+validate_dynamics <- function(x, arg = "x", var_cols = dyn_var_cols,
+                              layers = c("fit_t", "fit_tau", "fit_tau_")) {
+  if (!inherits(x, "scnative_dynamics") || !is.list(x)) {
+    stopf("'%s' must be a scnative_dynamics fit (from recover_dynamics()), not %s", arg,
+          class(x)[1L])
+  }
+  var <- vf_get(x, "var", arg)
+  vp <- vf_path(arg, "var")
+  if (!is.data.frame(var)) stopf("'%s' must be a data.frame, not %s", vp, class(var)[1L])
+  G <- nrow(var)
+  if (G < 1L) stopf("'%s' has no genes", vp)
+  if (is.null(rownames(var)) || anyNA(rownames(var))) stopf("'%s' must have gene row names", vp)
+  for (f in var_cols) {
+    v <- vf_get(var, f, vp)
+    if (!is.numeric(v) || is.object(v) || length(v) != G || any(is.infinite(v))) {
+      stopf("'%s' must be a numeric column without infinite values", vf_path(vp, f))
+    }
+  }
+  fitted <- if ("fit_alpha" %in% var_cols) !is.na(var$fit_alpha) else logical(G)
+  for (f in intersect(c("fit_beta", "fit_gamma", "fit_t_", "fit_scaling"), var_cols)) {
+    if (any(is.na(var[[f]][fitted]))) {
+      stopf("'%s' is NA for a gene whose fit_alpha is not (a fitted gene)", vf_path(vp, f))
+    }
+  }
+  lp <- vf_path(arg, "layers")
+  lay <- vf_get(x, "layers", arg)
+  vf_list(lay, lp)
+  N <- NULL
+  for (f in layers) {
+    m <- vf_get(lay, f, lp)
+    if (!is.numeric(m) || !is.matrix(m) || nrow(m) != G || (!is.null(N) && ncol(m) != N)) {
+      stopf("'%s' must be a numeric matrix, genes x cells, with the %d genes of '%s' (is %s)",
+            vf_path(lp, f), G, vp, vf_shape(m))
+    }
+    if (any(is.infinite(m))) stopf("'%s' contains infinite values", vf_path(lp, f))
+    N <- ncol(m)
+  }
+  if (!is.null(N) && N < 1L) stopf("'%s' has no cells", vf_path(lp, layers[1L]))
+  C <- vf_get(x, "connectivities", arg, optional = TRUE)
+  if (!is.null(C)) {
+    cp <- vf_path(arg, "connectivities")
+    if (!(is.matrix(C) || methods::is(C, "Matrix"))) {
+      stopf("'%s' must be NULL or a cells x cells matrix, not %s", cp, class(C)[1L])
+    }
+    check_valid_matrix(C, cp)
+    if (!is.null(N) && (nrow(C) != N || ncol(C) != N)) {
+      stopf("'%s' must be %d x %d (cells x cells)", cp, N, N)
+    }
+  }
+  uns <- vf_get(x, "uns", arg, optional = TRUE)
+  if (!is.null(uns)) {
+    vf_list(uns, vf_path(arg, "uns"))
+    rd <- uns$recover_dynamics
+    if (!is.null(rd)) vf_list(rd, vf_path(vf_path(arg, "uns"), "recover_dynamics"))
+  }
+  invisible(list(n_genes = G, n_cells = N))
+}
+
+# ---- posteriors of export_posterior() ---------------------------------------------------------
+
+# A posterior list (class scnative_c2l_posterior or scnative_reference_posterior) before one of
+# its summaries is read: the names (`rows`, e.g. "spots", and "cell_types") are character
+# vectors without NA, and the summary `which` of `site` is a finite numeric matrix of the
+# shape they give (`site_rows_first`: rows x cell types; else cell types x rows). Returns the
+# matrix.
+validate_posterior_summary <- function(x, arg, which, site, rows, meta, site_rows_first = TRUE) {
+  if (!is.list(x)) stopf("'%s' must be a posterior list, not %s", arg, typeof(x))
+  rn <- vf_get(x, rows, arg)
+  vf_names(rn, vf_path(arg, rows), unique = FALSE, min = 1L)
+  ct <- vf_get(x, "cell_types", arg)
+  vf_names(ct, vf_path(arg, "cell_types"), min = 1L)
+  check_string(which, "which")
+  avail <- setdiff(names(x), meta)
+  if (!which %in% avail || is.null(x[[which]])) {
+    stopf("'which' must be one of %s, not '%s'", paste(sprintf("'%s'", avail), collapse = ", "),
+          which)
+  }
+  sp <- vf_path(arg, which)
+  vf_list(x[[which]], sp)
+  m <- vf_get(x[[which]], site, sp)
+  dims <- if (site_rows_first) c(length(rn), length(ct)) else c(length(ct), length(rn))
+  vf_matrix(m, vf_path(sp, site), dims[1L], dims[2L])
+  m
+}
+
+# ---- velocity() results -------------------------------------------------------------------------
+
+# A scnative_velocity object before its velocities are read: `velocity` a numeric genes x cells
+# matrix (NA rows for genes without velocity), `var$velocity_genes` one logical per gene.
+validate_velocity_object <- function(x, arg = "x") {
+  if (!inherits(x, "scnative_velocity") || !is.list(x)) {
+    stopf("'%s' must be a scnative_velocity object (from velocity()), not %s", arg, class(x)[1L])
+  }
+  V <- vf_get(x, "velocity", arg)
+  if (!is.numeric(V) || !is.matrix(V)) {
+    stopf("'%s' must be a numeric genes x cells matrix (is %s)", vf_path(arg, "velocity"),
+          vf_shape(V))
+  }
+  var <- vf_get(x, "var", arg)
+  vp <- vf_path(arg, "var")
+  if (!is.data.frame(var)) stopf("'%s' must be a data.frame, not %s", vp, class(var)[1L])
+  vg <- vf_get(var, "velocity_genes", vp)
+  if (!is.logical(vg) || length(vg) != nrow(V)) {
+    stopf("'%s' must be one logical per gene of '%s' (%d)", vf_path(vp, "velocity_genes"),
+          vf_path(arg, "velocity"), nrow(V))
+  }
+  invisible(x)
 }

@@ -217,7 +217,7 @@ moments.default <- function(x, unspliced, n_neighbors = 30, n_pcs = NULL,
                             connectivities = NULL, normalize = TRUE, X = NULL, threads = NULL,
                             ...) {
   if (missing(unspliced)) stopf("'unspliced' is missing")
-  pr <- check_pair(x, unspliced)
+  pr <- check_pair(x, unspliced, a = "x")
   s <- pr$s
   u <- pr$u
   check_number(n_neighbors, "n_neighbors", min = 2, whole = TRUE)
@@ -271,7 +271,7 @@ moments.default <- function(x, unspliced, n_neighbors = 30, n_pcs = NULL,
             n_cells, nrow(connectivities), ncol(connectivities))
     }
   }
-  C <- normalise_connectivities(connectivities, n_cells)
+  C <- normalise_connectivities(connectivities, n_cells, cells)
   # C is cells x cells (rows sum to 1); genes x cells moments are x C'.
   Ms <- as.matrix(s %*% Matrix::t(C))
   Mu <- as.matrix(u %*% Matrix::t(C))
@@ -301,6 +301,9 @@ dyn_check_moments <- function(x, Ms, Mu) {
   Mu <- as_checked_matrix(Mu, "Mu", nonneg = TRUE)
   var <- x$var
   if (!identical(dim(Ms), dim(Mu))) stopf("'Ms' and 'Mu' must have the same dimensions")
+  if (!identical(dimnames(Ms), dimnames(Mu))) {
+    stopf("'Ms' and 'Mu' must have the same dimnames (genes in rows, cells in columns)")
+  }
   if (nrow(Ms) != nrow(var)) {
     stopf("'Ms' has %d genes but the fit has %d", nrow(Ms), nrow(var))
   }
@@ -412,9 +415,17 @@ velocity <- function(x, ...) UseMethod("velocity")
 
 #' @rdname velocity
 #' @export
+velocity.default <- function(x, ...) {
+  stopf("'x' must be a scnative_dynamics fit (from recover_dynamics()) or a Seurat / SingleCellExperiment object, not %s",
+        class(x)[1L])
+}
+
+#' @rdname velocity
+#' @export
 velocity.scnative_dynamics <- function(x, Ms, Mu, mode = "dynamical",
                                        connectivities = x$connectivities,
                                        min_likelihood = 1e-3, min_r2 = 1e-2, ...) {
+  validate_dynamics(x, "x")
   check_string(mode, "mode")
   if (!identical(mode, "dynamical")) stopf("'mode' must be \"dynamical\", not '%s'", mode)
   check_number(min_likelihood, "min_likelihood")
@@ -424,7 +435,8 @@ velocity.scnative_dynamics <- function(x, Ms, Mu, mode = "dynamical",
   Mu <- mm$Mu
   var <- x$var
   n_cells <- ncol(Ms)
-  C <- if (is.null(connectivities)) NULL else normalise_connectivities(connectivities, n_cells)
+  C <- if (is.null(connectivities)) NULL else normalise_connectivities(connectivities, n_cells,
+                                                                        colnames(Ms))
   uns <- x$uns$recover_dynamics %||% list()
   use_raw <- isTRUE(uns$use_raw)
   basal <- isTRUE(uns$fit_basal_transcription)
@@ -692,7 +704,7 @@ need_ggplot <- function() need_pkg("ggplot2", "for the plots")
 #' @export
 plot_phase_portrait <- function(fit, gene, Ms, Mu, color = NULL, n_points = 200) {
   need_ggplot()
-  if (!inherits(fit, "scnative_dynamics")) stopf("'fit' must be a scnative_dynamics object")
+  validate_dynamics(fit, "fit", layers = c("fit_t", "fit_tau_"))
   check_number(n_points, "n_points", min = 2, whole = TRUE)
   genes <- rownames(fit$var)
   if (is.numeric(gene) && length(gene) == 1L && gene >= 1 && gene <= length(genes)) {
@@ -701,21 +713,26 @@ plot_phase_portrait <- function(fit, gene, Ms, Mu, color = NULL, n_points = 200)
   check_string(gene, "gene")
   if (!gene %in% genes) stopf("'gene' = \"%s\" is not a gene of the fit", gene)
   gi <- match(gene, genes)
-  rn <- rownames(Ms) %||% genes
-  if (!gene %in% rn || !gene %in% (rownames(Mu) %||% genes)) {
-    stopf("'gene' = \"%s\" is not a row of 'Ms' and 'Mu'", gene)
+  Ms <- as_checked_matrix(Ms, "Ms", nonneg = TRUE)
+  Mu <- as_checked_matrix(Mu, "Mu", nonneg = TRUE)
+  if (!identical(dim(Ms), dim(Mu)) || !identical(dimnames(Ms), dimnames(Mu))) {
+    stopf("'Ms' and 'Mu' must have the same dimensions and dimnames (genes x cells)")
   }
-  s <- as.numeric(Ms[gene, ])
-  u <- as.numeric(Mu[gene, ])
+  if (ncol(Ms) != ncol(fit$layers$fit_t)) {
+    stopf("'Ms' has %d cells but the fit has %d", ncol(Ms), ncol(fit$layers$fit_t))
+  }
+  rn <- rownames(Ms) %||% genes
+  if (!gene %in% rn) stopf("'gene' = \"%s\" is not a row of 'Ms' and 'Mu'", gene)
+  s <- as.numeric(Ms[match(gene, rn), ])
+  u <- as.numeric(Mu[match(gene, rn), ])
   n_cells <- length(s)
-  if (length(u) != n_cells) stopf("'Ms' and 'Mu' must have the same cells")
   v <- fit$var[gi, ]
   df <- data.frame(Ms = s, Mu = u)
   if (is.null(color)) {
     df$color <- as.numeric(fit$layers$fit_t[gi, ])
     clab <- "fit_t"
   } else {
-    if (length(color) != n_cells) stopf("'color' must have one value per cell (%d)", n_cells)
+    check_color(color, n_cells)
     df$color <- if (is.character(color)) factor(color) else color
     clab <- "color"
   }
@@ -773,10 +790,10 @@ plot_phase_portrait <- function(fit, gene, Ms, Mu, color = NULL, n_points = 200)
 #' @export
 plot_dynamics_params <- function(fit, bins = 30) {
   need_ggplot()
-  if (!inherits(fit, "scnative_dynamics")) stopf("'fit' must be a scnative_dynamics object")
+  validate_dynamics(fit, "fit", layers = character())
   check_number(bins, "bins", min = 1, whole = TRUE)
   v <- fit$var[!is.na(fit$var$fit_alpha), , drop = FALSE]
-  if (!nrow(v)) stopf("the fit has no fitted genes")
+  if (!nrow(v)) stopf("'fit' has no fitted genes")
   pars <- list(`log10 alpha` = log10(v$fit_alpha), `log10 beta` = log10(v$fit_beta),
                `log10 gamma` = log10(v$fit_gamma), `t_` = v$fit_t_,
                scaling = v$fit_scaling, likelihood = v$fit_likelihood)

@@ -7,7 +7,8 @@
 # ------------------------------------------------------------------ shared checks
 
 # A cells x cells graph as a general dgCMatrix, validated (slots, size, finiteness).
-as_cell_graph <- function(g, n_cells, arg, nonneg = FALSE) {
+# `cells`: the names its dimnames (where present) must have.
+as_cell_graph <- function(g, n_cells, arg, nonneg = FALSE, cells = NULL) {
   if (!(is.matrix(g) || methods::is(g, "Matrix"))) {
     stopf("'%s' must be a cells x cells matrix or sparse Matrix, not %s", arg, class(g)[1L])
   }
@@ -16,6 +17,7 @@ as_cell_graph <- function(g, n_cells, arg, nonneg = FALSE) {
     stopf("'%s' must be %d x %d (cells x cells), not %d x %d", arg, n_cells, n_cells,
           nrow(g), ncol(g))
   }
+  check_graph_cells(g, cells, arg)
   g <- methods::as(methods::as(methods::as(g, "CsparseMatrix"), "generalMatrix"), "dMatrix")
   if (anyNA(g@x) || any(is.infinite(g@x))) stopf("'%s' contains NA or infinite values", arg)
   if (nonneg && any(g@x < 0)) stopf("'%s' contains negative values", arg)
@@ -27,14 +29,15 @@ as_cell_graph <- function(g, n_cells, arg, nonneg = FALSE) {
 # more keep their k smallest distances. Returns a k x n integer matrix of 1-based indices.
 # `distances` may also be a scnative_moments object. need_positive: velocity_graph's check
 # that every cell has a neighbour at a distance > 0.
-knn_indices <- function(distances, n_cells, arg = "distances", need_positive = TRUE) {
+knn_indices <- function(distances, n_cells, arg = "distances", need_positive = TRUE,
+                        cells = NULL) {
   if (inherits(distances, "scnative_moments")) {
     if (is.null(distances$distances)) {
       stopf("'%s': these moments were computed on a given graph and hold no kNN distances", arg)
     }
     distances <- distances$distances
   }
-  D <- as_cell_graph(distances, n_cells, arg, nonneg = TRUE)
+  D <- as_cell_graph(distances, n_cells, arg, nonneg = TRUE, cells = cells)
   if (any(diff(Matrix::t(D)@p) == 0)) {
     stopf("'%s': every cell needs at least one neighbour; cell %d has none", arg,
           which(diff(Matrix::t(D)@p) == 0)[1L])
@@ -120,6 +123,7 @@ velocity_graph <- function(x, ...) UseMethod("velocity_graph")
 #' @rdname velocity_graph
 #' @export
 velocity_graph.scnative_velocity <- function(x, Ms, distances, velocity_genes = NULL, ...) {
+  validate_velocity_object(x, "x")
   if (is.null(velocity_genes)) velocity_genes <- x$var$velocity_genes
   velocity_graph.default(x$velocity, Ms, distances, velocity_genes = velocity_genes, ...)
 }
@@ -165,7 +169,7 @@ velocity_graph.default <- function(x, Ms, distances, velocity_genes = NULL,
     stopf("too few velocity genes: %d gene(s) selected with a velocity in every cell (need >= 2)",
           sum(keep))
   }
-  nb <- knn_indices(distances, n) - 1L
+  nb <- knn_indices(distances, n, cells = cells) - 1L
 
   # spec: Data, Velocity transform: float32 velocities, signed sqrt, row centring in float32
   prep <- .Call(C_scnative_velocity_graph_prep, Ms, V, which(keep) - 1L, sqrt_transform)
@@ -547,7 +551,7 @@ velocity_embedding.default <- function(x, embedding, T = NULL, scale = 10,
       T <- transition_matrix(x, scale = scale, self_transitions = self_transitions,
                              use_negative_cosines = use_negative_cosines)
     } else {
-      T <- as_cell_graph(T, n, "T")
+      T <- as_cell_graph(T, n, "T", cells = g$cells)
     }
     V <- embed_velocities(T, E, normalise = !retain_scale)
     if (retain_scale) V <- V * retained_scale(T, velocity, Ms, g)

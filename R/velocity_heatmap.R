@@ -28,9 +28,7 @@ np_convolve_same <- function(X, M) {
 heatmap_likelihoods <- function(x, n_genes_ms, genes_ms) {
   if (is.null(x)) return(NULL)
   if (inherits(x, "scnative_dynamics")) {
-    if (!is.data.frame(x$var) || is.null(x$var$fit_likelihood)) {
-      stopf("'x' is a malformed scnative_dynamics fit: it has no 'var$fit_likelihood'")
-    }
+    validate_dynamics(x, "x", var_cols = "fit_likelihood", layers = character())
     lik <- as.numeric(x$var$fit_likelihood)
     nm <- rownames(x$var)
   } else if (is.numeric(x) && length(dim(x)) <= 1L) {

@@ -22,7 +22,9 @@
 #' `cutoff_perc` percentile, and the line widths scVelo draws (`2 * speed / max speed`).
 #'
 #' @param embedding Cells x dimensions coordinates (the first two columns are used).
-#' @param V Cells x dimensions embedded velocities ([velocity_embedding()]).
+#' @param V Cells x dimensions embedded velocities ([velocity_embedding()]); row names, when
+#'   both have them, must be those of `embedding`. Cells whose coordinates or velocity hold
+#'   `NA`/`NaN`/`Inf` are left out of the grid, as upstream does.
 #' @param density Positive number (default 1): grid points per axis / 50.
 #' @param smooth Positive number (default 0.5): kernel width in grid steps.
 #' @param n_neighbors `NULL` (cells / 50) or a whole number of neighbours per grid point.
@@ -46,11 +48,7 @@ velocity_grid <- function(embedding, V, density = 1, smooth = 0.5, n_neighbors =
                           min_mass = NULL, autoscale = TRUE, adjust_for_stream = FALSE,
                           cutoff_perc = NULL, aspect = 0.7451612903, threads = NULL) {
   E <- embedding_2d(embedding, "embedding")
-  if (!is.matrix(V) || !is.numeric(V) || nrow(V) != nrow(E) || ncol(V) < 2L) {
-    stopf("'V' must be a numeric matrix with %d rows (cells) and at least 2 columns", nrow(E))
-  }
-  V <- V[, 1:2, drop = FALSE]
-  storage.mode(V) <- "double"
+  V <- velocity_2d(V, E, "V", "embedding")
   check_number(density, "density", min = 0, min_open = TRUE)
   check_number(smooth, "smooth", min = 0, min_open = TRUE)
   check_number(n_neighbors, "n_neighbors", min = 1, whole = TRUE, allow_null = TRUE)
@@ -61,6 +59,10 @@ velocity_grid <- function(embedding, V, density = 1, smooth = 0.5, n_neighbors =
   check_number(aspect, "aspect", min = 0, min_open = TRUE)
   nth <- resolve_threads(threads)
   ok <- is.finite(rowSums(E)) & is.finite(rowSums(V))
+  if (sum(ok) < 2L) {
+    stopf("'embedding' and 'V' have %d cell(s) with finite coordinates and velocity; at least 2 are needed",
+          sum(ok))
+  }
   E <- E[ok, , drop = FALSE]
   V <- V[ok, , drop = FALSE]
   n <- nrow(E)
@@ -121,6 +123,35 @@ embedding_2d <- function(embedding, arg) {
   E
 }
 
+# The embedded velocities `V` of the cells of `E` (embedding_2d()): a numeric matrix with a
+# row per cell (row names, when both have them, those of `E` in order) and at least 2 columns;
+# returns its first two columns as doubles. Non-finite rows are allowed: velocity_grid() leaves
+# those cells out, as upstream does.
+velocity_2d <- function(V, E, arg = "V", arg_e = "x") {
+  if (is.data.frame(V)) V <- as.matrix(V)
+  if (!is.matrix(V) || !(is.numeric(V) || is.logical(V)) || nrow(V) != nrow(E) || ncol(V) < 2L) {
+    stopf("'%s' must be a numeric matrix with %d rows (cells) and at least 2 columns", arg,
+          nrow(E))
+  }
+  if (!is.null(rownames(V)) && !is.null(rownames(E)) && !identical(rownames(V), rownames(E))) {
+    stopf("the rows of '%s' are not the cells of '%s', in order", arg, arg_e)
+  }
+  V <- V[, 1:2, drop = FALSE]
+  storage.mode(V) <- "double"
+  V
+}
+
+# `color` of the plots: NULL or one value per cell (numbers, strings, a factor).
+check_color <- function(color, n) {
+  if (is.null(color)) return(invisible(color))
+  if (!(is.atomic(color) || is.factor(color)) || !is.null(dim(color)) || length(color) != n) {
+    stopf("'color' must be NULL or a vector with one value per cell (%d)", n)
+  }
+  check_factor(color, "color")
+  if (is.numeric(color) && any(is.infinite(color))) stopf("'color' contains infinite values")
+  invisible(color)
+}
+
 # ------------------------------------------------------------------ plots
 
 #' Velocity on an embedding: stream lines, a quiver grid or arrows per cell
@@ -172,17 +203,15 @@ plot_velocity_embedding.default <- function(x, V, type = c("stream", "grid", "ar
   type <- check_choice(type, c("stream", "grid", "arrows"), "type")
   E <- embedding_2d(x, "x")
   if (missing(V)) stopf("'V' (the embedded velocities, velocity_embedding()) is missing")
-  if (!is.matrix(V) || !is.numeric(V) || nrow(V) != nrow(E) || ncol(V) < 2L) {
-    stopf("'V' must be a numeric matrix with %d rows (cells) and at least 2 columns", nrow(E))
-  }
+  V <- velocity_2d(V, E, "V", "x")
   check_number(arrow_length, "arrow_length", min = 0, min_open = TRUE)
   check_number(arrow_size, "arrow_size", min = 0)
   check_number(linewidth, "linewidth", min = 0)
   check_number(point_size, "point_size", min = 0, allow_null = TRUE)
   check_number(point_alpha, "point_alpha", min = 0, max = 1, allow_null = TRUE)
   cells <- data.frame(x = E[, 1L], y = E[, 2L])
+  check_color(color, nrow(E))
   if (!is.null(color)) {
-    if (length(color) != nrow(E)) stopf("'color' must have one value per cell (%d)", nrow(E))
     cells$color <- if (is.numeric(color)) as.numeric(color) else factor(color)
   }
   n <- nrow(E)

@@ -401,7 +401,7 @@ test_that("latent_time() and the confidences reject bad input with clear errors"
   expect_error(latent_time(fit, 1L), "'connectivities' is needed")
   expect_equal(latent_time(fit, 1L, connectivities = g$conn), lt_ours(g, root = 1L))
   fit$layers$fit_t <- NULL
-  expect_error(latent_time(fit, 1L, connectivities = g$conn), "no fit_t layer")
+  expect_error(latent_time(fit, 1L, connectivities = g$conn), "'x\\$layers\\$fit_t' is missing")
   # confidences
   expect_error(velocity_confidence(g$V), "'distances'")
   expect_error(velocity_confidence(g$V, g$dist[-1, ]), "'distances' must be 50 x 50")
