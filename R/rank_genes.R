@@ -388,6 +388,13 @@ rank_dynamical_genes <- function(x, ...) UseMethod("rank_dynamical_genes")
 
 #' @rdname rank_dynamical_genes
 #' @export
+rank_dynamical_genes.default <- function(x, ...) {
+  stopf("'x' must be a scnative_dynamics fit (from recover_dynamics()) or a Seurat / SingleCellExperiment object, not %s",
+        class(x)[1L])
+}
+
+#' @rdname rank_dynamical_genes
+#' @export
 rank_dynamical_genes.scnative_dynamics <- function(x, Ms, Mu, groupby, n_genes = 100,
                                                    connectivities = x$connectivities, ...) {
   stop_dots(...)

@@ -155,6 +155,19 @@ fuzz_setup <- function(h5_dir = tempfile("fuzz-h5"), objects = TRUE) {
       conform = c("x:cols", "distances", "velocity_genes"), na_ok = "x")
   add("velocity_confidence_transition", "velocity_confidence_transition",
       list(x = v, Ms = m$Ms, T = T), conform = c("Ms", "T"))
+  grp <- rep(c("a", "b", "c"), 20)
+  add("rank_velocity_genes", "rank_velocity_genes",
+      list(x = v, groupby = grp, Ms = m$Ms, Mu = m$Mu, n_genes = 3),
+      conform = c("groupby", "Ms", "Mu"), na_ok = "x")
+  add("rank_dynamical_genes", "rank_dynamical_genes",
+      list(x = fit, Ms = m$Ms, Mu = m$Mu, groupby = grp, n_genes = 3),
+      conform = c("Ms", "Mu", "groupby"), na_ok = "x")
+  add("velocity_graph_edges", "velocity_graph_edges", list(x = vg, distances = m$distances),
+      conform = "distances")
+  lt <- q(latent_time(fitc, ts))
+  add("latent_time_heatmap_data", "latent_time_heatmap_data",
+      list(x = fit, Ms = m$Ms, latent_time = lt, n_convolve = 5),
+      conform = c("Ms", "latent_time"), na_ok = c("x", "latent_time")) # NA times: cells dropped
   add("simulate_spatial", "simulate_spatial",
       list(n_spots = 20, n_genes = 30, n_cell_types = 3, seed = 1),
       iters = c("n_spots", "n_genes", "n_cell_types"))
@@ -240,6 +253,12 @@ fuzz_setup <- function(h5_dir = tempfile("fuzz-h5"), objects = TRUE) {
         post = build, conform = "coords") # matched by spot names: rows of 'x' may differ
     add("plot_velocity_embedding", "plot_velocity_embedding", list(x = emb, V = ve),
         post = build, conform = c("x:rows", "V:rows"), na_ok = c("x", "V"))
+    add("plot_latent_time_heatmap", "plot_latent_time_heatmap",
+        list(x = fit, Ms = m$Ms, latent_time = lt, n_convolve = 5, color = grp), post = build,
+        conform = c("Ms", "latent_time", "color"), free = "color", na_ok = c("x", "latent_time"))
+    add("plot_velocity_graph", "plot_velocity_graph",
+        list(x = vg, embedding = emb, distances = m$distances), post = build,
+        conform = c("embedding:rows", "distances"), na_ok = "embedding")
     add("plot_velocity_embedding (arrows)", "plot_velocity_embedding",
         list(x = emb, V = ve, type = "arrows", color = sim$obs[[1]]), post = build,
         conform = c("x:rows", "V:rows", "color"), free = "color", na_ok = c("x", "V", "color"))
