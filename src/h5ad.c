@@ -7,12 +7,15 @@
  *   forked child shares with its parent. With the default actions the child just ends (the
  *   parent sees no result and reports the element it was reading); with a zero core-file limit
  *   it leaves no core file behind.
+ * - Its standard error goes to /dev/null: the C library's messages about a corrupted heap (the
+ *   child's last words before it ends) would only alarm; the parent reports what happened.
  * - Its address space may grow by at most `budget` bytes (0 = no limit; Linux, where
  *   /proc/self/statm gives the current size), so that a corrupt length inside the HDF5 library
  *   makes an allocation fail instead of exhausting the machine's memory. */
 #include "scnative.h"
 
 #ifndef _WIN32
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/resource.h>
@@ -29,6 +32,11 @@ SEXP scnative_h5ad_child_init(SEXP budget) {
   signal(SIGBUS, SIG_DFL);
   signal(SIGILL, SIG_DFL);
   signal(SIGFPE, SIG_DFL);
+  int devnull = open("/dev/null", O_WRONLY);
+  if (devnull >= 0) {
+    dup2(devnull, STDERR_FILENO);
+    close(devnull);
+  }
 
   double extra = Rf_asReal(budget);
   FILE *statm = fopen("/proc/self/statm", "r");
