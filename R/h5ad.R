@@ -150,7 +150,9 @@ h5_close_file <- function(h5) {
   }
 }
 
-h5ad_path <- function(parent_what, name) if (nzchar(parent_what)) paste0(parent_what, "/", name) else name
+h5ad_path <- function(parent_what, name) {
+  if (nzchar(parent_what)) paste0(parent_what, "/", name) else name
+}
 
 h5ad_link_type <- function(g, name, what) {
   li <- h5ad_guard(what, g$link_info(name))
@@ -379,8 +381,8 @@ h5ad_read_raw <- function(d, dims, kind) {
 }
 
 # One attribute, or NULL when absent. Its declared size is checked against the file before it
-# is read, its datatype (`kinds`) and length (`max_len`) after (hdf5r reads every datatype safely; asking for the type first would
-# double the cost of the many small attributes). Empty arrays (anndata writes an empty float64
+# is read, its datatype (`kinds`) and length (`max_len`) after (hdf5r reads every datatype
+# safely; asking for the type first would double the cost of the many small attributes). Empty arrays (anndata writes an empty float64
 # array as `column-order` of a data frame without columns) read as character(0); hdf5r cannot
 # read those itself.
 h5ad_attr <- function(obj, name, what, kinds = "string", max_len = h5ad_limits$attr_len) {
@@ -478,7 +480,8 @@ h5ad_read_sparse_t <- function(obj, what, enc, check, axes) {
   minor <- 3L - major
   # The transposed result is a dgCMatrix with p of length shape[minor] + 1.
   if (4 * (shape[minor] + 1) > h5ad_limits$ratio * h5ad_state$file_size + h5ad_limits$slack) {
-    h5ad_fail(what, "shape (%d, %d) is out of all proportion to the file; refused", shape[1L], shape[2L])
+    h5ad_fail(what, "shape (%d, %d) is out of all proportion to the file; refused", shape[1L],
+              shape[2L])
   }
   indptr <- h5ad_data(h5ad_child(obj, "indptr", what), paste0(what, "/indptr"), "int", ndim = 1L,
                       check = function(dims) {
@@ -488,7 +491,9 @@ h5ad_read_sparse_t <- function(obj, what, enc, check, axes) {
                         }
                       })
   indptr <- as.vector(indptr)
-  if (indptr[1L] != 0) h5ad_fail(what, "indptr[0] is %s, expected 0", format(indptr[1L], scientific = FALSE))
+  if (indptr[1L] != 0) {
+    h5ad_fail(what, "indptr[0] is %s, expected 0", format(indptr[1L], scientific = FALSE))
+  }
   steps <- diff(indptr)
   if (any(steps < 0)) {
     h5ad_fail(what, "indptr is not non-decreasing (it falls at position %d)", which(steps < 0)[1L])
@@ -557,7 +562,8 @@ h5ad_read_matrix_t <- function(obj, what, check = NULL, axes = c("shape[0]", "sh
   enc <- h5ad_encoding(obj, what)
   if (!nzchar(enc)) enc <- h5ad_attr_string(obj, "h5sparse_format", what)
   if (!nzchar(enc)) {
-    h5ad_unsupported(what, "is a group without an 'encoding-type' attribute; expected a dense array, csr_matrix or csc_matrix")
+    h5ad_unsupported(what, paste("is a group without an 'encoding-type' attribute; expected a",
+                                 "dense array, csr_matrix or csc_matrix"))
   }
   if (!enc %in% c("csr_matrix", "csc_matrix", "csr", "csc")) {
     h5ad_unsupported(what, "has unsupported encoding '%s' (expected a dense array, csr_matrix or csc_matrix)",
@@ -583,7 +589,9 @@ h5ad_factor <- function(codes, cats, ordered, what) {
   cats <- as.vector(cats)
   if (anyNA(cats)) h5ad_fail(what, "categories contain missing values")
   lev <- as.character(cats)
-  if (anyDuplicated(lev)) h5ad_fail(what, "categories are not unique ('%s' repeats)", lev[anyDuplicated(lev)])
+  if (anyDuplicated(lev)) {
+    h5ad_fail(what, "categories are not unique ('%s' repeats)", lev[anyDuplicated(lev)])
+  }
   codes <- as.vector(codes)
   if (length(codes) && (anyNA(codes) || min(codes) < -1 || max(codes) >= length(lev))) {
     bad <- codes[is.na(codes) | codes < -1 | codes >= length(lev)][1L]
@@ -763,7 +771,10 @@ h5ad_read_compound_df <- function(obj, what, uns_group, n, n_what) {
       cwhat <- paste0("uns/", key)
       cats <- h5ad_data(h5ad_child(uns_group, key, "uns"), cwhat, c("string", "int", "float", "bool"),
                         ndim = 1L)
-      if (!h5ad_whole(raw[[nm]])) h5ad_fail(what, "field '%s' has categories in %s but its codes are not whole numbers", nm, cwhat)
+      if (!h5ad_whole(raw[[nm]])) {
+        h5ad_fail(what, "field '%s' has categories in %s but its codes are not whole numbers", nm,
+                  cwhat)
+      }
       raw[[nm]] <- h5ad_factor(raw[[nm]], cats, FALSE, sprintf("%s field '%s'", what, nm))
     }
   }
@@ -989,8 +1000,10 @@ h5ad_read_file_ <- function(path, layers, X, obsm, obsp, uns) {
     layers = lay,
     obs = obs_df,
     var = var_df,
-    obsm = if (obsm) read_axis_m("obsm", n_obs, cells, "n_obs", sprintf("obs has %d cells", n_obs)) else list(),
-    varm = if (obsm) read_axis_m("varm", n_var, genes, "n_var", sprintf("var has %d genes", n_var)) else list(),
+    obsm = if (obsm) read_axis_m("obsm", n_obs, cells, "n_obs", sprintf("obs has %d cells", n_obs))
+           else list(),
+    varm = if (obsm) read_axis_m("varm", n_var, genes, "n_var", sprintf("var has %d genes", n_var))
+           else list(),
     obsp = if (obsp) read_axis_p("obsp", n_obs, cells, "n_obs") else list(),
     varp = if (obsp) read_axis_p("varp", n_var, genes, "n_var") else list(),
     uns = if (uns && !is.null(uns_group)) h5ad_read_uns(uns_group, "uns") else list(),
