@@ -70,6 +70,11 @@ SEXP scnative_components(SEXP, SEXP, SEXP);
 /* end terminal states declarations */
 
 
+/* h5ad (read_h5ad's isolated reader): declarations */
+SEXP scnative_h5ad_child_init(SEXP);
+/* end h5ad declarations */
+
+
 /* spatial extras (simulation): declarations */
 /* end spatial extras declarations */
 
@@ -140,6 +145,11 @@ static const R_CallMethodDef callMethods[] = {
     CALLDEF(scnative_eigs, 12),
     CALLDEF(scnative_components, 3),
     /* end terminal states table */
+
+
+    /* h5ad table */
+    CALLDEF(scnative_h5ad_child_init, 1),
+    /* end h5ad table */
 
 
     /* spatial extras table */
