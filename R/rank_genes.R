@@ -265,6 +265,9 @@ rank_velocity_genes.default <- function(x, groupby, Ms = NULL, Mu = NULL, n_gene
       if (!is.null(rownames(m)) && !is.null(rownames(V)) && !identical(rownames(m), genes)) {
         stopf("the genes (rows) of '%s' are not those of the velocity in order", a)
       }
+      if (!is.null(colnames(m)) && !is.null(colnames(V)) && !identical(colnames(m), colnames(V))) {
+        stopf("the cells (columns) of '%s' are not those of the velocity in order", a)
+      }
     }
     spearmans_score <- spearmans_score(Ms, Mu)
   }

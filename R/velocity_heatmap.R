@@ -148,6 +148,10 @@ latent_time_heatmap_data <- function(x, Ms, latent_time, genes = NULL, n_genes =
   if (!is.numeric(latent_time) || sum(dim(latent_time) > 1L) > 1L) {
     stopf("'latent_time' must be a numeric vector, one value per cell")
   }
+  if (!is.null(names(latent_time)) && !is.null(colnames(Ms)) &&
+      !identical(unname(names(latent_time)), colnames(Ms))) {
+    stopf("the names of 'latent_time' are not the cells (columns) of 'Ms', in order")
+  }
   latent_time <- as.numeric(latent_time)
   if (length(latent_time) != n_cells) {
     stopf("'latent_time' must have one value per cell (column of 'Ms': %d), not %d", n_cells,

@@ -255,7 +255,8 @@ fuzz_setup <- function(h5_dir = tempfile("fuzz-h5"), objects = TRUE) {
         post = build, conform = c("x:rows", "V:rows"), na_ok = c("x", "V"))
     add("plot_latent_time_heatmap", "plot_latent_time_heatmap",
         list(x = fit, Ms = m$Ms, latent_time = lt, n_convolve = 5, color = grp), post = build,
-        conform = c("Ms", "latent_time", "color"), free = "color", na_ok = c("x", "latent_time"))
+        conform = c("Ms", "latent_time", "color"), free = "color",
+        na_ok = c("x", "latent_time", "color"))
     add("plot_velocity_graph", "plot_velocity_graph",
         list(x = vg, embedding = emb, distances = m$distances), post = build,
         conform = c("embedding:rows", "distances"), na_ok = "embedding")
@@ -413,7 +414,8 @@ fz_atomic_muts <- function(value, ctx) {
   }
   conform <- fz_in(ctx, "conform")
   out <- c(out, list(
-    function() fz_mut(value[0L], "shape", "length 0", conform || (n == 1L && !ctx$in_field)),
+    function() fz_mut(value[0L], "shape", "length 0",
+                      conform || (n == 1L && !ctx$in_field && !fz_in(ctx, "free"))),
     function() fz_mut(rep(value, length.out = n + 1L), "shape", "one element more",
                       conform || (n == 1L && (ctx$strict || !(ctx$in_field || fz_in(ctx, "free"))))),
     function() fz_mut(rep(value, length.out = n + 2L), "shape", "two elements more",
@@ -874,6 +876,8 @@ fz_outcome <- function(r, draw, setup) {
   if (isTRUE(r$mutated)) return("mutated")
   if (r$error) {
     if (fz_names_arg(r$message, draw$arg)) return("good")
+    # a corrupt file: the error names the element of the file ("X/indices: ...")
+    if (identical(r$class, "file") && grepl("^[A-Za-z_][^ :]*: ", r$message)) return("good")
     # a shape or names that no longer match another argument: naming that one is clear too
     if (r$class %in% c("shape", "names", "field") &&
         any(vapply(names(case$args), fz_names_arg, TRUE, msg = r$message))) {

@@ -11,7 +11,7 @@ test_that("fixed-seed fuzz subset: no crash, no hang, no mutated input", {
   # a memory cap makes huge sizes fail fast; ASan (make sanitize) reserves terabytes of
   # address space and cannot run under one
   san <- identical(Sys.getenv("SCNATIVE_SANITIZE"), "true")
-  out <- fuzz_run_fresh(n, seed = 1, timeout = if (san) 120 else 30, mem_kb = if (san) Inf else 8e6)
+  out <- fuzz_run_fresh(n, seed = 2, timeout = if (san) 120 else 30, mem_kb = if (san) Inf else 8e6)
   res <- out$res
   rep <- Sys.getenv("SCNATIVE_FUZZ_REPORT")
   if (nzchar(rep)) writeLines(out$report, rep)
@@ -26,14 +26,12 @@ test_that("fixed-seed fuzz subset: no crash, no hang, no mutated input", {
   expect(!any(res$outcome == "crash"), show("crash"))
   expect(!any(res$outcome == "hang"), show("hang"))
   expect(!any(res$outcome == "mutated"), show("mutated"))
-  # invalid inputs give errors that name the argument. What remains on this seed (issue 17):
-  # read_h5ad's messages for corrupt files (its hardening is separate work) and one NaN result
-  # (cell2location warm-started with a signature of 1e308)
+  # invalid inputs give errors that name the argument (for a corrupt file: the element of
+  # the file). What remains on this seed (issue 17): one NaN result (cell2location
+  # warm-started with a signature of 1e308)
   expect(!any(res$outcome == "silent_accepted"), show("silent_accepted"))
   expect(sum(res$outcome == "silent_nan") <= 1L, show("silent_nan"))
-  expect(!any(res$outcome == "vague" & res$fun != "read_h5ad"),
-         show("vague")) # nolint
-  expect(sum(res$outcome == "vague") <= 3L, show("vague"))
+  expect(!any(res$outcome == "vague"), show("vague"))
   # every mutation class and most functions were drawn
   expect_true(all(c("type", "shape", "names", "value", "sparse", "field", "factor", "file") %in%
                     res$class))
