@@ -87,10 +87,16 @@ static inline double scn_dsoftplus(double r) { return r > 20.0 ? 1.0 : 1.0 / (1.
 static inline double scn_lgamma_pdf(double z, double lz, double a, double b) {
   return a * log(b) + (a - 1.0) * lz - b * z - scn_lgamma(a);
 }
+/* the branch-free kernels below must be inlined into the loops that use them to vectorise */
+#if defined(__GNUC__)
+#define SCN_INLINE inline __attribute__((always_inline))
+#else
+#define SCN_INLINE inline
+#endif
 /* cond ? a : b on the bits, without a branch: GCC turns ?: on doubles into branches and, where
  * one side folds to a constant, into paths whose floating-point operations keep loops from
  * vectorising (except with AVX-512's masks). */
-static inline double scn_blend(int64_t cond, double a, double b) {
+static SCN_INLINE double scn_blend(int64_t cond, double a, double b) {
   uint64_t m = (uint64_t)0 - (uint64_t)cond, ua, ub;
   memcpy(&ua, &a, sizeof ua);
   memcpy(&ub, &b, sizeof ub);
@@ -100,7 +106,7 @@ static inline double scn_blend(int64_t cond, double a, double b) {
 }
 /* log for positive normal doubles, branch-free so that loops vectorise:
  * x = 2^e m, m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(t), t = (m - 1)/(m + 1). */
-static inline double scn_log_fast(double x) {
+static SCN_INLINE double scn_log_fast(double x) {
   uint64_t b;
   memcpy(&b, &x, sizeof b);
   /* m > sqrt(2) (mantissa bits above sqrt(2)'s): m / 2 and e + 1, in integer arithmetic (a
@@ -132,7 +138,7 @@ static inline double scn_log_fast(double x) {
  * out as exp()'s); Inf above and 0 below the range (selected at the end: a clamped argument
  * would give constant paths with trapping operations, which keep loops from vectorising). NaN
  * gives NaN. */
-static inline double scn_exp_fast(double x) {
+static SCN_INLINE double scn_exp_fast(double x) {
   const double shifter = 6755399441055744.0; /* 1.5 * 2^52: rounds to an integer in the low bits */
   double kd = x * 1.4426950408889634074 + shifter;
   uint64_t kb;
@@ -164,14 +170,14 @@ static inline double scn_exp_fast(double x) {
   return scn_blend(x < -745.2, 0.0, y);
 }
 /* log1p for x >= 0 (branch-free): log(1 + x) corrected for the rounding of 1 + x. */
-static inline double scn_log1p_fast(double x) {
+static SCN_INLINE double scn_log1p_fast(double x) {
   double w = 1.0 + x;
   return scn_log_fast(w) - ((w - 1.0) - x) / w;
 }
 /* lgamma(x) and digamma(x) for x > 0 together, branch-free so that loops vectorise: x is shifted
  * to x + n >= 10 (n <= 10 fixed steps; the product and the sum of reciprocals are kept as one
  * fraction, so one division), then Stirling's series for both. */
-static inline void scn_lgamma_digamma_fast(double x, double *lg, double *dg) {
+static SCN_INLINE void scn_lgamma_digamma_fast(double x, double *lg, double *dg) {
   double p = 1.0, q = 0.0, t = x; /* sum_k 1/(x + k) = q / p */
   for (int k = 0; k < 10; k++) {
     int64_t lt = t < 10.0;
