@@ -45,15 +45,14 @@ double scn_lgamma(double x) {
 
 /* Per-step constants of torch Adam / pyro ClippedAdam at step t (1-based). */
 typedef struct {
-  double a, b, eps, clip; /* theta -= a * m / (sqrt(v) / b + eps) */
-  int clipped;
+  double a, b, eps, clip; /* theta -= a * m / (sqrt(v) / b + eps); clip: Inf for torch Adam */
 } adam_step;
 
 static adam_step adam_consts(long t, double lr, int clipped, double clip) {
   const double b1 = 0.9, b2 = 0.999;
   double bc1 = 1.0 - pow(b1, (double)t), bc2 = 1.0 - pow(b2, (double)t);
   adam_step c;
-  c.eps = 1e-8, c.clip = clip, c.clipped = clipped;
+  c.eps = 1e-8, c.clip = clipped ? clip : HUGE_VAL;
   if (!clipped) {
     c.a = lr / bc1, c.b = sqrt(bc2);
   } else {
@@ -62,21 +61,35 @@ static adam_step adam_consts(long t, double lr, int clipped, double clip) {
   return c;
 }
 
-static inline void adam_elem(double *theta, double g, double *m, double *v, const adam_step *c) {
-  const double b1 = 0.9, b2 = 0.999;
-  if (c->clipped) {
-    if (g > c->clip) g = c->clip;
-    if (g < -c->clip) g = -c->clip;
+/* One optimiser step on n <= SVI_BLOCK elements. The square roots run in a loop of their own:
+ * with errno semantics (R's default flags) sqrt() keeps a loop from vectorising, so the moment
+ * updates and the parameter update are vectorised around it. */
+#define SVI_BLOCK 256
+static SCN_INLINE void adam_block(int n, double *theta, const double *grad, double *m, double *v,
+                                  const adam_step *c, double *sq) {
+  const double b1 = 0.9, b2 = 0.999, hi = c->clip, lo = -c->clip;
+#pragma omp simd
+  for (int i = 0; i < n; i++) {
+    double g = grad[i];
+    g = scn_blend(g > hi, hi, g);
+    g = scn_blend(g < lo, lo, g);
+    m[i] = b1 * m[i] + (1.0 - b1) * g;
+    v[i] = b2 * v[i] + (1.0 - b2) * g * g;
   }
-  double mm = b1 * *m + (1.0 - b1) * g, vv = b2 * *v + (1.0 - b2) * g * g;
-  *m = mm, *v = vv;
-  *theta -= c->a * mm / (sqrt(vv) / c->b + c->eps);
+  for (int i = 0; i < n; i++) sq[i] = sqrt(v[i]);
+  const double a = c->a, b = c->b, eps = c->eps;
+#pragma omp simd
+  for (int i = 0; i < n; i++) theta[i] -= a * m[i] / (sq[i] / b + eps);
 }
 
 void scn_adam(R_xlen_t n, double *theta, const double *grad, double *m, double *v, long t,
               double lr, int clipped, double clip) {
   adam_step c = adam_consts(t, lr, clipped, clip);
-  for (R_xlen_t i = 0; i < n; i++) adam_elem(theta + i, grad[i], m + i, v + i, &c);
+  double sq[SVI_BLOCK];
+  for (R_xlen_t i0 = 0; i0 < n; i0 += SVI_BLOCK) {
+    int k = n - i0 < SVI_BLOCK ? (int)(n - i0) : SVI_BLOCK;
+    adam_block(k, theta + i0, grad + i0, m + i0, v + i0, &c, sq);
+  }
 }
 
 /* ---- the guide ------------------------------------------------------------------------ */
@@ -167,15 +180,23 @@ static double svi_sample_piece(R_xlen_t n, const double *loc, const double *rho,
 }
 
 /* The gradients of the loss in loc and rho (spec 6.1) and one optimiser step on both. */
+SCN_CLONES
 static void svi_update_piece(R_xlen_t n, double *loc, double *rho, const double *eps,
                              const double *z, const double *gz, const double *sg,
                              const double *ds, double *ml, double *vl, double *mr, double *vr,
                              const adam_step *c) {
-  for (R_xlen_t i = 0; i < n; i++) {
-    double gu = z[i] * gz[i] + 1.0;
-    double gr = -(gu * eps[i] + 1.0 / sg[i]) * ds[i];
-    adam_elem(loc + i, -gu, ml + i, vl + i, c);
-    adam_elem(rho + i, gr, mr + i, vr + i, c);
+  double gl[SVI_BLOCK], gr[SVI_BLOCK], sq[SVI_BLOCK];
+  for (R_xlen_t i0 = 0; i0 < n; i0 += SVI_BLOCK) {
+    int k = n - i0 < SVI_BLOCK ? (int)(n - i0) : SVI_BLOCK;
+#pragma omp simd
+    for (int j = 0; j < k; j++) {
+      R_xlen_t i = i0 + j;
+      double gu = z[i] * gz[i] + 1.0;
+      gl[j] = -gu;
+      gr[j] = -(gu * eps[i] + 1.0 / sg[i]) * ds[i];
+    }
+    adam_block(k, loc + i0, gl, ml + i0, vl + i0, c, sq);
+    adam_block(k, rho + i0, gr, mr + i0, vr + i0, c, sq);
   }
 }
 
