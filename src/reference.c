@@ -298,10 +298,9 @@ static double reg_likelihood(reg_state *st, const double *z, double *gz, double 
           dQ[g] += st->rsd[t];
           ll += st->rsl[t];
         } else {
-          double lg, dg;
-          scn_lgamma_digamma_fast(st->a_g[g] + x, &lg, &dg);
-          dQ[g] += dg - st->dga[g];
-          ll += lg - st->lga[g];
+          double a = st->a_g[g]; /* a + x > 32: both series without recurrences */
+          dQ[g] += scn_digamma(a + x) - st->dga[g];
+          ll += scn_lgamma(a + x) - st->lga[g];
         }
       }
     }
