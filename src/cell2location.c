@@ -18,6 +18,14 @@
  * of the count values. Tiles are small enough (nb * gb * F <= 2^18) that OpenBLAS runs each
  * GEMM on the calling thread, so the OpenMP threads do not oversubscribe the BLAS pool.
  *
+ * The rest of an epoch is kept small against the S x G pass (small gene panels make it
+ * visible): the local priors run over blocks of spots with spots innermost (vectorised, with
+ * a branch-free lgamma + digamma); the histogram terms are running sums stepped over all
+ * (batch, gene) pairs at once; per-fit constants (per-batch terms, chunk cursors, histogram
+ * order) are computed in setup; each chunk clears and the reduction reads only the batches the
+ * chunk holds. The guide's per-parameter work (normals, softplus, exp, Adam) is vectorised in
+ * svi.c and rng.c.
+ *
  * Buffers: everything (tile buffers included) is allocated once per fit and held by the state
  * (an external pointer with a finalizer); no S x G matrix exists at any time.
  *

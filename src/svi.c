@@ -9,7 +9,13 @@
  *              gradients of loc and rho (spec 6.1), then one optimiser step.
  *   optimiser  torch Adam (upstream's default) or pyro ClippedAdam (spec 4.2).
  *   posterior  draws from the guide and their summaries (mean, sd, numpy-linear quantiles).
- *   special    thread-safe digamma / lgamma, a vectorisable log, softplus.
+ *   special    thread-safe digamma / lgamma, softplus (the branch-free exp, log, log1p and
+ *              lgamma + digamma that loops vectorise are in scnative.h).
+ *
+ * Cost: every step touches every parameter (a normal, softplus, exp, log and two Adam updates),
+ * which matters next to the model's own pass when the data are small (S x F parameters against
+ * an S x G likelihood). The per-parameter loops run over fixed pieces (threads) and are
+ * vectorised; only sqrt stays scalar (errno semantics) in a loop of its own.
  *
  * Random numbers: eps of site j at step t is the block [t * n_j, (t + 1) * n_j) of the
  * counter-based stream 1 + j (rng.c), filled in fixed pieces, so a fit for a given seed does
