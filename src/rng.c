@@ -79,13 +79,16 @@ static inline void sincos_2pi(double u, double *sn, double *cs) {
   *sn = scn_blend(h, -s1, s1);
 }
 
-/* Box-Muller on the Philox blocks k0 .. k0 + np - 1 (np <= NORMAL_BLOCK): r2 = -2 log(u1) and
- * (cos, sin) of 2 pi u2 per block, u1 from words (0, 1) and u2 from words (2, 3). The Philox
- * rounds run on vectors of blocks; the square root is left to the caller. */
-#define NORMAL_BLOCK 256
+/* Box-Muller on the Philox blocks k0 .. k0 + NORMAL_BLOCK - 1: r2 = -2 log(u1) and (cos, sin)
+ * of 2 pi u2 per block, u1 from words (0, 1) and u2 from words (2, 3). The Philox rounds run on
+ * vectors of blocks; the square root is left to the caller. The trip count is a constant, a
+ * multiple of every vector width: a vectorised loop's remainder iterations may round
+ * differently (FMA contraction), and value i must not depend on where a fill starts. */
+#define NORMAL_BLOCK 64
 SCN_CLONES
-static void normal_block(uint64_t seed, uint64_t stream, uint64_t k0, int np, double *r2,
-                         double *cs, double *sn) {
+static void normal_block(uint64_t seed, uint64_t stream, uint64_t k0, double *r2, double *cs,
+                         double *sn) {
+  const int np = NORMAL_BLOCK;
   uint32_t key0[10], key1[10];
   key0[0] = (uint32_t)seed, key1[0] = (uint32_t)(seed >> 32);
   for (int r = 1; r < 10; r++) key0[r] = key0[r - 1] + PHILOX_W0, key1[r] = key1[r - 1] + PHILOX_W1;
@@ -127,7 +130,7 @@ void scn_rng_normals(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n
     /* blocks covering normals i .. i + n - j - 1 */
     uint64_t k0 = i >> 1, k1 = (i + (uint64_t)(n - j) + 1) >> 1;
     int np = k1 - k0 < NORMAL_BLOCK ? (int)(k1 - k0) : NORMAL_BLOCK;
-    normal_block(seed, stream, k0, np, r2, cs, sn);
+    normal_block(seed, stream, k0, r2, cs, sn);
     for (int b = 0; b < np && j < n; b++) {
       double r = sqrt(r2[b]);
       if ((i & 1u) == 0) {
