@@ -5,7 +5,10 @@
 # Usage: Rscript bench/cell2location.R [threads=1] [S=4000] [G=10000] [F=34] [reps=3]
 #                                      [upstream_epochs=5] [scnative_epochs=30]
 # Every side prints BENCH_SECONDS = seconds per epoch of its timed call (after a warm-up), so
-# the ratios are per-epoch ratios.
+# the ratios are per-epoch ratios. Environment: SCNATIVE_BENCH_CPU=1 times CPU seconds instead
+# of elapsed ones (meaningful at 1 thread; for a machine loaded by other work);
+# SCNATIVE_BENCH_BEFORE_LIB=<R library> adds a side "scnative_before" running the scnative
+# installed there (a before/after comparison under the same conditions).
 source("bench/harness.R")
 source("bench/cell2location_data.R")
 dir.create("bench/results", showWarnings = FALSE)
@@ -27,8 +30,14 @@ sides <- list(
   scnative = list(cmd = "Rscript", args = c("bench/cell2location_scnative.R", stem, dims, th,
                                             sc_ep), env = env),
   floor = list(cmd = "Rscript", args = c("bench/cell2location_floor.R", dims, "5"), env = env))
+before <- Sys.getenv("SCNATIVE_BENCH_BEFORE_LIB")
+if (nzchar(before)) {
+  sides$scnative_before <- sides$scnative
+  sides$scnative_before$env <- c(env, R_LIBS = before)
+}
+cpu <- Sys.getenv("SCNATIVE_BENCH_CPU") == "1"
 bench_compare(sides, reps = reps,
-              title = sprintf("cell2location per-epoch time, %s spots x %s genes x %s cell types, %d thread(s)",
-                              dims[1], dims[2], dims[3], th),
+              title = sprintf("cell2location per-epoch %s, %s spots x %s genes x %s cell types, %d thread(s)",
+                              if (cpu) "CPU time" else "time", dims[1], dims[2], dims[3], th),
               csv = sprintf("bench/results/cell2location_%s_%s_%s_t%d.csv", dims[1], dims[2],
                             dims[3], th))

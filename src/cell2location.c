@@ -18,6 +18,14 @@
  * of the count values. Tiles are small enough (nb * gb * F <= 2^18) that OpenBLAS runs each
  * GEMM on the calling thread, so the OpenMP threads do not oversubscribe the BLAS pool.
  *
+ * The rest of an epoch is kept small against the S x G pass (small gene panels make it
+ * visible): the local priors run over blocks of spots with spots innermost (vectorised, with
+ * a branch-free lgamma + digamma); the histogram terms are running sums stepped over all
+ * (batch, gene) pairs at once; per-fit constants (per-batch terms, chunk cursors, histogram
+ * order) are computed in setup; each chunk clears and the reduction reads only the batches the
+ * chunk holds. The guide's per-parameter work (normals, softplus, exp, Adam) is vectorised in
+ * svi.c and rng.c.
+ *
  * Buffers: everything (tile buffers included) is allocated once per fit and held by the state
  * (an external pointer with a finalizer); no S x G matrix exists at any time.
  *
@@ -37,6 +45,8 @@ enum {
 #define C2L_NACC 5 /* per-(batch, gene) sums: log(a+mu), 1/(a+mu), R y, R y A, -x/(a+mu) */
 #define C2L_NHYP 15
 #define C2L_MAXCHUNK 32
+#define C2L_SPOT_BLOCK 256 /* spots per block of the local priors */
+#define C2L_HMAX 32 /* counts up to this use running sums, larger ones digamma/lgamma */
 #define C2L_GEMM_MNK 262144.0 /* OpenBLAS's threshold for single-threaded GEMM */
 
 /* Vectorisable clones of the elementwise kernel where the compiler supports them. */
@@ -62,10 +72,21 @@ typedef struct {
   scn_guide gd;           /* the AutoNormal guide (svi.c) */
   /* scratch, allocated once */
   double *mw, *D, *dW, *ysacc, *lpspot;
+  double *spx;            /* S x 5 per-spot scratch of the local priors */
+  double *cyd;            /* E: alpha_e log(alpha_e) - lgamma(alpha_e) */
   double *acc, *chunk_loss;
   double *a_eg, *hd, *hl;
+  /* the histogram terms in running-sum form: (e, g) pairs sorted by their largest count <= 32
+   * (hperm), nact[k] = how many have one > k; entries with values <= 32 sorted by value
+   * (hs_j = position in hperm, hs_c = count; value v at hs_v0[v] .. hs_v0[v + 1] - 1); entries
+   * with values > 32 by (e, g) (hb_ie, hb_v, hb_c) */
+  int *hperm, nact[C2L_HMAX + 1], hs_v0[C2L_HMAX + 2], *hs_j, nhb, *hb_ie;
+  double *hs_c, *hb_v, *hb_c, *hscr; /* hscr: 5 x E*G running sums */
   int nb, gb, nblock, nchunk;
   int *blk_s0, *blk_n, *blk_e, *chunk_b0;
+  int *chunk_e0, *chunk_e1; /* batches of each chunk (its accumulators' rows) */
+  int *ccur;                /* nchunk x G: each chunk's first non-zero per gene */
+  double *red;              /* 6 x G: per-batch reduction of the chunks */
   double *tbuf; /* per-thread tile buffers, grown on demand, kept for the fit */
   int *tint;
   int tcap;
@@ -76,9 +97,10 @@ typedef struct {
 static void c2l_free(c2l_state *st) {
   if (!st) return;
   void *ptrs[] = {st->bstart, st->spot_batch, st->sigT, st->xp, st->xi, st->xv, st->hp, st->hv,
-                  st->hc, st->de, st->alphad, st->mw, st->D, st->dW, st->ysacc, st->lpspot, st->acc,
+                  st->hc, st->de, st->alphad, st->mw, st->D, st->dW, st->ysacc, st->lpspot, st->spx, st->cyd, st->acc,
                   st->chunk_loss, st->a_eg, st->hd, st->hl, st->blk_s0, st->blk_n, st->blk_e,
-                  st->chunk_b0, st->tbuf, st->tint};
+                  st->chunk_b0, st->tbuf, st->tint, st->hperm, st->hs_j, st->hb_ie, st->hs_c,
+                  st->hb_v, st->hb_c, st->hscr, st->chunk_e0, st->chunk_e1, st->ccur, st->red};
   for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
   scn_guide_free(&st->gd);
   free(st);
@@ -95,6 +117,78 @@ static c2l_state *c2l_get(SEXP ptr) { return scn_state_get(ptr, "cell2location")
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
+}
+
+/* The running-sum form of the histograms (see c2l_state); 0 when out of memory. */
+static int c2l_hist_index(c2l_state *st) {
+  const R_xlen_t EG = (R_xlen_t)st->E * st->G;
+  const int *hp = st->hp;
+  const double *hv = st->hv;
+  int *vmax = malloc(((size_t)EG + 1) * sizeof(int)), cntv[C2L_HMAX + 2];
+  if (!vmax) return 0;
+  int ns = 0, nbig = 0;
+  memset(cntv, 0, sizeof cntv);
+  for (R_xlen_t ie = 0; ie < EG; ie++) {
+    vmax[ie] = 0;
+    for (int h = hp[ie]; h < hp[ie + 1]; h++) {
+      if (hv[h] <= C2L_HMAX) {
+        int v = (int)hv[h];
+        vmax[ie] = v > vmax[ie] ? v : vmax[ie];
+        cntv[v]++;
+        ns++;
+      } else {
+        nbig++;
+      }
+    }
+  }
+  st->hs_j = malloc(((size_t)ns + 1) * sizeof(int));
+  st->hs_c = malloc(((size_t)ns + 1) * sizeof(double));
+  st->hb_ie = malloc(((size_t)nbig + 1) * sizeof(int));
+  st->hb_v = malloc(((size_t)nbig + 1) * sizeof(double));
+  st->hb_c = malloc(((size_t)nbig + 1) * sizeof(double));
+  if (!st->hs_j || !st->hs_c || !st->hb_ie || !st->hb_v || !st->hb_c) {
+    free(vmax);
+    return 0;
+  }
+  /* (e, g) by decreasing largest small count (a counting sort; ties in (e, g) order) */
+  int pos[C2L_HMAX + 2], np = 0;
+  for (int k = 0; k <= C2L_HMAX; k++) st->nact[k] = 0;
+  for (R_xlen_t ie = 0; ie < EG; ie++)
+    for (int k = 0; k < vmax[ie]; k++) st->nact[k]++;
+  for (int v = C2L_HMAX; v >= 1; v--) {
+    pos[v] = np;
+    np += st->nact[v - 1] - (v < C2L_HMAX ? st->nact[v] : 0);
+  }
+  int *jof = vmax; /* reused: vmax[ie] -> position of ie in hperm */
+  for (R_xlen_t ie = 0; ie < EG; ie++) {
+    int v = vmax[ie];
+    if (v > 0) {
+      st->hperm[pos[v]] = (int)ie;
+      jof[ie] = pos[v]++;
+    } else {
+      jof[ie] = -1;
+    }
+  }
+  st->hs_v0[1] = 0;
+  for (int v = 1; v <= C2L_HMAX; v++) st->hs_v0[v + 1] = st->hs_v0[v] + cntv[v];
+  for (int v = 1; v <= C2L_HMAX; v++) pos[v] = st->hs_v0[v];
+  int nb = 0;
+  for (R_xlen_t ie = 0; ie < EG; ie++) {
+    for (int h = hp[ie]; h < hp[ie + 1]; h++) {
+      if (hv[h] <= C2L_HMAX) {
+        int q = pos[(int)hv[h]]++;
+        st->hs_j[q] = jof[ie];
+        st->hs_c[q] = st->hc[h];
+      } else {
+        st->hb_ie[nb] = (int)ie;
+        st->hb_v[nb] = hv[h];
+        st->hb_c[nb++] = st->hc[h];
+      }
+    }
+  }
+  st->nhb = nb;
+  free(vmax);
+  return 1;
 }
 
 /* .Call(C_scnative_c2l_setup, xp, xi, xv, dims = c(S, G, F, R, E), bstart, sigT, hyper, de,
@@ -176,6 +270,8 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   C2L_ALLOC(st->dW, (R_xlen_t)S * F, double);
   C2L_ALLOC(st->ysacc, S, double);
   C2L_ALLOC(st->lpspot, S, double);
+  C2L_ALLOC(st->spx, (R_xlen_t)S * 5, double);
+  C2L_ALLOC(st->cyd, E, double);
   C2L_ALLOC(st->acc, (R_xlen_t)st->nchunk * C2L_NACC * EG, double);
   C2L_ALLOC(st->chunk_loss, st->nchunk, double);
   C2L_ALLOC(st->a_eg, EG, double);
@@ -185,6 +281,12 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   C2L_ALLOC(st->blk_n, nblock, int);
   C2L_ALLOC(st->blk_e, nblock, int);
   C2L_ALLOC(st->chunk_b0, st->nchunk + 1, int);
+  C2L_ALLOC(st->chunk_e0, st->nchunk, int);
+  C2L_ALLOC(st->chunk_e1, st->nchunk, int);
+  C2L_ALLOC(st->ccur, (R_xlen_t)st->nchunk * G, int);
+  C2L_ALLOC(st->red, (R_xlen_t)6 * G, double);
+  C2L_ALLOC(st->hperm, EG, int);
+  C2L_ALLOC(st->hscr, 5 * EG, double);
   if (!ok) {
     c2l_free(st);
     error(_("out of memory allocating the cell2location state"));
@@ -199,6 +301,7 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   memcpy(st->hyp, REAL(hyper), C2L_NHYP * sizeof(double));
   memcpy(st->de, REAL(de), E * sizeof(double));
   memcpy(st->alphad, REAL(alphad), E * sizeof(double));
+  for (int e = 0; e < E; e++) st->cyd[e] = st->alphad[e] * log(st->alphad[e]) - scn_lgamma(st->alphad[e]);
   /* blocks and chunks */
   int b = 0;
   for (int e = 0; e < E; e++)
@@ -209,6 +312,20 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
     }
   for (int c = 0; c <= st->nchunk; c++)
     st->chunk_b0[c] = (int)(((long)nblock * c) / st->nchunk);
+  for (int c = 0; c < st->nchunk; c++) {
+    int b0 = st->chunk_b0[c], b1 = st->chunk_b0[c + 1];
+    st->chunk_e0[c] = b0 < b1 ? st->blk_e[b0] : 0;
+    st->chunk_e1[c] = b0 < b1 ? st->blk_e[b1 - 1] : -1;
+    int sfirst = b0 < b1 ? st->blk_s0[b0] : S;
+    for (int g = 0; g < G; g++) { /* first non-zero at or after sfirst */
+      int lo = st->xp[g], hi = st->xp[g + 1];
+      while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (st->xi[mid] < sfirst) lo = mid + 1; else hi = mid;
+      }
+      st->ccur[(R_xlen_t)c * G + g] = lo;
+    }
+  }
   /* lgamma(x + 1) and per-(batch, gene) histograms of non-zero counts */
   double lgx1 = 0.0, lgt[256];
   lgt[0] = 0.0;
@@ -264,6 +381,10 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   st->hv = hv2 ? hv2 : hv;
   double *hc2 = realloc(hc, ((size_t)nh + 1) * sizeof(double));
   st->hc = hc2 ? hc2 : hc;
+  if (!c2l_hist_index(st)) {
+    c2l_free(st);
+    error(_("out of memory allocating the cell2location state"));
+  }
   SEXP ans = PROTECT(R_MakeExternalPtr(st, R_NilValue, R_NilValue));
   R_RegisterCFinalizerEx(ans, c2l_finalizer, TRUE);
   UNPROTECT(1);
@@ -279,7 +400,7 @@ static void c2l_tile_pass(const c2l_state *st, int s0, int nb, int e, int g0, in
                           double *ysacc, double *acc, int *cursor, double *scr, int *scri,
                           double *loss) {
   const int E = st->E;
-  const R_xlen_t EG = (R_xlen_t)E * st->G;
+  const R_xlen_t G = st->G;
   const int *xp = st->xp, *xi = st->xi;
   const double *xv = st->xv;
   double *scx = scr + nb, *scA = scr + 2 * nb, *scy = scr + 3 * nb;
@@ -330,13 +451,71 @@ static void c2l_tile_pass(const c2l_state *st, int s0, int nb, int e, int g0, in
       col[i] = T * mg;
     }
     for (int j = 0; j < k; j++) col[scri[j]] += scA[j];
-    acc[ie] += sL;
-    acc[EG + ie] += sI;
-    acc[2 * EG + ie] += sT + cT;
-    acc[3 * EG + ie] += sTA + cTA;
-    acc[4 * EG + ie] += cQ;
+    acc[g] += sL;
+    acc[G + g] += sI;
+    acc[2 * G + g] += sT + cT;
+    acc[3 * G + g] += sTA + cTA;
+    acc[4 * G + g] += cQ;
   }
   *loss += lnz;
+}
+
+/* One step k of the running sums over the first n (e, g) pairs (those with a count > k):
+ * rd += 1 / (a + k), rl += log(a + k). */
+C2L_CLONES
+static void c2l_hist_step(int n, int k, const double *a, double *rd, double *rl) {
+#pragma omp simd
+  for (int j = 0; j < n; j++) {
+    double t = a[j] + k;
+    rd[j] += 1.0 / t;
+    rl[j] += scn_log_fast(t);
+  }
+}
+
+/* Per (e, g): a = 1 / o^2 and the histogram terms sum_x (digamma(a + x) - digamma(a)) (hd) and
+ * sum_x (lgamma(a + x) - lgamma(a)) (hl) over the non-zero counts x of batch e and gene g
+ * (spec 6.5). Counts <= 32 use the running sums sum_{k < x} 1 / (a + k) and log(a + k), one step
+ * k at a time over all pairs that need it (vectorised); larger counts digamma and lgamma. */
+static void c2l_hist_terms(c2l_state *st, const double *zo) {
+  const R_xlen_t EG = (R_xlen_t)st->E * st->G;
+  double *a_eg = st->a_eg, *hd = st->hd, *hl = st->hl;
+  for (R_xlen_t ie = 0; ie < EG; ie++) {
+    double o = zo[ie];
+    a_eg[ie] = 1.0 / (o * o);
+  }
+  memset(hd, 0, EG * sizeof(double));
+  memset(hl, 0, EG * sizeof(double));
+  const int n0 = st->nact[0];
+  double *as = st->hscr, *rd = as + EG, *rl = rd + EG, *sd = rl + EG, *sl = sd + EG;
+  for (int j = 0; j < n0; j++) {
+    as[j] = a_eg[st->hperm[j]];
+    rd[j] = rl[j] = sd[j] = sl[j] = 0.0;
+  }
+  for (int k = 0; k < C2L_HMAX && st->nact[k] > 0; k++) {
+    c2l_hist_step(st->nact[k], k, as, rd, rl);
+    for (int h = st->hs_v0[k + 1]; h < st->hs_v0[k + 2]; h++) { /* counts equal to k + 1 */
+      int j = st->hs_j[h];
+      double c = st->hs_c[h];
+      sd[j] += c * rd[j];
+      sl[j] += c * rl[j];
+    }
+  }
+  for (int j = 0; j < n0; j++) {
+    hd[st->hperm[j]] = sd[j];
+    hl[st->hperm[j]] = sl[j];
+  }
+  double dga = 0.0, lga = 0.0;
+  for (int h = 0, last = -1; h < st->nhb; h++) {
+    int ie = st->hb_ie[h];
+    double a = a_eg[ie], v = st->hb_v[h], c = st->hb_c[h];
+    if (ie != last) {
+      dga = scn_digamma(a);
+      lga = scn_lgamma(a);
+      last = ie;
+    }
+    hd[ie] += c * (scn_digamma(a + v) - dga);
+    hl[ie] += c * (scn_lgamma(a + v) - lga);
+  }
 }
 
 static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_out) {
@@ -345,39 +524,7 @@ static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_o
   const double *zW = z + st->gd.off[S_W], *zm = z + st->gd.off[S_MG], *zs = z + st->gd.off[S_SEG],
                *zo = z + st->gd.off[S_O], *zys = z + st->gd.off[S_YS];
   double *gz = st->gd.gz;
-  /* per (e, g): concentration and histogram terms */
-  int nth_g = scn_threads_for(EG / 256 + 1, nth);
-#pragma omp parallel for num_threads(nth_g) schedule(static)
-  for (R_xlen_t ie = 0; ie < EG; ie++) {
-    double o = zo[ie], a = 1.0 / (o * o);
-    st->a_eg[ie] = a;
-    double sd = 0.0, sl = 0.0, run_d = 0.0, run_l = 0.0;
-    int kcur = 0;
-    double dga = 0.0, lga = 0.0;
-    int have = 0;
-    for (int h = st->hp[ie]; h < st->hp[ie + 1]; h++) {
-      double v = st->hv[h], c = st->hc[h];
-      if (v <= 32.0) {
-        while (kcur < (int)v) {
-          run_d += 1.0 / (a + kcur);
-          run_l += log(a + kcur);
-          kcur++;
-        }
-        sd += c * run_d;
-        sl += c * run_l;
-      } else {
-        if (!have) {
-          dga = scn_digamma(a);
-          lga = scn_lgamma(a);
-          have = 1;
-        }
-        sd += c * (scn_digamma(a + v) - dga);
-        sl += c * (scn_lgamma(a + v) - lga);
-      }
-    }
-    st->hd[ie] = sd;
-    st->hl[ie] = sl;
-  }
+  c2l_hist_terms(st, zo);
   memset(st->dW, 0, (size_t)S * F * sizeof(double));
   memset(st->ysacc, 0, (size_t)S * sizeof(double));
   const int nchunk = st->nchunk, nb = st->nb, gb = st->gb;
@@ -398,6 +545,8 @@ static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_o
   }
   double *tbuf = st->tbuf;
   int *tint = st->tint;
+  /* Each chunk accumulates per (e, g) for its own batches only: rows e0..e1 of its block of
+   * accumulators, laid out [e][sum][g]. */
 #pragma omp parallel num_threads(nth_c)
   {
     int tid = omp_get_thread_num();
@@ -406,28 +555,22 @@ static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_o
 #pragma omp for schedule(dynamic, 1)
     for (int c = 0; c < nchunk; c++) {
       double *acc = st->acc + c * accsz;
-      memset(acc, 0, accsz * sizeof(double));
+      const int e0 = st->chunk_e0[c], e1 = st->chunk_e1[c];
+      if (e1 >= e0)
+        memset(acc + (R_xlen_t)e0 * C2L_NACC * G, 0,
+               (size_t)(e1 - e0 + 1) * C2L_NACC * G * sizeof(double));
       double closs = 0.0;
       int b0 = st->chunk_b0[c], b1 = st->chunk_b0[c + 1];
-      if (b0 < b1) {
-        int sfirst = st->blk_s0[b0];
-        for (int g = 0; g < G; g++) { /* first non-zero at or after sfirst */
-          int lo = st->xp[g], hi = st->xp[g + 1];
-          while (lo < hi) {
-            int mid = lo + (hi - lo) / 2;
-            if (st->xi[mid] < sfirst) lo = mid + 1; else hi = mid;
-          }
-          cursor[g] = lo;
-        }
-      }
+      memcpy(cursor, st->ccur + (R_xlen_t)c * G, (size_t)G * sizeof(int));
       for (int b = b0; b < b1; b++) {
         int s0 = st->blk_s0[b], n = st->blk_n[b], e = st->blk_e[b];
+        double *acce = acc + (R_xlen_t)e * C2L_NACC * G;
         for (int g0 = 0; g0 < G; g0 += gb) {
           int g1 = g0 + gb < G ? g0 + gb : G, gn = g1 - g0;
           scn_dgemm('N', 'N', n, gn, F, 1.0, zW + s0, S, st->sigT + (R_xlen_t)g0 * F, F, 0.0,
                     buf, n);
-          c2l_tile_pass(st, s0, n, e, g0, g1, buf, zm, zs, zys + s0, st->ysacc + s0, acc, cursor,
-                        scr, scri, &closs);
+          c2l_tile_pass(st, s0, n, e, g0, g1, buf, zm, zs, zys + s0, st->ysacc + s0, acce,
+                        cursor, scr, scri, &closs);
           scn_dgemm('N', 'T', n, F, gn, 1.0, buf, n, st->sigT + (R_xlen_t)g0 * F, F, 1.0,
                     st->dW + s0, S);
         }
@@ -435,34 +578,34 @@ static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_o
       st->chunk_loss[c] = closs;
     }
   }
-  /* reduce chunks in a fixed order; gradient contributions per (e, g) */
+  /* reduce, per batch, the chunks that hold it, in chunk order; gradients per (e, g) */
   double *gm = gz + st->gd.off[S_MG], *gs = gz + st->gd.off[S_SEG], *go = gz + st->gd.off[S_O];
   double lp = -st->lgx1;
   for (int c = 0; c < nchunk; c++) lp += st->chunk_loss[c];
-  double lp_eg = 0.0;
-  for (int g = 0; g < G; g++) {
-    double gTA = 0.0;
-    for (int e = 0; e < E; e++) {
+  double lp_eg = 0.0, *red = st->red, *gTA = red + C2L_NACC * (R_xlen_t)G;
+  memset(gTA, 0, (size_t)G * sizeof(double));
+  for (int e = 0; e < E; e++) {
+    memset(red, 0, (size_t)C2L_NACC * G * sizeof(double));
+    for (int c = 0; c < nchunk; c++) {
+      if (e < st->chunk_e0[c] || e > st->chunk_e1[c]) continue;
+      const double *acc = st->acc + c * accsz + (R_xlen_t)e * C2L_NACC * G;
+      for (R_xlen_t i = 0; i < (R_xlen_t)C2L_NACC * G; i++) red[i] += acc[i];
+    }
+    const double ne = st->bstart[e + 1] - st->bstart[e];
+    for (int g = 0; g < G; g++) {
       R_xlen_t ie = e + (R_xlen_t)g * E;
-      double sL = 0, sI = 0, sT = 0, sTA = 0, sQ = 0;
-      for (int c = 0; c < nchunk; c++) {
-        const double *acc = st->acc + c * accsz;
-        sL += acc[ie];
-        sI += acc[EG + ie];
-        sT += acc[2 * EG + ie];
-        sTA += acc[3 * EG + ie];
-        sQ += acc[4 * EG + ie];
-      }
-      double a = st->a_eg[ie], la = log(a), ne = st->bstart[e + 1] - st->bstart[e];
+      double sL = red[g], sI = red[G + g], sT = red[2 * G + g], sTA = red[3 * G + g],
+             sQ = red[4 * G + g];
+      double a = st->a_eg[ie], la = log(a);
       lp_eg += ne * a * la - a * sL + st->hl[ie];
       double Qsum = ne * (la + 1.0) - sL - a * sI + st->hd[ie] + sQ;
       double o = zo[ie];
       go[ie] += -2.0 / (o * o * o) * Qsum;
       gs[ie] += sT;
-      gTA += sTA;
+      gTA[g] += sTA;
     }
-    gm[g] += gTA;
   }
+  for (int g = 0; g < G; g++) gm[g] += gTA[g];
   lp += lp_eg;
   double *gw = gz + st->gd.off[S_W], *gys = gz + st->gd.off[S_YS];
   for (R_xlen_t i = 0; i < (R_xlen_t)S * F; i++) gw[i] += st->dW[i];
@@ -470,13 +613,82 @@ static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_o
   *lp_out = lp;
 }
 
+/* The local priors of spots s0..s1-1 (spec 6.3, items 6-11): log densities per spot into
+ * lpspot, their gradients, and D (d log p / d mw) for the two GEMMs that follow. Loops run over
+ * spots innermost, so that they vectorise (the special functions are branch-free). */
+C2L_CLONES
+static void c2l_spot_block(c2l_state *st, const double *u, const double *z, int s0, int s1) {
+  const int S = st->S, F = st->F, R = st->R;
+  const double *h = st->hyp;
+  const double Nc = h[3], vN = h[4], Bg = h[5], cw = h[7];
+  double *gz = st->gd.gz;
+  const R_xlen_t *off = st->gd.off;
+  const double *zn = z + off[S_NS], *un = u + off[S_NS], *zb = z + off[S_BS], *ub = u + off[S_BS],
+               *zz = z + off[S_Z], *uz = u + off[S_Z], *zw = z + off[S_W], *uw = u + off[S_W],
+               *zys = z + off[S_YS], *uys = u + off[S_YS], *zye = z + off[S_YE],
+               *uye = u + off[S_YE];
+  double *gn = gz + off[S_NS], *gb = gz + off[S_BS], *gzz = gz + off[S_Z], *gw = gz + off[S_W],
+         *gys = gz + off[S_YS];
+  const double lcw = log(cw), c0 = Nc * vN * log(vN) - scn_lgamma(Nc * vN) - scn_lgamma(Bg);
+  double *l = st->lpspot, *al = st->spx, *be = al + S, *lbe = be + S, *s1v = lbe + S,
+         *s2v = s1v + S;
+  double lgd[C2L_SPOT_BLOCK], dgd[C2L_SPOT_BLOCK];
+  const int nb = s1 - s0;
+#pragma omp simd
+  for (int j = 0; j < nb; j++) {
+    int s = s0 + j;
+    double n = zn[s], b = zb[s], a = b / R, lg, dg;
+    scn_lgamma_digamma_fast(a, &lg, &dg);
+    al[s] = a, be[s] = b / n, lbe[s] = ub[s] - un[s];
+    lgd[j] = lg, dgd[j] = dg;
+    l[s] = c0 + (Nc * vN - 1.0) * un[s] - vN * n + (Bg - 1.0) * ub[s] - b;
+    s1v[s] = 0.0, s2v[s] = 0.0;
+  }
+  for (int r = 0; r < R; r++) {
+    const R_xlen_t o = (R_xlen_t)r * S;
+#pragma omp simd
+    for (int j = 0; j < nb; j++) {
+      int s = s0 + j;
+      double n = zn[s], zr = zz[o + s], uzr = uz[o + s], a = al[s], bb = be[s], lb = lbe[s];
+      l[s] += a * lb + (a - 1.0) * uzr - bb * zr - lgd[j];
+      gzz[o + s] = (a - 1.0) / zr - bb;
+      s1v[s] += zr - n / R;
+      s2v[s] += (lb + uzr - dgd[j]) / R + (n / R - zr) / n;
+    }
+  }
+#pragma omp simd
+  for (int j = 0; j < nb; j++) {
+    int s = s0 + j;
+    double n = zn[s], b = zb[s];
+    gn[s] = (Nc * vN - 1.0) / n - vN + b / (n * n) * s1v[s];
+    gb[s] = (Bg - 1.0) / b - 1.0 + s2v[s];
+  }
+  for (int f = 0; f < F; f++) {
+    const R_xlen_t o = (R_xlen_t)f * S;
+#pragma omp simd
+    for (int j = 0; j < nb; j++) {
+      int s = s0 + j;
+      double cm = cw * st->mw[o + s], w = zw[o + s], lg, dg;
+      scn_lgamma_digamma_fast(cm, &lg, &dg);
+      l[s] += cm * lcw + (cm - 1.0) * uw[o + s] - cw * w - lg;
+      gw[o + s] = (cm - 1.0) / w - cw;
+      st->D[o + s] = cw * (lcw + uw[o + s] - dg);
+    }
+  }
+  for (int j = 0; j < nb; j++) {
+    int s = s0 + j, e = st->spot_batch[s];
+    double ad = st->alphad[e], ye = zye[e];
+    l[s] += st->cyd[e] - ad * uye[e] + (ad - 1.0) * uys[s] - ad * zys[s] / ye;
+    gys[s] = (ad - 1.0) / zys[s] - ad / ye;
+  }
+}
+
 /* log p(x, z) and gz = d log p / dz, for u (z = exp(u) given). */
 static double c2l_eval(c2l_state *st, const double *u, const double *z, int nth) {
   const int S = st->S, G = st->G, F = st->F, R = st->R, E = st->E;
   const double *h = st->hyp;
-  const double shM = h[0], rtM = h[1], lamM = h[2], Nc = h[3], vN = h[4], Bg = h[5], kap = h[6],
-               cw = h[7], ay = h[8], ah = h[9], bh_ = h[10], aS = h[11], bS = h[12], aphi = h[13],
-               bphi = h[14];
+  const double shM = h[0], rtM = h[1], lamM = h[2], kap = h[6], ay = h[8], ah = h[9],
+               bh_ = h[10], aS = h[11], bS = h[12], aphi = h[13], bphi = h[14];
   double *gz = st->gd.gz;
   memset(gz, 0, (size_t)st->gd.P * sizeof(double));
 #define U(j) (u + st->gd.off[j])
@@ -518,48 +730,20 @@ static double c2l_eval(c2l_state *st, const double *u, const double *z, int nth)
       gk[r] = (kap - 1.0) / k - 1.0 + s;
     }
   }
-  /* local hierarchy per spot: n_s, b_s, z_sr, w_sf prior, y_s prior */
+  /* local hierarchy per spot: n_s, b_s, z_sr, w_sf prior, y_s prior (blocks of spots) */
   scn_dgemm('N', 'N', S, F, R, 1.0, Z(S_Z), S, Z(S_X), R, 0.0, st->mw, S);
   {
-    const double *zn = Z(S_NS), *un = U(S_NS), *zb = Z(S_BS), *ub = U(S_BS), *zz = Z(S_Z),
-                 *uz = U(S_Z), *zw = Z(S_W), *uw = U(S_W), *zys = Z(S_YS), *uys = U(S_YS),
-                 *zye = Z(S_YE), *uye = U(S_YE);
-    double *gn = GZ(S_NS), *gb = GZ(S_BS), *gzz = GZ(S_Z), *gw = GZ(S_W), *gys = GZ(S_YS);
-    const double lcw = log(cw), lgBN = scn_lgamma(Nc * vN), lgB = scn_lgamma(Bg);
-    int nths = scn_threads_for(S / 64 + 1, nth);
+    const double *zys = Z(S_YS), *zye = Z(S_YE), *uye = U(S_YE);
+    const int nblk = (S + C2L_SPOT_BLOCK - 1) / C2L_SPOT_BLOCK;
+    int nths = scn_threads_for(nblk, nth);
 #pragma omp parallel for num_threads(nths) schedule(static)
-    for (int s = 0; s < S; s++) {
-      double n = zn[s], b = zb[s], al = b / R, be = b / n, lbe = ub[s] - un[s];
-      double lga = scn_lgamma(al), dga = scn_digamma(al);
-      double l = Nc * vN * log(vN) + (Nc * vN - 1.0) * un[s] - vN * n - lgBN;
-      l += (Bg - 1.0) * ub[s] - b - lgB;
-      double s1 = 0.0, s2 = 0.0;
-      for (int r = 0; r < R; r++) {
-        R_xlen_t i = s + (R_xlen_t)r * S;
-        double zr = zz[i];
-        l += al * lbe + (al - 1.0) * uz[i] - be * zr - lga;
-        gzz[i] = (al - 1.0) / zr - be;
-        s1 += zr - n / R;
-        s2 += (lbe + uz[i] - dga) / R + (n / R - zr) / n;
-      }
-      gn[s] = (Nc * vN - 1.0) / n - vN + b / (n * n) * s1;
-      gb[s] = (Bg - 1.0) / b - 1.0 + s2;
-      for (int f = 0; f < F; f++) {
-        R_xlen_t i = s + (R_xlen_t)f * S;
-        double cm = cw * st->mw[i], w = zw[i];
-        l += cm * lcw + (cm - 1.0) * uw[i] - cw * w - scn_lgamma(cm);
-        gw[i] = (cm - 1.0) / w - cw;
-        st->D[i] = cw * (lcw + uw[i] - scn_digamma(cm));
-      }
-      int e = st->spot_batch[s];
-      double ad = st->alphad[e], ye = zye[e];
-      l += ad * log(ad) - ad * uye[e] + (ad - 1.0) * uys[s] - ad * zys[s] / ye - scn_lgamma(ad);
-      gys[s] = (ad - 1.0) / zys[s] - ad / ye;
-      st->lpspot[s] = l;
+    for (int k = 0; k < nblk; k++) {
+      int s0 = k * C2L_SPOT_BLOCK, s1 = s0 + C2L_SPOT_BLOCK < S ? s0 + C2L_SPOT_BLOCK : S;
+      c2l_spot_block(st, u, z, s0, s1);
     }
     for (int s = 0; s < S; s++) lp += st->lpspot[s];
     /* D feeds z (D X^T) and x (Z^T D) */
-    scn_dgemm('N', 'T', S, R, F, 1.0, st->D, S, Z(S_X), R, 1.0, gzz, S);
+    scn_dgemm('N', 'T', S, R, F, 1.0, st->D, S, Z(S_X), R, 1.0, GZ(S_Z), S);
     scn_dgemm('T', 'N', R, F, S, 1.0, Z(S_Z), S, st->D, S, 1.0, GZ(S_X), R);
     /* y_e */
     double *gye = GZ(S_YE);

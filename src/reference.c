@@ -31,6 +31,7 @@
 enum { R_MU, R_TECH, R_YE, R_H, R_SMEAN, R_SINV, R_SEG, R_PHI, R_O, R_NSITE };
 #define REG_NHYP 10
 #define REG_GBLOCK 256
+#define REG_VT 32 /* counts up to this use per-gene running sums, larger ones digamma/lgamma */
 
 typedef struct {
   int N, G, F, E, K, NC, NG; /* cells, genes, labels, batches, covariate levels, covariates, groups */
@@ -50,7 +51,10 @@ typedef struct {
   int *pc0, *pc1, *pgrp, *gp0; /* pieces: cell range in ord, group; first piece of each group */
   int npiece, cap_piece;
   double *pdR, *pdQ, *pll;   /* per piece: G, G, 1 */
-  double *a_g, *dga, *lga;   /* per gene, per step */
+  double *a_g, *dga, *lga;   /* per gene, per step (dga, lga only for genes with counts > REG_VT) */
+  double *rsd, *rsl;         /* G x REG_VT per step: sum_{k < v} 1 / (a_g + k), log(a_g + k) */
+  int *vmax;                 /* G: largest count of each gene (capped at REG_VT + 1) */
+  double *lgx;               /* N: sum of lgamma(x + 1) over each cell's counts */
   double *blk_y, *blk_ll;    /* per gene block: E, 1 */
   double lgt[256];           /* lgamma(v + 1) */
 } reg_state;
@@ -59,7 +63,7 @@ static void reg_free(reg_state *st) {
   if (!st) return;
   void *ptrs[] = {st->cell_group, st->gdef, st->mb, st->perm, st->un, st->ord, st->cnt, st->gstart,
                   st->pc0, st->pc1, st->pgrp, st->gp0, st->pdR, st->pdQ, st->pll, st->a_g,
-                  st->dga, st->lga, st->blk_y, st->blk_ll};
+                  st->dga, st->lga, st->blk_y, st->blk_ll, st->rsd, st->rsl, st->vmax, st->lgx};
   for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
   scn_guide_free(&st->gd);
   free(st);
@@ -151,6 +155,10 @@ SEXP scnative_reg_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP cell_group, S
   REG_ALLOC(st->lga, G, double);
   REG_ALLOC(st->blk_y, (R_xlen_t)nblk * E, double);
   REG_ALLOC(st->blk_ll, nblk, double);
+  REG_ALLOC(st->rsd, (R_xlen_t)G * REG_VT, double);
+  REG_ALLOC(st->rsl, (R_xlen_t)G * REG_VT, double);
+  REG_ALLOC(st->vmax, G, int);
+  REG_ALLOC(st->lgx, N, double);
   if (!ok) {
     reg_free(st);
     error(_("out of memory allocating the regression model state"));
@@ -161,6 +169,18 @@ SEXP scnative_reg_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP cell_group, S
   for (int v = 1; v < 256; v++) st->lgt[v] = st->lgt[v - 1] + log((double)v);
   for (int c = 0; c < N; c++) st->mb[c] = c;
   st->b = N;
+  /* constants of the counts: per cell sum lgamma(x + 1), per gene the largest count */
+  memset(st->vmax, 0, G * sizeof(int));
+  for (int c = 0; c < N; c++) {
+    double l = 0.0;
+    for (int q = st->xp[c]; q < st->xp[c + 1]; q++) {
+      double x = st->xv[q];
+      int g = st->xi[q], v = x > REG_VT ? REG_VT + 1 : (int)x;
+      l += x < 256.0 ? st->lgt[(int)x] : scn_lgamma(x + 1.0);
+      if (v > st->vmax[g]) st->vmax[g] = v;
+    }
+    st->lgx[c] = l;
+  }
   SEXP prot = PROTECT(allocVector(VECSXP, 3));
   SET_VECTOR_ELT(prot, 0, xp);
   SET_VECTOR_ELT(prot, 1, xi);
@@ -216,28 +236,28 @@ static void reg_prepare_batch(reg_state *st) {
   st->npiece = np;
 }
 
-/* sum_{k < v} 1 / (a + k) and sum_{k < v} log(a + k) for integer v >= 1 */
-static inline void reg_rising(double a, double v, double dga, double lga, double *dd, double *dl) {
-  if (v <= 16.0) {
-    double s = 0.0, l = 1.0;
-    for (int k = 0; k < (int)v; k++) {
-      s += 1.0 / (a + k);
-      l *= (a + k);
-    }
-    *dd = s;
-    *dl = log(l);
-  } else {
-    *dd = scn_digamma(a + v) - dga;
-    *dl = scn_lgamma(a + v) - lga;
-  }
-}
-
 /* sum over the covariates' tech rows of group gr at gene g (1 without covariates) */
 static inline double reg_tech(const reg_state *st, const double *ztech, const int *gd, int g) {
   if (!st->NC) return 1.0;
   double t = 0.0;
   for (int k = 0; k < st->NC; k++) t += ztech[gd[2 + k] + (R_xlen_t)g * st->K];
   return t;
+}
+
+/* Per gene and step: a_g and the tables sum_{k < v} 1 / (a + k), sum_{k < v} log(a + k) for
+ * v = 1 .. min(largest count, REG_VT); digamma(a), lgamma(a) only where larger counts occur. */
+static void reg_gene_terms(reg_state *st, int g, double a) {
+  st->a_g[g] = a;
+  int vm = st->vmax[g] < REG_VT ? st->vmax[g] : REG_VT;
+  double *rd = st->rsd + (R_xlen_t)g * REG_VT, *rl = st->rsl + (R_xlen_t)g * REG_VT;
+  double sd = 0.0, sl = 0.0;
+  for (int k = 0; k < vm; k++) {
+    sd += 1.0 / (a + k);
+    sl += scn_log_fast(a + k);
+    rd[k] = sd;
+    rl[k] = sl;
+  }
+  if (st->vmax[g] > REG_VT) scn_lgamma_digamma_fast(a, st->lga + g, st->dga + g);
 }
 
 /* The likelihood of the minibatch: returns its log (scaled) and adds the gradients. */
@@ -252,13 +272,11 @@ static double reg_likelihood(reg_state *st, const double *z, double *gz, double 
   reg_prepare_batch(st);
   int ntg = scn_threads_for(G / 512 + 1, nth);
 #pragma omp parallel for num_threads(ntg) schedule(static)
-  for (int g = 0; g < G; g++) {
-    double a = 1.0 / (zo[g] * zo[g]);
-    st->a_g[g] = a;
-    st->dga[g] = scn_digamma(a);
-    st->lga[g] = scn_lgamma(a);
-  }
-  /* pass 1: non-zero counts, per piece */
+  for (int g = 0; g < G; g++) reg_gene_terms(st, g, 1.0 / (zo[g] * zo[g]));
+  /* pass 1: non-zero counts, per piece. What depends on mu (the group's, per gene) is applied
+   * in pass 2 to the piece's sum of counts per gene (dR; integers, so exact in any order); per
+   * count only the rising-factorial terms remain: sum_{k < x} 1 / (a + k) into dQ and
+   * sum_{k < x} log(a + k) into the log-likelihood, looked up in the per-gene tables. */
   const int np = st->npiece;
   int ntp = scn_threads_for(np, nth);
 #pragma omp parallel for num_threads(ntp) schedule(dynamic, 1)
@@ -266,22 +284,24 @@ static double reg_likelihood(reg_state *st, const double *z, double *gz, double 
     double *dR = st->pdR + (size_t)p * G, *dQ = st->pdQ + (size_t)p * G;
     memset(dR, 0, G * sizeof(double));
     memset(dQ, 0, G * sizeof(double));
-    const int *gd = st->gdef + (size_t)(2 + NC) * st->pgrp[p];
-    const int l = gd[0], e = gd[1];
-    const double y = zye[e];
     double ll = 0.0;
     for (int i = st->pc0[p]; i < st->pc1[p]; i++) {
       int c = st->ord[i];
+      ll -= st->lgx[c];
       for (int q = st->xp[c]; q < st->xp[c + 1]; q++) {
         int g = st->xi[q];
-        double x = st->xv[q], a = st->a_g[g];
-        double base = zmu[l + (R_xlen_t)g * F] + zs[e + (R_xlen_t)g * E];
-        double mu = base * y * reg_tech(st, ztech, gd, g), apa = a + mu;
-        double dd, dl;
-        reg_rising(a, x, st->dga[g], st->lga[g], &dd, &dl);
-        dR[g] += x * (1.0 / mu - 1.0 / apa);
-        dQ[g] += dd - x / apa;
-        ll += dl - (x < 256.0 ? st->lgt[(int)x] : scn_lgamma(x + 1.0)) + x * log(mu / apa);
+        double x = st->xv[q];
+        dR[g] += x;
+        if (x < 1.0) continue; /* an explicit zero: no rising-factorial terms */
+        if (x <= REG_VT) {
+          R_xlen_t t = (R_xlen_t)g * REG_VT + (int)x - 1;
+          dQ[g] += st->rsd[t];
+          ll += st->rsl[t];
+        } else {
+          double a = st->a_g[g]; /* a + x > 32: both series without recurrences */
+          dQ[g] += scn_digamma(a + x) - st->dga[g];
+          ll += scn_lgamma(a + x) - st->lga[g];
+        }
       }
     }
     st->pll[p] = ll;
@@ -304,10 +324,12 @@ static double reg_likelihood(reg_state *st, const double *z, double *gz, double 
         R_xlen_t il = l + (R_xlen_t)g * F, ie = e + (R_xlen_t)g * E;
         double y = zye[e], base = zmu[il] + zs[ie], T = reg_tech(st, ztech, gd, g);
         double mu = base * y * T, apa = a + mu, r = mu / a, l1p = log1p(r);
-        double Rs = -n * a / apa;
-        for (int p = st->gp0[gr]; p < st->gp0[gr + 1]; p++) Rs += st->pdR[(size_t)p * G + g];
-        Qs += n * (mu / apa - l1p);
+        double sx = 0.0; /* the group's counts of gene g in the minibatch */
+        for (int p = st->gp0[gr]; p < st->gp0[gr + 1]; p++) sx += st->pdR[(size_t)p * G + g];
+        double Rs = -n * a / apa + sx * (1.0 / mu - 1.0 / apa);
+        Qs += n * (mu / apa - l1p) - sx / apa;
         bll -= n * a * l1p;
+        if (sx > 0.0) bll += sx * log(mu / apa);
         double dmu = scale * Rs * y * T;
         gmu[il] += dmu;
         gs[ie] += dmu;

@@ -5,7 +5,9 @@
  * 128-bit counter holds (index, stream) and the 64-bit key the seed, so value i of stream s is
  * a pure function of (seed, s, i). A parallel fill in any chunking, with any thread count,
  * produces the same numbers. Uniforms use 53 random bits; normals use Box-Muller on one
- * Philox block (two uniforms -> two normals, cos for even and sin for odd indices). */
+ * Philox block (two uniforms -> two normals, cos for even and sin for odd indices), computed on
+ * vectors of blocks with the package's branch-free log, sin and cos (scnative.h), so that the
+ * normals cost a few ns each (they are drawn for every parameter at every SVI step). */
 #include "scnative.h"
 
 #define PHILOX_M0 0xD2511F53u
@@ -45,27 +47,100 @@ void scn_philox(uint64_t seed, uint64_t stream, uint64_t counter, uint32_t out[4
 static inline double u53_open0(uint32_t a, uint32_t b) {
   return ((double)(a >> 5) * 67108864.0 + (double)(b >> 6) + 1.0) * TWO_M53;
 }
-/* [0, 1) */
-static inline double u53(uint32_t a, uint32_t b) {
-  return ((double)(a >> 5) * 67108864.0 + (double)(b >> 6)) * TWO_M53;
+
+/* sin(2 pi u) and cos(2 pi u) for u in [0, 1), branch-free: u = q / 4 + f exactly, |f| <= 1/8,
+ * Taylor series of sin and cos at x = 2 pi f (|x| <= pi / 4), rotated by q quarter turns. */
+static inline void sincos_2pi(double u, double *sn, double *cs) {
+  double qd = (double)(int)(4.0 * u + 0.5), f = u - 0.25 * qd, x = 6.283185307179586476925 * f;
+  double x2 = x * x;
+  double ps = 1.0 / 355687428096000.0; /* 1/17! */
+  ps = ps * x2 - 1.0 / 1307674368000.0;
+  ps = ps * x2 + 1.0 / 6227020800.0;
+  ps = ps * x2 - 1.0 / 39916800.0;
+  ps = ps * x2 + 1.0 / 362880.0;
+  ps = ps * x2 - 1.0 / 5040.0;
+  ps = ps * x2 + 1.0 / 120.0;
+  ps = ps * x2 - 1.0 / 6.0;
+  double s = x + x * x2 * ps;
+  double pc = 1.0 / 20922789888000.0; /* 1/16! */
+  pc = pc * x2 - 1.0 / 87178291200.0;
+  pc = pc * x2 + 1.0 / 479001600.0;
+  pc = pc * x2 - 1.0 / 3628800.0;
+  pc = pc * x2 + 1.0 / 40320.0;
+  pc = pc * x2 - 1.0 / 720.0;
+  pc = pc * x2 + 1.0 / 24.0;
+  pc = pc * x2 - 0.5;
+  double c = 1.0 + x2 * pc;
+  /* (cos, sin) of x + q pi / 2, q = qd mod 4 (qd in 0..4) */
+  double odd = qd - 2.0 * (double)(int)(0.5 * qd), q4 = qd - 4.0 * (double)(int)(0.25 * qd);
+  int64_t o = odd != 0.0, h = q4 >= 2.0;
+  double c1 = scn_blend(o, -s, c), s1 = scn_blend(o, c, s);
+  *cs = scn_blend(h, -c1, c1);
+  *sn = scn_blend(h, -s1, s1);
 }
 
+/* Box-Muller on the Philox blocks k0 .. k0 + NORMAL_BLOCK - 1: r2 = -2 log(u1) and (cos, sin)
+ * of 2 pi u2 per block, u1 from words (0, 1) and u2 from words (2, 3). The Philox rounds run on
+ * vectors of blocks; the square root is left to the caller. The trip count is a constant, a
+ * multiple of every vector width: a vectorised loop's remainder iterations may round
+ * differently (FMA contraction), and value i must not depend on where a fill starts. */
+#define NORMAL_BLOCK 64
+SCN_CLONES
+static void normal_block(uint64_t seed, uint64_t stream, uint64_t k0, double *r2, double *cs,
+                         double *sn) {
+  const int np = NORMAL_BLOCK;
+  uint32_t key0[10], key1[10];
+  key0[0] = (uint32_t)seed, key1[0] = (uint32_t)(seed >> 32);
+  for (int r = 1; r < 10; r++) key0[r] = key0[r - 1] + PHILOX_W0, key1[r] = key1[r - 1] + PHILOX_W1;
+  const uint32_t st0 = (uint32_t)stream, st1 = (uint32_t)(stream >> 32);
+#pragma omp simd
+  for (int j = 0; j < np; j++) {
+    uint64_t ctr = k0 + (uint64_t)j;
+    uint32_t c0 = (uint32_t)ctr, c1 = (uint32_t)(ctr >> 32), c2 = st0, c3 = st1;
+#define PHILOX_VROUND(r) \
+  do { \
+    uint64_t p0 = (uint64_t)PHILOX_M0 * c0, p1 = (uint64_t)PHILOX_M1 * c2; \
+    uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ key0[r], n2 = (uint32_t)(p0 >> 32) ^ c3 ^ key1[r]; \
+    c0 = n0, c1 = (uint32_t)p1, c2 = n2, c3 = (uint32_t)p0; \
+  } while (0)
+    PHILOX_VROUND(0);
+    PHILOX_VROUND(1);
+    PHILOX_VROUND(2);
+    PHILOX_VROUND(3);
+    PHILOX_VROUND(4);
+    PHILOX_VROUND(5);
+    PHILOX_VROUND(6);
+    PHILOX_VROUND(7);
+    PHILOX_VROUND(8);
+    PHILOX_VROUND(9);
+#undef PHILOX_VROUND
+    double u1 = ((double)(int32_t)(c0 >> 5) * 67108864.0 + (double)(int32_t)(c1 >> 6) + 1.0) * TWO_M53;
+    double u2 = ((double)(int32_t)(c2 >> 5) * 67108864.0 + (double)(int32_t)(c3 >> 6)) * TWO_M53;
+    r2[j] = -2.0 * scn_log_fast(u1);
+    sincos_2pi(u2, sn + j, cs + j);
+  }
+}
+
+/* Normal i of a stream is r cos(th) (i even) or r sin(th) (i odd) of Philox block i / 2. */
 void scn_rng_normals(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n, double *out) {
-  const double two_pi = 6.283185307179586476925;
-  uint32_t w[4];
+  double r2[NORMAL_BLOCK], cs[NORMAL_BLOCK], sn[NORMAL_BLOCK];
   R_xlen_t j = 0;
   uint64_t i = offset;
   while (j < n) {
-    scn_philox(seed, stream, i >> 1, w);
-    double r = sqrt(-2.0 * log(u53_open0(w[0], w[1])));
-    double th = two_pi * u53(w[2], w[3]);
-    if ((i & 1u) == 0) {
-      out[j++] = r * cos(th);
+    /* blocks covering normals i .. i + n - j - 1 */
+    uint64_t k0 = i >> 1, k1 = (i + (uint64_t)(n - j) + 1) >> 1;
+    int np = k1 - k0 < NORMAL_BLOCK ? (int)(k1 - k0) : NORMAL_BLOCK;
+    normal_block(seed, stream, k0, r2, cs, sn);
+    for (int b = 0; b < np && j < n; b++) {
+      double r = sqrt(r2[b]);
+      if ((i & 1u) == 0) {
+        out[j++] = r * cs[b];
+        i++;
+        if (j == n) break;
+      }
+      out[j++] = r * sn[b];
       i++;
-      if (j == n) break;
     }
-    out[j++] = r * sin(th);
-    i++;
   }
 }
 

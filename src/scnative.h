@@ -87,21 +87,39 @@ static inline double scn_dsoftplus(double r) { return r > 20.0 ? 1.0 : 1.0 / (1.
 static inline double scn_lgamma_pdf(double z, double lz, double a, double b) {
   return a * log(b) + (a - 1.0) * lz - b * z - scn_lgamma(a);
 }
+/* the branch-free kernels below must be inlined into the loops that use them to vectorise */
+#if defined(__GNUC__)
+#define SCN_INLINE inline __attribute__((always_inline))
+#else
+#define SCN_INLINE inline
+#endif
+/* cond ? a : b on the bits, without a branch: GCC turns ?: on doubles into branches and, where
+ * one side folds to a constant, into paths whose floating-point operations keep loops from
+ * vectorising (except with AVX-512's masks). */
+static SCN_INLINE double scn_blend(int64_t cond, double a, double b) {
+  uint64_t m = (uint64_t)0 - (uint64_t)cond, ua, ub;
+  memcpy(&ua, &a, sizeof ua);
+  memcpy(&ub, &b, sizeof ub);
+  ua = (ua & m) | (ub & ~m);
+  memcpy(&a, &ua, sizeof a);
+  return a;
+}
 /* log for positive normal doubles, branch-free so that loops vectorise:
  * x = 2^e m, m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(t), t = (m - 1)/(m + 1). */
-static inline double scn_log_fast(double x) {
+static SCN_INLINE double scn_log_fast(double x) {
   uint64_t b;
   memcpy(&b, &x, sizeof b);
-  uint64_t eb = (b >> 52) | 0x4330000000000000ULL; /* 2^52 + biased exponent */
+  /* m > sqrt(2) (mantissa bits above sqrt(2)'s): m / 2 and e + 1, in integer arithmetic (a
+   * conditional floating-point operation would keep AVX2 from vectorising) */
+  int64_t mant = (int64_t)(b & 0x000fffffffffffffULL);
+  int64_t big = mant > (int64_t)0x6A09E667F3BCDLL ? 1 : 0;
+  uint64_t eb = ((b >> 52) + (uint64_t)big) | 0x4330000000000000ULL; /* 2^52 + biased exponent */
   double ed;
   memcpy(&ed, &eb, sizeof ed);
   ed -= 4503599627370496.0 + 1023.0;
-  uint64_t mb = (b & 0x000fffffffffffffULL) | 0x3ff0000000000000ULL;
+  uint64_t mb = (uint64_t)mant | ((uint64_t)(1023 - big) << 52);
   double m;
   memcpy(&m, &mb, sizeof m);
-  double big = m > 1.4142135623730951 ? 1.0 : 0.0;
-  m *= 1.0 - 0.5 * big;
-  ed += big;
   double t = (m - 1.0) / (m + 1.0), t2 = t * t;
   double p = 1.0 / 19;
   p = p * t2 + 1.0 / 17;
@@ -115,6 +133,72 @@ static inline double scn_log_fast(double x) {
   p = p * t2 + 1.0;
   return ed * 0.69314718055994530942 + 2.0 * t * p;
 }
+/* exp, branch-free so that loops vectorise (a few ulp): x = k ln 2 + r, |r| <= ln 2 / 2, Taylor
+ * series of exp(r) to degree 13, times 2^k applied in two halves (so that subnormal results come
+ * out as exp()'s); Inf above and 0 below the range (selected at the end: a clamped argument
+ * would give constant paths with trapping operations, which keep loops from vectorising). NaN
+ * gives NaN. */
+static SCN_INLINE double scn_exp_fast(double x) {
+  const double shifter = 6755399441055744.0; /* 1.5 * 2^52: rounds to an integer in the low bits */
+  double kd = x * 1.4426950408889634074 + shifter;
+  uint64_t kb;
+  memcpy(&kb, &kd, sizeof kb);
+  kd -= shifter;
+  int64_t k = (int64_t)(int32_t)(uint32_t)kb;
+  double r = x - kd * 0.693147180369123816490; /* ln 2, high part (exact times k) */
+  r -= kd * 1.90821492927058770002e-10;        /* ln 2, low part */
+  double p = 1.0 / 6227020800.0;
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  int64_t k1 = k / 2, k2 = k - k1;
+  uint64_t b1 = (uint64_t)(k1 + 1023) << 52, b2 = (uint64_t)(k2 + 1023) << 52;
+  double s1, s2;
+  memcpy(&s1, &b1, sizeof s1);
+  memcpy(&s2, &b2, sizeof s2);
+  double y = scn_blend(x > 709.782712893384, HUGE_VAL, p * s1 * s2);
+  return scn_blend(x < -745.2, 0.0, y);
+}
+/* log1p for x >= 0 (branch-free): log(1 + x) corrected for the rounding of 1 + x. */
+static SCN_INLINE double scn_log1p_fast(double x) {
+  double w = 1.0 + x;
+  return scn_log_fast(w) - ((w - 1.0) - x) / w;
+}
+/* lgamma(x) and digamma(x) for x > 0 together, branch-free so that loops vectorise: x is shifted
+ * to x + n >= 10 (n <= 10 fixed steps; the product and the sum of reciprocals are kept as one
+ * fraction, so one division), then Stirling's series for both. */
+static SCN_INLINE void scn_lgamma_digamma_fast(double x, double *lg, double *dg) {
+  double p = 1.0, q = 0.0, t = x; /* sum_k 1/(x + k) = q / p */
+  for (int k = 0; k < 10; k++) {
+    int64_t lt = t < 10.0;
+    double tt = scn_blend(lt, t, 1.0), pp = scn_blend(lt, p, 0.0), one = scn_blend(lt, 1.0, 0.0);
+    q = q * tt + pp;
+    p *= tt;
+    t += one;
+  }
+  double lt = scn_log_fast(t), it = 1.0 / t, f = it * it;
+  double s = (1.0 / 12 - f * (1.0 / 360 - f * (1.0 / 1260 - f * (1.0 / 1680 - f / 1188)))) * it;
+  *lg = (t - 0.5) * lt - t + 0.91893853320467274178 + s - scn_log_fast(p);
+  *dg = lt - 0.5 * it -
+        f * (1.0 / 12 - f * (1.0 / 120 - f * (1.0 / 252 - f * (1.0 / 240 - f / 132)))) - q / p;
+}
+/* Vectorisable clones of hot kernels where the compiler supports them. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    __GNUC__ >= 8
+#define SCN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SCN_CLONES
+#endif
 /* One step of torch Adam (clipped = 0) or pyro ClippedAdam (clipped = 1) on n elements. */
 void scn_adam(R_xlen_t n, double *theta, const double *grad, double *m, double *v, long t,
               double lr, int clipped, double clip);
@@ -130,7 +214,9 @@ typedef struct {
   R_xlen_t P, *off;
   double *loc, *rho, *m, *v; /* m, v: 2P (loc then rho) */
   long t;                    /* optimiser steps since the last reset */
-  double *eps, *u, *z, *gz, *grad;
+  double *eps, *u, *z, *gz;
+  double *sg, *ds; /* softplus(rho) and its derivative, per step */
+  double *lqp;     /* per piece of the step's loops: partial sums of log q */
 } scn_guide;
 typedef double (*scn_logp_fn)(void *ctx, int nth); /* log p(x, z); fills the guide's gz */
 int scn_guide_alloc(scn_guide *g, int nsite, const R_xlen_t *sizes); /* 0: out of memory */

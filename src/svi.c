@@ -9,7 +9,13 @@
  *              gradients of loc and rho (spec 6.1), then one optimiser step.
  *   optimiser  torch Adam (upstream's default) or pyro ClippedAdam (spec 4.2).
  *   posterior  draws from the guide and their summaries (mean, sd, numpy-linear quantiles).
- *   special    thread-safe digamma / lgamma, a vectorisable log, softplus.
+ *   special    thread-safe digamma / lgamma, softplus (the branch-free exp, log, log1p and
+ *              lgamma + digamma that loops vectorise are in scnative.h).
+ *
+ * Cost: every step touches every parameter (a normal, softplus, exp, log and two Adam updates),
+ * which matters next to the model's own pass when the data are small (S x F parameters against
+ * an S x G likelihood). The per-parameter loops run over fixed pieces (threads) and are
+ * vectorised; only sqrt stays scalar (errno semantics) in a loop of its own.
  *
  * Random numbers: eps of site j at step t is the block [t * n_j, (t + 1) * n_j) of the
  * counter-based stream 1 + j (rng.c), filled in fixed pieces, so a fit for a given seed does
@@ -43,34 +49,61 @@ double scn_lgamma(double x) {
 
 /* ---- optimiser ------------------------------------------------------------------------ */
 
+/* Per-step constants of torch Adam / pyro ClippedAdam at step t (1-based). */
+typedef struct {
+  double a, b, eps, clip; /* theta -= a * m / (sqrt(v) / b + eps); clip: Inf for torch Adam */
+} adam_step;
+
+static adam_step adam_consts(long t, double lr, int clipped, double clip) {
+  const double b1 = 0.9, b2 = 0.999;
+  double bc1 = 1.0 - pow(b1, (double)t), bc2 = 1.0 - pow(b2, (double)t);
+  adam_step c;
+  c.eps = 1e-8, c.clip = clipped ? clip : HUGE_VAL;
+  if (!clipped) {
+    c.a = lr / bc1, c.b = sqrt(bc2);
+  } else {
+    c.a = lr * sqrt(bc2) / bc1, c.b = 1.0;
+  }
+  return c;
+}
+
+/* One optimiser step on n <= SVI_BLOCK elements. The square roots run in a loop of their own:
+ * with errno semantics (R's default flags) sqrt() keeps a loop from vectorising, so the moment
+ * updates and the parameter update are vectorised around it. */
+#define SVI_BLOCK 256
+static SCN_INLINE void adam_block(int n, double *theta, const double *grad, double *m, double *v,
+                                  const adam_step *c, double *sq) {
+  const double b1 = 0.9, b2 = 0.999, hi = c->clip, lo = -c->clip;
+#pragma omp simd
+  for (int i = 0; i < n; i++) {
+    double g = grad[i];
+    g = scn_blend(g > hi, hi, g);
+    g = scn_blend(g < lo, lo, g);
+    m[i] = b1 * m[i] + (1.0 - b1) * g;
+    v[i] = b2 * v[i] + (1.0 - b2) * g * g;
+  }
+  for (int i = 0; i < n; i++) sq[i] = sqrt(v[i]);
+  const double a = c->a, b = c->b, eps = c->eps;
+#pragma omp simd
+  for (int i = 0; i < n; i++) theta[i] -= a * m[i] / (sq[i] / b + eps);
+}
+
 void scn_adam(R_xlen_t n, double *theta, const double *grad, double *m, double *v, long t,
               double lr, int clipped, double clip) {
-  const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
-  double bc1 = 1.0 - pow(b1, (double)t), bc2 = 1.0 - pow(b2, (double)t);
-  if (!clipped) {
-    double step = lr / bc1, sbc2 = sqrt(bc2);
-    for (R_xlen_t i = 0; i < n; i++) {
-      double g = grad[i];
-      m[i] = b1 * m[i] + (1.0 - b1) * g;
-      v[i] = b2 * v[i] + (1.0 - b2) * g * g;
-      theta[i] -= step * m[i] / (sqrt(v[i]) / sbc2 + eps);
-    }
-  } else {
-    double step = lr * sqrt(bc2) / bc1;
-    for (R_xlen_t i = 0; i < n; i++) {
-      double g = grad[i];
-      if (g > clip) g = clip;
-      if (g < -clip) g = -clip;
-      m[i] = b1 * m[i] + (1.0 - b1) * g;
-      v[i] = b2 * v[i] + (1.0 - b2) * g * g;
-      theta[i] -= step * m[i] / (sqrt(v[i]) + eps);
-    }
+  adam_step c = adam_consts(t, lr, clipped, clip);
+  double sq[SVI_BLOCK];
+  for (R_xlen_t i0 = 0; i0 < n; i0 += SVI_BLOCK) {
+    int k = n - i0 < SVI_BLOCK ? (int)(n - i0) : SVI_BLOCK;
+    adam_block(k, theta + i0, grad + i0, m + i0, v + i0, &c, sq);
   }
 }
 
 /* ---- the guide ------------------------------------------------------------------------ */
 
 #define SVI_SITE_STREAM 1
+/* The per-element loops of a step run over fixed pieces of the flat parameter vector; per-piece
+ * partial sums are added in piece order, so the result does not depend on the thread count. */
+#define SVI_PIECE 8192
 
 int scn_guide_alloc(scn_guide *g, int nsite, const R_xlen_t *sizes) {
   memset(g, 0, sizeof *g);
@@ -81,8 +114,8 @@ int scn_guide_alloc(scn_guide *g, int nsite, const R_xlen_t *sizes) {
   g->off[0] = 0;
   for (int j = 0; j < nsite; j++) g->off[j + 1] = g->off[j] + sizes[j];
   R_xlen_t P = g->P = g->off[nsite];
-  size_t n = (size_t)(P > 0 ? P : 1);
-  double *blk = malloc(11 * n * sizeof(double));
+  size_t n = (size_t)(P > 0 ? P : 1), npiece = n / SVI_PIECE + 1;
+  double *blk = malloc((12 * n + npiece) * sizeof(double));
   if (!blk) {
     free(g->off);
     g->off = NULL;
@@ -90,7 +123,7 @@ int scn_guide_alloc(scn_guide *g, int nsite, const R_xlen_t *sizes) {
   }
   g->loc = blk, g->rho = blk + n, g->m = blk + 2 * n, g->v = blk + 4 * n;
   g->eps = blk + 6 * n, g->u = blk + 7 * n, g->z = blk + 8 * n, g->gz = blk + 9 * n;
-  g->grad = blk + 10 * n; /* grad of loc only; rho's gradient reuses eps after use */
+  g->sg = blk + 10 * n, g->ds = blk + 11 * n, g->lqp = blk + 12 * n;
   for (R_xlen_t i = 0; i < P; i++) g->loc[i] = 0.0, g->rho[i] = -2.2521684610440906;
   scn_guide_reset_optim(g);
   return 1;
@@ -118,7 +151,7 @@ void scn_guide_draw_eps(scn_guide *g, uint64_t seed, double step, int nth) {
     npieces[j] = (n + piece - 1) / piece;
     tot += npieces[j];
   }
-  int nt = scn_threads_for(tot, nth);
+  int nt = scn_threads_for(tot / 4 + 1, nth); /* a piece is ~10 us: 4 per thread at least */
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (R_xlen_t q = 0; q < tot; q++) {
     int j = 0;
@@ -130,29 +163,73 @@ void scn_guide_draw_eps(scn_guide *g, uint64_t seed, double step, int nth) {
   }
 }
 
+/* The sample of n elements: sigma = softplus(rho) and its derivative (kept for the update),
+ * u = loc + sigma * eps, z = exp(u); returns sum log q(u) + log |du/dz| without the constant. */
+SCN_CLONES
+static double svi_sample_piece(R_xlen_t n, const double *loc, const double *rho,
+                               const double *eps, double *u, double *z, double *sg, double *ds) {
+  double lq = 0.0;
+#pragma omp simd reduction(+ : lq)
+  for (R_xlen_t i = 0; i < n; i++) {
+    double r = rho[i];
+    int64_t big = r > 20.0; /* softplus as torch: r itself above 20 */
+    double e = scn_exp_fast(scn_blend(big, 20.0, r)), w = 1.0 + e;
+    double s = scn_blend(big, r, scn_log1p_fast(e));
+    ds[i] = scn_blend(big, 1.0, e / w);
+    sg[i] = s;
+    double ep = eps[i], uu = loc[i] + s * ep;
+    u[i] = uu;
+    z[i] = scn_exp_fast(uu);
+    lq += -0.5 * ep * ep - scn_log_fast(s) - uu;
+  }
+  return lq;
+}
+
+/* The gradients of the loss in loc and rho (spec 6.1) and one optimiser step on both. */
+SCN_CLONES
+static void svi_update_piece(R_xlen_t n, double *loc, double *rho, const double *eps,
+                             const double *z, const double *gz, const double *sg,
+                             const double *ds, double *ml, double *vl, double *mr, double *vr,
+                             const adam_step *c) {
+  double gl[SVI_BLOCK], gr[SVI_BLOCK], sq[SVI_BLOCK];
+  for (R_xlen_t i0 = 0; i0 < n; i0 += SVI_BLOCK) {
+    int k = n - i0 < SVI_BLOCK ? (int)(n - i0) : SVI_BLOCK;
+#pragma omp simd
+    for (int j = 0; j < k; j++) {
+      R_xlen_t i = i0 + j;
+      double gu = z[i] * gz[i] + 1.0;
+      gl[j] = -gu;
+      gr[j] = -(gu * eps[i] + 1.0 / sg[i]) * ds[i];
+    }
+    adam_block(k, loc + i0, gl, ml + i0, vl + i0, c, sq);
+    adam_block(k, rho + i0, gr, mr + i0, vr + i0, c, sq);
+  }
+}
+
 double scn_svi_step(scn_guide *g, scn_logp_fn logp, void *ctx, uint64_t seed, double step,
                     const scn_optim *opt, int nth) {
   static const double half_log_2pi = 0.91893853320467274178;
-  const R_xlen_t P = g->P;
+  const R_xlen_t P = g->P, np = (P + SVI_PIECE - 1) / SVI_PIECE;
   scn_guide_draw_eps(g, seed, step, nth);
-  double lq = 0.0;
-  for (R_xlen_t i = 0; i < P; i++) {
-    double sg = scn_softplus(g->rho[i]);
-    double uu = g->loc[i] + sg * g->eps[i];
-    g->u[i] = uu;
-    g->z[i] = exp(uu);
-    lq += -0.5 * g->eps[i] * g->eps[i] - log(sg) - half_log_2pi - uu;
+  int nt = scn_threads_for(np, nth);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (R_xlen_t k = 0; k < np; k++) {
+    R_xlen_t a = k * SVI_PIECE, n = P - a < SVI_PIECE ? P - a : SVI_PIECE;
+    g->lqp[k] = svi_sample_piece(n, g->loc + a, g->rho + a, g->eps + a, g->u + a, g->z + a,
+                                 g->sg + a, g->ds + a);
   }
+  double lq = -half_log_2pi * (double)P;
+  for (R_xlen_t k = 0; k < np; k++) lq += g->lqp[k];
   double lp = logp(ctx, nth);
-  for (R_xlen_t i = 0; i < P; i++) {
-    double gu = g->z[i] * g->gz[i] + 1.0, sg = scn_softplus(g->rho[i]);
-    g->grad[i] = -gu;
-    g->eps[i] = -(gu * g->eps[i] + 1.0 / sg) * scn_dsoftplus(g->rho[i]); /* rho's gradient */
-  }
   g->t++;
   double lr_t = opt->clipped ? opt->lr * pow(opt->lrd, (double)g->t) : opt->lr;
-  scn_adam(P, g->loc, g->grad, g->m, g->v, g->t, lr_t, opt->clipped, opt->clip);
-  scn_adam(P, g->rho, g->eps, g->m + P, g->v + P, g->t, lr_t, opt->clipped, opt->clip);
+  adam_step c = adam_consts(g->t, lr_t, opt->clipped, opt->clip);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (R_xlen_t k = 0; k < np; k++) {
+    R_xlen_t a = k * SVI_PIECE, n = P - a < SVI_PIECE ? P - a : SVI_PIECE;
+    svi_update_piece(n, g->loc + a, g->rho + a, g->eps + a, g->z + a, g->gz + a, g->sg + a,
+                     g->ds + a, g->m + a, g->v + a, g->m + P + a, g->v + P + a, &c);
+  }
   return -lp + lq;
 }
 
