@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make check`: build the tarball, R CMD check it (tests incl. parity tests against the live
-# upstream packages in the peers venv, vignettes), print "N passed, N failed, N skipped" from
+# upstream packages in the peers venv, vignettes), run the tests again on an ASan/UBSan build
+# (tools/sanitize.sh), print "N passed, N failed, N skipped" from
 # testthat's results and exit non-zero on any test failure or check ERROR/WARNING.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,15 @@ if [ "$fail" = 0 ] && [ -n "$tarball" ]; then
     fail=1
   fi
 else
+  fail=1
+fi
+# the C core under AddressSanitizer + UndefinedBehaviorSanitizer: every test file (Python
+# parity tests skip there) including the fixed-seed fuzz subset; any report fails the check
+echo "== sanitizers (make sanitize) =="
+if bash tools/sanitize.sh > build/sanitize.log 2>&1; then
+  tail -2 build/sanitize.log
+else
+  tail -60 build/sanitize.log
   fail=1
 fi
 if [ -f "$SCNATIVE_TEST_SUMMARY" ]; then
