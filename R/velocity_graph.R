@@ -182,7 +182,7 @@ velocity_graph.default <- function(x, Ms, distances, velocity_genes = NULL,
     from <- starts[b] - 1L
     to <- min(from + chunk, n)
     parts[[b]] <- .Call(C_scnative_velocity_graph, prep[[1L]], prep[[2L]], prep[[3L]],
-                        sum(keep), nb, as.integer(n_recurse_neighbors), sqrt_transform, from, to,
+                        prep[[4L]], sum(keep), nb, as.integer(n_recurse_neighbors), sqrt_transform, from, to,
                         nth)
     if (!is.null(pb)) utils::setTxtProgressBar(pb, to)
   }

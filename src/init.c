@@ -55,7 +55,7 @@ SEXP scnative_velocity_knn_query(SEXP, SEXP, SEXP, SEXP);
 
 /* velocity graph (velocity_graph, transition matrix, embedding): declarations */
 SEXP scnative_velocity_graph_prep(SEXP, SEXP, SEXP, SEXP);
-SEXP scnative_velocity_graph(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_velocity_graph(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 /* end velocity graph declarations */
 
 
@@ -132,7 +132,7 @@ static const R_CallMethodDef callMethods[] = {
 
     /* velocity graph table */
     CALLDEF(scnative_velocity_graph_prep, 4),
-    CALLDEF(scnative_velocity_graph, 10),
+    CALLDEF(scnative_velocity_graph, 11),
     /* end velocity graph table */
 
 

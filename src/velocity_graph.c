@@ -54,19 +54,22 @@ static int vg_neighbourhood(const int *nb, int k, int i, int nrec, int *mark, in
 static inline double vg_signed_sqrt(double x) { return x < 0 ? -sqrt(-x) : sqrt(x); }
 
 /* Cosines of cell i with every j of S (m entries). x, v: g x n float (column = cell), v
- * already transformed and centred; vnorm = |v_i|. Writes c (NaN where undefined). One pass
- * per pair with four sums: sum d, sum d^2, sum d v, sum v (the centred velocity's sum is 0
- * only up to rounding, so it is kept). Compiled for three instruction sets below; the sums'
- * order (SIMD lanes) differs between them by rounding in the last bits of a double, far
- * below the float32 the result is rounded to. */
+ * already transformed and centred; vnorm = |v_i|, xsum the cells' sums of x. Writes c (NaN
+ * where undefined). With d = x_j - x_i: sum d = xsum_j - xsum_i, sum d v = x_j.v - x_i.v
+ * (x_i.v and sum v once per cell; the centred velocity's sum is 0 only up to rounding, so it
+ * is kept), so one pass per pair accumulates |d|^2 (directly, no cancellation) and x_j.v.
+ * The signed-sqrt variant transforms d element-wise and keeps the four direct sums.
+ * Compiled for three instruction sets below; the sums' order (SIMD lanes) differs between
+ * them by rounding in the last bits of a double, far below the float32 the result is
+ * rounded to. */
 static inline __attribute__((always_inline)) void
-vg_cosines_body(const float *x, const float *v, int g, int i, const int *S, int m, int sqrt_dx,
-                double vnorm, double *c) {
+vg_cosines_body(const float *x, const float *v, const double *xsum, int g, int i, const int *S,
+                int m, int sqrt_dx, double vnorm, double *c) {
   const float *xi = x + (ptrdiff_t)i * g, *vi = v + (ptrdiff_t)i * g;
-  for (int a = 0; a < m; a++) {
-    const float *xj = x + (ptrdiff_t)S[a] * g;
-    double sd = 0.0, sdd = 0.0, sdv = 0.0, sv = 0.0;
-    if (sqrt_dx) {
+  if (sqrt_dx) {
+    for (int a = 0; a < m; a++) {
+      const float *xj = x + (ptrdiff_t)S[a] * g;
+      double sd = 0.0, sdd = 0.0, sdv = 0.0, sv = 0.0;
       for (int q = 0; q < g; q++) {
         double d = vg_signed_sqrt((double)xj[q] - (double)xi[q]);
         sd += d;
@@ -74,35 +77,49 @@ vg_cosines_body(const float *x, const float *v, int g, int i, const int *S, int 
         sdv += d * vi[q];
         sv += vi[q];
       }
-    } else {
-#pragma omp simd reduction(+ : sd, sdd, sdv, sv)
-      for (int q = 0; q < g; q++) {
-        double d = (double)xj[q] - (double)xi[q];
-        sd += d;
-        sdd += d * d;
-        sdv += d * vi[q];
-        sv += vi[q];
-      }
+      double mean = sd / g, den2 = sdd - mean * sd;
+      double den = den2 > 0 ? sqrt(den2) * vnorm : 0.0;
+      c[a] = den > 0 ? (sdv - mean * sv) / den : NAN;
     }
+    return;
+  }
+  /* per cell: sum v, x_i . v; per pair two sums: |x_j - x_i|^2 and x_j . v (sum d from the
+   * column sums) */
+  double sv = 0.0, xiv = 0.0;
+  for (int q = 0; q < g; q++) {
+    sv += vi[q];
+    xiv += (double)xi[q] * vi[q];
+  }
+  for (int a = 0; a < m; a++) {
+    const float *xj = x + (ptrdiff_t)S[a] * g;
+    double sdd = 0.0, sjv = 0.0;
+#pragma omp simd reduction(+ : sdd, sjv)
+    for (int q = 0; q < g; q++) {
+      double d = (double)xj[q] - (double)xi[q];
+      sdd += d * d;
+      sjv += (double)xj[q] * vi[q];
+    }
+    double sd = xsum[S[a]] - xsum[i];
     double mean = sd / g;
-    double num = sdv - mean * sv;
     double den2 = sdd - mean * sd;
     double den = den2 > 0 ? sqrt(den2) * vnorm : 0.0;
-    c[a] = den > 0 ? num / den : NAN;
+    c[a] = den > 0 ? ((sjv - xiv) - mean * sv) / den : NAN;
   }
 }
 
 #define VG_COS_ARGS                                                                          \
-  const float *x, const float *v, int g, int i, const int *S, int m, int sqrt_dx, double vnorm, \
-      double *c
-static void vg_cosines_plain(VG_COS_ARGS) { vg_cosines_body(x, v, g, i, S, m, sqrt_dx, vnorm, c); }
+  const float *x, const float *v, const double *xsum, int g, int i, const int *S, int m,       \
+      int sqrt_dx, double vnorm, double *c
+static void vg_cosines_plain(VG_COS_ARGS) {
+  vg_cosines_body(x, v, xsum, g, i, S, m, sqrt_dx, vnorm, c);
+}
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define VG_HAVE_X86 1
 __attribute__((target("avx2,fma"))) static void vg_cosines_avx2(VG_COS_ARGS) {
-  vg_cosines_body(x, v, g, i, S, m, sqrt_dx, vnorm, c);
+  vg_cosines_body(x, v, xsum, g, i, S, m, sqrt_dx, vnorm, c);
 }
 __attribute__((target("avx512f,avx2,fma"))) static void vg_cosines_avx512(VG_COS_ARGS) {
-  vg_cosines_body(x, v, g, i, S, m, sqrt_dx, vnorm, c);
+  vg_cosines_body(x, v, xsum, g, i, S, m, sqrt_dx, vnorm, c);
 }
 #endif
 typedef void (*vg_cosines_fn)(VG_COS_ARGS);
@@ -118,10 +135,10 @@ static vg_cosines_fn vg_cosines_select(void) {
 
 /* scnative_velocity_graph_prep(Ms, V, genes, sqrt_v): the float32 inputs of spec "Data" and
  * "Velocity transform", once per graph. Ms, V: G x n double matrices; genes: the used rows
- * (0-based). Returns list(x, v, vnorm): x = f32(Ms[genes, ]), v = the velocity rounded to
+ * (0-based). Returns list(x, v, vnorm, xsum): x = f32(Ms[genes, ]), v = the velocity rounded to
  * float32, signed-square-rooted when sqrt_v (float32 sqrt), centred per cell (mean rounded to
  * float32, difference rounded to float32), both g x n floats in raw vectors (column = cell);
- * vnorm = |v_i| in double. */
+ * vnorm = |v_i| and xsum = sum of x_i, in double. */
 SEXP scnative_velocity_graph_prep(SEXP Ms_, SEXP V_, SEXP genes_, SEXP sqrt_) {
   if (!isReal(Ms_) || !isReal(V_) || !isInteger(genes_))
     error(_("velocity_graph: bad argument types"));
@@ -134,15 +151,18 @@ SEXP scnative_velocity_graph_prep(SEXP Ms_, SEXP V_, SEXP genes_, SEXP sqrt_) {
   SEXP x_ = PROTECT(allocVector(RAWSXP, gn * (R_xlen_t)sizeof(float)));
   SEXP v_ = PROTECT(allocVector(RAWSXP, gn * (R_xlen_t)sizeof(float)));
   SEXP vn_ = PROTECT(allocVector(REALSXP, n));
+  SEXP xs_ = PROTECT(allocVector(REALSXP, n));
+  double *xsum = REAL(xs_);
   float *x = (float *)RAW(x_), *v = (float *)RAW(v_);
   double *vnorm = REAL(vn_);
   const double *Md = REAL(Ms_), *Vd = REAL(V_);
   for (int i = 0; i < n; i++) {
     const double *mc = Md + (ptrdiff_t)i * G, *vc = Vd + (ptrdiff_t)i * G;
     float *xo = x + (ptrdiff_t)i * g, *vo = v + (ptrdiff_t)i * g;
-    double s = 0.0;
+    double s = 0.0, sx = 0.0;
     for (int q = 0; q < g; q++) {
       xo[q] = (float)mc[gi[q]];
+      sx += xo[q];
       float f = (float)vc[gi[q]];
       if (sqrt_v) f = f < 0 ? -sqrtf(-f) : sqrtf(f);
       vo[q] = f;
@@ -155,26 +175,29 @@ SEXP scnative_velocity_graph_prep(SEXP Ms_, SEXP V_, SEXP genes_, SEXP sqrt_) {
       ss += (double)vo[q] * vo[q];
     }
     vnorm[i] = sqrt(ss);
+    xsum[i] = sx;
   }
-  SEXP out = PROTECT(allocVector(VECSXP, 3));
+  SEXP out = PROTECT(allocVector(VECSXP, 4));
   SET_VECTOR_ELT(out, 0, x_);
   SET_VECTOR_ELT(out, 1, v_);
   SET_VECTOR_ELT(out, 2, vn_);
-  UNPROTECT(4);
+  SET_VECTOR_ELT(out, 3, xs_);
+  UNPROTECT(5);
   return out;
 }
 
-/* scnative_velocity_graph(x, v, vnorm, g, nb, nrec, sqrt_dx, from, to, threads)
- * x, v, vnorm from scnative_velocity_graph_prep (g genes); nb: k x n integer (0-based, -1
+/* scnative_velocity_graph(x, v, vnorm, xsum, g, nb, nrec, sqrt_dx, from, to, threads)
+ * x, v, vnorm, xsum from scnative_velocity_graph_prep (g genes); nb: k x n integer (0-based, -1
  * absent); cells [from, to) (0-based). Returns list(p (to - from + 1), j (0-based), c). */
-SEXP scnative_velocity_graph(SEXP x_, SEXP v_, SEXP vnorm_, SEXP g_, SEXP nb_, SEXP nrec_,
+SEXP scnative_velocity_graph(SEXP x_, SEXP v_, SEXP vnorm_, SEXP xsum_, SEXP g_, SEXP nb_, SEXP nrec_,
                              SEXP sqrt_, SEXP from_, SEXP to_, SEXP threads_) {
-  if (TYPEOF(x_) != RAWSXP || TYPEOF(v_) != RAWSXP || !isReal(vnorm_) || !isInteger(nb_))
+  if (TYPEOF(x_) != RAWSXP || TYPEOF(v_) != RAWSXP || !isReal(vnorm_) || !isReal(xsum_) ||
+      !isInteger(nb_))
     error(_("velocity_graph: bad argument types"));
   int g = asInteger(g_), n = ncols(nb_), k = nrows(nb_);
   int nrec = asInteger(nrec_), sqrt_dx = asLogical(sqrt_), from = asInteger(from_),
       to = asInteger(to_);
-  if (g < 1 || k < 1 || LENGTH(vnorm_) != n ||
+  if (g < 1 || k < 1 || LENGTH(vnorm_) != n || LENGTH(xsum_) != n ||
       XLENGTH(x_) != (R_xlen_t)g * n * (R_xlen_t)sizeof(float) || XLENGTH(v_) != XLENGTH(x_))
     error(_("velocity_graph: inconsistent dimensions"));
   if (nrec < 1 || nrec > 8 || from < 0 || to > n || from >= to)
@@ -185,7 +208,7 @@ SEXP scnative_velocity_graph(SEXP x_, SEXP v_, SEXP vnorm_, SEXP g_, SEXP nb_, S
   int nc = to - from;
   int nth = scn_threads_for(nc, asInteger(threads_));
   const float *x = (const float *)RAW(x_), *v = (const float *)RAW(v_);
-  const double *vnorm = REAL(vnorm_);
+  const double *vnorm = REAL(vnorm_), *xsum = REAL(xsum_);
 
   /* pass 1: neighbourhood sizes */
   int *cnt = (int *)R_alloc(nc, sizeof(int));
@@ -235,7 +258,7 @@ SEXP scnative_velocity_graph(SEXP x_, SEXP v_, SEXP vnorm_, SEXP g_, SEXP nb_, S
     int *S = jj + off[a];
     double *c = cc + off[a];
     int m = vg_neighbourhood(nb, k, i, nrec, marks + (ptrdiff_t)t * n, a + 1, S);
-    cos_fn(x, v, g, i, S, m, sqrt_dx, vnorm[i], c);
+    cos_fn(x, v, xsum, g, i, S, m, sqrt_dx, vnorm[i], c);
     int w = 0;
     for (int b = 0; b < m; b++) {
       double cf = (double)(float)c[b];
