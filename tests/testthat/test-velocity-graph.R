@@ -26,12 +26,8 @@ def vg_read(path):
             'umap': _np.asarray(a.obsm['X_umap'], dtype=float),
             'stored': _vg_trip(a.obsp['velocity_graph'] + a.obsp['velocity_graph_neg'])}
 
-def vg_upstream(Ms, V, vgenes, dist, umap):
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    from scvelo.plotting.velocity_embedding_grid import compute_velocity_on_grid
-    plt.rcdefaults()
+def _vg_graph_adata(Ms, V, vgenes, dist):
+    # an AnnData with our Ms / velocity / kNN (genes x cells from R) and upstream's graph on it
     Ms = _np.asarray(Ms, dtype=_np.float32).T.copy()
     a = _ad.AnnData(X=Ms.copy())
     a.layers['Ms'] = Ms
@@ -44,6 +40,15 @@ def vg_upstream(Ms, V, vgenes, dist, umap):
                           'connectivities_key': 'connectivities', 'distances_key': 'distances'}
     a.uns['velocity_params'] = {'mode': 'dynamical'}
     _scv.tl.velocity_graph(a)
+    return a
+
+def vg_upstream(Ms, V, vgenes, dist, umap):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from scvelo.plotting.velocity_embedding_grid import compute_velocity_on_grid
+    plt.rcdefaults()
+    a = _vg_graph_adata(Ms, V, vgenes, dist)
     out = {'graph': _vg_trip(a.uns['velocity_graph']), 'neg': _vg_trip(a.uns['velocity_graph_neg']),
            'self': _np.asarray(a.obs['velocity_self_transition'], dtype=float)}
     out['T'] = _vg_trip(_scv.tl.transition_matrix(a))
@@ -74,18 +79,7 @@ def vg_embed_options(Ms, V, vgenes, dist, E, loadings):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     plt.rcdefaults()
-    Ms = _np.asarray(Ms, dtype=_np.float32).T.copy()
-    a = _ad.AnnData(X=Ms.copy())
-    a.layers['Ms'] = Ms
-    a.layers['velocity'] = _np.asarray(V, dtype=float).T.copy()
-    a.var['velocity_genes'] = _np.asarray(vgenes, dtype=bool)
-    D = _vg_sp(dist)
-    a.obsp['distances'] = D
-    a.obsp['connectivities'] = D.copy()
-    a.uns['neighbors'] = {'params': {'n_neighbors': 30, 'method': 'umap'},
-                          'connectivities_key': 'connectivities', 'distances_key': 'distances'}
-    a.uns['velocity_params'] = {'mode': 'dynamical'}
-    _scv.tl.velocity_graph(a)
+    a = _vg_graph_adata(Ms, V, vgenes, dist)
     a.obsm['X_umap'] = _np.asarray(E, dtype=_np.float32)
     _scv.tl.velocity_embedding(a, basis='umap', retain_scale=True)
     out = {'retain': _np.asarray(a.obsm['velocity_umap'], dtype=float)}
