@@ -24,6 +24,15 @@ as_cell_graph <- function(g, n_cells, arg, nonneg = FALSE, cells = NULL) {
   g
 }
 
+# The kNN distances of a moments() result, or `distances` itself.
+moments_distances <- function(distances, arg = "distances") {
+  if (!inherits(distances, "scnative_moments")) return(distances)
+  if (is.null(distances$distances)) {
+    stopf("'%s': these moments were computed on a given graph and hold no kNN distances", arg)
+  }
+  distances$distances
+}
+
 # Neighbour index of each cell from a kNN distances graph (spec: Shared helpers, get_indices):
 # every stored entry counts (also explicit zeros); k = the smallest count of a row; rows with
 # more keep their k smallest distances. Returns a k x n integer matrix of 1-based indices.
@@ -31,12 +40,7 @@ as_cell_graph <- function(g, n_cells, arg, nonneg = FALSE, cells = NULL) {
 # that every cell has a neighbour at a distance > 0.
 knn_indices <- function(distances, n_cells, arg = "distances", need_positive = TRUE,
                         cells = NULL) {
-  if (inherits(distances, "scnative_moments")) {
-    if (is.null(distances$distances)) {
-      stopf("'%s': these moments were computed on a given graph and hold no kNN distances", arg)
-    }
-    distances <- distances$distances
-  }
+  distances <- moments_distances(distances, arg)
   D <- as_cell_graph(distances, n_cells, arg, nonneg = TRUE, cells = cells)
   if (any(diff(Matrix::t(D)@p) == 0)) {
     stopf("'%s': every cell needs at least one neighbour; cell %d has none", arg,
@@ -437,12 +441,7 @@ transition_matrix <- function(x, scale = 10, self_transitions = TRUE,
 # A kNN distance graph (or moments() result) as a dgCMatrix with positive entries, every cell
 # with a neighbour.
 knn_distances <- function(distances, n, arg = "distances") {
-  if (inherits(distances, "scnative_moments")) {
-    if (is.null(distances$distances)) {
-      stopf("'%s': these moments were computed on a given graph and hold no kNN distances", arg)
-    }
-    distances <- distances$distances
-  }
+  distances <- moments_distances(distances, arg)
   D <- Matrix::drop0(as_cell_graph(distances, n, arg, nonneg = TRUE))
   cnt <- diff(Matrix::t(D)@p)
   if (any(cnt == 0)) {
