@@ -110,8 +110,9 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
                                      add_key = "fit", connectivities = NULL, var = NULL,
                                      perc = 99, dtype = c("float32", "float64"), threads = NULL,
                                      progress = interactive(), ...) {
-  Ms <- as_checked_matrix(x, "x", nonneg = TRUE) # 'x' is Ms (may be given as Ms =)
-  Mu <- as_checked_matrix(Mu, "Mu", nonneg = TRUE)
+  # 'x' is Ms (may be given as Ms =)
+  Ms <- as_checked_matrix(x, "x", nonneg = TRUE, max_abs = dyn_max_abs, why = dyn_max_why)
+  Mu <- as_checked_matrix(Mu, "Mu", nonneg = TRUE, max_abs = dyn_max_abs, why = dyn_max_why)
   if (!identical(dim(Ms), dim(Mu))) {
     stopf("'x' (Ms) and 'Mu' must have the same dimensions (Ms is %d x %d, Mu is %d x %d)",
           nrow(Ms), ncol(Ms), nrow(Mu), ncol(Mu))
@@ -303,7 +304,7 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
       loss_rows[[ii[k]]] <- l[!is.na(l)]
     }
     if (!is.null(pb)) utils::setTxtProgressBar(pb, min(st + chunk - 1L, length(idx)))
-    if (.Call(C_scnative_dynamics_interrupt)) stopf("recover_dynamics: interrupted by the user")
+    if (.Call(C_scnative_interrupt_pending)) stopf("recover_dynamics: interrupted by the user")
   }
   if (length(unrec)) {
     warnf("%d gene(s) not recoverable due to insufficient samples (<= 2 cells with Mu > 0 and Ms > 0): %s",

@@ -23,6 +23,10 @@ svi_train_blocks <- function(run, epochs, progress, label) {
       el <- proc.time()[["elapsed"]] - t0
       block <- max(1L, min(1000L, as.integer(k * 0.5 / max(el, 1e-3))))
       if (!is.null(pb)) utils::setTxtProgressBar(pb, done)
+      if (.Call(C_scnative_interrupt_pending)) { # Ctrl-C during the block
+        interrupted <- TRUE
+        break
+      }
     }
   }, interrupt = function(cond) {
     interrupted <<- TRUE
@@ -141,7 +145,7 @@ svi_adam_steps <- function(theta0, grads, lr, clipped = FALSE, clip = 10, lrd = 
 #' plot_history(fit, iter_start = 5)
 #' @export
 plot_history <- function(x, iter_start = 0, iter_end = -1, ...) {
-  validate_fit(x, "x", data = FALSE)
+  validate_fit(x, "x")
   check_number(iter_start, "iter_start", min = 0, whole = TRUE)
   check_number(iter_end, "iter_end", min = -1, whole = TRUE)
   h <- x$history

@@ -1176,5 +1176,4 @@ SEXP scnative_dynamics_f32(SEXP x) {
   return out;
 }
 
-/* .Call(C_scnative_dynamics_interrupt): TRUE if Ctrl-C is pending (checked between chunks) */
-SEXP scnative_dynamics_interrupt(void) { return ScalarLogical(scn_interrupt_pending()); }
+

@@ -6,6 +6,7 @@ void scn_threads_init(void);
 
 /* core: threads, BLAS, RNG, argument checks */
 SEXP scnative_threads_info(void);
+SEXP scnative_interrupt_pending(void);
 SEXP scnative_threads_set(SEXP);
 SEXP scnative_threads_colsums(SEXP, SEXP);
 SEXP scnative_dgemm(SEXP, SEXP, SEXP, SEXP, SEXP);
@@ -17,7 +18,6 @@ SEXP scnative_value_flags(SEXP);
 /* dynamics (scVelo recover_dynamics): declarations */
 SEXP scnative_dynamics_fit(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 SEXP scnative_dynamics_f32(SEXP);
-SEXP scnative_dynamics_interrupt(void);
 /* end dynamics declarations */
 
 
@@ -31,6 +31,7 @@ SEXP scnative_c2l_logjoint(SEXP, SEXP, SEXP);
 
 
 /* SVI shared by the cell2location models: declarations */
+SEXP scnative_svi_live_states(void);
 SEXP scnative_svi_adam(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 SEXP scnative_svi_summary(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 SEXP scnative_svi_draws(SEXP, SEXP, SEXP, SEXP, SEXP);
@@ -83,6 +84,7 @@ SEXP scnative_h5ad_child_init(SEXP);
 
 static const R_CallMethodDef callMethods[] = {
     CALLDEF(scnative_threads_info, 0),
+    CALLDEF(scnative_interrupt_pending, 0),
     CALLDEF(scnative_threads_set, 1),
     CALLDEF(scnative_threads_colsums, 2),
     CALLDEF(scnative_dgemm, 5),
@@ -94,7 +96,6 @@ static const R_CallMethodDef callMethods[] = {
     /* dynamics table */
     CALLDEF(scnative_dynamics_fit, 11),
     CALLDEF(scnative_dynamics_f32, 1),
-    CALLDEF(scnative_dynamics_interrupt, 0),
     /* end dynamics table */
 
 
@@ -108,6 +109,7 @@ static const R_CallMethodDef callMethods[] = {
 
 
     /* SVI table */
+    CALLDEF(scnative_svi_live_states, 0),
     CALLDEF(scnative_svi_adam, 6),
     CALLDEF(scnative_svi_summary, 9),
     CALLDEF(scnative_svi_draws, 5),

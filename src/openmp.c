@@ -57,6 +57,11 @@ int scn_interrupt_pending(void) { return !R_ToplevelExec(check_interrupt_fn, NUL
 
 /* .Call shims ------------------------------------------------------------------------------ */
 
+/* .Call(C_scnative_interrupt_pending): TRUE if Ctrl-C is pending (the pending interrupt is
+ * consumed). R loops that call long .Call's check it after each: R's evaluator itself looks
+ * only every ~1000 evaluation steps, seconds later when each step is a long .Call. */
+SEXP scnative_interrupt_pending(void) { return ScalarLogical(scn_interrupt_pending()); }
+
 SEXP scnative_threads_info(void) {
   const char *nms[] = {"threads", "cap", "num_procs", "thread_limit", "omp_max_threads",
                        "openmp", ""};

@@ -105,6 +105,11 @@ void scn_adam(R_xlen_t n, double *theta, const double *grad, double *m, double *
  * partial sums are added in piece order, so the result does not depend on the thread count. */
 #define SVI_PIECE 8192
 
+/* Guides allocated and not yet freed: every model state owns one, so this counts the native
+ * model states alive (tests check that interrupted and collected fits leave none). States are
+ * made and freed on R's main thread only. */
+static int live_guides = 0;
+
 int scn_guide_alloc(scn_guide *g, int nsite, const R_xlen_t *sizes) {
   memset(g, 0, sizeof *g);
   if (nsite < 1 || nsite > SCN_GUIDE_MAXSITE) return 0;
@@ -126,11 +131,13 @@ int scn_guide_alloc(scn_guide *g, int nsite, const R_xlen_t *sizes) {
   g->sg = blk + 10 * n, g->ds = blk + 11 * n, g->lqp = blk + 12 * n;
   for (R_xlen_t i = 0; i < P; i++) g->loc[i] = 0.0, g->rho[i] = -2.2521684610440906;
   scn_guide_reset_optim(g);
+  live_guides++;
   return 1;
 }
 
 void scn_guide_free(scn_guide *g) {
   if (!g) return;
+  if (g->loc) live_guides--;
   free(g->loc); /* the one block */
   free(g->off);
   g->loc = NULL, g->off = NULL;
@@ -338,6 +345,9 @@ SEXP scn_logjoint_sexp(const scn_guide *g, double lp) {
 
 /* .Call(C_scnative_svi_adam, theta0, grads (n x T), lr, clipped, clip, lrd) -> n x T matrix of
  * the parameters after each step (test helper for the optimiser). */
+/* .Call(C_scnative_svi_live_states): the number of native model states alive */
+SEXP scnative_svi_live_states(void) { return ScalarInteger(live_guides); }
+
 SEXP scnative_svi_adam(SEXP theta0, SEXP grads, SEXP lr_, SEXP clipped_, SEXP clip_, SEXP lrd_) {
   R_xlen_t n = XLENGTH(theta0);
   if (!isReal(theta0) || !isReal(grads) || !isMatrix(grads) || nrows(grads) != n)
