@@ -94,11 +94,16 @@ c2l_init_params <- function(st) {
 
 # ---- input preparation --------------------------------------------------------------------
 
+# The largest hyperparameter the models take: above it the prior log densities overflow.
+prior_max <- 1e100
+
 c2l_check_prior <- function(x, arg, fields) {
   if (!is.list(x) || is.null(names(x)) || !all(fields %in% names(x))) {
     stopf("'%s' must be a list with elements %s", arg, paste(sprintf("'%s'", fields), collapse = ", "))
   }
-  for (f in fields) check_number(x[[f]], sprintf("%s$%s", arg, f), min = 0, min_open = TRUE)
+  for (f in fields) {
+    check_number(x[[f]], sprintf("%s$%s", arg, f), min = 0, min_open = TRUE, max = prior_max)
+  }
   x
 }
 
@@ -109,14 +114,20 @@ c2l_prepare <- function(x, signatures, batch, N_cells_per_location, N_given, det
                         m_g_gene_level_prior, N_cells_mean_var_ratio, alpha_g_phi_hyp_prior,
                         gene_add_alpha_hyp_prior, gene_add_mean_hyp_prior, detection_hyp_prior,
                         w_sf_mean_var_ratio, quiet = FALSE, min_genes = 10L) {
-  check_number(N_cells_per_location, "N_cells_per_location", min = 0, min_open = TRUE)
-  check_number(A_factors_per_location, "A_factors_per_location", min = 0, min_open = TRUE)
-  check_number(B_groups_per_location, "B_groups_per_location", min = 0, min_open = TRUE)
+  check_number(N_cells_per_location, "N_cells_per_location", min = 0, min_open = TRUE,
+               max = prior_max)
+  check_number(A_factors_per_location, "A_factors_per_location", min = 0, min_open = TRUE,
+               max = prior_max)
+  check_number(B_groups_per_location, "B_groups_per_location", min = 0, min_open = TRUE,
+               max = prior_max)
   check_number(n_groups, "n_groups", min = 1, whole = TRUE)
   check_flag(detection_mean_per_sample, "detection_mean_per_sample")
-  check_number(detection_mean_correction, "detection_mean_correction", min = 0, min_open = TRUE)
-  check_number(N_cells_mean_var_ratio, "N_cells_mean_var_ratio", min = 0, min_open = TRUE)
-  check_number(w_sf_mean_var_ratio, "w_sf_mean_var_ratio", min = 0, min_open = TRUE)
+  check_number(detection_mean_correction, "detection_mean_correction", min = 0, min_open = TRUE,
+               max = prior_max)
+  check_number(N_cells_mean_var_ratio, "N_cells_mean_var_ratio", min = 0, min_open = TRUE,
+               max = prior_max)
+  check_number(w_sf_mean_var_ratio, "w_sf_mean_var_ratio", min = 0, min_open = TRUE,
+               max = prior_max)
   c2l_check_prior(m_g_gene_level_prior, "m_g_gene_level_prior", c("mean", "mean_var_ratio", "alpha_mean"))
   c2l_check_prior(alpha_g_phi_hyp_prior, "alpha_g_phi_hyp_prior", c("alpha", "beta"))
   c2l_check_prior(gene_add_alpha_hyp_prior, "gene_add_alpha_hyp_prior", c("alpha", "beta"))
@@ -157,6 +168,10 @@ c2l_prepare <- function(x, signatures, batch, N_cells_per_location, N_given, det
   storage.mode(sig) <- "double"
   if (anyNA(sig) || any(!is.finite(sig))) stopf("'signatures' contains NA or infinite values")
   if (any(sig < 0)) stopf("'signatures' contains negative values")
+  if (any(sig > prior_max)) {
+    stopf("'signatures' has values up to %.3g; at most %.3g are supported (the model's means overflow above): rescale it",
+          max(sig), prior_max)
+  }
   zero <- colSums(sig) <= 0
   if (any(zero)) {
     stopf("'signatures' column(s) %s are all zero on the shared genes",
@@ -393,7 +408,7 @@ cell2location.default <- function(x, signatures, batch = NULL, N_cells_per_locat
   if (!is.null(init) && !inherits(init, "scnative_c2l")) {
     stopf("'init' must be NULL or a scnative_c2l fit, not %s", class(init)[1L])
   }
-  if (!is.null(init)) validate_fit(init, "init", data = FALSE)
+  if (!is.null(init)) validate_fit(init, "init")
   prep <- c2l_prepare(x, signatures, batch, N_cells_per_location, N_given, detection_alpha,
                       A_factors_per_location, B_groups_per_location, n_groups,
                       detection_mean_per_sample, detection_mean_correction,
@@ -409,7 +424,7 @@ cell2location.default <- function(x, signatures, batch = NULL, N_cells_per_locat
     if (!identical(is$genes, st$genes) || !identical(is$spots, st$spots) ||
         !identical(is$cell_types, st$cell_types) || is$n_groups != st$n_groups ||
         !identical(is$batch_levels, st$batch_levels)) {
-      stopf("'init' was fitted on different genes, spots, cell types, groups or batches")
+      stopf("'init' was fitted on different genes, spots, cell types, groups or batches than 'x', 'signatures', 'batch' and 'n_groups' give")
     }
     params <- init$params
     history <- init$history
@@ -514,7 +529,7 @@ print.scnative_c2l <- function(x, ...) {
 #' @method summary scnative_c2l
 #' @export
 summary.scnative_c2l <- function(object, ...) {
-  validate_fit(object, "object", data = FALSE)
+  validate_fit(object, "object")
   st <- object$settings
   h <- object$history
   w <- exp(object$params$w_sf$loc)
@@ -558,7 +573,7 @@ plot.scnative_c2l <- function(x, y, ...) {
 export_posterior.scnative_c2l <- function(fit, num_samples = 1000, quantiles = c(0.05, 0.95),
                                           use_quantiles = FALSE, seed = NULL, threads = NULL,
                                           ...) {
-  validate_fit(fit, data = FALSE)
+  validate_fit(fit)
   p <- fit$params
   ex <- svi_export(p, num_samples, quantiles, use_quantiles, seed, threads)
   if (use_quantiles) {
@@ -623,7 +638,7 @@ cell_abundance <- function(x, which = "means", upstream_names = FALSE, ...) {
 # cell_abundance() with the argument's name for the errors (add_cell_abundance's differs).
 c2l_abundance <- function(x, which, upstream_names, arg, ...) {
   if (inherits(x, "scnative_c2l")) {
-    validate_fit(x, arg, data = FALSE)
+    validate_fit(x, arg)
     x <- export_posterior(x, ...)
   }
   if (!inherits(x, "scnative_c2l_posterior")) {
@@ -657,7 +672,7 @@ add_cell_abundance <- function(object, fit_or_posterior, which = "means",
   check_string(name, "name")
   check_flag(coldata, "coldata")
   if (inherits(fit_or_posterior, "scnative_c2l")) {
-    validate_fit(fit_or_posterior, "fit_or_posterior", data = FALSE)
+    validate_fit(fit_or_posterior, "fit_or_posterior")
   }
   ab <- c2l_abundance(fit_or_posterior, which, FALSE, "fit_or_posterior", ...)
   spots <- colnames(object)

@@ -948,7 +948,7 @@ h5ad_read_file_ <- function(path, layers, X, obsm, obsp, uns) {
   want <- layers %||% avail
   bad <- setdiff(want, avail)
   if (length(bad)) {
-    h5ad_stopf("layer(s) %s not found in %s; available layers: %s",
+    h5ad_stopf("'layers': layer(s) %s not found in %s; available layers: %s",
           paste0("'", bad, "'", collapse = ", "), path,
           if (length(avail)) h5ad_clean(paste0("'", avail, "'", collapse = ", ")) else "none")
   }

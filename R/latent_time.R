@@ -430,7 +430,8 @@ vc_velocity <- function(x) {
 #' (rounded to 2 decimals as numpy rounds: half to even on `x * 100`), and its confidence is
 #' the mean cosine similarity with the centred velocities of its k nearest neighbours in the
 #' kNN graph `distances` (k = the smallest number of neighbours any cell has; cells with
-#' more keep their k nearest), clipped at 0 (`NaN` for a zero velocity).
+#' more keep their k nearest), clipped at 0. A cell whose centred velocity or one of whose
+#' neighbours' is zero has no confidence: `NA` (upstream: `NaN`).
 #'
 #' Unlike upstream, [velocity_confidence()] does not also compute the transition confidence:
 #' call [velocity_confidence_transition()] for that.
@@ -489,8 +490,9 @@ velocity_confidence.default <- function(x, distances, velocity_genes = NULL,
     nb <- idx[, j]
     R <- R + colSums(V[, nb, drop = FALSE] * V) / (nrm[nb] * nrm)
   }
-  R <- R / ncol(idx)
-  data.frame(velocity_length = np_round2(nrm), velocity_confidence = pmax(R, 0),
+  R <- pmax(R / ncol(idx), 0)
+  R[is.nan(R)] <- NA_real_ # 0/0: a zero velocity has no direction
+  data.frame(velocity_length = np_round2(nrm), velocity_confidence = R,
              row.names = cells)
 }
 

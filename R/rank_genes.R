@@ -301,7 +301,9 @@ rank_velocity_genes.default <- function(x, groupby, Ms = NULL, Mu = NULL, n_gene
     min_likelihood <- min_likelihood %||% 0.1
     keep <- keep & pass(fit_likelihood, min_likelihood)
   }
-  if (!any(keep)) stopf("no gene passes the filters (velocity without NA, velocity_genes, thresholds)")
+  if (!any(keep)) {
+    stopf("no gene of 'x' passes the filters (a velocity without NA, 'velocity_genes', the spearmans_score of 'Ms' and 'Mu' above 'min_corr', the other thresholds)")
+  }
   X <- V[keep, , drop = FALSE]
   rownames(X) <- genes[keep]
   if (any(is.infinite(X))) stopf("'x' has infinite velocities in the genes used")

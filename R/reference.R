@@ -326,7 +326,7 @@ ref_fit <- function(x, labels, batch, covariates, meta, max_epochs, batch_size, 
   if (!is.null(init) && !inherits(init, "scnative_reference")) {
     stopf("'init' must be NULL or a scnative_reference fit, not %s", class(init)[1L])
   }
-  if (!is.null(init)) validate_fit(init, "init", data = FALSE)
+  if (!is.null(init)) validate_fit(init, "init")
   prep <- ref_prepare(x, labels, batch, covariates, meta, priors)
   st <- prep$settings
   st$batch_size <- if (is.null(batch_size)) NULL else as.integer(batch_size)
@@ -342,7 +342,7 @@ ref_fit <- function(x, labels, batch, covariates, meta, max_epochs, batch_size, 
     if (!identical(is$genes, st$genes) || !identical(is$cell_types, st$cell_types) ||
         !identical(is$batch_levels, st$batch_levels) ||
         !identical(is$tech_levels, st$tech_levels) || is$n_cells != st$n_cells) {
-      stopf("'init' was fitted on different genes, cells, cell types, batches or covariates")
+      stopf("'init' was fitted on different genes, cells, cell types, batches or covariates than 'x', 'labels', 'batch' and 'covariates' give")
     }
     params <- init$params
     history <- init$history
@@ -466,7 +466,7 @@ export_posterior.scnative_reference <- function(fit, num_samples = 1000,
                                                 quantiles = c(0.05, 0.95),
                                                 use_quantiles = FALSE, seed = NULL,
                                                 threads = NULL, ...) {
-  validate_fit(fit, data = FALSE)
+  validate_fit(fit)
   ex <- svi_export(fit$params, num_samples, quantiles, use_quantiles, seed, threads)
   out <- if (use_quantiles) ex$out else svi_posterior_lists(ex$res, quantiles)
   out$cell_types <- fit$settings$cell_types
@@ -507,7 +507,7 @@ print.scnative_reference_posterior <- function(x, ...) {
 #' @export
 signatures <- function(x, which = "means", upstream_names = FALSE, ...) {
   if (inherits(x, "scnative_reference")) {
-    validate_fit(x, "x", data = FALSE)
+    validate_fit(x, "x")
     x <- export_posterior(x, ...)
   }
   if (!inherits(x, "scnative_reference_posterior")) {

@@ -580,7 +580,7 @@ spatial_coords <- function(coords, ab) {
     return(coords[spots, c("x", "y")])
   }
   if (nrow(coords) != nrow(ab)) {
-    stopf("'coords' has %d rows but there are %d spots (and no matching row names)", nrow(coords),
+    stopf("'coords' has %d rows but 'x' has %d spots (and no matching row names)", nrow(coords),
           nrow(ab))
   }
   coords[, c("x", "y")]

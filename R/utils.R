@@ -91,8 +91,10 @@ check_valid_matrix <- function(x, arg) {
 }
 
 # A numeric matrix (dense or a Matrix) with no NA/NaN/Inf; optionally non-negative or
-# integer-valued. Returns a dense double matrix with the dimnames kept.
-as_checked_matrix <- function(x, arg, nonneg = FALSE, integer_valued = FALSE, dense = TRUE) {
+# integer-valued; optionally no |value| above `max_abs` (with the reason `why`). Returns a dense
+# double matrix with the dimnames kept.
+as_checked_matrix <- function(x, arg, nonneg = FALSE, integer_valued = FALSE, dense = TRUE,
+                              max_abs = NULL, why = NULL) {
   if (is.data.frame(x)) x <- as.matrix(x)
   if (inherits(x, "Matrix")) {
     check_valid_matrix(x, arg)
@@ -108,6 +110,10 @@ as_checked_matrix <- function(x, arg, nonneg = FALSE, integer_valued = FALSE, de
   if (flags[2L]) stopf("'%s' contains infinite values", arg)
   if (nonneg && flags[3L]) stopf("'%s' contains negative values", arg)
   if (integer_valued && flags[4L]) stopf("'%s' must hold integer counts; it has non-integer values", arg)
+  if (!is.null(max_abs) && flags[5L] > max_abs) {
+    stopf("'%s' has values up to %.3g; at most %.3g are supported (%s): rescale it", arg,
+          flags[5L], max_abs, why)
+  }
   if (!dense) return(x)
   out <- as.matrix(x)
   if (!is.double(out)) storage.mode(out) <- "double" # (a no-op assignment would still copy)

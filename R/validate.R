@@ -62,11 +62,12 @@ vf_whole <- function(x, path, min = 0, max = .Machine$integer.max) {
 }
 
 # Finite numbers (`n` of them), all > 0 with `positive`.
-vf_numbers <- function(x, path, n = 1L, positive = FALSE) {
+vf_numbers <- function(x, path, n = 1L, positive = FALSE, max = Inf) {
   if (!is.numeric(x) || length(x) != n || !all(is.finite(x)) || (positive && any(x <= 0))) {
     stopf("'%s' must be %s %sfinite number%s", path, if (n == 1L) "a" else as.character(n),
           if (positive) "positive " else "", if (n == 1L) "" else "s")
   }
+  if (any(x > max)) stopf("'%s' must be at most %s", path, format(max))
   invisible(x)
 }
 
@@ -133,7 +134,7 @@ vf_counts <- function(x, path, nr, nc, what) {
           path, nr, nc, what, nrow(x), ncol(x))
   }
   flags <- .Call(C_scnative_value_flags, x@x)
-  if (any(flags)) stopf("'%s' must hold finite non-negative whole numbers", path)
+  if (any(flags[1:4] != 0)) stopf("'%s' must hold finite non-negative whole numbers", path)
   invisible(x)
 }
 
@@ -167,7 +168,9 @@ vf_history <- function(h, path) {
   if (!is.numeric(e) || anyNA(e) || any(e != round(e)) || any(e < 0)) {
     stopf("'%s' must hold whole numbers >= 0", vf_path(path, "epoch"))
   }
-  if (!is.numeric(h$elbo_train)) stopf("'%s' must be numeric", vf_path(path, "elbo_train"))
+  if (!is.numeric(h$elbo_train) || !all(is.finite(h$elbo_train))) {
+    stopf("'%s' must hold finite numbers", vf_path(path, "elbo_train"))
+  }
   invisible(h)
 }
 
@@ -220,7 +223,9 @@ vf_settings <- function(fit, arg) {
 
 vf_hyper <- function(h, path, fields) {
   vf_list(h, path)
-  for (f in fields) vf_numbers(vf_get(h, f, path), vf_path(path, f), positive = TRUE)
+  for (f in fields) {
+    vf_numbers(vf_get(h, f, path), vf_path(path, f), positive = TRUE, max = prior_max)
+  }
   invisible(h)
 }
 
@@ -453,8 +458,8 @@ validate_posterior_summary <- function(x, arg, which, site, rows, meta, site_row
   check_string(which, "which")
   avail <- setdiff(names(x), meta)
   if (!which %in% avail || is.null(x[[which]])) {
-    stopf("'which' must be one of %s, not '%s'", paste(sprintf("'%s'", avail), collapse = ", "),
-          which)
+    stopf("'which' must be one of the summaries %s of '%s', not '%s'",
+          paste(sprintf("'%s'", avail), collapse = ", "), arg, which)
   }
   sp <- vf_path(arg, which)
   vf_list(x[[which]], sp)

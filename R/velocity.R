@@ -293,12 +293,17 @@ print.scnative_moments <- function(x, ...) {
 
 # ------------------------------------------------------------------ velocity
 
+# The largest moment the dynamical model takes: it sums squares over the cells in float32, as
+# scVelo does (FLT_MAX 3.4e38 / 1e30 per square leaves room for 3e8 cells).
+dyn_max_abs <- 1e15
+dyn_max_why <- "the dynamical model sums their squares in float32, as scVelo"
+
 # Ms and Mu checked against a fit (the genes of x$var in order, the cells of its layers);
 # returned as dense double matrices.
 dyn_check_moments <- function(x, Ms, Mu) {
   if (missing(Ms) || missing(Mu)) stopf("'Ms' and 'Mu' (the moments the fit was made on) are required")
-  Ms <- as_checked_matrix(Ms, "Ms", nonneg = TRUE)
-  Mu <- as_checked_matrix(Mu, "Mu", nonneg = TRUE)
+  Ms <- as_checked_matrix(Ms, "Ms", nonneg = TRUE, max_abs = dyn_max_abs, why = dyn_max_why)
+  Mu <- as_checked_matrix(Mu, "Mu", nonneg = TRUE, max_abs = dyn_max_abs, why = dyn_max_why)
   var <- x$var
   if (!identical(dim(Ms), dim(Mu))) stopf("'Ms' and 'Mu' must have the same dimensions")
   if (!identical(dimnames(Ms), dimnames(Mu))) {

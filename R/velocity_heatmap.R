@@ -118,8 +118,8 @@ heatmap_gene_rows <- function(genes, n_genes_ms, genes_ms) {
 #'   the moving average, in cells.
 #' @param sort_genes Logical (default `TRUE`): order the genes by the position of their peak
 #'   (upstream's `sort`); `FALSE` keeps the order of `genes`.
-#' @param scale Logical (default `TRUE`): scale each gene to \[0, 1\]; `FALSE` returns the
-#'   smoothed `Ms`.
+#' @param scale Logical (default `TRUE`): scale each gene to \[0, 1\] (a constant gene to 0,
+#'   where upstream's 0/0 leaves `NaN`, drawn blank); `FALSE` returns the smoothed `Ms`.
 #' @return A numeric genes x cells matrix: genes in drawing order (first row on top), cells by
 #'   increasing latent time; row names the genes (or row numbers), column names the cells (if
 #'   `Ms` has them). Attributes: `cells` (the column's index among the input cells),
@@ -137,7 +137,7 @@ heatmap_gene_rows <- function(genes, n_genes_ms, genes_ms) {
 latent_time_heatmap_data <- function(x, Ms, latent_time, genes = NULL, n_genes = 300,
                                      n_convolve = 100, sort_genes = TRUE, scale = TRUE) {
   if (missing(x)) stopf("'x' is missing (a recover_dynamics() fit, likelihoods, or NULL with 'genes')")
-  if (missing(Ms)) stopf("'Ms' is missing")
+  if (missing(Ms) || is.null(Ms)) stopf("'Ms' (the genes x cells spliced moments) is missing")
   if (missing(latent_time)) stopf("'latent_time' is missing")
   if (!(is.matrix(Ms) || methods::is(Ms, "Matrix") || is.data.frame(Ms))) {
     stopf("'Ms' must be a numeric genes x cells matrix, not %s", class(Ms)[1L])
@@ -200,7 +200,9 @@ latent_time_heatmap_data <- function(x, Ms, latent_time, genes = NULL, n_genes =
     lo <- apply(S, 2L, min)
     hi <- apply(S, 2L, max)
     S <- sweep(S, 2L, lo, "-")
-    S <- sweep(S, 2L, hi - lo, "/")
+    rng <- hi - lo
+    rng[rng == 0] <- Inf # a constant gene scales to 0 (upstream's 0/0 leaves it NaN, blank)
+    S <- sweep(S, 2L, rng, "/")
   }
   out <- t(S)
   rn <- if (is.null(genes_ms)) as.character(rows[ord]) else genes_ms[rows[ord]]
@@ -287,7 +289,7 @@ plot_latent_time_heatmap.default <- function(x, Ms, latent_time, genes = NULL, n
                                              color_map = "viridis", show_genes = NULL, ...) {
   need_ggplot()
   stop_dots(...)
-  if (missing(Ms)) stopf("'Ms' is missing")
+  if (missing(Ms) || is.null(Ms)) stopf("'Ms' (the genes x cells spliced moments) is missing")
   if (missing(latent_time)) stopf("'latent_time' is missing")
   check_string(color_map, "color_map")
   cmaps <- c("viridis", "magma", "inferno", "plasma", "cividis", "rocket", "mako", "turbo")

@@ -204,6 +204,11 @@ plot_velocity_embedding.default <- function(x, V, type = c("stream", "grid", "ar
   E <- embedding_2d(x, "x")
   if (missing(V)) stopf("'V' (the embedded velocities, velocity_embedding()) is missing")
   V <- velocity_2d(V, E, "V", "x")
+  n_ok <- sum(is.finite(rowSums(E)) & is.finite(rowSums(V)))
+  if (n_ok < 2L) {
+    stopf("'x' and 'V' have %d cell(s) with finite coordinates and velocity; at least 2 are needed",
+          n_ok)
+  }
   check_number(arrow_length, "arrow_length", min = 0, min_open = TRUE)
   check_number(arrow_size, "arrow_size", min = 0)
   check_number(linewidth, "linewidth", min = 0)

@@ -72,14 +72,16 @@ double scn_quantile_linear32(double *a, ptrdiff_t n, double q) {
 }
 
 /* .Call(C_scnative_value_flags, x): for a double, integer or logical vector, whether it holds
- * NA/NaN, +-Inf, negative values, non-integer values (one pass, no temporaries) */
+ * NA/NaN, +-Inf, negative values, non-integer values (1/0), and the largest finite |value|
+ * (one pass, no temporaries) */
 SEXP scnative_value_flags(SEXP x) {
-  SEXP out = PROTECT(allocVector(LGLSXP, 4));
-  int *f = LOGICAL(out);
-  f[0] = f[1] = f[2] = f[3] = 0;
+  SEXP out = PROTECT(allocVector(REALSXP, 5));
+  double *f = REAL(out);
+  f[0] = f[1] = f[2] = f[3] = f[4] = 0;
   R_xlen_t n = XLENGTH(x);
   if (isReal(x)) {
     const double *v = REAL(x);
+    double mx = 0;
     for (R_xlen_t i = 0; i < n; i++) {
       double a = v[i];
       if (isnan(a)) f[0] = 1;
@@ -87,14 +89,21 @@ SEXP scnative_value_flags(SEXP x) {
       else {
         if (a < 0) f[2] = 1;
         if (a != floor(a)) f[3] = 1;
+        if (fabs(a) > mx) mx = fabs(a);
       }
     }
+    f[4] = mx;
   } else if (isInteger(x) || isLogical(x)) {
     const int *v = isInteger(x) ? INTEGER(x) : LOGICAL(x);
+    double mx = 0;
     for (R_xlen_t i = 0; i < n; i++) {
       if (v[i] == NA_INTEGER) f[0] = 1;
-      else if (v[i] < 0) f[2] = 1;
+      else {
+        if (v[i] < 0) f[2] = 1;
+        if (fabs((double) v[i]) > mx) mx = fabs((double) v[i]);
+      }
     }
+    f[4] = mx;
   } else {
     UNPROTECT(1);
     error("value_flags: unsupported type");

@@ -39,6 +39,7 @@ fuzz_not_fuzzed <- c("patch_scvelo", "patch_cell2location", "patched", "unpatch"
 #   na_ok    arguments where NA entries are valid
 #   free     arguments where an arbitrary string / list may be valid
 #   nullable arguments where NULL is valid (besides those with a NULL default)
+#   empty_ok matrix arguments where 0 rows are valid
 #   strict   list arguments (validated fit objects) whose field edits must error
 #   post     applied to the result in the child (plots: ggplot_build)
 # `objects = FALSE` leaves out the calls on SingleCellExperiment objects (slow to load).
@@ -158,16 +159,17 @@ fuzz_setup <- function(h5_dir = tempfile("fuzz-h5"), objects = TRUE) {
   grp <- rep(c("a", "b", "c"), 20)
   add("rank_velocity_genes", "rank_velocity_genes",
       list(x = v, groupby = grp, Ms = m$Ms, Mu = m$Mu, n_genes = 3),
-      conform = c("groupby", "Ms", "Mu"), na_ok = "x")
+      conform = c("groupby", "Ms", "Mu"), na_ok = c("x", "groupby")) # NA: in no group
   add("rank_dynamical_genes", "rank_dynamical_genes",
       list(x = fit, Ms = m$Ms, Mu = m$Mu, groupby = grp, n_genes = 3),
-      conform = c("Ms", "Mu", "groupby"), na_ok = "x")
+      conform = c("Ms", "Mu", "groupby"), na_ok = c("x", "groupby"))
   add("velocity_graph_edges", "velocity_graph_edges", list(x = vg, distances = m$distances),
       conform = "distances")
   lt <- q(latent_time(fitc, ts))
   add("latent_time_heatmap_data", "latent_time_heatmap_data",
       list(x = fit, Ms = m$Ms, latent_time = lt, n_convolve = 5),
-      conform = c("Ms", "latent_time"), na_ok = c("x", "latent_time")) # NA times: cells dropped
+      conform = c("Ms:cols", "latent_time"), na_ok = c("x", "latent_time"), # NA: cells dropped
+      nullable = "n_convolve") # genes matched by name; NULL: no smoothing
   add("simulate_spatial", "simulate_spatial",
       list(n_spots = 20, n_genes = 30, n_cell_types = 3, seed = 1),
       iters = c("n_spots", "n_genes", "n_cell_types"))
@@ -180,7 +182,8 @@ fuzz_setup <- function(h5_dir = tempfile("fuzz-h5"), objects = TRUE) {
   add("reference_signatures (batch)", "reference_signatures",
       list(x = rx, labels = lab, batch = factor(rep(c("s1", "s2"), 15)), batch_size = 10,
            max_epochs = 2, seed = 1, progress = FALSE, threads = 1),
-      conform = c("x:cols", "labels", "batch"), counts = "x", nonneg = "x", iters = "max_epochs")
+      conform = c("x:cols", "labels", "batch"), counts = "x", nonneg = "x", iters = "max_epochs",
+      nullable = "batch_size") # NULL: full batch
   add("reference_signatures (init)", "reference_signatures",
       list(x = rx, labels = lab, init = rf, max_epochs = 2, seed = 1, progress = FALSE,
            threads = 1),
@@ -188,7 +191,7 @@ fuzz_setup <- function(h5_dir = tempfile("fuzz-h5"), objects = TRUE) {
       strict = "init")
   add("train_more (reference)", "train_more", list(fit = rf, epochs = 2, progress = FALSE,
                                                    threads = 1),
-      strict = "fit", strict_data = TRUE, iters = "epochs")
+      strict = "fit", iters = "epochs")
   add("export_posterior (reference)", "export_posterior",
       list(fit = rf, num_samples = 10, seed = 1, threads = 1), strict = "fit")
   add("signatures", "signatures", list(x = rf, num_samples = 10, seed = 1), strict = "x",
@@ -211,7 +214,7 @@ fuzz_setup <- function(h5_dir = tempfile("fuzz-h5"), objects = TRUE) {
       nonneg = c("x", "signatures"), iters = "max_epochs", strict = "init")
   add("train_more (cell2location)", "train_more",
       list(fit = c2, epochs = 2, progress = FALSE, threads = 1), strict = "fit",
-      strict_data = TRUE, iters = "epochs")
+      iters = "epochs")
   add("export_posterior (cell2location)", "export_posterior",
       list(fit = c2, num_samples = 10, seed = 1, threads = 1), strict = "fit")
   add("cell_abundance", "cell_abundance", list(x = cp))
@@ -240,7 +243,7 @@ fuzz_setup <- function(h5_dir = tempfile("fuzz-h5"), objects = TRUE) {
              obsm = list(X_pca = matrix(seq_len(60) / 7, 30, 2)),
              uns = list(note = "fuzz"), overwrite = TRUE),
         conform = c("X:cols", "obs", "obsm:rows"), free = c("uns", "path"),
-        na_ok = "X") # a float matrix may hold NaN/Inf in .h5ad
+        na_ok = "X", empty_ok = "X") # NaN/Inf and 0 genes are valid in .h5ad
   }
   if (have_gg) {
     add("plot_history", "plot_history", list(x = c2), post = build, strict = "x")
@@ -255,7 +258,7 @@ fuzz_setup <- function(h5_dir = tempfile("fuzz-h5"), objects = TRUE) {
         post = build, conform = c("x:rows", "V:rows"), na_ok = c("x", "V"))
     add("plot_latent_time_heatmap", "plot_latent_time_heatmap",
         list(x = fit, Ms = m$Ms, latent_time = lt, n_convolve = 5, color = grp), post = build,
-        conform = c("Ms", "latent_time", "color"), free = "color",
+        conform = c("Ms:cols", "latent_time", "color"), free = "color", nullable = "n_convolve",
         na_ok = c("x", "latent_time", "color"))
     add("plot_velocity_graph", "plot_velocity_graph",
         list(x = vg, embedding = emb, distances = m$distances), post = build,
@@ -455,7 +458,7 @@ fz_factor_muts <- function(value, ctx) {
     },
     function() {
       v <- value; attr(v, "levels") <- rep(levels(v)[1L], nlevels(v))
-      fz_mut(v, "factor", "duplicated levels", TRUE)
+      fz_mut(v, "factor", "duplicated levels", nlevels(value) > 1L) # 1 level: unchanged
     },
     function() {
       v <- value; k <- sample.int(n, 1L); v[k] <- NA
@@ -507,7 +510,8 @@ fz_matrix_muts <- function(value, ctx) {
     function() fz_mut(value[, -sample.int(nc, 1L), drop = FALSE], "shape", "a column dropped",
                       ccol),
     function() fz_mut(t(value), "shape", "transposed", conform && nr != nc),
-    function() fz_mut(value[0L, , drop = FALSE], "shape", "0 rows", !ctx$in_field || ctx$strict),
+    function() fz_mut(value[0L, , drop = FALSE], "shape", "0 rows",
+                      (!ctx$in_field || ctx$strict) && !fz_in(ctx, "empty_ok")),
     function() fz_mut(value[, 0L, drop = FALSE], "shape", "0 columns",
                       !ctx$in_field || ctx$strict),
     function() fz_mut(value[1L, , drop = FALSE], "shape", "1 row", crow && nr > 1L),
@@ -594,7 +598,8 @@ fz_sparse_muts <- function(value, ctx) {
     function() fz_mut(value[, -sample.int(nc, 1L), drop = FALSE], "shape", "a column dropped",
                       ccol),
     function() fz_mut(Matrix::t(value), "shape", "transposed", conform && nr != nc),
-    function() fz_mut(value[0L, , drop = FALSE], "shape", "0 rows", !ctx$in_field || ctx$strict),
+    function() fz_mut(value[0L, , drop = FALSE], "shape", "0 rows",
+                      (!ctx$in_field || ctx$strict) && !fz_in(ctx, "empty_ok")),
     function() fz_mut(as.matrix(value), "type", "as a dense matrix", FALSE),
     function() fz_mut(methods::as(value, "TsparseMatrix"), "type", "as a TsparseMatrix", FALSE),
     function() fz_mut(methods::as(value, "RsparseMatrix"), "type", "as a RsparseMatrix", FALSE)
@@ -643,9 +648,8 @@ fz_df_muts <- function(value, ctx) {
 fz_list_muts <- function(value, ctx, depth = 0L) {
   nm <- names(value)
   if (!length(value) || is.null(nm)) return(fz_type_muts(value, ctx))
-  # the kept data of a fit (`fit$data`) is only read by train_more()
-  strict_k <- function(k) ctx$strict && (depth > 0L || nm[k] != "data" ||
-                                            isTRUE(ctx$case$strict_data))
+  # the kept data of a fit (`fit$data`) is validated with the fit
+  strict_k <- function(k) ctx$strict
   optional <- if (depth == 0L) c("data", "interrupted", "format") else character()
   same <- function(a, b) {
     (identical(class(a), class(b)) || (is.numeric(a) && is.numeric(b))) &&

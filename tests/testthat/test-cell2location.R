@@ -238,7 +238,7 @@ test_that("export_posterior and cell_abundance follow upstream's summaries and n
   expect_equal(rownames(ab), colnames(d$x))
   expect_equal(colnames(cell_abundance(post, "q05", upstream_names = TRUE)),
                paste0("q05cell_abundance_w_sf_", colnames(d$sig)))
-  expect_error(cell_abundance(aq, "means"), "'which' must be one of")
+  expect_error(cell_abundance(aq, "means"), "'which' must be one of the summaries")
   # same seed, same draws
   expect_identical(export_posterior(fit, num_samples = 50, seed = 1, threads = 1)$q95,
                    export_posterior(fit, num_samples = 50, seed = 1, threads = 2)$q95)

@@ -347,7 +347,7 @@ test_that("rank_velocity_genes() and rank_dynamical_genes() reject bad input cle
                "'velocity_genes' must be a logical")
   expect_error(rank_velocity_genes(V, grp, spearmans_score = ss, unspliced = V[, 1:5]),
                "'unspliced' must have the dimensions")
-  expect_error(rank_velocity_genes(V, grp, spearmans_score = rep(0, 4)), "no gene passes")
+  expect_error(rank_velocity_genes(V, grp, spearmans_score = rep(0, 4)), "no gene of 'x' passes")
   expect_error(rank_velocity_genes("a", grp), "'x' must be a numeric")
   expect_error(rank_velocity_genes(V, grp, spearmans_score = ss, foo = 1), "unused argument")
   V2 <- V
