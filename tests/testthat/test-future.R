@@ -1,0 +1,99 @@
+# recover_dynamics(parallel = "future"): gene chunks on future workers give the local result
+# bit for bit; failed chunks are named and resumed; argument checks.
+
+skip_if_not_installed("future")
+skip_if_not_installed("withr")
+
+fut_data <- function(n_obs = 150, n_vars = 24) {
+  sim <- simulate_velocity(n_obs = n_obs, n_vars = n_vars, random_seed = 3)
+  Ms <- sim$spliced
+  Mu <- sim$unspliced
+  rownames(Ms) <- rownames(Mu) <- paste0("g", seq_len(nrow(Ms)))
+  colnames(Ms) <- colnames(Mu) <- paste0("c", seq_len(ncol(Ms)))
+  set.seed(7) # a symmetric neighbour graph, to run the connected-states smoothing too
+  C <- Matrix::rsparsematrix(n_obs, n_obs, density = 0.04, rand.x = function(n) stats::runif(n))
+  C <- abs(C) + Matrix::t(abs(C))
+  dimnames(C) <- list(colnames(Ms), colnames(Ms))
+  list(Ms = Ms, Mu = Mu, conn = C)
+}
+
+fut_fit <- function(d, ..., max_iter = 5, progress = FALSE) {
+  recover_dynamics(d$Ms, d$Mu, var_names = "all", connectivities = d$conn, threads = 1,
+                   max_iter = max_iter, progress = progress, ...)
+}
+
+test_that("multisession workers give the local result exactly; failed chunks resume", {
+  d <- fut_data()
+  local <- fut_fit(d)
+  expect_gt(sum(!is.na(local$var$fit_alpha)), 20)
+  old <- future::plan(future::multisession, workers = 2)
+  withr::defer(future::plan(old))
+  expect_identical(fut_fit(d, parallel = "future"), local)
+  expect_identical(fut_fit(d, parallel = "future", chunk_size = 5), local) # 5 chunks
+
+  # load_pars (a second EM from a fit) through the workers
+  local2 <- fut_fit(d, load_pars = local)
+  expect_identical(fut_fit(d, load_pars = local, parallel = "future", chunk_size = 9), local2)
+
+  # progress through progressr: every gene counted once
+  if (requireNamespace("progressr", quietly = TRUE)) {
+    withr::local_options(progressr.enable = TRUE) # progressr's default: interactive()
+    steps <- 0
+    withCallingHandlers(
+      fut_fit(d, parallel = "future", chunk_size = 10, progress = TRUE),
+      progression = function(cond) if (identical(cond$type, "update")) steps <<- steps + cond$amount)
+    expect_equal(steps, nrow(d$Ms))
+  }
+
+  # chunks 2 and 4 fail on the worker: the error names them; the others are kept
+  withr::local_options(scnative.future_fail_chunks = c(2L, 4L))
+  e <- tryCatch(fut_fit(d, parallel = "future", chunk_size = 5), error = function(e) e)
+  expect_s3_class(e, "scnative_chunk_error")
+  expect_match(conditionMessage(e), "2 of 5 gene chunks failed", fixed = TRUE)
+  expect_match(conditionMessage(e), "chunk 2 of 5 (5 genes: g6, g7, g8, ..., g10): failing on purpose",
+               fixed = TRUE)
+  expect_match(conditionMessage(e), "chunk 4 of 5 (5 genes: g16", fixed = TRUE)
+  expect_match(conditionMessage(e), "(14 of 24 genes to fit are done", fixed = TRUE)
+  expect_identical(e$failed, list(paste0("g", 6:10), paste0("g", 16:20)))
+  expect_s3_class(e$partial, "scnative_dynamics_partial")
+  expect_identical(e$partial$done, c(1:5, 11:15, 21:24))
+  withr::local_options(scnative.future_fail_chunks = NULL)
+  # resuming fits only the failed genes (a marker in a kept gene survives), locally or on workers
+  expect_identical(fut_fit(d, parallel = "future", resume = e$partial), local)
+  expect_identical(fut_fit(d, resume = e$partial), local)
+  marked <- e$partial
+  marked$pars[1, "fit_alpha"] <- 12345
+  r <- fut_fit(d, parallel = "future", resume = marked)
+  expect_identical(r$var["g1", "fit_alpha"], 12345 / marked$m_align[1])
+  expect_identical(r$var[-1, ], local$var[-1, ])
+  # a partial result of another run is refused
+  expect_error(fut_fit(d, resume = e$partial, max_iter = 10), "other settings \\(the fit options")
+  expect_error(fut_fit(d, resume = e$partial, t_max = 10), "other settings \\(t_max")
+  d2 <- d
+  d2$Ms[1, 1] <- d2$Ms[1, 1] + 1
+  expect_error(fut_fit(d2, resume = e$partial), "other values of 'x' \\(Ms\\) or 'Mu'")
+  expect_error(recover_dynamics(d$Ms[-1, ], d$Mu[-1, ], var_names = "all", resume = e$partial,
+                                progress = FALSE), "other genes or cells")
+})
+
+test_that("cluster (PSOCK) workers load the installed package and give the local result", {
+  skip_if_not_installed("parallelly")
+  d <- fut_data(n_obs = 100, n_vars = 8)
+  local <- fut_fit(d)
+  old <- future::plan(future::cluster, workers = 2)
+  withr::defer(future::plan(old))
+  # the workers find scnative where this session does (e.g. a private library in R_LIBS)
+  expect_identical(future::value(future::future(find.package("scnative"))),
+                   find.package("scnative"))
+  expect_identical(fut_fit(d, parallel = "future", chunk_size = 3), local)
+})
+
+test_that("argument checks", {
+  d <- fut_data(n_obs = 30, n_vars = 2)
+  expect_error(fut_fit(d, parallel = "cluster"), "'parallel' must be one of")
+  expect_error(fut_fit(d, parallel = "future", chunk_size = 0), "'chunk_size'")
+  expect_error(fut_fit(d, parallel = "future", chunk_size = 2.5), "'chunk_size'")
+  expect_error(fut_fit(d, parallel = "future", resume = list()), "'resume' must be NULL")
+  expect_error(recover_dynamics(d$Ms, d$Mu, var_names = "all", parallel = "future",
+                                threads = 0, progress = FALSE), "'threads'")
+})
