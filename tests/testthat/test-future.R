@@ -1,5 +1,6 @@
-# recover_dynamics(parallel = "future"): gene chunks on future workers give the local result
-# bit for bit; failed chunks are named and resumed; argument checks.
+# recover_dynamics() and velocity_graph() with parallel = "future": gene / cell chunks on
+# future workers give the local result bit for bit; failed chunks are named and resumed;
+# argument checks.
 
 skip_if_not_installed("future")
 skip_if_not_installed("withr")
@@ -88,6 +89,45 @@ test_that("cluster (PSOCK) workers load the installed package and give the local
   expect_identical(fut_fit(d, parallel = "future", chunk_size = 3), local)
 })
 
+test_that("velocity_graph on multisession workers gives the local graph; failed chunks resume", {
+  sim <- simulate_velocity(n_obs = 300, n_vars = 10, random_seed = 5)
+  m <- moments(sim$spliced, sim$unspliced, n_neighbors = 10, normalize = FALSE)
+  f <- recover_dynamics(m$Ms, m$Mu, var_names = "all", threads = 1, max_iter = 5,
+                        progress = FALSE)
+  v <- velocity(f, m$Ms, m$Mu)
+  vg <- function(...) velocity_graph(v, m$Ms, m$distances, velocity_genes = rep(TRUE, 10),
+                                     threads = 1, progress = FALSE, ...)
+  local <- vg()
+  expect_gt(Matrix::nnzero(local$graph), 1000)
+  # a chunk's task holds the cells its cells reach, the index renumbered among them
+  nb <- scnative:::knn_indices(m$distances, 300) - 1L
+  prep <- list(as.raw(1:40), as.raw(1:40), as.double(1:10), as.double(1:10))
+  nb10 <- nb[, 1:10] # 10 cells whose neighbours are cells 1..10 too: a closed set
+  nb10[nb10 >= 10L] <- -1L
+  t1 <- scnative:::graph_chunk_task(prep, nb10, 2L, 2L, 4L)
+  reach <- sort(unique(c(3:4, nb10[, 3:4][nb10[, 3:4] >= 0] + 1L,
+                         {n1 <- nb10[, 3:4][nb10[, 3:4] >= 0] + 1L; nb10[, n1][nb10[, n1] >= 0] + 1L})))
+  expect_identical(t1$cells, reach)
+  expect_identical(t1$vnorm, as.double(reach))
+  expect_identical(t1$from, match(3L, reach) - 1L)
+  old <- future::plan(future::multisession, workers = 2)
+  withr::defer(future::plan(old))
+  expect_identical(vg(parallel = "future"), local)
+  withr::local_options(scnative.future_fail_chunks = 2L)
+  e <- tryCatch(vg(parallel = "future", chunk_size = 100), error = function(e) e)
+  expect_s3_class(e, "scnative_chunk_error")
+  expect_match(conditionMessage(e),
+               "1 of 3 cell chunks failed on the future workers (200 of 300 cells are done", fixed = TRUE)
+  expect_match(conditionMessage(e), "chunk 2 of 3 (100 cells: 100, 101, 102, ..., 199)", fixed = TRUE)
+  withr::local_options(scnative.future_fail_chunks = NULL)
+  expect_identical(vg(parallel = "future", chunk_size = 40, resume = e$partial), local)
+  expect_identical(vg(resume = e$partial), local)
+  expect_error(vg(resume = e$partial, n_recurse_neighbors = 1), "other data or settings \\(n_recurse")
+  expect_error(velocity_graph(v, m$Ms, m$distances, velocity_genes = rep(TRUE, 10), threads = 1,
+                              progress = FALSE, sqrt_transform = TRUE, resume = e$partial),
+               "sqrt_transform")
+})
+
 test_that("argument checks", {
   d <- fut_data(n_obs = 30, n_vars = 2)
   expect_error(fut_fit(d, parallel = "cluster"), "'parallel' must be one of")
@@ -96,4 +136,12 @@ test_that("argument checks", {
   expect_error(fut_fit(d, parallel = "future", resume = list()), "'resume' must be NULL")
   expect_error(recover_dynamics(d$Ms, d$Mu, var_names = "all", parallel = "future",
                                 threads = 0, progress = FALSE), "'threads'")
+  sim <- simulate_velocity(n_obs = 40, n_vars = 3)
+  m <- moments(sim$spliced, sim$unspliced, n_neighbors = 5, normalize = FALSE)
+  v <- sim$spliced * 0 + 1
+  v[] <- stats::rnorm(length(v))
+  expect_error(velocity_graph(v, m$Ms, m$distances, parallel = NA), "'parallel' must be one of")
+  expect_error(velocity_graph(v, m$Ms, m$distances, parallel = "future", chunk_size = -1),
+               "'chunk_size'")
+  expect_error(velocity_graph(v, m$Ms, m$distances, resume = d), "'resume' must be NULL")
 })
