@@ -104,7 +104,9 @@ dynamics_par_names <- c("alpha", "beta", "gamma", "t_", "scaling", "std_u", "std
 #'     fit <- recover_dynamics(Ms, Mu, parallel = "future", resume = fit$partial)
 #'   ```
 #'   `resume` checks that genes, cells, settings and the fitted genes' data are those of the
-#'   failed run. It also works with `parallel = "local"`.
+#'   failed run. It also works with `parallel = "local"`. [velocity()] (gene chunks) and
+#'   [velocity_graph()] (ranges of cells) take the same `parallel`, `chunk_size` and `resume`
+#'   arguments. `vignette("cluster")` shows a Slurm setup.
 #' @return An object of class `scnative_dynamics`: a list with `var` (data.frame, one row
 #'   per input gene: `fit_alpha`, `fit_beta`, `fit_gamma`, `fit_t_`, `fit_scaling`,
 #'   `fit_std_u`, `fit_std_s`, `fit_likelihood`, `fit_u0`, `fit_s0`, `fit_pval_steady`,
@@ -337,8 +339,7 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
 
   if (parallel == "local") {
     chunk <- max(256L, 128L * n_threads) # genes per .Call: fewer barriers, progress every ~2 s
-    starts <- seq(1L, length(todo), by = chunk)
-    if (!length(todo)) starts <- integer(0)
+    starts <- if (length(todo)) seq(1L, length(todo), by = chunk) else integer(0)
     pb <- NULL
     if (progress && length(todo)) {
       pb <- utils::txtProgressBar(min = 0, max = length(todo), style = 3)

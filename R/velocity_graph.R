@@ -117,7 +117,9 @@ group_sums <- function(x, g, n) {
 #'   [recover_dynamics()], section Running on a cluster, and `vignette("cluster")`.
 #' @param chunk_size With `parallel = "future"`: `NULL` (about two chunks per worker) or the
 #'   cells per chunk. A chunk carries the data of the cells its cells reach: with cells in an
-#'   order that keeps neighbours close (clusters, samples), smaller chunks carry less.
+#'   order that keeps neighbours close (clusters, samples), smaller chunks carry less. (future
+#'   refuses a future whose data exceed `getOption("future.globals.maxSize")`, 500 MiB by
+#'   default: raise it, or give smaller chunks.)
 #' @param resume `NULL` or the `partial` element of the error (class `scnative_chunk_error`)
 #'   of a failed `parallel = "future"` run: only the cells of the failed chunks are computed.
 #' @param ... Passed to methods.

@@ -89,12 +89,13 @@ test_that("cluster (PSOCK) workers load the installed package and give the local
   expect_identical(fut_fit(d, parallel = "future", chunk_size = 3), local)
 })
 
-test_that("velocity_graph on multisession workers gives the local graph; failed chunks resume", {
+test_that("velocity and velocity_graph on multisession workers give the local results; resume", {
   sim <- simulate_velocity(n_obs = 300, n_vars = 10, random_seed = 5)
   m <- moments(sim$spliced, sim$unspliced, n_neighbors = 10, normalize = FALSE)
   f <- recover_dynamics(m$Ms, m$Mu, var_names = "all", threads = 1, max_iter = 5,
-                        progress = FALSE)
+                        connectivities = m$connectivities, progress = FALSE)
   v <- velocity(f, m$Ms, m$Mu)
+  expect_false(anyNA(v$velocity))
   vg <- function(...) velocity_graph(v, m$Ms, m$distances, velocity_genes = rep(TRUE, 10),
                                      threads = 1, progress = FALSE, ...)
   local <- vg()
@@ -112,8 +113,17 @@ test_that("velocity_graph on multisession workers gives the local graph; failed 
   expect_identical(t1$from, match(3L, reach) - 1L)
   old <- future::plan(future::multisession, workers = 2)
   withr::defer(future::plan(old))
+  expect_identical(velocity(f, m$Ms, m$Mu, parallel = "future", chunk_size = 3), v)
+  expect_identical(velocity(f, m$Ms, m$Mu, connectivities = NULL, parallel = "future"),
+                   velocity(f, m$Ms, m$Mu, connectivities = NULL))
   expect_identical(vg(parallel = "future"), local)
   withr::local_options(scnative.future_fail_chunks = 2L)
+  ev <- tryCatch(velocity(f, m$Ms, m$Mu, parallel = "future", chunk_size = 4), error = function(e) e)
+  expect_s3_class(ev, "scnative_chunk_error")
+  expect_match(conditionMessage(ev), "chunk 2 of 3 (4 genes: 4, 5, 6, 7)", fixed = TRUE)
+  expect_identical(ev$partial$done, c(1:4, 9:10))
+  expect_identical(velocity(f, m$Ms, m$Mu, resume = ev$partial), v)
+  expect_error(velocity(f, m$Ms, m$Mu, connectivities = NULL, resume = ev$partial), "connectivities")
   e <- tryCatch(vg(parallel = "future", chunk_size = 100), error = function(e) e)
   expect_s3_class(e, "scnative_chunk_error")
   expect_match(conditionMessage(e),
