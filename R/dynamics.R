@@ -399,9 +399,9 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
       msg <- sprintf(paste0("recover_dynamics: %d of %d gene chunks failed on the future workers ",
                             "(%d of %d genes to fit are done and kept):\n%s\n",
                             "Rerun the same call with 'resume = e$partial' (e: this error, e.g. from ",
-                            "tryCatch()) to fit only the genes of the failed chunks."),
+                            "tryCatch()) to fit only the genes of the failed chunks.%s"),
                      sum(failed), length(chunks), sum(acc$done[idx]), length(idx),
-                     paste0("  ", lines, collapse = "\n"))
+                     paste0("  ", lines, collapse = "\n"), future_error_hint(run$errors))
       stop(structure(class = c("scnative_chunk_error", "error", "condition"),
                      list(message = msg, call = NULL, partial = partial,
                           failed = lapply(which(failed), function(k) genes[todo[chunks[[k]]]]),

@@ -76,3 +76,11 @@ describe_failed_chunks <- function(errors, chunks, names, what = "genes") {
             trimws(conditionMessage(errors[[k]])))
   }, "")
 }
+
+# A hint added to the error when a worker died or could not be reached (future's FutureError):
+# its plan must be set again to start fresh workers before resuming.
+future_error_hint <- function(errors) {
+  if (!any(vapply(errors, inherits, TRUE, "FutureError"))) return("")
+  paste0("\nA worker died or could not be reached (later chunks sent to it fail too): set the ",
+         "plan again (e.g. future::plan(future::multisession)) to start fresh workers first.")
+}

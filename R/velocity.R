@@ -518,9 +518,9 @@ velocity.scnative_dynamics <- function(x, Ms, Mu, mode = "dynamical",
       msg <- sprintf(paste0("velocity: %d of %d gene chunks failed on the future workers ",
                             "(%d of %d fitted genes are done and kept):\n%s\n",
                             "Rerun the same call with 'resume = e$partial' (e: this error, e.g. from ",
-                            "tryCatch()) to compute only the genes of the failed chunks."),
+                            "tryCatch()) to compute only the genes of the failed chunks.%s"),
                      sum(failed), length(chunks), sum(done[g]), length(g),
-                     paste0("  ", lines, collapse = "\n"))
+                     paste0("  ", lines, collapse = "\n"), future_error_hint(run$errors))
       stop(structure(class = c("scnative_chunk_error", "error", "condition"),
                      list(message = msg, call = NULL, partial = partial,
                           failed = lapply(which(failed), function(k) gn[todo[chunks[[k]]]]),

@@ -253,8 +253,9 @@ velocity_graph.default <- function(x, Ms, distances, velocity_genes = NULL,
       msg <- sprintf(paste0("velocity_graph: %d of %d cell chunks failed on the future workers ",
                             "(%d of %d cells are done and kept):\n%s\n",
                             "Rerun the same call with 'resume = e$partial' (e: this error, e.g. from ",
-                            "tryCatch()) to compute only the cells of the failed chunks."),
-                     sum(failed), length(ranges), done_n, n, paste0("  ", lines, collapse = "\n"))
+                            "tryCatch()) to compute only the cells of the failed chunks.%s"),
+                     sum(failed), length(ranges), done_n, n, paste0("  ", lines, collapse = "\n"),
+                     future_error_hint(run$errors))
       stop(structure(class = c("scnative_chunk_error", "error", "condition"),
                      list(message = msg, call = NULL, partial = partial,
                           failed = lapply(ranges[failed], function(r) nm[(r[1L] + 1L):r[2L]]),

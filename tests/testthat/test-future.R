@@ -138,6 +138,24 @@ test_that("velocity and velocity_graph on multisession workers give the local re
                "sqrt_transform")
 })
 
+test_that("a worker that dies: its chunk and the later ones on it fail, the others are kept", {
+  old <- future::plan(future::multisession, workers = 2)
+  withr::defer(future::plan(old))
+  w <- function(task, shared, threads, p) {
+    if (task == 2) tools::pskill(Sys.getpid(), tools::SIGKILL)
+    task * 10
+  }
+  r <- scnative:::future_run_chunks(as.list(1:4), w, NULL, 1L, NULL, paste("chunk", 1:4))
+  expect_identical(r$values[[1]], 10)
+  expect_s3_class(r$errors[[2]], "FutureError")
+  ok <- !vapply(r$errors, is.null, TRUE)
+  expect_identical(unlist(r$values[!ok]), 10 * which(!ok))
+  lines <- scnative:::describe_failed_chunks(r$errors, as.list(1:4), paste0("g", 1:4))
+  expect_match(lines[1], "^chunk 2 of 4 \\(1 genes: g2\\): ")
+  expect_match(scnative:::future_error_hint(r$errors), "set the plan again")
+  expect_identical(scnative:::future_error_hint(list(NULL, simpleError("x"))), "")
+})
+
 test_that("argument checks", {
   d <- fut_data(n_obs = 30, n_vars = 2)
   expect_error(fut_fit(d, parallel = "cluster"), "'parallel' must be one of")
