@@ -66,14 +66,53 @@ dynamics_par_names <- c("alpha", "beta", "gamma", "t_", "scaling", "std_u", "std
 #' @param perc Percentile (0-100) used to trim the weighted cells (default 99).
 #' @param dtype `"float32"` (default) or `"float64"`: the precision of upstream's `Ms`/`Mu`
 #'   layers whose arithmetic is reproduced (see the Precision section).
-#' @param threads `NULL` (package default) or a positive whole number of threads.
-#' @param progress Logical: show a progress bar.
+#' @param threads `NULL` (package default) or a positive whole number of threads. With
+#'   `parallel = "future"`: the threads of each worker (`NULL`: 1).
+#' @param progress Logical: show a progress bar. With `parallel = "future"` progress is
+#'   signalled through \pkg{progressr} (when installed) unless `progress = FALSE` is given;
+#'   enable it with `progressr::handlers(global = TRUE)` or `progressr::with_progress()`.
+#' @param parallel `"local"` (default: OpenMP threads in this R session) or `"future"`: the
+#'   genes go in chunks to the workers of the current [future::plan()] (see the section
+#'   Running on a cluster).
+#' @param chunk_size With `parallel = "future"`: `NULL` or a positive whole number, the genes
+#'   per chunk (one future each). `NULL`: about four chunks per worker, at most about 64 MB of
+#'   `Ms`/`Mu` per chunk.
+#' @param resume `NULL` or the `partial` element of the error of a failed
+#'   `parallel = "future"` run: the genes it fitted are taken as they are, only the others are
+#'   fitted (see the section Running on a cluster).
 #' @param ... Passed to methods.
+#' @section Running on a cluster: Genes are fitted independently: no quantity is shared between
+#'   genes and no random numbers are drawn, so the genes can be split among any number of
+#'   processes without changing any result. With `parallel = "future"` they go in chunks of
+#'   `chunk_size` genes, one \pkg{future} per chunk, to whatever [future::plan()] is set:
+#'   `multisession` (background R sessions on this machine), `cluster` (R sessions on other
+#'   machines), `future.batchtools::batchtools_slurm` (one Slurm job per chunk; give a
+#'   `chunk_size` large enough to outweigh the job's start). Every worker loads the installed
+#'   scnative and runs the same C fit on its chunk's rows of `Ms`/`Mu` with `threads` threads;
+#'   the chunks are merged in order, and the result is identical to `parallel = "local"` with
+#'   the same `threads` (`identical()`), provided the machines have the same CPU features (the
+#'   fit mirrors numpy's sort, whose ties differ on CPUs with AVX-512).
+#'
+#'   When chunks fail (a worker dies, a job is killed, an error), the others still run, and
+#'   the error, of class `scnative_chunk_error`, names every failed chunk (its genes and the
+#'   worker's message) and carries in `partial` every gene already fitted. Rerun the same call
+#'   with `resume = partial` to fit only the missing genes:
+#'   ```
+#'   fit <- tryCatch(recover_dynamics(Ms, Mu, parallel = "future"),
+#'                   scnative_chunk_error = function(e) e)
+#'   if (inherits(fit, "scnative_chunk_error"))
+#'     fit <- recover_dynamics(Ms, Mu, parallel = "future", resume = fit$partial)
+#'   ```
+#'   `resume` checks that genes, cells, settings and the fitted genes' data are those of the
+#'   failed run. It also works with `parallel = "local"`. [velocity()] (gene chunks) and
+#'   [velocity_graph()] (ranges of cells) take the same `parallel`, `chunk_size` and `resume`
+#'   arguments. `vignette("cluster")` shows a Slurm setup.
 #' @return An object of class `scnative_dynamics`: a list with `var` (data.frame, one row
 #'   per input gene: `fit_alpha`, `fit_beta`, `fit_gamma`, `fit_t_`, `fit_scaling`,
 #'   `fit_std_u`, `fit_std_s`, `fit_likelihood`, `fit_u0`, `fit_s0`, `fit_pval_steady`,
 #'   `fit_steady_u`, `fit_steady_s`, `fit_variance`, `fit_alignment_scaling`, and `fit_r2`
-#'   when computed; `NA` for genes not fitted), `layers` (`fit_t`, `fit_tau`, `fit_tau_`,
+#'   when computed; `NA` for genes not fitted, `fit_likelihood` also `NA` for a gene whose
+#'   moments are constant: no variance, upstream's `NaN`), `layers` (`fit_t`, `fit_tau`, `fit_tau_`,
 #'   genes x cells), `uns` (`recover_dynamics` settings), `loss` (genes x steps accepted
 #'   losses), `connectivities` (the normalised graph used, or `NULL`) and `settings`.
 #' @examples
@@ -109,7 +148,8 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
                                      load_pars = NULL, steady_state_prior = NULL,
                                      add_key = "fit", connectivities = NULL, var = NULL,
                                      perc = 99, dtype = c("float32", "float64"), threads = NULL,
-                                     progress = interactive(), ...) {
+                                     progress = interactive(), parallel = c("local", "future"),
+                                     chunk_size = NULL, resume = NULL, ...) {
   # 'x' is Ms (may be given as Ms =)
   Ms <- as_checked_matrix(x, "x", nonneg = TRUE, max_abs = dyn_max_abs, why = dyn_max_why)
   Mu <- as_checked_matrix(Mu, "Mu", nonneg = TRUE, max_abs = dyn_max_abs, why = dyn_max_why)
@@ -151,7 +191,18 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
   check_number(perc, "perc", min = 0, max = 100)
   dtype <- check_choice(dtype, c("float32", "float64"), "dtype")
   check_flag(progress, "progress")
-  n_threads <- resolve_threads(threads)
+  parallel <- check_parallel(parallel)
+  if (parallel == "future") { # threads of each worker: 1 unless given
+    if (!is.null(threads)) check_number(threads, "threads", min = 1, whole = TRUE)
+    n_threads <- if (is.null(threads)) 1L else as.integer(threads)
+  } else {
+    n_threads <- resolve_threads(threads)
+  }
+  worker_threads <- n_threads
+  if (!is.null(chunk_size)) check_number(chunk_size, "chunk_size", min = 1, whole = TRUE)
+  if (!is.null(resume) && !inherits(resume, "scnative_dynamics_partial")) {
+    stopf("'resume' must be NULL or the 'partial' element of the error of a failed recover_dynamics(parallel = \"future\") run")
+  }
   if (!is.null(n_top_genes)) check_number(n_top_genes, "n_top_genes", min = 1, whole = TRUE)
   if (!is.null(steady_state_prior)) {
     if (!is.logical(steady_state_prior) || length(steady_state_prior) != n_cells ||
@@ -258,54 +309,113 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
              as.integer(dtype == "float32"))
   dopts <- c(if (is.logical(fit_scaling)) 0 else as.double(fit_scaling), as.double(perc))
 
-  chunk <- max(256L, 128L * n_threads) # genes per .Call: fewer barriers, progress every ~2 s
-  starts <- seq(1L, length(idx), by = chunk)
-  pb <- NULL
-  if (progress) {
-    pb <- utils::txtProgressBar(min = 0, max = length(idx), style = 3)
-    on.exit(close(pb), add = TRUE)
-  }
-  fitted <- logical(n_genes)
-  m_align <- rep(1, n_genes)
-  unrec <- character(0)
-  loss_rows <- vector("list", n_genes)
+  key <- list(genes = genes, cells = cells, sel = sel, iopts = iopts, dopts = dopts,
+              align = align_target(t_max), prior = steady_state_prior,
+              conn = if (is.null(conn)) NULL else c(length(conn@x), sum(conn@x)),
+              load = !is.null(load_pars))
+  acc <- list(pars = pars, fitted = logical(n_genes), done = logical(n_genes),
+              m_align = rep(1, n_genes), loss_rows = vector("list", n_genes))
   layers <- list(T_, Tau, Tau_)
-  align <- if (isFALSE(t_max)) NA_real_ else if (is.null(t_max)) 20 else as.double(t_max)
+  if (!is.null(resume)) { # genes a failed run already fitted (see the Cluster section)
+    resume <- check_dynamics_resume(resume, key, Ms, Mu)
+    d <- resume$done
+    acc$done[d] <- TRUE
+    acc$fitted[d] <- resume$fitted
+    acc$pars[d, ] <- resume$pars
+    acc$m_align[d] <- resume$m_align
+    acc$loss_rows[d] <- resume$loss_rows
+    T_[d, ] <- resume$layers[[1]]
+    Tau[d, ] <- resume$layers[[2]]
+    Tau_[d, ] <- resume$layers[[3]]
+    layers <- list(T_, Tau, Tau_)
+    resume <- NULL
+  }
+  todo <- idx[!acc$done[idx]]
+  align <- key$align
   load_t <- NULL
   if (!is.null(load_pars)) {
     load_t <- load_pars$layers$fit_t
     if (!is.double(load_t)) storage.mode(load_t) <- "double"
   }
-  for (st in starts) {
-    ii <- idx[st:min(st + chunk - 1L, length(idx))]
-    load <- NULL
-    if (!is.null(load_pars)) {
-      lv <- load_pars$var[ii, , drop = FALSE]
-      get <- function(nm) if (nm %in% names(lv)) as.double(lv[[nm]]) else rep(NA_real_, length(ii))
-      lp <- cbind(get("fit_alpha"), get("fit_beta"), get("fit_gamma"), get("fit_t_"),
-                  get("fit_scaling"), get("fit_steady_u"), get("fit_steady_s"),
-                  get("fit_pval_steady"))
-      load <- list(lp, load_t)
+  prior <- if (is.null(steady_state_prior)) NULL else as.logical(steady_state_prior)
+
+  if (parallel == "local") {
+    chunk <- max(256L, 128L * n_threads) # genes per .Call: fewer barriers, progress every ~2 s
+    starts <- if (length(todo)) seq(1L, length(todo), by = chunk) else integer(0)
+    pb <- NULL
+    if (progress && length(todo)) {
+      pb <- utils::txtProgressBar(min = 0, max = length(todo), style = 3)
+      on.exit(close(pb), add = TRUE)
     }
-    # one .Call fits the chunk's genes (reading their rows of Ms/Mu) and writes their rows
-    # of the layers, times multiplied by each gene's alignment factor (spec 6.3)
-    res <- .Call(C_scnative_dynamics_fit, Ms, Mu, as.integer(ii - 1L), conn_list, iopts, dopts,
-                 if (is.null(steady_state_prior)) NULL else as.logical(steady_state_prior),
-                 load, layers, align, n_threads)
-    ok <- res[[3]] == 1L
-    if (any(res[[3]] == 2L)) stopf("internal error: loss history overflow; please report it")
-    unrec <- c(unrec, genes[ii[!ok]])
-    g <- ii[ok]
-    fitted[g] <- TRUE
-    pars[g, ] <- res[[1]][ok, , drop = FALSE]
-    m_align[g] <- res[[4]][ok]
-    for (k in which(ok)) {
-      l <- res[[2]][k, ]
-      loss_rows[[ii[k]]] <- l[!is.na(l)]
+    for (st in starts) {
+      ii <- todo[st:min(st + chunk - 1L, length(todo))]
+      load <- if (is.null(load_pars)) NULL else list(dyn_load_pars(load_pars$var, ii), load_t)
+      # one .Call fits the chunk's genes (reading their rows of Ms/Mu) and writes their rows
+      # of the layers, times multiplied by each gene's alignment factor (spec 6.3)
+      res <- .Call(C_scnative_dynamics_fit, Ms, Mu, as.integer(ii - 1L), conn_list, iopts, dopts,
+                   prior, load, layers, align, n_threads)
+      acc <- dyn_merge(acc, ii, res)
+      if (!is.null(pb)) utils::setTxtProgressBar(pb, min(st + chunk - 1L, length(todo)))
+      if (.Call(C_scnative_interrupt_pending)) stopf("recover_dynamics: interrupted by the user")
     }
-    if (!is.null(pb)) utils::setTxtProgressBar(pb, min(st + chunk - 1L, length(idx)))
-    if (.Call(C_scnative_interrupt_pending)) stopf("recover_dynamics: interrupted by the user")
+  } else if (length(todo)) {
+    layers <- NULL # T_, Tau, Tau_ take the workers' rows below
+    # every chunk is fitted by the same .Call on a worker, on its own rows of Ms/Mu: a gene's
+    # fit reads nothing of other genes and draws no random numbers, so the chunking does not
+    # change any result (spec: scVelo dynamics, every stage is per gene)
+    size <- future_chunk_size(chunk_size, length(todo), n_cells * 8 * (if (is.null(load_pars)) 2 else 5))
+    chunks <- split_chunks(length(todo), size)
+    tasks <- lapply(chunks, function(ch) {
+      ii <- todo[ch]
+      list(Ms = Ms[ii, , drop = FALSE], Mu = Mu[ii, , drop = FALSE],
+           load = if (!is.null(load_pars)) dyn_load_pars(load_pars$var, ii),
+           layers = if (!is.null(load_pars)) list(T_[ii, , drop = FALSE], Tau[ii, , drop = FALSE],
+                                                  Tau_[ii, , drop = FALSE]))
+    })
+    fail <- getOption("scnative.future_fail_chunks") # for tests: chunks that fail on purpose
+    for (k in intersect(fail, seq_along(tasks))) tasks[[k]]$fail <- TRUE
+    shared <- list(conn = conn_list, iopts = iopts, dopts = dopts, prior = prior, align = align)
+    p <- future_progressor(length(todo), !(!missing(progress) && isFALSE(progress)))
+    run <- future_run_chunks(tasks, dynamics_chunk_worker, shared, worker_threads, p,
+                             sprintf("recover_dynamics chunk %d", seq_along(tasks)))
+    rm(tasks)
+    for (k in seq_along(chunks)) {
+      v <- run$values[[k]]
+      if (is.null(v)) next
+      ii <- todo[chunks[[k]]]
+      acc <- dyn_merge(acc, ii, v$res)
+      T_[ii, ] <- v$layers[[1]]
+      Tau[ii, ] <- v$layers[[2]]
+      Tau_[ii, ] <- v$layers[[3]]
+      run$values[k] <- list(NULL)
+    }
+    failed <- !vapply(run$errors, is.null, TRUE)
+    if (any(failed)) {
+      d <- which(acc$done)
+      partial <- structure(list(
+        key = key, done = d, fitted = acc$fitted[d], pars = acc$pars[d, , drop = FALSE],
+        m_align = acc$m_align[d], loss_rows = acc$loss_rows[d],
+        layers = list(T_[d, , drop = FALSE], Tau[d, , drop = FALSE], Tau_[d, , drop = FALSE]),
+        check = dyn_resume_check(Ms, Mu, d)), class = "scnative_dynamics_partial")
+      lines <- describe_failed_chunks(run$errors, chunks, genes[todo])
+      msg <- sprintf(paste0("recover_dynamics: %d of %d gene chunks failed on the future workers ",
+                            "(%d of %d genes to fit are done and kept):\n%s\n",
+                            "Rerun the same call with 'resume = e$partial' (e: this error, e.g. from ",
+                            "tryCatch()) to fit only the genes of the failed chunks.%s"),
+                     sum(failed), length(chunks), sum(acc$done[idx]), length(idx),
+                     paste0("  ", lines, collapse = "\n"), future_error_hint(run$errors))
+      stop(structure(class = c("scnative_chunk_error", "error", "condition"),
+                     list(message = msg, call = NULL, partial = partial,
+                          failed = lapply(which(failed), function(k) genes[todo[chunks[[k]]]]),
+                          errors = run$errors[failed])))
+    }
   }
+  pars <- acc$pars
+  fitted <- acc$fitted
+  m_align <- acc$m_align
+  loss_rows <- acc$loss_rows
+  unrec <- genes[idx[acc$done[idx] & !fitted[idx]]]
+  rm(acc)
   if (length(unrec)) {
     warnf("%d gene(s) not recoverable due to insufficient samples (<= 2 cells with Mu > 0 and Ms > 0): %s",
           length(unrec), paste(utils::head(unrec, 10), collapse = ", "))
@@ -339,6 +449,9 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
     pars[fidx, "fit_t_"] <- pars[fidx, "fit_t_"] * mf
     mz[!is.na(mz) & mz == 1] <- NA_real_
   }
+  # a gene without variance (constant moments: the residual variance is 0 or a rounding
+  # error below it) has no likelihood; upstream's 0/0 leaves NaN
+  pars[is.nan(pars[, "fit_likelihood"]), "fit_likelihood"] <- NA_real_
   out_var <- as.data.frame(pars)
   out_var$fit_alignment_scaling <- if (isFALSE(t_max) && is.null(mz_prev)) NA_real_ else mz
   if (isFALSE(t_max) && !is.null(mz_prev)) out_var$fit_alignment_scaling <- mz_prev
@@ -383,6 +496,85 @@ normalise_connectivities <- function(connectivities, n_cells, cells = NULL) {
   C <- methods::as(C, "CsparseMatrix")
   C@x <- .Call(C_scnative_dynamics_f32, C@x)
   C
+}
+
+# The alignment target handed to the C core: NA (no alignment), 20 or t_max (spec 6.3).
+align_target <- function(t_max) {
+  if (isFALSE(t_max)) NA_real_ else if (is.null(t_max)) 20 else as.double(t_max)
+}
+
+# The loaded parameters of genes 'ii' as the C core reads them (one row per gene).
+dyn_load_pars <- function(lv, ii) {
+  lv <- lv[ii, , drop = FALSE]
+  get <- function(nm) if (nm %in% names(lv)) as.double(lv[[nm]]) else rep(NA_real_, length(ii))
+  cbind(get("fit_alpha"), get("fit_beta"), get("fit_gamma"), get("fit_t_"), get("fit_scaling"),
+        get("fit_steady_u"), get("fit_steady_s"), get("fit_pval_steady"))
+}
+
+# Takes one .Call result for genes 'ii' into the per-gene accumulators.
+dyn_merge <- function(acc, ii, res) {
+  if (any(res[[3]] == 2L)) stopf("internal error: loss history overflow; please report it")
+  ok <- res[[3]] == 1L
+  g <- ii[ok]
+  acc$done[ii] <- TRUE
+  acc$fitted[g] <- TRUE
+  acc$pars[g, ] <- res[[1]][ok, , drop = FALSE]
+  acc$m_align[g] <- res[[4]][ok]
+  for (k in which(ok)) {
+    l <- res[[2]][k, ]
+    acc$loss_rows[[ii[k]]] <- l[!is.na(l)]
+  }
+  acc
+}
+
+# Row sums of the done genes' Ms and Mu: a resumed run must see the same data.
+dyn_resume_check <- function(Ms, Mu, d) {
+  list(Ms = rowSums(Ms[d, , drop = FALSE]), Mu = rowSums(Mu[d, , drop = FALSE]))
+}
+
+# A partial result handed to 'resume' must come from the same call (data, genes, settings).
+check_dynamics_resume <- function(resume, key, Ms, Mu) {
+  same <- function(a, b) isTRUE(all.equal(a, b, check.attributes = FALSE, tolerance = 0))
+  if (!identical(resume$key$genes, key$genes) || !identical(resume$key$cells, key$cells)) {
+    stopf("'resume' comes from a run on other genes or cells")
+  }
+  for (nm in c("sel", "iopts", "dopts", "align", "prior", "conn", "load")) {
+    if (!same(resume$key[[nm]], key[[nm]])) {
+      stopf("'resume' comes from a run with other settings (%s differs): rerun with the same arguments",
+            switch(nm, sel = "the genes to fit", iopts = , dopts = "the fit options",
+                   align = "t_max", prior = "steady_state_prior", conn = "connectivities",
+                   load = "load_pars"))
+    }
+  }
+  d <- resume$done
+  if (!is.integer(d) || anyNA(d) || any(d < 1L | d > length(key$genes)) || anyDuplicated(d) ||
+      length(resume$fitted) != length(d) || !identical(dim(resume$pars), c(length(d), length(dynamics_par_names))) ||
+      length(resume$layers) != 3L ||
+      !all(vapply(resume$layers, function(m) identical(dim(m), c(length(d), length(key$cells))), TRUE))) {
+    stopf("'resume' is damaged (its parts do not fit together)")
+  }
+  if (!identical(dyn_resume_check(Ms, Mu, d), resume$check)) {
+    stopf("'resume' comes from a run on other values of 'x' (Ms) or 'Mu'")
+  }
+  resume
+}
+
+# Runs on a future worker: the local fit of one chunk of genes (rows of task$Ms/Mu).
+dynamics_chunk_worker <- function(task, shared, threads, p) {
+  if (isTRUE(task$fail)) stop("failing on purpose (option scnative.future_fail_chunks)")
+  G <- nrow(task$Ms)
+  n <- ncol(task$Ms)
+  layers <- lapply(1:3, function(k) { # fresh matrices: the C core writes into them
+    m <- matrix(NA_real_, G, n)
+    if (!is.null(task$layers)) m[] <- task$layers[[k]]
+    m
+  })
+  load <- if (!is.null(task$load)) list(task$load, task$layers[[1]]) # read only
+  res <- .Call(C_scnative_dynamics_fit, task$Ms, task$Mu, seq_len(G) - 1L, shared$conn,
+               shared$iopts, shared$dopts, shared$prior, load, layers, shared$align,
+               resolve_threads(threads))
+  if (!is.null(p)) p(amount = G)
+  list(res = res, layers = layers)
 }
 
 # Steady-state velocity genes and R^2 (spec 8.1, 5.5).

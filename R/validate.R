@@ -165,7 +165,7 @@ vf_history <- function(h, path) {
     stopf("'%s' must be a data.frame with columns epoch and elbo_train", path)
   }
   e <- h$epoch
-  if (!is.numeric(e) || anyNA(e) || any(e != round(e)) || any(e < 0)) {
+  if (!is.numeric(e) || !all(is.finite(e)) || any(e != round(e)) || any(e < 0)) {
     stopf("'%s' must hold whole numbers >= 0", vf_path(path, "epoch"))
   }
   if (!is.numeric(h$elbo_train) || !all(is.finite(h$elbo_train))) {

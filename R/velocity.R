@@ -405,6 +405,15 @@ ode_s <- function(tau, s0, u0, a, b, g) {
 #'   row-normalised as scVelo's `get_connectivities`); default: the one the fit used. `NULL`
 #'   turns smoothing off (upstream requires a graph unless `use_raw`).
 #' @param min_likelihood,min_r2 Thresholds for `velocity_genes` (defaults 1e-3 and 1e-2).
+#' @param parallel `"local"` (default) or `"future"`: chunks of genes go to the workers of the
+#'   current [future::plan()]; the result is identical to the local one. See
+#'   [recover_dynamics()], section Running on a cluster, and `vignette("cluster")`.
+#' @param chunk_size With `parallel = "future"`: `NULL` (about four chunks per worker, at most
+#'   about 64 MB of data each) or the genes per chunk.
+#' @param resume `NULL` or the `partial` element of the error (class `scnative_chunk_error`)
+#'   of a failed `parallel = "future"` run: only the genes of the failed chunks are computed.
+#' @param progress With `parallel = "future"`: progress is signalled through \pkg{progressr}
+#'   (when installed) unless `progress = FALSE` is given. (No progress bar otherwise.)
 #' @param ... Passed to methods.
 #' @return An object of class `scnative_velocity`: a list with `velocity` and `velocity_u`
 #'   (genes x cells, `NA` for unfitted genes), `var` (data.frame: `velocity_genes`,
@@ -429,8 +438,16 @@ velocity.default <- function(x, ...) {
 #' @export
 velocity.scnative_dynamics <- function(x, Ms, Mu, mode = "dynamical",
                                        connectivities = x$connectivities,
-                                       min_likelihood = 1e-3, min_r2 = 1e-2, ...) {
+                                       min_likelihood = 1e-3, min_r2 = 1e-2,
+                                       parallel = c("local", "future"), chunk_size = NULL,
+                                       resume = NULL, progress = interactive(), ...) {
   validate_dynamics(x, "x")
+  parallel <- check_parallel(parallel)
+  check_flag(progress, "progress")
+  if (!is.null(chunk_size)) check_number(chunk_size, "chunk_size", min = 1, whole = TRUE)
+  if (!is.null(resume) && !inherits(resume, "scnative_velocity_partial")) {
+    stopf("'resume' must be NULL or the 'partial' element of the error of a failed velocity(parallel = \"future\") run")
+  }
   check_string(mode, "mode")
   if (!identical(mode, "dynamical")) stopf("'mode' must be \"dynamical\", not '%s'", mode)
   check_number(min_likelihood, "min_likelihood")
@@ -450,63 +467,70 @@ velocity.scnative_dynamics <- function(x, Ms, Mu, mode = "dynamical",
   g <- which(!is.na(var$fit_alpha))
   vel <- matrix(NA_real_, nrow(Ms), n_cells, dimnames = dimnames(Ms))
   vel_u <- vel
-  if (length(g)) {
-    d <- dyn_state_distances(var, x$layers, Ms, Mu, g, basal, if (connect) C)
-    alpha <- d$alpha
-    beta <- d$beta
-    gamma <- d$gamma
-    t_ <- d$t_
-    scaling <- d$scaling
-    u <- d$u
-    s <- d$s
-    tau <- d$tau
-    tau_ <- d$tau_
-    u0_ <- d$u0_
-    s0_ <- d$s0_
-    ut <- d$ut
-    st <- d$st
-    ut_ <- d$ut_
-    st_ <- d$st_
-    varx <- d$varx
-    smooth <- function(m) if (connect) as.matrix(m %*% Matrix::t(C)) else m
-    lik <- lapply(d$res, function(r) {
-      1 / (2 * pi * sqrt(varx)) * exp(-0.5 * (r / varx))
+  key <- list(genes = rownames(Ms), cells = colnames(Ms), g = g, basal = basal, connect = connect,
+              C = if (connect) c(length(C@x), sum(C@x)))
+  done <- logical(nrow(Ms))
+  if (!is.null(resume)) {
+    resume <- check_velocity_resume(resume, key, var, Ms, Mu)
+    done[resume$done] <- TRUE
+    vel[resume$done, ] <- resume$velocity
+    vel_u[resume$done, ] <- resume$velocity_u
+  }
+  todo <- g[!done[g]]
+  if (parallel == "local" && length(todo)) {
+    r <- velocity_rows(var, x$layers, Ms, Mu, todo, basal, if (connect) C)
+    vel[todo, ] <- r$vt
+    vel_u[todo, ] <- r$wt
+  } else if (length(todo)) {
+    # gene chunks on the workers: every step is row-wise (one gene per row), so the chunking
+    # does not change any value
+    size <- future_chunk_size(chunk_size, length(todo), n_cells * 8 * 4)
+    chunks <- split_chunks(length(todo), size)
+    cols <- intersect(c("fit_alpha", "fit_beta", "fit_gamma", "fit_t_", "fit_scaling",
+                        "fit_std_u", "fit_std_s", "fit_u0", "fit_s0"), names(var))
+    tasks <- lapply(chunks, function(ch) {
+      ii <- todo[ch]
+      list(var = var[ii, cols, drop = FALSE], Ms = Ms[ii, , drop = FALSE],
+           Mu = Mu[ii, , drop = FALSE],
+           layers = list(fit_tau = x$layers$fit_tau[ii, , drop = FALSE],
+                         fit_tau_ = x$layers$fit_tau_[ii, , drop = FALSE]))
     })
-    k <- matrix(4L, nrow(s), n_cells)
-    best <- matrix(1e-6, nrow(s), n_cells)
-    for (j in 4:1) {
-      take <- !is.na(lik[[j]]) & lik[[j]] >= best
-      best[take] <- lik[[j]][take]
-      k[take] <- j - 1L
+    fail <- getOption("scnative.future_fail_chunks") # for tests: chunks that fail on purpose
+    for (k in intersect(fail, seq_along(tasks))) tasks[[k]]$fail <- TRUE
+    shared <- list(basal = basal, C = if (connect) C)
+    p <- future_progressor(length(todo), !(!missing(progress) && isFALSE(progress)))
+    run <- future_run_chunks(tasks, velocity_chunk_worker, shared, 1L, p,
+                             sprintf("velocity chunk %d", seq_along(tasks)))
+    rm(tasks)
+    for (k in seq_along(chunks)) {
+      v <- run$values[[k]]
+      if (is.null(v)) next
+      ii <- todo[chunks[[k]]]
+      vel[ii, ] <- v$vt
+      vel_u[ii, ] <- v$wt
+      done[ii] <- TRUE
+      run$values[k] <- list(NULL)
     }
-    t <- tau * (k == 1L) + (tau_ + t_) * (k == 0L)
-    if (connect) {
-      t <- smooth(t)
-      on <- (k < 2L) & (t < t_)
-      off <- (k < 2L) & (t >= t_)
-      o2 <- t < t_
-      tau2 <- t * o2 + (t - t_) * (1 - o2)
-      u0v <- 0 * o2 + u0_ * (1 - o2)
-      s0v <- 0 * o2 + s0_ * (1 - o2)
-      av <- alpha * o2 + 0 * (1 - o2)
-      ut <- ode_u(tau2, u0v, av, beta)
-      st <- ode_s(tau2, s0v, u0v, av, beta, gamma)
-      ut <- ut * on + ut * off
-      st <- st * on + st * off
-      av <- av * on
-    } else {
-      on <- k == 1L
-      off <- k == 0L
-      ut <- ut * on + ut_ * off
-      st <- st * on + st_ * off
-      av <- alpha * on
+    failed <- !vapply(run$errors, is.null, TRUE)
+    if (any(failed)) {
+      d <- which(done)
+      partial <- structure(list(key = key, done = d, velocity = vel[d, , drop = FALSE],
+                                velocity_u = vel_u[d, , drop = FALSE],
+                                check = dyn_resume_check(Ms, Mu, d)),
+                           class = "scnative_velocity_partial")
+      gn <- rownames(Ms) %||% as.character(seq_len(nrow(Ms)))
+      lines <- describe_failed_chunks(run$errors, chunks, gn[todo])
+      msg <- sprintf(paste0("velocity: %d of %d gene chunks failed on the future workers ",
+                            "(%d of %d fitted genes are done and kept):\n%s\n",
+                            "Rerun the same call with 'resume = e$partial' (e: this error, e.g. from ",
+                            "tryCatch()) to compute only the genes of the failed chunks.%s"),
+                     sum(failed), length(chunks), sum(done[g]), length(g),
+                     paste0("  ", lines, collapse = "\n"), future_error_hint(run$errors))
+      stop(structure(class = c("scnative_chunk_error", "error", "condition"),
+                     list(message = msg, call = NULL, partial = partial,
+                          failed = lapply(which(failed), function(k) gn[todo[chunks[[k]]]]),
+                          errors = run$errors[failed])))
     }
-    vt <- ut * beta - st * gamma
-    wt <- (av - beta * ut) * scaling
-    vt <- pmax(vt, -s)
-    wt <- pmax(wt, -u * scaling)
-    vel[g, ] <- vt
-    vel_u[g, ] <- wt
   }
   r2 <- var$fit_r2
   if (is.null(r2) && !is.null(min_r2)) r2 <- suppressWarnings(steady_state_genes(Ms, Mu))$r2
@@ -520,6 +544,100 @@ velocity.scnative_dynamics <- function(x, Ms, Mu, mode = "dynamical",
   structure(list(velocity = vel, velocity_u = vel_u, var = out_var,
                  params = list(mode = "dynamical", fit_offset = FALSE, perc = c(5, 95))),
             class = "scnative_velocity")
+}
+
+# Velocities of the fitted genes 'g' (rows of Ms, Mu, var, layers): every step is row-wise
+# (spec: tl.velocity, dynamical mode). C: the normalised graph, or NULL (no smoothing).
+velocity_rows <- function(var, layers, Ms, Mu, g, basal, C) {
+  connect <- !is.null(C)
+  n_cells <- ncol(Ms)
+  d <- dyn_state_distances(var, layers, Ms, Mu, g, basal, C)
+  alpha <- d$alpha
+  beta <- d$beta
+  gamma <- d$gamma
+  t_ <- d$t_
+  scaling <- d$scaling
+  u <- d$u
+  s <- d$s
+  tau <- d$tau
+  tau_ <- d$tau_
+  u0_ <- d$u0_
+  s0_ <- d$s0_
+  ut <- d$ut
+  st <- d$st
+  ut_ <- d$ut_
+  st_ <- d$st_
+  varx <- d$varx
+  smooth <- function(m) if (connect) as.matrix(m %*% Matrix::t(C)) else m
+  sdx <- sqrt(pmax(varx, 0))
+  sdx[!(varx > 0)] <- NA_real_ # no variance (a constant gene): no likelihood (upstream: NaN)
+  lik <- lapply(d$res, function(r) {
+    1 / (2 * pi * sdx) * exp(-0.5 * (r / varx))
+  })
+  k <- matrix(4L, nrow(s), n_cells)
+  best <- matrix(1e-6, nrow(s), n_cells)
+  for (j in 4:1) {
+    take <- !is.na(lik[[j]]) & lik[[j]] >= best
+    best[take] <- lik[[j]][take]
+    k[take] <- j - 1L
+  }
+  t <- tau * (k == 1L) + (tau_ + t_) * (k == 0L)
+  if (connect) {
+    t <- smooth(t)
+    on <- (k < 2L) & (t < t_)
+    off <- (k < 2L) & (t >= t_)
+    o2 <- t < t_
+    tau2 <- t * o2 + (t - t_) * (1 - o2)
+    u0v <- 0 * o2 + u0_ * (1 - o2)
+    s0v <- 0 * o2 + s0_ * (1 - o2)
+    av <- alpha * o2 + 0 * (1 - o2)
+    ut <- ode_u(tau2, u0v, av, beta)
+    st <- ode_s(tau2, s0v, u0v, av, beta, gamma)
+    ut <- ut * on + ut * off
+    st <- st * on + st * off
+    av <- av * on
+  } else {
+    on <- k == 1L
+    off <- k == 0L
+    ut <- ut * on + ut_ * off
+    st <- st * on + st_ * off
+    av <- alpha * on
+  }
+  vt <- ut * beta - st * gamma
+  wt <- (av - beta * ut) * scaling
+  vt <- pmax(vt, -s)
+  wt <- pmax(wt, -u * scaling)
+  list(vt = vt, wt = wt)
+}
+
+# Runs on a future worker: velocity_rows() of one chunk of genes.
+velocity_chunk_worker <- function(task, shared, threads, p) {
+  if (isTRUE(task$fail)) stop("failing on purpose (option scnative.future_fail_chunks)")
+  r <- velocity_rows(task$var, task$layers, task$Ms, task$Mu, seq_len(nrow(task$Ms)),
+                     shared$basal, shared$C)
+  if (!is.null(p)) p(amount = nrow(task$Ms))
+  r
+}
+
+# A partial result handed to 'resume' must come from the same call.
+check_velocity_resume <- function(resume, key, var, Ms, Mu) {
+  for (nm in names(key)) {
+    if (!identical(resume$key[[nm]], key[[nm]])) {
+      stopf("'resume' comes from a run on other data or settings (%s differs): rerun with the same arguments",
+            switch(nm, genes = , cells = "the genes or cells", g = "the fitted genes",
+                   basal = "fit_basal_transcription", connect = , C = "connectivities"))
+    }
+  }
+  d <- resume$done
+  if (!is.integer(d) || anyNA(d) || any(!d %in% key$g) || anyDuplicated(d) ||
+      !identical(dim(resume$velocity), c(length(d), ncol(Ms))) ||
+      !identical(dim(resume$velocity_u), c(length(d), ncol(Ms)))) {
+    stopf("'resume' is damaged (its parts do not fit together)")
+  }
+  if (!identical(dyn_resume_check(Ms, Mu, d), resume$check)) {
+    stopf("'resume' comes from a run on other values of 'Ms' or 'Mu'")
+  }
+  resume
 }
 
 #' @exportS3Method print scnative_velocity

@@ -108,8 +108,20 @@ group_sums <- function(x, g, n) {
 #' @param sqrt_transform Logical (default `FALSE`, upstream's choice for the dynamical
 #'   model): signed square root of velocities and displacements (stochastic mode).
 #' @param threads `NULL` (package default) or a whole number of threads. Results do not
-#'   depend on it.
-#' @param progress `TRUE` to show a progress bar.
+#'   depend on it. With `parallel = "future"`: the threads of each worker (`NULL`: 1).
+#' @param progress `TRUE` to show a progress bar. With `parallel = "future"` progress is
+#'   signalled through \pkg{progressr} (when installed) unless `progress = FALSE` is given.
+#' @param parallel `"local"` (default) or `"future"`: ranges of cells go to the workers of the
+#'   current [future::plan()], each with the columns of the data its cells reach; the result
+#'   is identical to the local one (on workers of the same CPU kind). See
+#'   [recover_dynamics()], section Running on a cluster, and `vignette("cluster")`.
+#' @param chunk_size With `parallel = "future"`: `NULL` (about two chunks per worker) or the
+#'   cells per chunk. A chunk carries the data of the cells its cells reach: with cells in an
+#'   order that keeps neighbours close (clusters, samples), smaller chunks carry less. (future
+#'   refuses a future whose data exceed `getOption("future.globals.maxSize")`, 500 MiB by
+#'   default: raise it, or give smaller chunks.)
+#' @param resume `NULL` or the `partial` element of the error (class `scnative_chunk_error`)
+#'   of a failed `parallel = "future"` run: only the cells of the failed chunks are computed.
 #' @param ... Passed to methods.
 #' @return An object of class `scnative_velocity_graph`: a list with `graph` and
 #'   `graph_neg` (cells x cells `dgCMatrix`, row = from cell), `self_transition` (named
@@ -136,7 +148,9 @@ velocity_graph.scnative_velocity <- function(x, Ms, distances, velocity_genes = 
 #' @export
 velocity_graph.default <- function(x, Ms, distances, velocity_genes = NULL,
                                    n_recurse_neighbors = 2, sqrt_transform = FALSE,
-                                   threads = NULL, progress = interactive(), ...) {
+                                   threads = NULL, progress = interactive(),
+                                   parallel = c("local", "future"), chunk_size = NULL,
+                                   resume = NULL, ...) {
   if (missing(Ms)) stopf("'Ms' is missing")
   if (missing(distances)) stopf("'distances' is missing (the kNN graph, e.g. moments()$distances)")
   if (!(is.matrix(x) || methods::is(x, "Matrix")) || !is.numeric(x[0, 0, drop = TRUE])) {
@@ -161,7 +175,17 @@ velocity_graph.default <- function(x, Ms, distances, velocity_genes = NULL,
   check_number(n_recurse_neighbors, "n_recurse_neighbors", min = 1, max = 8, whole = TRUE)
   check_flag(sqrt_transform, "sqrt_transform")
   check_flag(progress, "progress")
-  nth <- resolve_threads(threads)
+  parallel <- check_parallel(parallel)
+  if (parallel == "future") { # threads of each worker: 1 unless given
+    if (!is.null(threads)) check_number(threads, "threads", min = 1, whole = TRUE)
+    nth <- if (is.null(threads)) 1L else as.integer(threads)
+  } else {
+    nth <- resolve_threads(threads)
+  }
+  if (!is.null(chunk_size)) check_number(chunk_size, "chunk_size", min = 1, whole = TRUE)
+  if (!is.null(resume) && !inherits(resume, "scnative_velocity_graph_partial")) {
+    stopf("'resume' must be NULL or the 'partial' element of the error of a failed velocity_graph(parallel = \"future\") run")
+  }
   n_genes <- nrow(V)
   n <- ncol(V)
   if (n < 2L) stopf("'x' must have at least 2 cells (columns)")
@@ -178,19 +202,67 @@ velocity_graph.default <- function(x, Ms, distances, velocity_genes = NULL,
   # spec: Data, Velocity transform: float32 velocities, signed sqrt, row centring in float32
   prep <- .Call(C_scnative_velocity_graph_prep, Ms, V, which(keep) - 1L, sqrt_transform)
 
-  chunk <- max(256L, as.integer(ceiling(n / 50)))
-  starts <- seq.int(1L, n, by = chunk)
-  pb <- if (progress && length(starts) > 1L) utils::txtProgressBar(0, n, style = 3) else NULL
-  parts <- vector("list", length(starts))
-  for (b in seq_along(starts)) {
-    from <- starts[b] - 1L
-    to <- min(from + chunk, n)
-    parts[[b]] <- .Call(C_scnative_velocity_graph, prep[[1L]], prep[[2L]], prep[[3L]],
-                        prep[[4L]], sum(keep), nb, as.integer(n_recurse_neighbors), sqrt_transform, from, to,
-                        nth)
-    if (!is.null(pb)) utils::setTxtProgressBar(pb, to)
+  key <- list(cells = cells, n = n, genes = which(keep), nrec = as.integer(n_recurse_neighbors),
+              sqrt = sqrt_transform, nb = nb, check = list(prep[[3L]], prep[[4L]]))
+  parts <- list() # list(from, to, .Call result) per range of cells [from, to), 0-based
+  if (!is.null(resume)) parts <- check_graph_resume(resume, key)$parts
+  todo <- graph_missing_ranges(parts, n) # [from, to) ranges not computed yet
+  if (parallel == "local") {
+    chunk <- max(256L, as.integer(ceiling(n / 50)))
+    ranges <- split_ranges(todo, chunk)
+    pb <- if (progress && length(ranges) > 1L) utils::txtProgressBar(0, n, style = 3) else NULL
+    done_cells <- n - sum(todo[, 2L] - todo[, 1L])
+    for (r in ranges) {
+      res <- .Call(C_scnative_velocity_graph, prep[[1L]], prep[[2L]], prep[[3L]], prep[[4L]],
+                   sum(keep), nb, key$nrec, sqrt_transform, r[1L], r[2L], nth)
+      parts[[length(parts) + 1L]] <- list(from = r[1L], to = r[2L], res = res)
+      done_cells <- done_cells + r[2L] - r[1L]
+      if (!is.null(pb)) utils::setTxtProgressBar(pb, done_cells)
+    }
+    if (!is.null(pb)) close(pb)
+  } else if (nrow(todo)) {
+    # each range of cells goes to a worker with the columns of the prepared data its cells
+    # reach (n_recurse_neighbors steps); per-cell cosines read nothing else, so the chunking
+    # does not change any value (spec: velocity_graph, Per-cell cosines)
+    w <- suppressWarnings(as.numeric(future::nbrOfWorkers()))
+    if (length(w) != 1L || is.na(w) || !is.finite(w) || w < 1) w <- 32
+    size <- if (is.null(chunk_size)) max(1L, as.integer(ceiling(sum(todo[, 2L] - todo[, 1L]) / (2 * w))))
+            else as.integer(chunk_size)
+    ranges <- split_ranges(todo, size)
+    tasks <- lapply(ranges, function(r) graph_chunk_task(prep, nb, key$nrec, r[1L], r[2L]))
+    fail <- getOption("scnative.future_fail_chunks") # for tests: chunks that fail on purpose
+    for (k in intersect(fail, seq_along(tasks))) tasks[[k]]$fail <- TRUE
+    shared <- list(g = sum(keep), nrec = key$nrec, sqrt = sqrt_transform)
+    p <- future_progressor(sum(todo[, 2L] - todo[, 1L]), !(!missing(progress) && isFALSE(progress)))
+    run <- future_run_chunks(tasks, graph_chunk_worker, shared, nth, p,
+                             sprintf("velocity_graph chunk %d", seq_along(tasks)))
+    rm(tasks)
+    for (k in seq_along(ranges)) {
+      if (!is.null(run$values[[k]])) {
+        parts[[length(parts) + 1L]] <- list(from = ranges[[k]][1L], to = ranges[[k]][2L],
+                                            res = run$values[[k]])
+      }
+    }
+    failed <- !vapply(run$errors, is.null, TRUE)
+    if (any(failed)) {
+      partial <- structure(list(key = key, parts = parts), class = "scnative_velocity_graph_partial")
+      nm <- cells %||% as.character(seq_len(n))
+      lines <- describe_failed_chunks(run$errors, lapply(ranges, function(r) (r[1L] + 1L):r[2L]),
+                                      nm, what = "cells")
+      done_n <- sum(vapply(parts, function(q) q$to - q$from, 1))
+      msg <- sprintf(paste0("velocity_graph: %d of %d cell chunks failed on the future workers ",
+                            "(%d of %d cells are done and kept):\n%s\n",
+                            "Rerun the same call with 'resume = e$partial' (e: this error, e.g. from ",
+                            "tryCatch()) to compute only the cells of the failed chunks.%s"),
+                     sum(failed), length(ranges), done_n, n, paste0("  ", lines, collapse = "\n"),
+                     future_error_hint(run$errors))
+      stop(structure(class = c("scnative_chunk_error", "error", "condition"),
+                     list(message = msg, call = NULL, partial = partial,
+                          failed = lapply(ranges[failed], function(r) nm[(r[1L] + 1L):r[2L]]),
+                          errors = run$errors[failed])))
+    }
   }
-  if (!is.null(pb)) close(pb)
+  parts <- lapply(parts[order(vapply(parts, function(q) q$from, 1))], `[[`, "res")
   cnt <- unlist(lapply(parts, function(p) diff(p[[1L]])), use.names = FALSE)
   jj <- unlist(lapply(parts, `[[`, 2L), use.names = FALSE)
   cc <- unlist(lapply(parts, `[[`, 3L), use.names = FALSE)
@@ -214,6 +286,97 @@ velocity_graph.default <- function(x, Ms, distances, velocity_genes = NULL,
                                sqrt_transform = sqrt_transform, mode_neighbors = "distances",
                                n_neighbors = nrow(nb))),
             class = "scnative_velocity_graph")
+}
+
+# The [from, to) ranges (0-based, a 2-column matrix) of cells 0..n-1 not covered by 'parts'.
+graph_missing_ranges <- function(parts, n) {
+  covered <- logical(n)
+  for (q in parts) covered[(q$from + 1L):q$to] <- TRUE
+  r <- rle(covered)
+  ends <- cumsum(r$lengths)
+  starts <- ends - r$lengths
+  cbind(from = as.integer(starts[!r$values]), to = as.integer(ends[!r$values]))
+}
+
+# The ranges split into pieces of at most 'size' cells: a list of c(from, to).
+split_ranges <- function(ranges, size) {
+  out <- list()
+  for (a in seq_len(nrow(ranges))) {
+    st <- seq.int(ranges[a, 1L], ranges[a, 2L] - 1L, by = size)
+    out <- c(out, lapply(st, function(f) c(f, min(f + size, ranges[a, 2L]))))
+  }
+  lapply(out, as.integer)
+}
+
+# What a worker needs for cells [from, to): the cells they reach in 'nrec' steps of the kNN
+# index (ascending, so the order of each cell's neighbours is kept), their columns of the
+# prepared data, and the index renumbered within them. Neighbours outside the reached cells
+# (of cells 'nrec' steps away, never followed) become -1.
+graph_chunk_task <- function(prep, nb, nrec, from, to) {
+  n <- ncol(nb)
+  reach <- logical(n)
+  front <- (from + 1L):to
+  reach[front] <- TRUE
+  for (r in seq_len(nrec)) {
+    nxt <- nb[, front, drop = FALSE]
+    nxt <- unique(nxt[nxt >= 0L]) + 1L
+    front <- nxt[!reach[nxt]]
+    reach[front] <- TRUE
+    if (!length(front)) break
+  }
+  sub <- which(reach)
+  pos <- integer(n) - 1L
+  pos[sub] <- seq_along(sub) - 1L
+  nbs <- nb[, sub, drop = FALSE]
+  at <- nbs + 1L
+  at[at < 1L] <- NA_integer_
+  nbs[] <- pos[at]
+  nbs[is.na(nbs)] <- -1L
+  cols <- function(raw) {
+    m <- raw
+    dim(m) <- c(length(raw) / n, n)
+    m <- m[, sub, drop = FALSE]
+    dim(m) <- NULL
+    m
+  }
+  list(x = cols(prep[[1L]]), v = cols(prep[[2L]]), vnorm = prep[[3L]][sub],
+       xsum = prep[[4L]][sub], nb = nbs, from = pos[from + 1L], to = pos[from + 1L] + (to - from),
+       cells = sub)
+}
+
+# Runs on a future worker: the cosines of one range of cells, neighbours numbered back.
+graph_chunk_worker <- function(task, shared, threads, p) {
+  if (isTRUE(task$fail)) stop("failing on purpose (option scnative.future_fail_chunks)")
+  res <- .Call(C_scnative_velocity_graph, task$x, task$v, task$vnorm, task$xsum, shared$g,
+               task$nb, shared$nrec, shared$sqrt, task$from, task$to, resolve_threads(threads))
+  res[[2L]] <- task$cells[res[[2L]] + 1L] - 1L
+  if (!is.null(p)) p(amount = task$to - task$from)
+  res
+}
+
+# A partial result handed to 'resume' must come from the same call.
+check_graph_resume <- function(resume, key) {
+  for (nm in c("cells", "n", "genes", "nrec", "sqrt", "nb", "check")) {
+    if (!identical(resume$key[[nm]], key[[nm]])) {
+      stopf("'resume' comes from a run on other data or settings (%s differs): rerun with the same arguments",
+            switch(nm, cells = , n = "the cells", genes = "the velocity genes",
+                   nrec = "n_recurse_neighbors", sqrt = "sqrt_transform", nb = "distances",
+                   check = "the velocities or Ms"))
+    }
+  }
+  ok <- is.list(resume$parts) && all(vapply(resume$parts, function(q) {
+    is.list(q) && is.integer(q$from) && is.integer(q$to) && length(q$from) == 1L &&
+      length(q$to) == 1L && q$from >= 0L && q$to <= key$n && q$from < q$to && is.list(q$res) &&
+      length(q$res[[1L]]) == q$to - q$from + 1L
+  }, TRUE))
+  if (ok && length(resume$parts)) {
+    f <- vapply(resume$parts, function(q) q$from, 1L)
+    t <- vapply(resume$parts, function(q) q$to, 1L)
+    o <- order(f)
+    ok <- all(utils::tail(f[o], -1L) >= utils::head(t[o], -1L)) # no overlaps
+  }
+  if (!ok) stopf("'resume' is damaged (its parts do not fit together)")
+  resume
 }
 
 # The velocity graph of an object as a scnative_velocity_graph.

@@ -1,0 +1,86 @@
+# Running the embarrassingly parallel steps (genes of recover_dynamics) as futures: each chunk
+# goes to whatever future::plan() the user set (multisession, cluster, future.batchtools).
+# future, progressr: Suggests only.
+
+# 'parallel' validated; "future" also checks that the future package is there.
+check_parallel <- function(parallel) {
+  parallel <- check_choice(parallel, c("local", "future"), "parallel")
+  if (parallel == "future" && !requireNamespace("future", quietly = TRUE)) {
+    stopf("'parallel = \"future\"' needs the 'future' package (install.packages(\"future\")), then choose workers with future::plan()")
+  }
+  parallel
+}
+
+# Items per chunk: given, or about 4 chunks per worker, and at most about 'max_bytes' of data
+# per chunk (what each future carries to its worker).
+future_chunk_size <- function(chunk_size, n_items, bytes_per_item, max_bytes = 64 * 2^20) {
+  if (!is.null(chunk_size)) {
+    check_number(chunk_size, "chunk_size", min = 1, whole = TRUE)
+    return(as.integer(chunk_size))
+  }
+  w <- suppressWarnings(as.numeric(future::nbrOfWorkers()))
+  if (length(w) != 1L || is.na(w) || !is.finite(w) || w < 1) w <- 32 # batch schedulers: Inf
+  by_workers <- ceiling(n_items / (4 * w))
+  by_bytes <- max(1, floor(max_bytes / max(bytes_per_item, 1)))
+  as.integer(max(1, min(by_workers, by_bytes)))
+}
+
+# The chunks of 'n' items (positions 1..n) of at most 'size' items each.
+split_chunks <- function(n, size) {
+  if (n == 0L) return(list())
+  starts <- seq(1L, n, by = size)
+  lapply(starts, function(st) st:min(st + size - 1L, n))
+}
+
+# A progressr progressor of 'steps' steps, or NULL (no progressr, or progress turned off).
+future_progressor <- function(steps, enabled, envir = parent.frame()) {
+  if (!enabled || steps < 1 || !requireNamespace("progressr", quietly = TRUE)) return(NULL)
+  progressr::progressor(steps = steps, envir = envir)
+}
+
+# Runs worker(task, shared, threads, p) as one future per task, under the current plan.
+# Every future is created first (creation waits for a free worker), then every value is
+# collected; a failing chunk does not stop the others. Returns list(values, errors): one entry
+# per task, NULL where it failed / succeeded.
+future_run_chunks <- function(tasks, worker, shared, threads, p, labels) {
+  n <- length(tasks)
+  fs <- vector("list", n)
+  for (k in seq_len(n)) {
+    fs[[k]] <- tryCatch(
+      future::future(worker(task, shared, threads, p), substitute = TRUE,
+                     globals = list(worker = worker, task = tasks[[k]], shared = shared,
+                                    threads = threads, p = p),
+                     packages = "scnative", seed = FALSE, label = labels[k]),
+      error = function(e) e)
+    tasks[k] <- list(NULL) # the future holds its own copy
+  }
+  values <- vector("list", n)
+  errors <- vector("list", n)
+  for (k in seq_len(n)) {
+    v <- if (inherits(fs[[k]], "error")) fs[[k]] else tryCatch(future::value(fs[[k]]), error = function(e) e)
+    fs[k] <- list(NULL)
+    if (inherits(v, "error")) errors[[k]] <- v else values[[k]] <- v
+  }
+  list(values = values, errors = errors)
+}
+
+# One line per failed chunk: which chunk, which items, the worker's message.
+describe_failed_chunks <- function(errors, chunks, names, what = "genes") {
+  bad <- which(!vapply(errors, is.null, TRUE))
+  vapply(bad, function(k) {
+    ch <- chunks[[k]]
+    nm <- names[ch]
+    shown <- if (length(nm) > 4) paste(c(utils::head(nm, 3), "...", utils::tail(nm, 1)), collapse = ", ")
+             else paste(nm, collapse = ", ")
+    sprintf("chunk %d of %d (%d %s: %s): %s", k, length(chunks), length(ch), what, shown,
+            trimws(conditionMessage(errors[[k]])))
+  }, "")
+}
+
+# A hint added to the error when a worker died or could not be reached (future's FutureError):
+# its plan must be set again to start fresh workers before resuming.
+future_error_hint <- function(errors) {
+  if (!any(vapply(errors, inherits, TRUE, "FutureError"))) return("")
+  paste0("\nA worker died or could not be reached (later chunks sent to it fail too): set the ",
+         "plan again (e.g. future::plan(future::multisession)) to start fresh workers first.")
+}
