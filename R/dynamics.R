@@ -192,12 +192,7 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
   dtype <- check_choice(dtype, c("float32", "float64"), "dtype")
   check_flag(progress, "progress")
   parallel <- check_parallel(parallel)
-  if (parallel == "future") { # threads of each worker: 1 unless given
-    if (!is.null(threads)) check_number(threads, "threads", min = 1, whole = TRUE)
-    n_threads <- if (is.null(threads)) 1L else as.integer(threads)
-  } else {
-    n_threads <- resolve_threads(threads)
-  }
+  n_threads <- future_threads(parallel, threads)
   worker_threads <- n_threads
   if (!is.null(chunk_size)) check_number(chunk_size, "chunk_size", min = 1, whole = TRUE)
   if (!is.null(resume) && !inherits(resume, "scnative_dynamics_partial")) {
@@ -397,17 +392,8 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
         m_align = acc$m_align[d], loss_rows = acc$loss_rows[d],
         layers = list(T_[d, , drop = FALSE], Tau[d, , drop = FALSE], Tau_[d, , drop = FALSE]),
         check = dyn_resume_check(Ms, Mu, d)), class = "scnative_dynamics_partial")
-      lines <- describe_failed_chunks(run$errors, chunks, genes[todo])
-      msg <- sprintf(paste0("recover_dynamics: %d of %d gene chunks failed on the future workers ",
-                            "(%d of %d genes to fit are done and kept):\n%s\n",
-                            "Rerun the same call with 'resume = e$partial' (e: this error, e.g. from ",
-                            "tryCatch()) to fit only the genes of the failed chunks.%s"),
-                     sum(failed), length(chunks), sum(acc$done[idx]), length(idx),
-                     paste0("  ", lines, collapse = "\n"), future_error_hint(run$errors))
-      stop(structure(class = c("scnative_chunk_error", "error", "condition"),
-                     list(message = msg, call = NULL, partial = partial,
-                          failed = lapply(which(failed), function(k) genes[todo[chunks[[k]]]]),
-                          errors = run$errors[failed])))
+      stop_chunk_error("recover_dynamics", "genes", run, chunks, genes[todo],
+                       sum(acc$done[idx]), length(idx), partial)
     }
   }
   pars <- acc$pars

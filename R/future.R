@@ -11,6 +11,14 @@ check_parallel <- function(parallel) {
   parallel
 }
 
+# Threads per .Call: with "future", each worker's (1 unless given); else the local default.
+future_threads <- function(parallel, threads) {
+  if (parallel != "future") return(resolve_threads(threads))
+  if (is.null(threads)) return(1L)
+  check_number(threads, "threads", min = 1, whole = TRUE)
+  as.integer(threads)
+}
+
 # Items per chunk: given, or about 4 chunks per worker, and at most about 'max_bytes' of data
 # per chunk (what each future carries to its worker).
 future_chunk_size <- function(chunk_size, n_items, bytes_per_item, max_bytes = 64 * 2^20) {
@@ -83,4 +91,23 @@ future_error_hint <- function(errors) {
   if (!any(vapply(errors, inherits, TRUE, "FutureError"))) return("")
   paste0("\nA worker died or could not be reached (later chunks sent to it fail too): set the ",
          "plan again (e.g. future::plan(future::multisession)) to start fresh workers first.")
+}
+
+# Stops with the condition of a run whose chunks failed on the workers (class
+# scnative_chunk_error): `partial` (what resume = takes), `failed` (the names of each failed
+# chunk's items) and the workers' `errors`. `fun`: the function; `unit`: "genes" or "cells";
+# `items`: the names of the chunks' items (chunks index them); `n_done` of `n_total` kept.
+stop_chunk_error <- function(fun, unit, run, chunks, items, n_done, n_total, partial) {
+  failed <- !vapply(run$errors, is.null, TRUE)
+  lines <- describe_failed_chunks(run$errors, chunks, items, what = unit)
+  msg <- sprintf(paste0("%s: %d of %d %s chunks failed on the future workers ",
+                        "(%d of %d %s are done and kept):\n%s\n",
+                        "Rerun the same call with 'resume = e$partial' (e: this error, e.g. from ",
+                        "tryCatch()) to compute only the %s of the failed chunks.%s"),
+                 fun, sum(failed), length(chunks), sub("s$", "", unit), n_done, n_total, unit,
+                 paste0("  ", lines, collapse = "\n"), unit, future_error_hint(run$errors))
+  stop(structure(class = c("scnative_chunk_error", "error", "condition"),
+                 list(message = msg, call = NULL, partial = partial,
+                      failed = lapply(chunks[failed], function(ch) items[ch]),
+                      errors = run$errors[failed])))
 }

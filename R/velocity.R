@@ -519,17 +519,8 @@ velocity.scnative_dynamics <- function(x, Ms, Mu, mode = "dynamical",
                                 check = dyn_resume_check(Ms, Mu, d)),
                            class = "scnative_velocity_partial")
       gn <- rownames(Ms) %||% as.character(seq_len(nrow(Ms)))
-      lines <- describe_failed_chunks(run$errors, chunks, gn[todo])
-      msg <- sprintf(paste0("velocity: %d of %d gene chunks failed on the future workers ",
-                            "(%d of %d fitted genes are done and kept):\n%s\n",
-                            "Rerun the same call with 'resume = e$partial' (e: this error, e.g. from ",
-                            "tryCatch()) to compute only the genes of the failed chunks.%s"),
-                     sum(failed), length(chunks), sum(done[g]), length(g),
-                     paste0("  ", lines, collapse = "\n"), future_error_hint(run$errors))
-      stop(structure(class = c("scnative_chunk_error", "error", "condition"),
-                     list(message = msg, call = NULL, partial = partial,
-                          failed = lapply(which(failed), function(k) gn[todo[chunks[[k]]]]),
-                          errors = run$errors[failed])))
+      stop_chunk_error("velocity", "genes", run, chunks, gn[todo], sum(done[g]), length(g),
+                       partial)
     }
   }
   r2 <- var$fit_r2

@@ -176,12 +176,7 @@ velocity_graph.default <- function(x, Ms, distances, velocity_genes = NULL,
   check_flag(sqrt_transform, "sqrt_transform")
   check_flag(progress, "progress")
   parallel <- check_parallel(parallel)
-  if (parallel == "future") { # threads of each worker: 1 unless given
-    if (!is.null(threads)) check_number(threads, "threads", min = 1, whole = TRUE)
-    nth <- if (is.null(threads)) 1L else as.integer(threads)
-  } else {
-    nth <- resolve_threads(threads)
-  }
+  nth <- future_threads(parallel, threads)
   if (!is.null(chunk_size)) check_number(chunk_size, "chunk_size", min = 1, whole = TRUE)
   if (!is.null(resume) && !inherits(resume, "scnative_velocity_graph_partial")) {
     stopf("'resume' must be NULL or the 'partial' element of the error of a failed velocity_graph(parallel = \"future\") run")
@@ -246,20 +241,10 @@ velocity_graph.default <- function(x, Ms, distances, velocity_genes = NULL,
     failed <- !vapply(run$errors, is.null, TRUE)
     if (any(failed)) {
       partial <- structure(list(key = key, parts = parts), class = "scnative_velocity_graph_partial")
-      nm <- cells %||% as.character(seq_len(n))
-      lines <- describe_failed_chunks(run$errors, lapply(ranges, function(r) (r[1L] + 1L):r[2L]),
-                                      nm, what = "cells")
       done_n <- sum(vapply(parts, function(q) q$to - q$from, 1))
-      msg <- sprintf(paste0("velocity_graph: %d of %d cell chunks failed on the future workers ",
-                            "(%d of %d cells are done and kept):\n%s\n",
-                            "Rerun the same call with 'resume = e$partial' (e: this error, e.g. from ",
-                            "tryCatch()) to compute only the cells of the failed chunks.%s"),
-                     sum(failed), length(ranges), done_n, n, paste0("  ", lines, collapse = "\n"),
-                     future_error_hint(run$errors))
-      stop(structure(class = c("scnative_chunk_error", "error", "condition"),
-                     list(message = msg, call = NULL, partial = partial,
-                          failed = lapply(ranges[failed], function(r) nm[(r[1L] + 1L):r[2L]]),
-                          errors = run$errors[failed])))
+      stop_chunk_error("velocity_graph", "cells", run,
+                       lapply(ranges, function(r) (r[1L] + 1L):r[2L]),
+                       cells %||% as.character(seq_len(n)), done_n, n, partial)
     }
   }
   parts <- lapply(parts[order(vapply(parts, function(q) q$from, 1))], `[[`, "res")

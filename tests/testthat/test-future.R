@@ -54,7 +54,7 @@ test_that("multisession workers give the local result exactly; failed chunks res
   expect_match(conditionMessage(e), "chunk 2 of 5 (5 genes: g6, g7, g8, ..., g10): failing on purpose",
                fixed = TRUE)
   expect_match(conditionMessage(e), "chunk 4 of 5 (5 genes: g16", fixed = TRUE)
-  expect_match(conditionMessage(e), "(14 of 24 genes to fit are done", fixed = TRUE)
+  expect_match(conditionMessage(e), "(14 of 24 genes are done", fixed = TRUE)
   expect_identical(e$failed, list(paste0("g", 6:10), paste0("g", 16:20)))
   expect_s3_class(e$partial, "scnative_dynamics_partial")
   expect_identical(e$partial$done, c(1:5, 11:15, 21:24))
