@@ -114,20 +114,15 @@ c2l_prepare <- function(x, signatures, batch, N_cells_per_location, N_given, det
                         m_g_gene_level_prior, N_cells_mean_var_ratio, alpha_g_phi_hyp_prior,
                         gene_add_alpha_hyp_prior, gene_add_mean_hyp_prior, detection_hyp_prior,
                         w_sf_mean_var_ratio, quiet = FALSE, min_genes = 10L) {
-  check_number(N_cells_per_location, "N_cells_per_location", min = 0, min_open = TRUE,
-               max = prior_max)
-  check_number(A_factors_per_location, "A_factors_per_location", min = 0, min_open = TRUE,
-               max = prior_max)
-  check_number(B_groups_per_location, "B_groups_per_location", min = 0, min_open = TRUE,
-               max = prior_max)
+  given <- list(N_cells_per_location = N_cells_per_location,
+               A_factors_per_location = A_factors_per_location,
+               B_groups_per_location = B_groups_per_location,
+               detection_mean_correction = detection_mean_correction,
+               N_cells_mean_var_ratio = N_cells_mean_var_ratio,
+               w_sf_mean_var_ratio = w_sf_mean_var_ratio)
+  for (a in names(given)) check_number(given[[a]], a, min = 0, min_open = TRUE, max = prior_max)
   check_number(n_groups, "n_groups", min = 1, whole = TRUE)
   check_flag(detection_mean_per_sample, "detection_mean_per_sample")
-  check_number(detection_mean_correction, "detection_mean_correction", min = 0, min_open = TRUE,
-               max = prior_max)
-  check_number(N_cells_mean_var_ratio, "N_cells_mean_var_ratio", min = 0, min_open = TRUE,
-               max = prior_max)
-  check_number(w_sf_mean_var_ratio, "w_sf_mean_var_ratio", min = 0, min_open = TRUE,
-               max = prior_max)
   c2l_check_prior(m_g_gene_level_prior, "m_g_gene_level_prior", c("mean", "mean_var_ratio", "alpha_mean"))
   c2l_check_prior(alpha_g_phi_hyp_prior, "alpha_g_phi_hyp_prior", c("alpha", "beta"))
   c2l_check_prior(gene_add_alpha_hyp_prior, "gene_add_alpha_hyp_prior", c("alpha", "beta"))
