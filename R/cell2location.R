@@ -245,7 +245,9 @@ c2l_prepare <- function(x, signatures, batch, N_cells_per_location, N_given, det
 }
 
 # The C state for a prepared problem.
-c2l_make_state <- function(prep, tiles = c(0L, 0L)) {
+# precision: "double" or "single" (the S x G pass in float32); gemm (single only): 0 ours,
+# 1 the BLAS's sgemm where it exports one (internal, for benchmarks).
+c2l_make_state <- function(prep, tiles = c(0L, 0L), precision = "double", gemm = 0L) {
   st <- prep$settings
   h <- st$hyper
   ord <- st$spot_order
@@ -261,7 +263,8 @@ c2l_make_state <- function(prep, tiles = c(0L, 0L)) {
   }
   .Call(C_scnative_c2l_setup, as.integer(xt@p), as.integer(xt@i), as.double(xt@x),
         as.integer(dims), as.integer(bstart), t(prep$signatures) + 0, as.double(hyp),
-        as.double(st$detection_mean_e), as.double(st$detection_alpha), as.integer(tiles))
+        as.double(st$detection_mean_e), as.double(st$detection_alpha),
+        as.integer(c(tiles, precision == "single", gemm)))
 }
 
 # ---- training -----------------------------------------------------------------------------
@@ -686,7 +689,7 @@ add_cell_abundance <- function(object, fit_or_posterior, which = "means",
 # ---- test helpers (internal) ----------------------------------------------------------------
 
 # log p(x, z) and its gradient w.r.t. u = log z for a prepared problem (flat u in C order).
-c2l_logjoint <- function(prep, u, threads = 1L) {
-  state <- c2l_make_state(prep)
+c2l_logjoint <- function(prep, u, threads = 1L, precision = "double", gemm = 0L) {
+  state <- c2l_make_state(prep, precision = precision, gemm = gemm)
   .Call(C_scnative_c2l_logjoint, state, as.double(u), as.integer(threads))
 }

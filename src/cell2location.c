@@ -57,6 +57,49 @@ enum {
 #define C2L_CLONES
 #endif
 
+/* The float32 kernels (precision = "single"), one copy per instruction set (c2l_f32.h). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 8
+#define C2L_F32_X86 1
+#define C2L_F32_SUFFIX avx512
+#define C2L_F32_TARGET __attribute__((target("avx512f,avx2,fma")))
+#include "c2l_f32.h"
+#undef C2L_F32_SUFFIX
+#undef C2L_F32_TARGET
+#define C2L_F32_SUFFIX avx2
+#define C2L_F32_TARGET __attribute__((target("avx2,fma")))
+#include "c2l_f32.h"
+#undef C2L_F32_SUFFIX
+#undef C2L_F32_TARGET
+#endif
+#define C2L_F32_SUFFIX base
+#define C2L_F32_TARGET
+#include "c2l_f32.h"
+#undef C2L_F32_SUFFIX
+#undef C2L_F32_TARGET
+
+typedef struct {
+  void (*sgemm)(int, int, int, int, const float *, int, const float *, int, int, float *, int);
+  void (*tile)(int, int, int, int, R_xlen_t, int, int, int, float *, const double *,
+               const double *, const double *, const int *, const int *, const double *,
+               const float *, float *, double *, int *, float *, int *, double *);
+  void (*logpass)(R_xlen_t, float *);
+  const char *name;
+} c2l_f32_kern;
+
+/* The float kernels for this CPU (AVX-512 + FMA, AVX2 + FMA, else the portable copy). */
+static c2l_f32_kern c2l_f32_pick(void) {
+#ifdef C2L_F32_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+      __builtin_cpu_supports("fma"))
+    return (c2l_f32_kern){c2l_sgemm_avx512, c2l_tile_f32_avx512, c2l_logpass_f32_avx512,
+                          "avx512"};
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return (c2l_f32_kern){c2l_sgemm_avx2, c2l_tile_f32_avx2, c2l_logpass_f32_avx2, "avx2"};
+#endif
+  return (c2l_f32_kern){c2l_sgemm_base, c2l_tile_f32_base, c2l_logpass_f32_base, "base"};
+}
+
 typedef struct {
   int S, G, F, R, E;
   int *bstart;            /* E + 1 */
@@ -90,6 +133,12 @@ typedef struct {
   double *tbuf; /* per-thread tile buffers, grown on demand, kept for the fit */
   int *tint;
   int tcap;
+  /* precision = "single" (prec = 1): sig in float, per-thread float buffers, the kernels for
+   * this CPU and whether the GEMMs go to the BLAS's sgemm (sgemm_blas) or to ours */
+  int prec, sgemm_blas;
+  float *sigTf, *fbuf;
+  int fcap;
+  c2l_f32_kern kern;
 } c2l_state;
 
 /* ---- state ---------------------------------------------------------------------------- */
@@ -100,7 +149,8 @@ static void c2l_free(c2l_state *st) {
                   st->hc, st->de, st->alphad, st->mw, st->D, st->dW, st->ysacc, st->lpspot, st->spx, st->cyd, st->acc,
                   st->chunk_loss, st->a_eg, st->hd, st->hl, st->blk_s0, st->blk_n, st->blk_e,
                   st->chunk_b0, st->tbuf, st->tint, st->hperm, st->hs_j, st->hb_ie, st->hs_c,
-                  st->hb_v, st->hb_c, st->hscr, st->chunk_e0, st->chunk_e1, st->ccur, st->red};
+                  st->hb_v, st->hb_c, st->hscr, st->chunk_e0, st->chunk_e1, st->ccur, st->red,
+                  st->sigTf, st->fbuf};
   for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
   scn_guide_free(&st->gd);
   free(st);
@@ -192,7 +242,8 @@ static int c2l_hist_index(c2l_state *st) {
 }
 
 /* .Call(C_scnative_c2l_setup, xp, xi, xv, dims = c(S, G, F, R, E), bstart, sigT, hyper, de,
- *       alphad, tiles = c(nb, gb)) */
+ *       alphad, tiles = c(nb, gb, precision, gemm)): precision 0 double, 1 single; gemm (single
+ *       only) 0 automatic, 1 the BLAS's sgemm, 2 ours. */
 SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP sigT, SEXP hyper,
                         SEXP de, SEXP alphad, SEXP tiles) {
   if (!isInteger(dims) || XLENGTH(dims) != 5) SCN_INTERNAL_ERROR("dims");
@@ -202,7 +253,7 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
       XLENGTH(xi) != XLENGTH(xv) || !isInteger(bstart) || XLENGTH(bstart) != E + 1 ||
       !isReal(sigT) || XLENGTH(sigT) != (R_xlen_t)F * G || !isReal(hyper) ||
       XLENGTH(hyper) != C2L_NHYP || !isReal(de) || XLENGTH(de) != E || !isReal(alphad) ||
-      XLENGTH(alphad) != E || !isInteger(tiles) || XLENGTH(tiles) != 2)
+      XLENGTH(alphad) != E || !isInteger(tiles) || XLENGTH(tiles) != 4)
     SCN_INTERNAL_ERROR("bad arguments");
   /* Guards (R's validate_fit() checks fits first; these keep a damaged object from reaching
    * the passes below, which index with these values unchecked): sizes, batch ranges covering
@@ -243,6 +294,14 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   }
   if (gb > G) gb = G;
   st->nb = nb, st->gb = gb;
+  st->prec = INTEGER(tiles)[2] == 1;
+  st->kern = c2l_f32_pick();
+  {
+    int gm = INTEGER(tiles)[3];
+    /* automatic: ours (register-blocked, vectorised for the CPU); the BLAS's sgemm only when
+     * asked for (it may have been built for an older CPU, e.g. OpenBLAS's SSE3 kernels) */
+    st->sgemm_blas = gm == 1 && scn_have_sgemm();
+  }
   const int *bs = INTEGER(bstart);
   int nblock = 0;
   for (int e = 0; e < E; e++) nblock += (bs[e + 1] - bs[e] + nb - 1) / nb;
@@ -287,6 +346,7 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   C2L_ALLOC(st->red, (R_xlen_t)6 * G, double);
   C2L_ALLOC(st->hperm, EG, int);
   C2L_ALLOC(st->hscr, 5 * EG, double);
+  if (st->prec) C2L_ALLOC(st->sigTf, (R_xlen_t)F * G, float);
   if (!ok) {
     c2l_free(st);
     error(_("out of memory allocating the cell2location state"));
@@ -295,6 +355,8 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   for (int e = 0; e < E; e++)
     for (int s = bs[e]; s < bs[e + 1]; s++) st->spot_batch[s] = e;
   memcpy(st->sigT, REAL(sigT), (size_t)F * G * sizeof(double));
+  if (st->prec)
+    for (R_xlen_t i = 0; i < (R_xlen_t)F * G; i++) st->sigTf[i] = (float)st->sigT[i];
   memcpy(st->xp, INTEGER(xp), (G + 1) * sizeof(int));
   memcpy(st->xi, INTEGER(xi), nnz * sizeof(int));
   memcpy(st->xv, REAL(xv), nnz * sizeof(double));
@@ -518,6 +580,82 @@ static void c2l_hist_terms(c2l_state *st, const double *zo) {
   }
 }
 
+/* The S x G pass in float (precision = "single"): per block, W (n x F) and y_s in float
+ * (rows padded with zeros to ld, a multiple of 16), per tile the forward GEMM, the float
+ * elementwise kernel and the backward GEMM into a float dW of the block; the block's dW and
+ * y_s gradient go to the double arrays once. Per-gene sums, the loss and everything after are
+ * double. Same chunks and order as the double pass, so the result does not depend on the
+ * thread count. */
+static void c2l_pass_f32(c2l_state *st, const double *z, int nth_c) {
+  const int S = st->S, G = st->G, F = st->F, E = st->E;
+  const R_xlen_t EG = (R_xlen_t)E * G, accsz = (R_xlen_t)C2L_NACC * EG;
+  const double *zW = z + st->gd.off[S_W], *zm = z + st->gd.off[S_MG], *zs = z + st->gd.off[S_SEG],
+               *zys = z + st->gd.off[S_YS];
+  const int nchunk = st->nchunk, nb = st->nb, gb = st->gb, ld = (nb + 15) / 16 * 16;
+  const size_t per = (size_t)ld * gb + 2 * (size_t)ld * F + 6 * (size_t)ld + 16;
+  if (nth_c > st->fcap) {
+    free(st->fbuf);
+    st->fbuf = malloc((size_t)nth_c * per * sizeof(float));
+    st->fcap = st->fbuf ? nth_c : 0;
+    if (!st->fbuf) error(_("out of memory in the cell2location likelihood pass"));
+  }
+  const c2l_f32_kern kern = st->kern;
+  const int blas = st->sgemm_blas;
+  float *fbuf = st->fbuf;
+  int *tint = st->tint;
+#pragma omp parallel num_threads(nth_c)
+  {
+    int tid = omp_get_thread_num();
+    float *buf = fbuf + (size_t)tid * per, *Wf = buf + (size_t)ld * gb, *dWf = Wf + (size_t)ld * F,
+          *ysf = dWf + (size_t)ld * F, *yaf = ysf + ld, *scr = yaf + ld;
+    int *cursor = tint + (size_t)tid * ((size_t)G + nb + 24), *scri = cursor + G;
+#pragma omp for schedule(dynamic, 1)
+    for (int c = 0; c < nchunk; c++) {
+      double *acc = st->acc + c * accsz;
+      const int e0 = st->chunk_e0[c], e1 = st->chunk_e1[c];
+      if (e1 >= e0)
+        memset(acc + (R_xlen_t)e0 * C2L_NACC * G, 0,
+               (size_t)(e1 - e0 + 1) * C2L_NACC * G * sizeof(double));
+      double closs = 0.0;
+      int b0 = st->chunk_b0[c], b1 = st->chunk_b0[c + 1];
+      memcpy(cursor, st->ccur + (R_xlen_t)c * G, (size_t)G * sizeof(int));
+      for (int b = b0; b < b1; b++) {
+        int s0 = st->blk_s0[b], n = st->blk_n[b], e = st->blk_e[b];
+        double *acce = acc + (R_xlen_t)e * C2L_NACC * G;
+        for (int f = 0; f < F; f++) {
+          float *wf = Wf + (R_xlen_t)f * ld;
+          const double *zw = zW + s0 + (R_xlen_t)f * S;
+          for (int i = 0; i < n; i++) wf[i] = (float)zw[i];
+          for (int i = n; i < ld; i++) wf[i] = 0.0f;
+        }
+        memset(dWf, 0, (size_t)ld * F * sizeof(float));
+        for (int i = 0; i < n; i++) ysf[i] = (float)zys[s0 + i], yaf[i] = 0.0f;
+        for (int g0 = 0; g0 < G; g0 += gb) {
+          int g1 = g0 + gb < G ? g0 + gb : G, gn = g1 - g0;
+          const float *sg = st->sigTf + (R_xlen_t)g0 * F;
+          if (blas)
+            scn_sgemm('N', 'N', ld, gn, F, 1.0f, Wf, ld, sg, F, 0.0f, buf, ld);
+          else
+            kern.sgemm(0, ld, gn, F, Wf, ld, sg, F, 0, buf, ld);
+          kern.tile(s0, n, ld, E, G, e, g0, g1, buf, zm, zs, st->a_eg, st->xp, st->xi, st->xv,
+                    ysf, yaf, acce, cursor, scr, scri, &closs);
+          if (blas)
+            scn_sgemm('N', 'T', ld, F, gn, 1.0f, buf, ld, sg, F, 1.0f, dWf, ld);
+          else
+            kern.sgemm(1, ld, F, gn, buf, ld, sg, F, 1, dWf, ld);
+        }
+        for (int f = 0; f < F; f++) {
+          double *dw = st->dW + s0 + (R_xlen_t)f * S;
+          const float *df = dWf + (R_xlen_t)f * ld;
+          for (int i = 0; i < n; i++) dw[i] = df[i];
+        }
+        for (int i = 0; i < n; i++) st->ysacc[s0 + i] = yaf[i];
+      }
+      st->chunk_loss[c] = closs;
+    }
+  }
+}
+
 static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_out) {
   const int S = st->S, G = st->G, F = st->F, E = st->E;
   const R_xlen_t EG = (R_xlen_t)E * G, accsz = (R_xlen_t)C2L_NACC * EG;
@@ -535,7 +673,7 @@ static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_o
     free(st->tbuf);
     free(st->tint);
     st->tbuf = malloc((size_t)nth_c * per * sizeof(double));
-    st->tint = malloc((size_t)nth_c * ((size_t)G + nb + 8) * sizeof(int));
+    st->tint = malloc((size_t)nth_c * ((size_t)G + nb + 24) * sizeof(int));
     st->tcap = nth_c;
     if (!st->tbuf || !st->tint) {
       free(st->tbuf), free(st->tint);
@@ -547,11 +685,13 @@ static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_o
   int *tint = st->tint;
   /* Each chunk accumulates per (e, g) for its own batches only: rows e0..e1 of its block of
    * accumulators, laid out [e][sum][g]. */
+  if (st->prec) c2l_pass_f32(st, z, nth_c);
+  else
 #pragma omp parallel num_threads(nth_c)
   {
     int tid = omp_get_thread_num();
     double *buf = tbuf + (size_t)tid * per, *scr = buf + (size_t)nb * gb;
-    int *cursor = tint + (size_t)tid * ((size_t)G + nb + 8), *scri = cursor + G;
+    int *cursor = tint + (size_t)tid * ((size_t)G + nb + 24), *scri = cursor + G;
 #pragma omp for schedule(dynamic, 1)
     for (int c = 0; c < nchunk; c++) {
       double *acc = st->acc + c * accsz;
@@ -596,9 +736,14 @@ static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_o
       R_xlen_t ie = e + (R_xlen_t)g * E;
       double sL = red[g], sI = red[G + g], sT = red[2 * G + g], sTA = red[3 * G + g],
              sQ = red[4 * G + g];
-      double a = st->a_eg[ie], la = log(a);
-      lp_eg += ne * a * la - a * sL + st->hl[ie];
-      double Qsum = ne * (la + 1.0) - sL - a * sI + st->hd[ie] + sQ;
+      double a = st->a_eg[ie], la = log(a), Qsum;
+      if (st->prec) { /* sL = sum log1p(mu / a), sI = sum mu / (a + mu) (c2l_f32.h) */
+        lp_eg += st->hl[ie] - a * sL;
+        Qsum = sI - sL + st->hd[ie] + sQ;
+      } else {
+        lp_eg += ne * a * la - a * sL + st->hl[ie];
+        Qsum = ne * (la + 1.0) - sL - a * sI + st->hd[ie] + sQ;
+      }
       double o = zo[ie];
       go[ie] += -2.0 / (o * o * o) * Qsum;
       gs[ie] += sT;

@@ -1,0 +1,195 @@
+/* c2l_f32.h: the float32 kernels of cell2location's S x G pass (precision = "single"),
+ * included by cell2location.c once per instruction set: C2L_F32_SUFFIX names the copy and
+ * C2L_F32_TARGET is its target attribute (AVX-512 + FMA, AVX2 + FMA, or none). One copy is
+ * picked at run time from the CPU's features (cell2location.c, c2l_f32_pick); within a machine
+ * the choice is fixed, so results do not depend on the thread count.
+ *
+ *   c2l_sgemm_<sfx>:     C (+)= A op(B) in float, A m x k (column-major, m a multiple of 16 for
+ *                        the vector path), op(B) k x n; the inner kernel keeps a 16 x 6 block of
+ *                        C in registers.
+ *   c2l_tile_f32_<sfx>:  one tile's elementwise negative-binomial terms (spec 6.5) in float,
+ *                        written as log(a + mu) = log(a) + log1p(mu / a) (spec 6.5: reuse for the
+ *                        loss), so that the per-gene sums hold the small terms only.
+ */
+#define C2L_CAT2(a, b) a##_##b
+#define C2L_CAT(a, b) C2L_CAT2(a, b)
+
+#ifndef C2L_F32_ONCE
+#define C2L_F32_ONCE
+#if defined(__GNUC__)
+typedef float c2l_v16 __attribute__((vector_size(64)));
+#define C2L_HAVE_V16 1
+#else
+#define C2L_HAVE_V16 0
+#endif
+/* log for positive normal floats, branch-free so that loops vectorise: x = 2^e m with m in
+ * [sqrt(1/2), sqrt(2)), log m = 2 atanh(t), t = (m - 1)/(m + 1) (|t| <= 0.172, six terms). */
+static SCN_INLINE float c2l_logf_fast(float x) {
+  uint32_t b;
+  memcpy(&b, &x, sizeof b);
+  int32_t mant = (int32_t)(b & 0x007fffffU);
+  int32_t big = mant > 0x3504F3 ? 1 : 0;
+  int32_t e = (int32_t)(b >> 23) - 127 + big;
+  uint32_t mb = (uint32_t)mant | ((uint32_t)(127 - big) << 23);
+  float m;
+  memcpy(&m, &mb, sizeof m);
+  float t = (m - 1.0f) / (m + 1.0f), t2 = t * t;
+  float p = 1.0f / 11;
+  p = p * t2 + 1.0f / 9;
+  p = p * t2 + 1.0f / 7;
+  p = p * t2 + 1.0f / 5;
+  p = p * t2 + 1.0f / 3;
+  p = p * t2 + 1.0f;
+  float ed = (float)e;
+  return ed * 0.693145751953125f + (2.0f * t * p + ed * 1.428606765330187e-06f);
+}
+#endif
+
+#ifdef C2L_F32_SUFFIX
+
+/* A 16 x nj block of C (nj <= 6) over the whole inner dimension; columns past nj repeat the
+ * last one (computed, not stored). */
+C2L_F32_TARGET
+static void C2L_CAT(c2l_mk16, C2L_F32_SUFFIX)(int K, const float *a, int lda, const float *b,
+                                            R_xlen_t bk, R_xlen_t bj, int nj, float *c,
+                                            int ldc, int accum) {
+#if C2L_HAVE_V16
+  const float *b0 = b, *b1 = b + (nj > 1 ? 1 : 0) * bj, *b2 = b + (nj > 2 ? 2 : nj - 1) * bj,
+              *b3 = b + (nj > 3 ? 3 : nj - 1) * bj, *b4 = b + (nj > 4 ? 4 : nj - 1) * bj,
+              *b5 = b + (nj > 5 ? 5 : nj - 1) * bj;
+  c2l_v16 c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, c4 = {0}, c5 = {0};
+  for (int p = 0; p < K; p++) {
+    c2l_v16 av;
+    memcpy(&av, a + (R_xlen_t)p * lda, sizeof av);
+    const R_xlen_t o = (R_xlen_t)p * bk;
+    c0 += av * b0[o];
+    c1 += av * b1[o];
+    c2 += av * b2[o];
+    c3 += av * b3[o];
+    c4 += av * b4[o];
+    c5 += av * b5[o];
+  }
+  c2l_v16 cs[6] = {c0, c1, c2, c3, c4, c5};
+  for (int j = 0; j < nj; j++) {
+    float *cj = c + (R_xlen_t)j * ldc;
+    if (accum) {
+      c2l_v16 old;
+      memcpy(&old, cj, sizeof old);
+      cs[j] += old;
+    }
+    memcpy(cj, &cs[j], sizeof cs[j]);
+  }
+#else
+  for (int j = 0; j < nj; j++) {
+    float acc[16] = {0};
+    for (int p = 0; p < K; p++) {
+      float bv = b[(R_xlen_t)p * bk + j * bj];
+      for (int i = 0; i < 16; i++) acc[i] += a[(R_xlen_t)p * lda + i] * bv;
+    }
+    float *cj = c + (R_xlen_t)j * ldc;
+    for (int i = 0; i < 16; i++) cj[i] = accum ? cj[i] + acc[i] : acc[i];
+  }
+#endif
+}
+
+/* C (m x n) = A op(B) (accum = 0) or C + A op(B) (accum = 1); tb: op(B) = t(B). */
+C2L_F32_TARGET
+static void C2L_CAT(c2l_sgemm, C2L_F32_SUFFIX)(int tb, int m, int n, int k, const float *A,
+                                             int lda, const float *B, int ldb, int accum,
+                                             float *C, int ldc) {
+  const R_xlen_t bk = tb ? ldb : 1, bj = tb ? 1 : ldb;
+  const int m16 = m - m % 16;
+  for (int j0 = 0; j0 < n; j0 += 6) {
+    int nj = n - j0 < 6 ? n - j0 : 6;
+    for (int i0 = 0; i0 < m16; i0 += 16)
+      C2L_CAT(c2l_mk16, C2L_F32_SUFFIX)(k, A + i0, lda, B + j0 * bj, bk, bj, nj,
+                                        C + i0 + (R_xlen_t)j0 * ldc, ldc, accum);
+    for (int j = j0; j < j0 + nj; j++)
+      for (int i = m16; i < m; i++) {
+        float s = 0.0f;
+        for (int p = 0; p < k; p++) s += A[i + (R_xlen_t)p * lda] * B[p * bk + j * bj];
+        float *cij = C + i + (R_xlen_t)j * ldc;
+        *cij = accum ? *cij + s : s;
+      }
+  }
+}
+
+/* One tile: nb spots (rows of col, leading dimension ld), genes g0..g1-1 of batch e, after the
+ * forward GEMM (col = A = W sig). Per gene g: mg = m_g, sg = s_eg, ag = a_eg, the non-zero
+ * counts of the block from the CSC copy (cursor[g] onwards). Sums per gene (double, added to
+ * acc): [0] sum log1p(mu / a), [1] sum mu / (a + mu), [2] sum T, [3] sum T A, [4] sum over
+ * non-zeros of -x / (a + mu); per spot ysacc (float) += d/dy; col is overwritten with T m_g for
+ * the backward GEMM; the loss gets the non-zero counts' x log(mu / (a + mu)). */
+C2L_F32_TARGET
+static void C2L_CAT(c2l_tile_f32, C2L_F32_SUFFIX)(
+    int s0, int nb, int ld, int E, R_xlen_t G, int e, int g0, int g1, float *buf,
+    const double *mg_, const double *seg, const double *a_eg, const int *xp, const int *xi,
+    const double *xv, const float *ys, float *ysacc, double *acc, int *cursor, float *scr,
+    int *scri, double *loss) {
+  float *scx = scr + ld, *scA = scr + 2 * ld, *scy = scr + 3 * ld;
+  double lnz = 0.0;
+  for (int g = g0; g < g1; g++) {
+    float *col = buf + (R_xlen_t)(g - g0) * ld;
+    const R_xlen_t ie = e + (R_xlen_t)g * E;
+    const float mg = (float)mg_[g], sg = (float)seg[ie], ag = (float)a_eg[ie],
+                ia = (float)(1.0 / a_eg[ie]);
+    int k = 0, p = cursor[g];
+    const int pend = xp[g + 1], s1 = s0 + nb;
+    while (p < pend && xi[p] < s1) {
+      int sl = xi[p] - s0;
+      scri[k] = sl;
+      scx[k] = (float)xv[p++];
+      scA[k] = col[sl];
+      scy[k++] = ys[sl];
+    }
+    cursor[g] = p;
+    float cT = 0.0f, cTA = 0.0f, cQ = 0.0f, cl = 0.0f;
+#pragma omp simd reduction(+ : cT, cTA, cQ, cl)
+    for (int j = 0; j < k; j++) {
+      float x = scx[j], A = scA[j], y = scy[j];
+      float base = A * mg + sg, mu = base * y, apa = ag + mu;
+      float inv = 1.0f / apa, rmu = 1.0f / mu;
+      float dR = x * (rmu - inv), Tc = dR * y;
+      cT += Tc;
+      cTA += Tc * A;
+      cQ -= x * inv;
+      cl += x * c2l_logf_fast(mu * inv);
+      scr[j] = dR * base;
+      scA[j] = Tc * mg;
+    }
+    lnz += cl;
+    for (int j = 0; j < k; j++) ysacc[scri[j]] += scr[j];
+    float sL = 0.0f, sM = 0.0f, sT = 0.0f, sTA = 0.0f;
+#pragma omp simd reduction(+ : sL, sM, sT, sTA)
+    for (int i = 0; i < nb; i++) {
+      float A = col[i], base = A * mg + sg, y = ys[i];
+      float mu = base * y, r = mu * ia, w = 1.0f + r;
+      float inv = 1.0f / (ag + mu), ainv = ag * inv;
+      /* log1p(r) = log(w) + (r - (w - 1)) / w, and 1 / w = a / (a + mu) */
+      float L = c2l_logf_fast(w) + (r - (w - 1.0f)) * ainv;
+      float T = -ainv * y;
+      sL += L;
+      sM += mu * inv;
+      sT += T;
+      sTA += T * A;
+      ysacc[i] -= ainv * base;
+      col[i] = T * mg;
+    }
+    for (int j = 0; j < k; j++) col[scri[j]] += scA[j];
+    acc[g] += sL;
+    acc[G + g] += sM;
+    acc[2 * G + g] += (double)sT + cT;
+    acc[3 * G + g] += (double)sTA + cTA;
+    acc[4 * G + g] += cQ;
+  }
+  *loss += lnz;
+}
+
+/* One vectorised float pass over n values (the floor bench's elementwise part): y = log(1 + x). */
+C2L_F32_TARGET
+static void C2L_CAT(c2l_logpass_f32, C2L_F32_SUFFIX)(R_xlen_t n, float *x) {
+#pragma omp simd
+  for (R_xlen_t i = 0; i < n; i++) x[i] = c2l_logf_fast(1.0f + x[i]);
+}
+
+#endif
