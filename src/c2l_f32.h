@@ -122,27 +122,25 @@ static void C2L_CAT(c2l_sgemm, C2L_F32_SUFFIX)(int tb, int m, int n, int k, cons
  * the backward GEMM; the loss gets the non-zero counts' x log(mu / (a + mu)). */
 C2L_F32_TARGET
 static void C2L_CAT(c2l_tile_f32, C2L_F32_SUFFIX)(
-    int s0, int nb, int ld, int E, R_xlen_t G, int e, int g0, int g1, float *buf,
-    const double *mg_, const double *seg, const double *a_eg, const int *xp, const int *xi,
-    const double *xv, const float *ys, float *ysacc, double *acc, int *cursor, float *scr,
-    int *scri, double *loss) {
-  float *scx = scr + ld, *scA = scr + 2 * ld, *scy = scr + 3 * ld;
+    int nb, int ld, int E, R_xlen_t G, int e, int g0, int g1, float *buf, const double *mg_,
+    const double *seg, const double *a_eg, const R_xlen_t *boff, const uint16_t *bi,
+    const float *bv, const float *ys, float *ysacc, double *acc, float *scr, double *loss) {
+  float *scA = scr + ld, *scy = scr + 2 * ld;
   double lnz = 0.0;
   for (int g = g0; g < g1; g++) {
     float *col = buf + (R_xlen_t)(g - g0) * ld;
     const R_xlen_t ie = e + (R_xlen_t)g * E;
     const float mg = (float)mg_[g], sg = (float)seg[ie], ag = (float)a_eg[ie],
                 ia = (float)(1.0 / a_eg[ie]);
-    int k = 0, p = cursor[g];
-    const int pend = xp[g + 1], s1 = s0 + nb;
-    while (p < pend && xi[p] < s1) {
-      int sl = xi[p] - s0;
-      scri[k] = sl;
-      scx[k] = (float)xv[p++];
-      scA[k] = col[sl];
-      scy[k++] = ys[sl];
+    /* the block's non-zero counts of gene g: local spots bi, values bv (block-major copy) */
+    const uint16_t *scri = bi + boff[g];
+    const float *scx = bv + boff[g];
+    const int k = (int)(boff[g + 1] - boff[g]);
+#pragma omp simd
+    for (int j = 0; j < k; j++) {
+      scA[j] = col[scri[j]];
+      scy[j] = ys[scri[j]];
     }
-    cursor[g] = p;
     float cT = 0.0f, cTA = 0.0f, cQ = 0.0f, cl = 0.0f;
 #pragma omp simd reduction(+ : cT, cTA, cQ, cl)
     for (int j = 0; j < k; j++) {

@@ -36,6 +36,7 @@
  * from the epoch. So a fit for a given seed does not depend on the thread count.
  */
 #include "scnative.h"
+#include <time.h>
 
 #define C2L_NSITE 17
 enum {
@@ -79,9 +80,9 @@ enum {
 
 typedef struct {
   void (*sgemm)(int, int, int, int, const float *, int, const float *, int, int, float *, int);
-  void (*tile)(int, int, int, int, R_xlen_t, int, int, int, float *, const double *,
-               const double *, const double *, const int *, const int *, const double *,
-               const float *, float *, double *, int *, float *, int *, double *);
+  void (*tile)(int, int, int, R_xlen_t, int, int, int, float *, const double *, const double *,
+               const double *, const R_xlen_t *, const uint16_t *, const float *, const float *,
+               float *, double *, float *, double *);
   void (*logpass)(R_xlen_t, float *);
   const char *name;
 } c2l_f32_kern;
@@ -138,6 +139,11 @@ typedef struct {
   int prec, sgemm_blas;
   float *sigTf, *fbuf;
   int fcap;
+  /* the counts again, block-major for the float pass: block b, gene g at bo[b * G + g] ..
+   * bo[b * G + g + 1] - 1, local spot (bi) and value (bv), spots increasing */
+  R_xlen_t *bo;
+  uint16_t *bi;
+  float *bv;
   c2l_f32_kern kern;
 } c2l_state;
 
@@ -150,7 +156,7 @@ static void c2l_free(c2l_state *st) {
                   st->chunk_loss, st->a_eg, st->hd, st->hl, st->blk_s0, st->blk_n, st->blk_e,
                   st->chunk_b0, st->tbuf, st->tint, st->hperm, st->hs_j, st->hb_ie, st->hs_c,
                   st->hb_v, st->hb_c, st->hscr, st->chunk_e0, st->chunk_e1, st->ccur, st->red,
-                  st->sigTf, st->fbuf};
+                  st->sigTf, st->fbuf, st->bo, st->bi, st->bv};
   for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
   scn_guide_free(&st->gd);
   free(st);
@@ -295,6 +301,7 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   if (gb > G) gb = G;
   st->nb = nb, st->gb = gb;
   st->prec = INTEGER(tiles)[2] == 1;
+  if (st->prec && nb > 4096) nb = st->nb = 4096; /* local spot indices are 16-bit */
   st->kern = c2l_f32_pick();
   {
     int gm = INTEGER(tiles)[3];
@@ -372,6 +379,34 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
       st->blk_n[b] = (bs[e + 1] - s) < nb ? (bs[e + 1] - s) : nb;
       st->blk_e[b] = e;
     }
+  if (st->prec) { /* the block-major copy of the counts */
+    st->bo = malloc(((size_t)nblock * G + 1) * sizeof(R_xlen_t));
+    st->bi = malloc(((size_t)nnz + 1) * sizeof(uint16_t));
+    st->bv = malloc(((size_t)nnz + 1) * sizeof(float));
+    int *sblk = malloc(((size_t)S + 1) * sizeof(int));
+    if (!st->bo || !st->bi || !st->bv || !sblk) {
+      free(sblk);
+      c2l_free(st);
+      error(_("out of memory allocating the cell2location state"));
+    }
+    for (int bb = 0; bb < nblock; bb++)
+      for (int i = 0; i < st->blk_n[bb]; i++) sblk[st->blk_s0[bb] + i] = bb;
+    R_xlen_t *bo = st->bo;
+    memset(bo, 0, ((size_t)nblock * G + 1) * sizeof(R_xlen_t));
+    for (int g = 0; g < G; g++)
+      for (int q = st->xp[g]; q < st->xp[g + 1]; q++) bo[(R_xlen_t)sblk[st->xi[q]] * G + g + 1]++;
+    for (R_xlen_t i = 0; i < (R_xlen_t)nblock * G; i++) bo[i + 1] += bo[i];
+    for (int g = 0; g < G; g++) /* per (block, gene) in increasing spot order */
+      for (int q = st->xp[g]; q < st->xp[g + 1]; q++) {
+        int s = st->xi[q], bb = sblk[s];
+        R_xlen_t at = bo[(R_xlen_t)bb * G + g]++;
+        st->bi[at] = (uint16_t)(s - st->blk_s0[bb]);
+        st->bv[at] = (float)st->xv[q];
+      }
+    for (R_xlen_t i = (R_xlen_t)nblock * G; i > 0; i--) bo[i] = bo[i - 1]; /* back to starts */
+    bo[0] = 0;
+    free(sblk);
+  }
   for (int c = 0; c <= st->nchunk; c++)
     st->chunk_b0[c] = (int)(((long)nblock * c) / st->nchunk);
   for (int c = 0; c < st->nchunk; c++) {
@@ -592,7 +627,7 @@ static void c2l_pass_f32(c2l_state *st, const double *z, int nth_c) {
   const double *zW = z + st->gd.off[S_W], *zm = z + st->gd.off[S_MG], *zs = z + st->gd.off[S_SEG],
                *zys = z + st->gd.off[S_YS];
   const int nchunk = st->nchunk, nb = st->nb, gb = st->gb, ld = (nb + 15) / 16 * 16;
-  const size_t per = (size_t)ld * gb + 2 * (size_t)ld * F + 6 * (size_t)ld + 16;
+  const size_t per = (size_t)ld * gb + 2 * (size_t)ld * F + 5 * (size_t)ld + 16;
   if (nth_c > st->fcap) {
     free(st->fbuf);
     st->fbuf = malloc((size_t)nth_c * per * sizeof(float));
@@ -602,13 +637,11 @@ static void c2l_pass_f32(c2l_state *st, const double *z, int nth_c) {
   const c2l_f32_kern kern = st->kern;
   const int blas = st->sgemm_blas;
   float *fbuf = st->fbuf;
-  int *tint = st->tint;
 #pragma omp parallel num_threads(nth_c)
   {
     int tid = omp_get_thread_num();
     float *buf = fbuf + (size_t)tid * per, *Wf = buf + (size_t)ld * gb, *dWf = Wf + (size_t)ld * F,
           *ysf = dWf + (size_t)ld * F, *yaf = ysf + ld, *scr = yaf + ld;
-    int *cursor = tint + (size_t)tid * ((size_t)G + nb + 24), *scri = cursor + G;
 #pragma omp for schedule(dynamic, 1)
     for (int c = 0; c < nchunk; c++) {
       double *acc = st->acc + c * accsz;
@@ -618,10 +651,10 @@ static void c2l_pass_f32(c2l_state *st, const double *z, int nth_c) {
                (size_t)(e1 - e0 + 1) * C2L_NACC * G * sizeof(double));
       double closs = 0.0;
       int b0 = st->chunk_b0[c], b1 = st->chunk_b0[c + 1];
-      memcpy(cursor, st->ccur + (R_xlen_t)c * G, (size_t)G * sizeof(int));
       for (int b = b0; b < b1; b++) {
         int s0 = st->blk_s0[b], n = st->blk_n[b], e = st->blk_e[b];
         double *acce = acc + (R_xlen_t)e * C2L_NACC * G;
+        const R_xlen_t *boff = st->bo + (R_xlen_t)b * G;
         for (int f = 0; f < F; f++) {
           float *wf = Wf + (R_xlen_t)f * ld;
           const double *zw = zW + s0 + (R_xlen_t)f * S;
@@ -637,8 +670,8 @@ static void c2l_pass_f32(c2l_state *st, const double *z, int nth_c) {
             scn_sgemm('N', 'N', ld, gn, F, 1.0f, Wf, ld, sg, F, 0.0f, buf, ld);
           else
             kern.sgemm(0, ld, gn, F, Wf, ld, sg, F, 0, buf, ld);
-          kern.tile(s0, n, ld, E, G, e, g0, g1, buf, zm, zs, st->a_eg, st->xp, st->xi, st->xv,
-                    ysf, yaf, acce, cursor, scr, scri, &closs);
+          kern.tile(n, ld, E, G, e, g0, g1, buf, zm, zs, st->a_eg, boff, st->bi, st->bv, ysf, yaf,
+                    acce, scr, &closs);
           if (blas)
             scn_sgemm('N', 'T', ld, F, gn, 1.0f, buf, ld, sg, F, 1.0f, dWf, ld);
           else
@@ -958,4 +991,127 @@ SEXP scnative_c2l_logjoint(SEXP ptr, SEXP u, SEXP threads) {
   scn_guide_set_u(&st->gd, REAL(u));
   double lp = c2l_logp(st, asInteger(threads));
   return scn_logjoint_sexp(&st->gd, lp);
+}
+
+/* ---- floor benchmark (bench/cell2location_floor32.R) ------------------------------------- */
+
+C2L_CLONES
+static void c2l_logpass_f64(R_xlen_t n, double *x) {
+#pragma omp simd
+  for (R_xlen_t i = 0; i < n; i++) x[i] = scn_log_fast(1.0 + x[i]);
+}
+
+static double c2l_now(void) {
+#ifdef _OPENMP
+  return omp_get_wtime();
+#else
+  return (double)clock() / CLOCKS_PER_SEC;
+#endif
+}
+
+/* .Call(C_scnative_c2l_floor, c(S, G, F, reps, nb, gb)) -> seconds per repetition of the parts
+ * of one epoch's S x G pass at its floor, on the calling thread: the two GEMMs (A = W sig^T,
+ * S x F x G, and dW = A sig, S x G x F) at full size through the BLAS in double and in float
+ * (NA without sgemm_), ours in float over nb x gb tiles (as the pass runs them) and the BLAS's
+ * dgemm over the same tiles, and one vectorised log(1 + x) pass over S x G in double and in
+ * float, from memory (one S x G array) and over one cache-resident tile repeated. Internal. */
+SEXP scnative_c2l_floor(SEXP dims) {
+  if (!isInteger(dims) || XLENGTH(dims) != 6) SCN_INTERNAL_ERROR("dims");
+  const int *d = INTEGER(dims);
+  const int S = d[0], G = d[1], F = d[2], reps = d[3], nb = d[4], gb = d[5];
+  if (S < 16 || G < 1 || F < 1 || reps < 1 || nb < 16 || nb % 16 || gb < 1 || gb > G)
+    SCN_INTERNAL_ERROR("sizes");
+  const R_xlen_t SG = (R_xlen_t)S * G, SF = (R_xlen_t)S * F, FG = (R_xlen_t)F * G;
+  double *W = malloc(SF * sizeof(double)), *sig = malloc(FG * sizeof(double)),
+         *A = malloc(SG * sizeof(double)), *dW = malloc(SF * sizeof(double));
+  float *Wf = malloc(SF * sizeof(float)), *sigf = malloc(FG * sizeof(float)),
+        *Af = malloc(SG * sizeof(float)), *dWf = malloc(SF * sizeof(float));
+  if (!W || !sig || !A || !dW || !Wf || !sigf || !Af || !dWf) {
+    free(W), free(sig), free(A), free(dW), free(Wf), free(sigf), free(Af), free(dWf);
+    error(_("out of memory"));
+  }
+  uint64_t r = 88172645463325252ULL;
+  for (R_xlen_t i = 0; i < SF; i++) {
+    r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+    W[i] = (double)(r >> 11) / 9007199254740992.0, Wf[i] = (float)W[i];
+  }
+  for (R_xlen_t i = 0; i < FG; i++) {
+    r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+    sig[i] = (double)(r >> 11) / 9007199254740992.0, sigf[i] = (float)sig[i];
+  }
+  const c2l_f32_kern kern = c2l_f32_pick();
+  SEXP ans = PROTECT(allocVector(REALSXP, 8));
+  double *out = REAL(ans), t0;
+  /* full-size BLAS, double and float: sig is F x G (the state's sigT) */
+  t0 = c2l_now();
+  for (int k = 0; k < reps; k++) {
+    scn_dgemm('N', 'N', S, G, F, 1.0, W, S, sig, F, 0.0, A, S);
+    scn_dgemm('N', 'T', S, F, G, 1.0, A, S, sig, F, 0.0, dW, S);
+  }
+  out[0] = (c2l_now() - t0) / reps;
+  if (scn_have_sgemm()) {
+    t0 = c2l_now();
+    for (int k = 0; k < reps; k++) {
+      scn_sgemm('N', 'N', S, G, F, 1.0f, Wf, S, sigf, F, 0.0f, Af, S);
+      scn_sgemm('N', 'T', S, F, G, 1.0f, Af, S, sigf, F, 0.0f, dWf, S);
+    }
+    out[1] = (c2l_now() - t0) / reps;
+  } else {
+    out[1] = NA_REAL;
+  }
+  /* tiles, as the pass: rows s0.. of W copied to an nb x F block, per tile forward and backward */
+  float *Wb = malloc((size_t)nb * F * sizeof(float)), *dWb = malloc((size_t)nb * F * sizeof(float));
+  double *Wd = malloc((size_t)nb * F * sizeof(double)), *dWd = malloc((size_t)nb * F * sizeof(double));
+  if (!Wb || !dWb || !Wd || !dWd) {
+    free(Wb), free(dWb), free(Wd), free(dWd);
+    free(W), free(sig), free(A), free(dW), free(Wf), free(sigf), free(Af), free(dWf);
+    error(_("out of memory"));
+  }
+  t0 = c2l_now();
+  for (int k = 0; k < reps; k++)
+    for (int s0 = 0; s0 + nb <= S; s0 += nb) {
+      for (int f = 0; f < F; f++) memcpy(Wb + (size_t)f * nb, Wf + s0 + (R_xlen_t)f * S, nb * sizeof(float));
+      memset(dWb, 0, (size_t)nb * F * sizeof(float));
+      for (int g0 = 0; g0 < G; g0 += gb) {
+        int gn = g0 + gb < G ? gb : G - g0;
+        kern.sgemm(0, nb, gn, F, Wb, nb, sigf + (R_xlen_t)g0 * F, F, 0, Af, nb);
+        kern.sgemm(1, nb, F, gn, Af, nb, sigf + (R_xlen_t)g0 * F, F, 1, dWb, nb);
+      }
+    }
+  out[2] = (c2l_now() - t0) / reps * ((double)S / (S - S % nb));
+  t0 = c2l_now();
+  for (int k = 0; k < reps; k++)
+    for (int s0 = 0; s0 + nb <= S; s0 += nb) {
+      for (int f = 0; f < F; f++) memcpy(Wd + (size_t)f * nb, W + s0 + (R_xlen_t)f * S, nb * sizeof(double));
+      memset(dWd, 0, (size_t)nb * F * sizeof(double));
+      for (int g0 = 0; g0 < G; g0 += gb) {
+        int gn = g0 + gb < G ? gb : G - g0;
+        scn_dgemm('N', 'N', nb, gn, F, 1.0, Wd, nb, sig + (R_xlen_t)g0 * F, F, 0.0, A, nb);
+        scn_dgemm('N', 'T', nb, F, gn, 1.0, A, nb, sig + (R_xlen_t)g0 * F, F, 1.0, dWd, nb);
+      }
+    }
+  out[3] = (c2l_now() - t0) / reps * ((double)S / (S - S % nb));
+  /* one vectorised pass over S x G (values kept small so that they stay in range) */
+  for (R_xlen_t i = 0; i < SG; i++) A[i] = (double)(i % 1000) * 1e-3, Af[i] = (float)A[i];
+  t0 = c2l_now();
+  for (int k = 0; k < reps; k++) c2l_logpass_f64(SG, A);
+  out[4] = (c2l_now() - t0) / reps;
+  t0 = c2l_now();
+  for (int k = 0; k < reps; k++) kern.logpass(SG, Af);
+  out[5] = (c2l_now() - t0) / reps;
+  /* the same pass over one nb x gb tile held in cache, repeated to cover S x G (the pass's own
+   * access pattern: each tile is fresh from the forward GEMM) */
+  const R_xlen_t nt = (R_xlen_t)nb * gb, ntile = SG / nt;
+  t0 = c2l_now();
+  for (int k = 0; k < reps; k++)
+    for (R_xlen_t t = 0; t < ntile; t++) c2l_logpass_f64(nt, A);
+  out[6] = (c2l_now() - t0) / reps * ((double)SG / ((double)ntile * nt));
+  t0 = c2l_now();
+  for (int k = 0; k < reps; k++)
+    for (R_xlen_t t = 0; t < ntile; t++) kern.logpass(nt, Af);
+  out[7] = (c2l_now() - t0) / reps * ((double)SG / ((double)ntile * nt));
+  free(Wb), free(dWb), free(Wd), free(dWd);
+  free(W), free(sig), free(A), free(dW), free(Wf), free(sigf), free(Af), free(dWf);
+  UNPROTECT(1);
+  return ans;
 }
