@@ -249,7 +249,7 @@ static int c2l_hist_index(c2l_state *st) {
 
 /* .Call(C_scnative_c2l_setup, xp, xi, xv, dims = c(S, G, F, R, E), bstart, sigT, hyper, de,
  *       alphad, tiles = c(nb, gb, precision, gemm)): precision 0 double, 1 single; gemm (single
- *       only) 0 automatic, 1 the BLAS's sgemm, 2 ours. */
+ *       only) 0 automatic, 1 the BLAS's sgemm, 2 ours; tiles = c(nb, gb) is double. */
 SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP sigT, SEXP hyper,
                         SEXP de, SEXP alphad, SEXP tiles) {
   if (!isInteger(dims) || XLENGTH(dims) != 5) SCN_INTERNAL_ERROR("dims");
@@ -259,7 +259,7 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
       XLENGTH(xi) != XLENGTH(xv) || !isInteger(bstart) || XLENGTH(bstart) != E + 1 ||
       !isReal(sigT) || XLENGTH(sigT) != (R_xlen_t)F * G || !isReal(hyper) ||
       XLENGTH(hyper) != C2L_NHYP || !isReal(de) || XLENGTH(de) != E || !isReal(alphad) ||
-      XLENGTH(alphad) != E || !isInteger(tiles) || XLENGTH(tiles) != 4)
+      XLENGTH(alphad) != E || !isInteger(tiles) || (XLENGTH(tiles) != 2 && XLENGTH(tiles) != 4))
     SCN_INTERNAL_ERROR("bad arguments");
   /* Guards (R's validate_fit() checks fits first; these keep a damaged object from reaching
    * the passes below, which index with these values unchecked): sizes, batch ranges covering
@@ -300,11 +300,11 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   }
   if (gb > G) gb = G;
   st->nb = nb, st->gb = gb;
-  st->prec = INTEGER(tiles)[2] == 1;
+  st->prec = XLENGTH(tiles) == 4 && INTEGER(tiles)[2] == 1;
   if (st->prec && nb > 4096) nb = st->nb = 4096; /* local spot indices are 16-bit */
   st->kern = c2l_f32_pick();
   {
-    int gm = INTEGER(tiles)[3];
+    int gm = XLENGTH(tiles) == 4 ? INTEGER(tiles)[3] : 0;
     /* automatic: ours (register-blocked, vectorised for the CPU); the BLAS's sgemm only when
      * asked for (it may have been built for an older CPU, e.g. OpenBLAS's SSE3 kernels) */
     st->sgemm_blas = gm == 1 && scn_have_sgemm();
