@@ -130,25 +130,30 @@ static void C2L_CAT(c2l_tile_f32, C2L_F32_SUFFIX)(
     int nb, int ld, int E, R_xlen_t G, int e, int g0, int g1, float *buf, const double *mg_,
     const double *seg, const double *a_eg, const R_xlen_t *boff, const uint16_t *bi,
     const float *bv, const float *ys, float *ysacc, double *acc, float *scr, double *loss) {
-  float *scA = scr + ld, *scy = scr + 2 * ld;
+  float *scA = scr + ld, *scy = scr + 2 * ld, *scx = scr + 3 * ld;
   double lnz = 0.0;
   for (int g = g0; g < g1; g++) {
     float *col = buf + (R_xlen_t)(g - g0) * ld;
     const R_xlen_t ie = e + (R_xlen_t)g * E;
     const float mg = (float)mg_[g], sg = (float)seg[ie], ag = (float)a_eg[ie],
                 ia = (float)(1.0 / a_eg[ie]);
-    /* the block's non-zero counts of gene g: local spots bi, values bv (block-major copy) */
+    /* the block's non-zero counts of gene g: local spots bi, values bv (block-major copy).
+     * Gathered for kp = k rounded up to 16 entries (whole vectors, no scalar remainder): the
+     * entries past k are the next ones' spots (the copies have 16 zeros of slack at the end)
+     * with x = 0, so they add zeros and are not scattered back. */
     const uint16_t *scri = bi + boff[g];
-    const float *scx = bv + boff[g];
-    const int k = (int)(boff[g + 1] - boff[g]);
+    const float *xv = bv + boff[g];
+    const int k = (int)(boff[g + 1] - boff[g]), kp = (k + 15) & ~15;
 #pragma omp simd
-    for (int j = 0; j < k; j++) {
-      scA[j] = col[scri[j]];
-      scy[j] = ys[scri[j]];
+    for (int j = 0; j < kp; j++) {
+      int ix = scri[j];
+      scA[j] = col[ix];
+      scy[j] = ys[ix];
+      scx[j] = j < k ? xv[j] : 0.0f;
     }
     float cT = 0.0f, cTA = 0.0f, cQ = 0.0f, cl = 0.0f;
 #pragma omp simd reduction(+ : cT, cTA, cQ, cl)
-    for (int j = 0; j < k; j++) {
+    for (int j = 0; j < kp; j++) {
       float x = scx[j], A = scA[j], y = scy[j];
       float base = A * mg + sg, mu = base * y, apa = ag + mu;
       float inv = 1.0f / apa, rmu = 1.0f / mu;

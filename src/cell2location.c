@@ -381,8 +381,8 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
     }
   if (st->prec) { /* the block-major copy of the counts */
     st->bo = malloc(((size_t)nblock * G + 1) * sizeof(R_xlen_t));
-    st->bi = malloc(((size_t)nnz + 1) * sizeof(uint16_t));
-    st->bv = malloc(((size_t)nnz + 1) * sizeof(float));
+    st->bi = calloc((size_t)nnz + 16, sizeof(uint16_t)); /* 16 of slack (c2l_f32.h) */
+    st->bv = calloc((size_t)nnz + 16, sizeof(float));
     int *sblk = malloc(((size_t)S + 1) * sizeof(int));
     if (!st->bo || !st->bi || !st->bv || !sblk) {
       free(sblk);
@@ -627,7 +627,7 @@ static void c2l_pass_f32(c2l_state *st, const double *z, int nth_c) {
   const double *zW = z + st->gd.off[S_W], *zm = z + st->gd.off[S_MG], *zs = z + st->gd.off[S_SEG],
                *zys = z + st->gd.off[S_YS];
   const int nchunk = st->nchunk, nb = st->nb, gb = st->gb, ld = (nb + 15) / 16 * 16;
-  const size_t per = (size_t)ld * gb + 2 * (size_t)ld * F + 5 * (size_t)ld + 16;
+  const size_t per = (size_t)ld * gb + 2 * (size_t)ld * F + 6 * (size_t)ld + 16;
   if (nth_c > st->fcap) {
     free(st->fbuf);
     st->fbuf = malloc((size_t)nth_c * per * sizeof(float));
@@ -663,6 +663,7 @@ static void c2l_pass_f32(c2l_state *st, const double *z, int nth_c) {
         }
         memset(dWf, 0, (size_t)ld * F * sizeof(float));
         for (int i = 0; i < n; i++) ysf[i] = (float)zys[s0 + i], yaf[i] = 0.0f;
+        for (int i = n; i < ld; i++) ysf[i] = 1.0f; /* finite terms for the padded gathers */
         for (int g0 = 0; g0 < G; g0 += gb) {
           int g1 = g0 + gb < G ? g0 + gb : G, gn = g1 - g0;
           const float *sg = st->sigTf + (R_xlen_t)g0 * F;
