@@ -119,6 +119,24 @@ static void C2L_CAT(c2l_sgemm, C2L_F32_SUFFIX)(int tb, int m, int n, int k, cons
   }
 }
 
+/* y[ix[j]] += v[j], j < k, the ix distinct (AVX-512: masked gather, add, scatter, 16 at a time;
+ * ix may be read up to 16 past k). */
+C2L_F32_TARGET
+static SCN_INLINE void C2L_CAT(c2l_scatter_add, C2L_F32_SUFFIX)(int k, const uint16_t *ix,
+                                                               const float *v, float *y) {
+#ifdef C2L_F32_AVX512
+  for (int j = 0; j < k; j += 16) {
+    __mmask16 m = (__mmask16)(k - j >= 16 ? 0xFFFF : (1u << (k - j)) - 1u);
+    __m512i id = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(ix + j)));
+    __m512 yv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, id, y, 4);
+    yv = _mm512_add_ps(yv, _mm512_maskz_loadu_ps(m, v + j));
+    _mm512_mask_i32scatter_ps(y, m, id, yv, 4);
+  }
+#else
+  for (int j = 0; j < k; j++) y[ix[j]] += v[j];
+#endif
+}
+
 /* One tile: nb spots (rows of col, leading dimension ld), genes g0..g1-1 of batch e, after the
  * forward GEMM (col = A = W sig). Per gene g: mg = m_g, sg = s_eg, ag = a_eg, the non-zero
  * counts of the block from the CSC copy (cursor[g] onwards). Sums per gene (double, added to
@@ -167,8 +185,7 @@ static void C2L_CAT(c2l_tile_f32, C2L_F32_SUFFIX)(
     }
     lnz += cl;
     /* the spots of one gene are distinct, so the scatters have no conflicts */
-#pragma omp simd
-    for (int j = 0; j < k; j++) ysacc[scri[j]] += scr[j];
+    C2L_CAT(c2l_scatter_add, C2L_F32_SUFFIX)(k, scri, scr, ysacc);
     float sL = 0.0f, sM = 0.0f, sT = 0.0f, sTA = 0.0f;
 #pragma omp simd reduction(+ : sL, sM, sT, sTA)
     for (int i = 0; i < nb; i++) {
@@ -185,8 +202,7 @@ static void C2L_CAT(c2l_tile_f32, C2L_F32_SUFFIX)(
       ysacc[i] -= ainv * base;
       col[i] = T * mg;
     }
-#pragma omp simd
-    for (int j = 0; j < k; j++) col[scri[j]] += scA[j];
+    C2L_CAT(c2l_scatter_add, C2L_F32_SUFFIX)(k, scri, scA, col);
     acc[g] += sL;
     acc[G + g] += sM;
     acc[2 * G + g] += (double)sT + cT;

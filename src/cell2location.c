@@ -61,9 +61,12 @@ enum {
 /* The float32 kernels (precision = "single"), one copy per instruction set (c2l_f32.h). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 8
 #define C2L_F32_X86 1
+#include <immintrin.h>
 #define C2L_F32_SUFFIX avx512
 #define C2L_F32_TARGET __attribute__((target("avx512f,avx2,fma")))
+#define C2L_F32_AVX512 1
 #include "c2l_f32.h"
+#undef C2L_F32_AVX512
 #undef C2L_F32_SUFFIX
 #undef C2L_F32_TARGET
 #define C2L_F32_SUFFIX avx2
