@@ -344,9 +344,11 @@ c2l_train_blocks <- function(state, prep, params, epochs, epoch0, opt, seed, thr
 #' @param precision `"single"` (the default) or `"double"`: the arithmetic of each epoch's
 #'   spots x genes pass (the two matrix products through the cell-type signatures and the
 #'   negative-binomial terms of every count). `"single"` runs it in float32, the precision in
-#'   which upstream (torch) trains, at about twice the speed; the parameters, the optimiser
-#'   state, the loss and all prior terms stay in double. `"double"` runs everything in double.
-#'   In both, results for a `seed` do not depend on `threads`.
+#'   which upstream (torch) trains, two to four times faster (4,000 spots x 10,000 genes x 34
+#'   types, one thread; the gain depends on the BLAS that the double path uses); the parameters, the optimiser state, the loss and all prior terms stay
+#'   in double. Its log joint agrees with Pyro's to about 2e-7 (relative) and its fits with
+#'   double ones to about 1e-7. `"double"` runs everything in double. In both, results for a
+#'   `seed` do not depend on `threads`.
 #' @param ... method arguments (`assay`, `layer` for Seurat; `assay.type` for
 #'   SingleCellExperiment); `clip_norm`, `lrd` for ClippedAdam.
 #' @return A `scnative_c2l` object: a list with `params` (per site, `loc` and `rho` matrices of

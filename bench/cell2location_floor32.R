@@ -8,7 +8,9 @@
 #           BLAS's at full size) + a float pass.
 # The elementwise pass is timed from memory (one S x G array) and over one cache-resident tile
 # (the pass's own pattern); the floor uses the faster. scnative's epoch is timed on the training
-# loop alone (state built once, not timed), for precision = "double" and "single". All times
+# loop alone (state built once, not timed), for precision = "double" and "single".
+# OpenBLAS on the dev VM detects the CPU as "Prescott" (SSE3 kernels): OPENBLAS_CORETYPE=SkylakeX
+# on the command line shows what a correctly detected OpenBLAS does (the package sets nothing). All times
 # are CPU seconds (of the one thread), so that a shared machine's load does not count.
 a <- as.integer(commandArgs(TRUE))
 S <- a[1]; G <- a[2]; F <- a[3]; epochs <- a[4]

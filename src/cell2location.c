@@ -26,6 +26,13 @@
  * chunk holds. The guide's per-parameter work (normals, softplus, exp, Adam) is vectorised in
  * svi.c and rng.c.
  *
+ * precision = "single" (c2l_pass_f32, kernels in c2l_f32.h): the same blocks, tiles and chunks
+ * in float32, as torch trains: W and y_s are copied to float per block (rows padded to a
+ * multiple of 16), our register-blocked sgemm (or the BLAS's sgemm_ when asked) does both
+ * GEMMs, the NB terms use log(a + mu) = log a + log1p(mu / a) so that the per-gene sums hold
+ * small terms, and the counts are read from a block-major float copy. Per-gene sums go to the
+ * same double accumulators; everything after the pass (and the whole double path) is as above.
+ *
  * Buffers: everything (tile buffers included) is allocated once per fit and held by the state
  * (an external pointer with a finalizer); no S x G matrix exists at any time.
  *
