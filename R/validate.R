@@ -259,6 +259,11 @@ validate_c2l_fit <- function(fit, arg = "fit", data = TRUE) {
              "gene_add_alpha_alpha", "gene_add_alpha_beta", "gene_add_mean_alpha",
              "gene_add_mean_beta", "phi_alpha", "phi_beta"))
   vf_params(vf_get(fit, "params", arg), c2l_site_table(S, G, F, R, E), vf_path(arg, "params"))
+  pr <- vf_get(fit, "precision", arg, optional = TRUE) # absent in fits made before it existed
+  if (!is.null(pr) && (!is.character(pr) || length(pr) != 1L || is.na(pr) ||
+                       !pr %in% c("single", "double"))) {
+    stopf("'%s' must be \"single\" or \"double\"", vf_path(arg, "precision"))
+  }
   sg <- vf_get(fit, "signatures", arg)
   vf_matrix(sg, vf_path(arg, "signatures"), G, F, nonneg = TRUE)
   if ((!is.null(rownames(sg)) && !identical(rownames(sg), st$genes)) ||

@@ -26,6 +26,13 @@
  * chunk holds. The guide's per-parameter work (normals, softplus, exp, Adam) is vectorised in
  * svi.c and rng.c.
  *
+ * precision = "single" (c2l_pass_f32, kernels in c2l_f32.h): the same blocks, tiles and chunks
+ * in float32, as torch trains: W and y_s are copied to float per block (rows padded to a
+ * multiple of 16), our register-blocked sgemm (or the BLAS's sgemm_ when asked) does both
+ * GEMMs, the NB terms use log(a + mu) = log a + log1p(mu / a) so that the per-gene sums hold
+ * small terms, and the counts are read from a block-major float copy. Per-gene sums go to the
+ * same double accumulators; everything after the pass (and the whole double path) is as above.
+ *
  * Buffers: everything (tile buffers included) is allocated once per fit and held by the state
  * (an external pointer with a finalizer); no S x G matrix exists at any time.
  *
@@ -36,6 +43,7 @@
  * from the epoch. So a fit for a given seed does not depend on the thread count.
  */
 #include "scnative.h"
+#include <time.h>
 
 #define C2L_NSITE 17
 enum {
@@ -56,6 +64,52 @@ enum {
 #else
 #define C2L_CLONES
 #endif
+
+/* The float32 kernels (precision = "single"), one copy per instruction set (c2l_f32.h). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 8
+#define C2L_F32_X86 1
+#include <immintrin.h>
+#define C2L_F32_SUFFIX avx512
+#define C2L_F32_TARGET __attribute__((target("avx512f,avx2,fma")))
+#define C2L_F32_AVX512 1
+#include "c2l_f32.h"
+#undef C2L_F32_AVX512
+#undef C2L_F32_SUFFIX
+#undef C2L_F32_TARGET
+#define C2L_F32_SUFFIX avx2
+#define C2L_F32_TARGET __attribute__((target("avx2,fma")))
+#include "c2l_f32.h"
+#undef C2L_F32_SUFFIX
+#undef C2L_F32_TARGET
+#endif
+#define C2L_F32_SUFFIX base
+#define C2L_F32_TARGET
+#include "c2l_f32.h"
+#undef C2L_F32_SUFFIX
+#undef C2L_F32_TARGET
+
+typedef struct {
+  void (*sgemm)(int, int, int, int, const float *, int, const float *, int, int, float *, int);
+  void (*tile)(int, int, int, R_xlen_t, int, int, int, float *, const double *, const double *,
+               const double *, const R_xlen_t *, const uint16_t *, const float *, const float *,
+               float *, double *, float *, double *);
+  void (*logpass)(R_xlen_t, float *);
+  const char *name;
+} c2l_f32_kern;
+
+/* The float kernels for this CPU (AVX-512 + FMA, AVX2 + FMA, else the portable copy). */
+static c2l_f32_kern c2l_f32_pick(void) {
+#ifdef C2L_F32_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+      __builtin_cpu_supports("fma"))
+    return (c2l_f32_kern){c2l_sgemm_avx512, c2l_tile_f32_avx512, c2l_logpass_f32_avx512,
+                          "avx512"};
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return (c2l_f32_kern){c2l_sgemm_avx2, c2l_tile_f32_avx2, c2l_logpass_f32_avx2, "avx2"};
+#endif
+  return (c2l_f32_kern){c2l_sgemm_base, c2l_tile_f32_base, c2l_logpass_f32_base, "base"};
+}
 
 typedef struct {
   int S, G, F, R, E;
@@ -90,6 +144,17 @@ typedef struct {
   double *tbuf; /* per-thread tile buffers, grown on demand, kept for the fit */
   int *tint;
   int tcap;
+  /* precision = "single" (prec = 1): sig in float, per-thread float buffers, the kernels for
+   * this CPU and whether the GEMMs go to the BLAS's sgemm (sgemm_blas) or to ours */
+  int prec, sgemm_blas;
+  float *sigTf, *fbuf;
+  int fcap;
+  /* the counts again, block-major for the float pass: block b, gene g at bo[b * G + g] ..
+   * bo[b * G + g + 1] - 1, local spot (bi) and value (bv), spots increasing */
+  R_xlen_t *bo;
+  uint16_t *bi;
+  float *bv;
+  c2l_f32_kern kern;
 } c2l_state;
 
 /* ---- state ---------------------------------------------------------------------------- */
@@ -100,7 +165,8 @@ static void c2l_free(c2l_state *st) {
                   st->hc, st->de, st->alphad, st->mw, st->D, st->dW, st->ysacc, st->lpspot, st->spx, st->cyd, st->acc,
                   st->chunk_loss, st->a_eg, st->hd, st->hl, st->blk_s0, st->blk_n, st->blk_e,
                   st->chunk_b0, st->tbuf, st->tint, st->hperm, st->hs_j, st->hb_ie, st->hs_c,
-                  st->hb_v, st->hb_c, st->hscr, st->chunk_e0, st->chunk_e1, st->ccur, st->red};
+                  st->hb_v, st->hb_c, st->hscr, st->chunk_e0, st->chunk_e1, st->ccur, st->red,
+                  st->sigTf, st->fbuf, st->bo, st->bi, st->bv};
   for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
   scn_guide_free(&st->gd);
   free(st);
@@ -192,7 +258,8 @@ static int c2l_hist_index(c2l_state *st) {
 }
 
 /* .Call(C_scnative_c2l_setup, xp, xi, xv, dims = c(S, G, F, R, E), bstart, sigT, hyper, de,
- *       alphad, tiles = c(nb, gb)) */
+ *       alphad, tiles = c(nb, gb, precision, gemm)): precision 0 double, 1 single; gemm (single
+ *       only) 0 automatic, 1 the BLAS's sgemm, 2 ours; tiles = c(nb, gb) is double. */
 SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP sigT, SEXP hyper,
                         SEXP de, SEXP alphad, SEXP tiles) {
   if (!isInteger(dims) || XLENGTH(dims) != 5) SCN_INTERNAL_ERROR("dims");
@@ -202,7 +269,7 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
       XLENGTH(xi) != XLENGTH(xv) || !isInteger(bstart) || XLENGTH(bstart) != E + 1 ||
       !isReal(sigT) || XLENGTH(sigT) != (R_xlen_t)F * G || !isReal(hyper) ||
       XLENGTH(hyper) != C2L_NHYP || !isReal(de) || XLENGTH(de) != E || !isReal(alphad) ||
-      XLENGTH(alphad) != E || !isInteger(tiles) || XLENGTH(tiles) != 2)
+      XLENGTH(alphad) != E || !isInteger(tiles) || (XLENGTH(tiles) != 2 && XLENGTH(tiles) != 4))
     SCN_INTERNAL_ERROR("bad arguments");
   /* Guards (R's validate_fit() checks fits first; these keep a damaged object from reaching
    * the passes below, which index with these values unchecked): sizes, batch ranges covering
@@ -243,6 +310,15 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   }
   if (gb > G) gb = G;
   st->nb = nb, st->gb = gb;
+  st->prec = XLENGTH(tiles) == 4 && INTEGER(tiles)[2] == 1;
+  if (st->prec && nb > 4096) nb = st->nb = 4096; /* local spot indices are 16-bit */
+  st->kern = c2l_f32_pick();
+  {
+    int gm = XLENGTH(tiles) == 4 ? INTEGER(tiles)[3] : 0;
+    /* automatic: ours (register-blocked, vectorised for the CPU); the BLAS's sgemm only when
+     * asked for (it may have been built for an older CPU, e.g. OpenBLAS's SSE3 kernels) */
+    st->sgemm_blas = gm == 1 && scn_have_sgemm();
+  }
   const int *bs = INTEGER(bstart);
   int nblock = 0;
   for (int e = 0; e < E; e++) nblock += (bs[e + 1] - bs[e] + nb - 1) / nb;
@@ -287,6 +363,7 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   C2L_ALLOC(st->red, (R_xlen_t)6 * G, double);
   C2L_ALLOC(st->hperm, EG, int);
   C2L_ALLOC(st->hscr, 5 * EG, double);
+  if (st->prec) C2L_ALLOC(st->sigTf, (R_xlen_t)F * G, float);
   if (!ok) {
     c2l_free(st);
     error(_("out of memory allocating the cell2location state"));
@@ -295,6 +372,8 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   for (int e = 0; e < E; e++)
     for (int s = bs[e]; s < bs[e + 1]; s++) st->spot_batch[s] = e;
   memcpy(st->sigT, REAL(sigT), (size_t)F * G * sizeof(double));
+  if (st->prec)
+    for (R_xlen_t i = 0; i < (R_xlen_t)F * G; i++) st->sigTf[i] = (float)st->sigT[i];
   memcpy(st->xp, INTEGER(xp), (G + 1) * sizeof(int));
   memcpy(st->xi, INTEGER(xi), nnz * sizeof(int));
   memcpy(st->xv, REAL(xv), nnz * sizeof(double));
@@ -310,6 +389,34 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
       st->blk_n[b] = (bs[e + 1] - s) < nb ? (bs[e + 1] - s) : nb;
       st->blk_e[b] = e;
     }
+  if (st->prec) { /* the block-major copy of the counts */
+    st->bo = malloc(((size_t)nblock * G + 1) * sizeof(R_xlen_t));
+    st->bi = calloc((size_t)nnz + 16, sizeof(uint16_t)); /* 16 of slack (c2l_f32.h) */
+    st->bv = calloc((size_t)nnz + 16, sizeof(float));
+    int *sblk = malloc(((size_t)S + 1) * sizeof(int));
+    if (!st->bo || !st->bi || !st->bv || !sblk) {
+      free(sblk);
+      c2l_free(st);
+      error(_("out of memory allocating the cell2location state"));
+    }
+    for (int bb = 0; bb < nblock; bb++)
+      for (int i = 0; i < st->blk_n[bb]; i++) sblk[st->blk_s0[bb] + i] = bb;
+    R_xlen_t *bo = st->bo;
+    memset(bo, 0, ((size_t)nblock * G + 1) * sizeof(R_xlen_t));
+    for (int g = 0; g < G; g++)
+      for (int q = st->xp[g]; q < st->xp[g + 1]; q++) bo[(R_xlen_t)sblk[st->xi[q]] * G + g + 1]++;
+    for (R_xlen_t i = 0; i < (R_xlen_t)nblock * G; i++) bo[i + 1] += bo[i];
+    for (int g = 0; g < G; g++) /* per (block, gene) in increasing spot order */
+      for (int q = st->xp[g]; q < st->xp[g + 1]; q++) {
+        int s = st->xi[q], bb = sblk[s];
+        R_xlen_t at = bo[(R_xlen_t)bb * G + g]++;
+        st->bi[at] = (uint16_t)(s - st->blk_s0[bb]);
+        st->bv[at] = (float)st->xv[q];
+      }
+    for (R_xlen_t i = (R_xlen_t)nblock * G; i > 0; i--) bo[i] = bo[i - 1]; /* back to starts */
+    bo[0] = 0;
+    free(sblk);
+  }
   for (int c = 0; c <= st->nchunk; c++)
     st->chunk_b0[c] = (int)(((long)nblock * c) / st->nchunk);
   for (int c = 0; c < st->nchunk; c++) {
@@ -518,6 +625,81 @@ static void c2l_hist_terms(c2l_state *st, const double *zo) {
   }
 }
 
+/* The S x G pass in float (precision = "single"): per block, W (n x F) and y_s in float
+ * (rows padded with zeros to ld, a multiple of 16), per tile the forward GEMM, the float
+ * elementwise kernel and the backward GEMM into a float dW of the block; the block's dW and
+ * y_s gradient go to the double arrays once. Per-gene sums, the loss and everything after are
+ * double. Same chunks and order as the double pass, so the result does not depend on the
+ * thread count. */
+static void c2l_pass_f32(c2l_state *st, const double *z, int nth_c) {
+  const int S = st->S, G = st->G, F = st->F, E = st->E;
+  const R_xlen_t EG = (R_xlen_t)E * G, accsz = (R_xlen_t)C2L_NACC * EG;
+  const double *zW = z + st->gd.off[S_W], *zm = z + st->gd.off[S_MG], *zs = z + st->gd.off[S_SEG],
+               *zys = z + st->gd.off[S_YS];
+  const int nchunk = st->nchunk, nb = st->nb, gb = st->gb, ld = (nb + 15) / 16 * 16;
+  const size_t per = (size_t)ld * gb + 2 * (size_t)ld * F + 6 * (size_t)ld + 16;
+  if (nth_c > st->fcap) {
+    free(st->fbuf);
+    st->fbuf = malloc((size_t)nth_c * per * sizeof(float));
+    st->fcap = st->fbuf ? nth_c : 0;
+    if (!st->fbuf) error(_("out of memory in the cell2location likelihood pass"));
+  }
+  const c2l_f32_kern kern = st->kern;
+  const int blas = st->sgemm_blas;
+  float *fbuf = st->fbuf;
+#pragma omp parallel num_threads(nth_c)
+  {
+    int tid = omp_get_thread_num();
+    float *buf = fbuf + (size_t)tid * per, *Wf = buf + (size_t)ld * gb, *dWf = Wf + (size_t)ld * F,
+          *ysf = dWf + (size_t)ld * F, *yaf = ysf + ld, *scr = yaf + ld;
+#pragma omp for schedule(dynamic, 1)
+    for (int c = 0; c < nchunk; c++) {
+      double *acc = st->acc + c * accsz;
+      const int e0 = st->chunk_e0[c], e1 = st->chunk_e1[c];
+      if (e1 >= e0)
+        memset(acc + (R_xlen_t)e0 * C2L_NACC * G, 0,
+               (size_t)(e1 - e0 + 1) * C2L_NACC * G * sizeof(double));
+      double closs = 0.0;
+      int b0 = st->chunk_b0[c], b1 = st->chunk_b0[c + 1];
+      for (int b = b0; b < b1; b++) {
+        int s0 = st->blk_s0[b], n = st->blk_n[b], e = st->blk_e[b];
+        double *acce = acc + (R_xlen_t)e * C2L_NACC * G;
+        const R_xlen_t *boff = st->bo + (R_xlen_t)b * G;
+        for (int f = 0; f < F; f++) {
+          float *wf = Wf + (R_xlen_t)f * ld;
+          const double *zw = zW + s0 + (R_xlen_t)f * S;
+          for (int i = 0; i < n; i++) wf[i] = (float)zw[i];
+          for (int i = n; i < ld; i++) wf[i] = 0.0f;
+        }
+        memset(dWf, 0, (size_t)ld * F * sizeof(float));
+        for (int i = 0; i < n; i++) ysf[i] = (float)zys[s0 + i], yaf[i] = 0.0f;
+        for (int i = n; i < ld; i++) ysf[i] = 1.0f; /* finite terms for the padded gathers */
+        for (int g0 = 0; g0 < G; g0 += gb) {
+          int g1 = g0 + gb < G ? g0 + gb : G, gn = g1 - g0;
+          const float *sg = st->sigTf + (R_xlen_t)g0 * F;
+          if (blas)
+            scn_sgemm('N', 'N', ld, gn, F, 1.0f, Wf, ld, sg, F, 0.0f, buf, ld);
+          else
+            kern.sgemm(0, ld, gn, F, Wf, ld, sg, F, 0, buf, ld);
+          kern.tile(n, ld, E, G, e, g0, g1, buf, zm, zs, st->a_eg, boff, st->bi, st->bv, ysf, yaf,
+                    acce, scr, &closs);
+          if (blas)
+            scn_sgemm('N', 'T', ld, F, gn, 1.0f, buf, ld, sg, F, 1.0f, dWf, ld);
+          else
+            kern.sgemm(1, ld, F, gn, buf, ld, sg, F, 1, dWf, ld);
+        }
+        for (int f = 0; f < F; f++) {
+          double *dw = st->dW + s0 + (R_xlen_t)f * S;
+          const float *df = dWf + (R_xlen_t)f * ld;
+          for (int i = 0; i < n; i++) dw[i] = df[i];
+        }
+        for (int i = 0; i < n; i++) st->ysacc[s0 + i] = yaf[i];
+      }
+      st->chunk_loss[c] = closs;
+    }
+  }
+}
+
 static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_out) {
   const int S = st->S, G = st->G, F = st->F, E = st->E;
   const R_xlen_t EG = (R_xlen_t)E * G, accsz = (R_xlen_t)C2L_NACC * EG;
@@ -535,7 +717,7 @@ static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_o
     free(st->tbuf);
     free(st->tint);
     st->tbuf = malloc((size_t)nth_c * per * sizeof(double));
-    st->tint = malloc((size_t)nth_c * ((size_t)G + nb + 8) * sizeof(int));
+    st->tint = malloc((size_t)nth_c * ((size_t)G + nb + 24) * sizeof(int));
     st->tcap = nth_c;
     if (!st->tbuf || !st->tint) {
       free(st->tbuf), free(st->tint);
@@ -547,11 +729,13 @@ static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_o
   int *tint = st->tint;
   /* Each chunk accumulates per (e, g) for its own batches only: rows e0..e1 of its block of
    * accumulators, laid out [e][sum][g]. */
+  if (st->prec) c2l_pass_f32(st, z, nth_c);
+  else
 #pragma omp parallel num_threads(nth_c)
   {
     int tid = omp_get_thread_num();
     double *buf = tbuf + (size_t)tid * per, *scr = buf + (size_t)nb * gb;
-    int *cursor = tint + (size_t)tid * ((size_t)G + nb + 8), *scri = cursor + G;
+    int *cursor = tint + (size_t)tid * ((size_t)G + nb + 24), *scri = cursor + G;
 #pragma omp for schedule(dynamic, 1)
     for (int c = 0; c < nchunk; c++) {
       double *acc = st->acc + c * accsz;
@@ -596,9 +780,14 @@ static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_o
       R_xlen_t ie = e + (R_xlen_t)g * E;
       double sL = red[g], sI = red[G + g], sT = red[2 * G + g], sTA = red[3 * G + g],
              sQ = red[4 * G + g];
-      double a = st->a_eg[ie], la = log(a);
-      lp_eg += ne * a * la - a * sL + st->hl[ie];
-      double Qsum = ne * (la + 1.0) - sL - a * sI + st->hd[ie] + sQ;
+      double a = st->a_eg[ie], la = log(a), Qsum;
+      if (st->prec) { /* sL = sum log1p(mu / a), sI = sum mu / (a + mu) (c2l_f32.h) */
+        lp_eg += st->hl[ie] - a * sL;
+        Qsum = sI - sL + st->hd[ie] + sQ;
+      } else {
+        lp_eg += ne * a * la - a * sL + st->hl[ie];
+        Qsum = ne * (la + 1.0) - sL - a * sI + st->hd[ie] + sQ;
+      }
       double o = zo[ie];
       go[ie] += -2.0 / (o * o * o) * Qsum;
       gs[ie] += sT;
@@ -813,4 +1002,129 @@ SEXP scnative_c2l_logjoint(SEXP ptr, SEXP u, SEXP threads) {
   scn_guide_set_u(&st->gd, REAL(u));
   double lp = c2l_logp(st, asInteger(threads));
   return scn_logjoint_sexp(&st->gd, lp);
+}
+
+/* ---- floor benchmark (bench/cell2location_floor32.R) ------------------------------------- */
+
+C2L_CLONES
+static void c2l_logpass_f64(R_xlen_t n, double *x) {
+#pragma omp simd
+  for (R_xlen_t i = 0; i < n; i++) x[i] = scn_log_fast(1.0 + x[i]);
+}
+
+/* CPU seconds of the calling thread where available (the bench machine is shared), else the
+ * process's CPU time. */
+static double c2l_now(void) {
+#if defined(CLOCK_THREAD_CPUTIME_ID)
+  struct timespec ts;
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0) return ts.tv_sec + 1e-9 * ts.tv_nsec;
+#endif
+  return (double)clock() / CLOCKS_PER_SEC;
+}
+
+/* .Call(C_scnative_c2l_floor, c(S, G, F, reps, nb, gb)) -> seconds per repetition of the parts
+ * of one epoch's S x G pass at its floor, on the calling thread (CPU time): the two GEMMs (A = W sig^T,
+ * S x F x G, and dW = A sig, S x G x F) at full size through the BLAS in double and in float
+ * (NA without sgemm_), ours in float over nb x gb tiles (as the pass runs them) and the BLAS's
+ * dgemm over the same tiles, and one vectorised log(1 + x) pass over S x G in double and in
+ * float, from memory (one S x G array) and over one cache-resident tile repeated. Internal. */
+SEXP scnative_c2l_floor(SEXP dims) {
+  if (!isInteger(dims) || XLENGTH(dims) != 6) SCN_INTERNAL_ERROR("dims");
+  const int *d = INTEGER(dims);
+  const int S = d[0], G = d[1], F = d[2], reps = d[3], nb = d[4], gb = d[5];
+  if (S < 16 || G < 1 || F < 1 || reps < 1 || nb < 16 || nb % 16 || gb < 1 || gb > G)
+    SCN_INTERNAL_ERROR("sizes");
+  const R_xlen_t SG = (R_xlen_t)S * G, SF = (R_xlen_t)S * F, FG = (R_xlen_t)F * G;
+  double *W = malloc(SF * sizeof(double)), *sig = malloc(FG * sizeof(double)),
+         *A = malloc(SG * sizeof(double)), *dW = malloc(SF * sizeof(double));
+  float *Wf = malloc(SF * sizeof(float)), *sigf = malloc(FG * sizeof(float)),
+        *Af = malloc(SG * sizeof(float)), *dWf = malloc(SF * sizeof(float));
+  if (!W || !sig || !A || !dW || !Wf || !sigf || !Af || !dWf) {
+    free(W), free(sig), free(A), free(dW), free(Wf), free(sigf), free(Af), free(dWf);
+    error(_("out of memory"));
+  }
+  uint64_t r = 88172645463325252ULL;
+  for (R_xlen_t i = 0; i < SF; i++) {
+    r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+    W[i] = (double)(r >> 11) / 9007199254740992.0, Wf[i] = (float)W[i];
+  }
+  for (R_xlen_t i = 0; i < FG; i++) {
+    r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+    sig[i] = (double)(r >> 11) / 9007199254740992.0, sigf[i] = (float)sig[i];
+  }
+  const c2l_f32_kern kern = c2l_f32_pick();
+  SEXP ans = PROTECT(allocVector(REALSXP, 8));
+  double *out = REAL(ans), t0;
+  /* full-size BLAS, double and float: sig is F x G (the state's sigT) */
+  t0 = c2l_now();
+  for (int k = 0; k < reps; k++) {
+    scn_dgemm('N', 'N', S, G, F, 1.0, W, S, sig, F, 0.0, A, S);
+    scn_dgemm('N', 'T', S, F, G, 1.0, A, S, sig, F, 0.0, dW, S);
+  }
+  out[0] = (c2l_now() - t0) / reps;
+  if (scn_have_sgemm()) {
+    t0 = c2l_now();
+    for (int k = 0; k < reps; k++) {
+      scn_sgemm('N', 'N', S, G, F, 1.0f, Wf, S, sigf, F, 0.0f, Af, S);
+      scn_sgemm('N', 'T', S, F, G, 1.0f, Af, S, sigf, F, 0.0f, dWf, S);
+    }
+    out[1] = (c2l_now() - t0) / reps;
+  } else {
+    out[1] = NA_REAL;
+  }
+  /* tiles, as the pass: rows s0.. of W copied to an nb x F block, per tile forward and backward */
+  float *Wb = malloc((size_t)nb * F * sizeof(float)), *dWb = malloc((size_t)nb * F * sizeof(float));
+  double *Wd = malloc((size_t)nb * F * sizeof(double)), *dWd = malloc((size_t)nb * F * sizeof(double));
+  if (!Wb || !dWb || !Wd || !dWd) {
+    free(Wb), free(dWb), free(Wd), free(dWd);
+    free(W), free(sig), free(A), free(dW), free(Wf), free(sigf), free(Af), free(dWf);
+    error(_("out of memory"));
+  }
+  t0 = c2l_now();
+  for (int k = 0; k < reps; k++)
+    for (int s0 = 0; s0 + nb <= S; s0 += nb) {
+      for (int f = 0; f < F; f++) memcpy(Wb + (size_t)f * nb, Wf + s0 + (R_xlen_t)f * S, nb * sizeof(float));
+      memset(dWb, 0, (size_t)nb * F * sizeof(float));
+      for (int g0 = 0; g0 < G; g0 += gb) {
+        int gn = g0 + gb < G ? gb : G - g0;
+        kern.sgemm(0, nb, gn, F, Wb, nb, sigf + (R_xlen_t)g0 * F, F, 0, Af, nb);
+        kern.sgemm(1, nb, F, gn, Af, nb, sigf + (R_xlen_t)g0 * F, F, 1, dWb, nb);
+      }
+    }
+  out[2] = (c2l_now() - t0) / reps * ((double)S / (S - S % nb));
+  t0 = c2l_now();
+  for (int k = 0; k < reps; k++)
+    for (int s0 = 0; s0 + nb <= S; s0 += nb) {
+      for (int f = 0; f < F; f++) memcpy(Wd + (size_t)f * nb, W + s0 + (R_xlen_t)f * S, nb * sizeof(double));
+      memset(dWd, 0, (size_t)nb * F * sizeof(double));
+      for (int g0 = 0; g0 < G; g0 += gb) {
+        int gn = g0 + gb < G ? gb : G - g0;
+        scn_dgemm('N', 'N', nb, gn, F, 1.0, Wd, nb, sig + (R_xlen_t)g0 * F, F, 0.0, A, nb);
+        scn_dgemm('N', 'T', nb, F, gn, 1.0, A, nb, sig + (R_xlen_t)g0 * F, F, 1.0, dWd, nb);
+      }
+    }
+  out[3] = (c2l_now() - t0) / reps * ((double)S / (S - S % nb));
+  /* one vectorised pass over S x G (values kept small so that they stay in range) */
+  for (R_xlen_t i = 0; i < SG; i++) A[i] = (double)(i % 1000) * 1e-3, Af[i] = (float)A[i];
+  t0 = c2l_now();
+  for (int k = 0; k < reps; k++) c2l_logpass_f64(SG, A);
+  out[4] = (c2l_now() - t0) / reps;
+  t0 = c2l_now();
+  for (int k = 0; k < reps; k++) kern.logpass(SG, Af);
+  out[5] = (c2l_now() - t0) / reps;
+  /* the same pass over one nb x gb tile held in cache, repeated to cover S x G (the pass's own
+   * access pattern: each tile is fresh from the forward GEMM) */
+  const R_xlen_t nt = (R_xlen_t)nb * gb, ntile = SG / nt;
+  t0 = c2l_now();
+  for (int k = 0; k < reps; k++)
+    for (R_xlen_t t = 0; t < ntile; t++) c2l_logpass_f64(nt, A);
+  out[6] = (c2l_now() - t0) / reps * ((double)SG / ((double)ntile * nt));
+  t0 = c2l_now();
+  for (int k = 0; k < reps; k++)
+    for (R_xlen_t t = 0; t < ntile; t++) kern.logpass(nt, Af);
+  out[7] = (c2l_now() - t0) / reps * ((double)SG / ((double)ntile * nt));
+  free(Wb), free(dWb), free(Wd), free(dWd);
+  free(W), free(sig), free(A), free(dW), free(Wf), free(sigf), free(Af), free(dWf);
+  UNPROTECT(1);
+  return ans;
 }

@@ -27,6 +27,7 @@ SEXP scnative_c2l_set_params(SEXP, SEXP, SEXP);
 SEXP scnative_c2l_get_params(SEXP);
 SEXP scnative_c2l_train(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 SEXP scnative_c2l_logjoint(SEXP, SEXP, SEXP);
+SEXP scnative_c2l_floor(SEXP);
 /* end cell2location declarations */
 
 
@@ -105,6 +106,7 @@ static const R_CallMethodDef callMethods[] = {
     CALLDEF(scnative_c2l_get_params, 1),
     CALLDEF(scnative_c2l_train, 9),
     CALLDEF(scnative_c2l_logjoint, 3),
+    CALLDEF(scnative_c2l_floor, 1),
     /* end cell2location table */
 
 

@@ -58,6 +58,11 @@ int scn_interrupt_pending(void);
  * m x n result, k the inner dimension; lda/ldb/ldc the leading dimensions. */
 void scn_dgemm(char transA, char transB, int m, int n, int k, double alpha, const double *A,
                int lda, const double *B, int ldb, double beta, double *C, int ldc);
+/* The same in float through the BLAS's own sgemm_ where the linked BLAS exports one (looked
+ * up at run time); returns 0 (and does nothing) where there is none or a size is 0. */
+int scn_have_sgemm(void);
+int scn_sgemm(char transA, char transB, int m, int n, int k, float alpha, const float *A,
+              int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
 /* ---- RNG (rng.c) ---- */
 /* 4 x 32 random bits for (seed, stream, counter). */

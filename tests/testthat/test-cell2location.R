@@ -119,6 +119,92 @@ def c2l_pyro_logjoint(x, sig, batch, z, N, R):
   res <- reticulate::py$c2l_pyro_logjoint(t(d$x), d$sig, as.character(d$batch), z, 30, 5L)
   expect_equal(as.numeric(res[[2]]), st$detection_mean[1], tolerance = 1e-6)
   expect_equal(ours, res[[1]], tolerance = 1e-5)
+  # precision = "single" (the S x G pass in float32, as torch) against the same Pyro value, and
+  # on a larger problem (200 spots x 300 genes x 8 types, counts up to 150) against Pyro's
+  ours32 <- ns$c2l_logjoint(prep, u, precision = "single")$logp
+  expect_equal(ours32, res[[1]], tolerance = 1e-5)
+  d2 <- c2l_toy(S = 200, G = 300, F = 8, seed = 6)
+  prep2 <- c2l_prep(d2, N = 30, R = 5)
+  st2 <- prep2$settings
+  set.seed(3)
+  P2 <- sum(ns$c2l_sites_of(st2)$nrow * ns$c2l_sites_of(st2)$ncol)
+  u2 <- ns$c2l_flatten(lapply(ns$c2l_init_params(st2), `[[`, "loc"), st2) +
+    stats::runif(P2, -0.4, 0.4)
+  z2 <- lapply(ns$c2l_unflatten(exp(u2), st2), function(m) unname(m))
+  res2 <- reticulate::py$c2l_pyro_logjoint(t(d2$x), d2$sig, as.character(d2$batch), z2, 30, 5L)
+  l64 <- ns$c2l_logjoint(prep2, u2)$logp
+  l32 <- ns$c2l_logjoint(prep2, u2, precision = "single")$logp
+  # observed: rel 2.1e-7 (double) and 2.2e-7 (single) vs Pyro (small problem: 3.1e-7 and
+  # 3.3e-7): the difference is Pyro's own float32 rounding
+  expect_lt(abs(l64 / res2[[1]] - 1), 1e-5)
+  expect_lt(abs(l32 / res2[[1]] - 1), 1e-5)
+})
+
+test_that("the float32 pass agrees with the double one for any tiling and thread count", {
+  ns <- c2l_ns()
+  d <- c2l_toy(S = 150, G = 40, F = 5, seed = 9)
+  prep <- c2l_prep(d, N = 30, R = 4)
+  st <- prep$settings
+  tab <- ns$c2l_sites_of(st)
+  set.seed(4)
+  P <- sum(tab$nrow * tab$ncol)
+  u <- ns$c2l_flatten(lapply(ns$c2l_init_params(st), `[[`, "loc"), st) + stats::runif(P, -0.5, 0.5)
+  ref <- ns$c2l_logjoint(prep, u)
+  site <- rep(tab$name, tab$nrow * tab$ncol)
+  lj <- function(tiles, threads, gemm = 0L) {
+    state <- ns$c2l_make_state(prep, tiles = tiles, precision = "single", gemm = gemm)
+    .Call(ns$C_scnative_c2l_logjoint, state, u, as.integer(threads))
+  }
+  # tiles of 20 spots (rows padded to 32) x 7 genes (a 6 + 1 column split), 5 types; 8 chunks
+  a1 <- lj(c(20L, 7L), 1L)
+  a2 <- lj(c(20L, 7L), 2L)
+  expect_identical(a1, a2)
+  for (r in list(a1, lj(c(0L, 0L), 1L), lj(c(20L, 7L), 1L, gemm = 1L))) {
+    expect_lt(abs(r$logp / ref$logp - 1), 1e-6)
+    # gradients: relative to each site's scale (observed: logp within 2.5e-8, worst site 3e-7)
+    worst <- tapply(abs(r$grad - ref$grad), site, max) /
+      pmax(1, tapply(abs(ref$grad), site, max))
+    expect_true(all(worst < 1e-5), info = paste(names(worst), signif(worst, 3), collapse = "; "))
+  }
+  # training on the small tiles: the same losses and parameters at 1 and 2 threads
+  train <- function(threads) {
+    state <- ns$c2l_make_state(prep, tiles = c(20L, 7L), precision = "single")
+    pr <- ns$c2l_init_params(st)
+    .Call(ns$C_scnative_c2l_set_params, state, ns$c2l_flatten(lapply(pr, `[[`, "loc"), st),
+          ns$c2l_flatten(lapply(pr, `[[`, "rho"), st))
+    loss <- .Call(ns$C_scnative_c2l_train, state, 20L, 0, 0.01, 0L, 10, 1, 3, as.integer(threads))
+    list(loss = loss, params = .Call(ns$C_scnative_c2l_get_params, state))
+  }
+  expect_identical(train(1L), train(2L))
+})
+
+test_that("single and double fits agree on the bundled hippocampus data", {
+  hip <- example_hippocampus()
+  genes <- intersect(rownames(hip$visium$counts), rownames(hip$reference$counts))
+  sig <- cluster_averages(hip$reference$counts[genes, ], hip$reference$cell_types)
+  counts <- hip$visium$counts[genes, ]
+  fit <- function(precision) {
+    suppressMessages(cell2location(counts, sig, N_cells_per_location = 8, max_epochs = 300,
+                                   lr = 0.01, seed = 1, threads = 1, progress = FALSE,
+                                   precision = precision))
+  }
+  fs <- fit("single")
+  fd <- fit("double")
+  expect_identical(fs$precision, "single")
+  expect_identical(fd$precision, "double")
+  # posterior mean abundance of the AutoNormal guide: exp(loc + softplus(rho)^2 / 2)
+  ab <- function(f) with(f$params$w_sf, exp(loc + log1p(exp(rho))^2 / 2))
+  # observed: 1 - r about 1e-15, abundances within 1.2e-7 relative, losses within 4e-8
+  expect_gte(stats::cor(as.vector(ab(fs)), as.vector(ab(fd))), 0.999)
+  expect_lt(max(abs(fs$history$elbo_train / fd$history$elbo_train - 1)), 1e-5)
+  # train_more keeps the fit's precision unless told
+  expect_identical(train_more(fs, 2, threads = 1, progress = FALSE)$precision, "single")
+  fm <- train_more(fs, 2, threads = 1, progress = FALSE, precision = "double")
+  expect_identical(fm$precision, "double")
+  expect_error(train_more(fs, 2, progress = FALSE, precision = "half"),
+               "'precision' must be \"single\" or \"double\"")
+  expect_error(suppressMessages(cell2location(counts, sig, max_epochs = 1, precision = NA)),
+               "'precision' must be")
 })
 
 test_that("the Adam and ClippedAdam updates match torch / pyro", {
@@ -161,8 +247,17 @@ test_that("training: loss decreases, threads do not change results, init continu
                                          n_groups = 4, max_epochs = 300, seed = 7, threads = 2,
                                          progress = FALSE))
   expect_s3_class(fit1, "scnative_c2l")
+  expect_identical(fit1$precision, "single") # the default
   expect_identical(fit1$history, fit2$history)
   expect_identical(fit1$params, fit2$params)
+  fd1 <- suppressMessages(cell2location(d$x, d$sig, batch = d$batch, N_cells_per_location = 5,
+                                        n_groups = 4, max_epochs = 50, seed = 7, threads = 1,
+                                        progress = FALSE, precision = "double"))
+  fd2 <- suppressMessages(cell2location(d$x, d$sig, batch = d$batch, N_cells_per_location = 5,
+                                        n_groups = 4, max_epochs = 50, seed = 7, threads = 2,
+                                        progress = FALSE, precision = "double"))
+  expect_identical(fd1$history, fd2$history)
+  expect_identical(fd1$params, fd2$params)
   h <- fit1$history
   expect_equal(h$epoch, 0:299)
   expect_lt(mean(h$elbo_train[281:300]), mean(h$elbo_train[1:20]))

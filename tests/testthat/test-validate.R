@@ -30,6 +30,11 @@ test_that("new fits carry the format and pass the validator", {
   old <- ref_fit
   old$format <- NULL # fits made before the field existed
   expect_silent(scnative:::validate_fit(old))
+  expect_identical(c2l_fit$precision, "single")
+  old <- c2l_fit
+  old$precision <- NULL # fits made before the field existed: trained in double, train on so
+  expect_silent(scnative:::validate_fit(old))
+  expect_identical(train_more(old, 1, progress = FALSE)$precision, "double")
 })
 
 test_that("the reported crashes are clear errors naming the field", {
@@ -65,6 +70,8 @@ test_that("damaged cell2location fits give errors naming the field", {
   bad(function(f) { f$seed <- -1; f }, "'fit\\$seed' must be a whole number")
   bad(function(f) { f$format <- 99L; f }, "'fit' was made by a newer scnative \\(format 99\\)")
   bad(function(f) { f$settings <- NULL; f }, "'fit\\$settings' is missing")
+  bad(function(f) { f$precision <- "half"; f }, "'fit\\$precision' must be \"single\" or \"double\"")
+  bad(function(f) { f$precision <- c("single", "double"); f }, "'fit\\$precision' must be")
   # the posterior, init and summary check too
   bad(function(f) { f$settings$hyper$N <- 0; f }, "'init\\$settings\\$hyper\\$N' must be a positive",
       function(f) suppressMessages(cell2location(vd$x, vd$sig, max_epochs = 2, init = f,
