@@ -405,7 +405,7 @@ cell2location.default <- function(x, signatures, batch = NULL, N_cells_per_locat
                                   keep_data = TRUE, precision = c("single", "double"), ...) {
   N_given <- !missing(N_cells_per_location)
   optimizer <- match.arg(optimizer)
-  precision <- c2l_check_precision(precision)
+  precision <- check_choice(precision, c("single", "double"), "precision")
   check_number(max_epochs, "max_epochs", min = 1, whole = TRUE)
   check_flag(progress, "progress")
   check_flag(keep_data, "keep_data")
@@ -438,16 +438,6 @@ cell2location.default <- function(x, signatures, batch = NULL, N_cells_per_locat
   }
   c2l_fit_run(prep, params, history, max_epochs, opt, seed, threads, progress, keep_data,
               precision)
-}
-
-# precision = c("single", "double") (the first by default), checked with a clear error.
-c2l_check_precision <- function(precision, arg = "precision") {
-  if (identical(precision, c("single", "double"))) return("single")
-  if (!is.character(precision) || length(precision) != 1L || is.na(precision) ||
-      !precision %in% c("single", "double")) {
-    stopf("'%s' must be \"single\" or \"double\"", arg)
-  }
-  precision
 }
 
 c2l_fit_run <- function(prep, params, history, epochs, opt, seed, threads, progress, keep_data,
@@ -493,7 +483,7 @@ cell2location.SingleCellExperiment <- function(x, signatures, ..., assay.type = 
 train_more.scnative_c2l <- function(fit, epochs, x = NULL, lr = NULL, seed = NULL, threads = NULL,
                                     progress = interactive(), precision = NULL, ...) {
   validate_fit(fit)
-  precision <- if (is.null(precision)) fit$precision %||% "double" else c2l_check_precision(precision)
+  precision <- if (is.null(precision)) fit$precision %||% "double" else check_choice(precision, c("single", "double"), "precision")
   check_number(epochs, "epochs", min = 1, whole = TRUE)
   check_flag(progress, "progress")
   opt <- fit$optimizer

@@ -194,7 +194,7 @@ c2l_patch_callback <- function(X, batch, sig, hyper, init, max_epochs, lr) {
   }
   fit <- c2l_fit_run(prep, params, svi_empty_history(), as.integer(max_epochs),
                      svi_optimizer("adam", as.double(lr), list()), resolve_seed(NULL),
-                     resolve_threads(NULL), FALSE, FALSE)
+                     resolve_threads(NULL), FALSE, FALSE, "single") # upstream's float32
   list(loc = lapply(fit$params, function(p) unname(p$loc)),
        rho = lapply(fit$params, function(p) unname(p$rho)),
        loss = fit$history$elbo_train)

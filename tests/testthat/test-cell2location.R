@@ -202,7 +202,7 @@ test_that("single and double fits agree on the bundled hippocampus data", {
   fm <- train_more(fs, 2, threads = 1, progress = FALSE, precision = "double")
   expect_identical(fm$precision, "double")
   expect_error(train_more(fs, 2, progress = FALSE, precision = "half"),
-               "'precision' must be \"single\" or \"double\"")
+               "'precision' must be one of 'single', 'double'")
   expect_error(suppressMessages(cell2location(counts, sig, max_epochs = 1, precision = NA)),
                "'precision' must be")
 })
