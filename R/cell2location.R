@@ -267,7 +267,8 @@ c2l_make_state <- function(prep, tiles = c(0L, 0L)) {
 # ---- training -----------------------------------------------------------------------------
 
 # Runs `epochs` epochs in blocks of .Call's; returns list(loss, params, interrupted).
-c2l_train_blocks <- function(state, prep, params, epochs, epoch0, opt, seed, threads, progress) {
+c2l_train_blocks <- function(state, prep, params, epochs, epoch0, opt, seed, threads, progress,
+                             early_stop = NULL) {
   st <- prep$settings
   .Call(C_scnative_c2l_set_params, state, c2l_flatten(lapply(params, `[[`, "loc"), st),
         c2l_flatten(lapply(params, `[[`, "rho"), st))
@@ -275,7 +276,7 @@ c2l_train_blocks <- function(state, prep, params, epochs, epoch0, opt, seed, thr
   res <- svi_train_blocks(function(k, done) {
     .Call(C_scnative_c2l_train, state, as.integer(k), as.double(epoch0 + done), opt$lr, clipped,
           opt$clip_norm, opt$lrd, seed, threads)
-  }, epochs, progress, "cell2location")
+  }, epochs, progress, "cell2location", early_stop)
   pr <- .Call(C_scnative_c2l_get_params, state)
   res$params <- svi_params_from_flat(pr$loc, pr$rho, function(v) c2l_unflatten(v, st))
   res
@@ -381,11 +382,12 @@ cell2location.default <- function(x, signatures, batch = NULL, N_cells_per_locat
                                   w_sf_mean_var_ratio = 5, max_epochs = 30000, lr = 0.002,
                                   optimizer = c("adam", "clipped_adam"), init = NULL,
                                   seed = NULL, threads = NULL, progress = interactive(),
-                                  keep_data = TRUE, ...) {
+                                  keep_data = TRUE, early_stop = FALSE, ...) {
   N_given <- !missing(N_cells_per_location)
   optimizer <- match.arg(optimizer)
   check_number(max_epochs, "max_epochs", min = 1, whole = TRUE)
   check_flag(progress, "progress")
+  early_stop <- svi_check_early_stop(early_stop)
   check_flag(keep_data, "keep_data")
   opt <- svi_optimizer(optimizer, lr, list(...))
   threads <- resolve_threads(threads)
@@ -414,18 +416,22 @@ cell2location.default <- function(x, signatures, batch = NULL, N_cells_per_locat
     params <- init$params
     history <- init$history
   }
-  c2l_fit_run(prep, params, history, max_epochs, opt, seed, threads, progress, keep_data)
+  c2l_fit_run(prep, params, history, max_epochs, opt, seed, threads, progress, keep_data,
+              early_stop)
 }
 
-c2l_fit_run <- function(prep, params, history, epochs, opt, seed, threads, progress, keep_data) {
+c2l_fit_run <- function(prep, params, history, epochs, opt, seed, threads, progress, keep_data,
+                        early_stop = NULL) {
   state <- c2l_make_state(prep)
-  res <- c2l_train_blocks(state, prep, params, epochs, nrow(history), opt, seed, threads, progress)
+  res <- c2l_train_blocks(state, prep, params, epochs, nrow(history), opt, seed, threads, progress,
+                          early_stop)
   fit <- list(
     params = res$params, history = svi_history_append(history, res$loss),
     settings = prep$settings, signatures = prep$signatures, batch = prep$batch,
     optimizer = opt, seed = seed, data = if (keep_data) list(xt = prep$xt) else NULL,
     interrupted = res$interrupted, format = fit_format
   )
+  fit$early_stop <- res$early_stop # absent without early stopping
   class(fit) <- "scnative_c2l"
   fit
 }
@@ -453,13 +459,15 @@ cell2location.SingleCellExperiment <- function(x, signatures, ..., assay.type = 
 #' @param x `NULL` to use the kept counts, or the same counts as for the fit.
 #' @param lr learning rate; default: the fit's.
 #' @param seed `NULL` (the fit's seed) or a whole number.
-#' @param threads,progress as in [cell2location()].
+#' @param threads,progress,early_stop as in [cell2location()] (`epochs` is then the largest
+#'   number of epochs to run).
 #' @export
 train_more.scnative_c2l <- function(fit, epochs, x = NULL, lr = NULL, seed = NULL, threads = NULL,
-                                    progress = interactive(), ...) {
+                                    progress = interactive(), early_stop = FALSE, ...) {
   validate_fit(fit)
   check_number(epochs, "epochs", min = 1, whole = TRUE)
   check_flag(progress, "progress")
+  early_stop <- svi_check_early_stop(early_stop)
   opt <- fit$optimizer
   opt$lr <- lr %||% opt$lr
   check_number(opt$lr, "lr", min = 0, min_open = TRUE)
@@ -487,7 +495,7 @@ train_more.scnative_c2l <- function(fit, epochs, x = NULL, lr = NULL, seed = NUL
     prep$settings <- st
   }
   c2l_fit_run(prep, fit$params, fit$history, epochs, opt, seed, threads, progress,
-              !is.null(fit$data))
+              !is.null(fit$data), early_stop)
 }
 
 # ---- methods -------------------------------------------------------------------------------
@@ -502,6 +510,7 @@ print.scnative_c2l <- function(x, ...) {
               st$n_spots, st$n_genes, st$n_types, st$n_groups, st$n_batches))
   cat(sprintf("  epochs: %d (%s, lr %g)%s\n", nrow(h), x$optimizer$name, x$optimizer$lr,
               if (isTRUE(x$interrupted)) ", interrupted" else ""))
+  if (!is.null(x$early_stop)) cat(svi_es_format(x$early_stop))
   if (nrow(h) > 0) {
     cat(sprintf("  last -ELBO: %.6g\n", h$elbo_train[nrow(h)]))
   }

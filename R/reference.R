@@ -274,11 +274,12 @@ reference_signatures.default <- function(x, labels, batch = NULL, covariates = N
                                          gene_tech_prior = list(mean = 1, alpha = 200),
                                          optimizer = c("adam", "clipped_adam"), init = NULL,
                                          seed = NULL, threads = NULL,
-                                         progress = interactive(), keep_data = TRUE, ...) {
+                                         progress = interactive(), keep_data = TRUE,
+                                         early_stop = FALSE, ...) {
   ref_fit(x, labels, batch, covariates, NULL, max_epochs, batch_size, lr, use_average_as_initial,
           ref_priors(alpha_g_phi_hyp_prior, gene_add_alpha_hyp_prior, gene_add_mean_hyp_prior,
                      detection_hyp_prior, gene_tech_prior),
-          match.arg(optimizer), init, seed, threads, progress, keep_data, list(...))
+          match.arg(optimizer), init, seed, threads, progress, keep_data, list(...), early_stop)
 }
 
 #' @rdname reference_signatures
@@ -310,7 +311,7 @@ ref_object_fit <- function(object, counts, labels, batch, covariates, ...) {
 
 ref_fit <- function(x, labels, batch, covariates, meta, max_epochs, batch_size, lr,
                     use_average_as_initial, priors, optimizer, init, seed, threads, progress,
-                    keep_data, dots) {
+                    keep_data, dots, early_stop = FALSE) {
   if (!is.null(dots$.meta)) meta <- dots$.meta
   dots$.meta <- NULL
   check_number(max_epochs, "max_epochs", min = 1, whole = TRUE, allow_null = TRUE)
@@ -318,6 +319,7 @@ ref_fit <- function(x, labels, batch, covariates, meta, max_epochs, batch_size, 
   check_flag(use_average_as_initial, "use_average_as_initial")
   check_flag(progress, "progress")
   check_flag(keep_data, "keep_data")
+  early_stop <- svi_check_early_stop(early_stop)
   opt <- svi_optimizer(optimizer, lr, dots)
   unknown <- setdiff(names(dots), c("clip_norm", "lrd"))
   if (length(unknown)) stopf("unknown argument(s): %s", paste(unknown, collapse = ", "))
@@ -348,11 +350,12 @@ ref_fit <- function(x, labels, batch, covariates, meta, max_epochs, batch_size, 
     history <- init$history
     steps <- init$steps
   }
-  ref_fit_run(prep, params, history, steps, epochs, opt, seed, threads, progress, keep_data)
+  ref_fit_run(prep, params, history, steps, epochs, opt, seed, threads, progress, keep_data,
+              early_stop)
 }
 
 ref_fit_run <- function(prep, params, history, steps, epochs, opt, seed, threads, progress,
-                        keep_data) {
+                        keep_data, early_stop = NULL) {
   st <- prep$settings
   state <- ref_make_state(prep)
   .Call(C_scnative_reg_set_params, state, ref_flatten(params, st, "loc"),
@@ -366,7 +369,7 @@ ref_fit_run <- function(prep, params, history, steps, epochs, opt, seed, threads
                as.double(steps), optv, mb, seed, threads)
     steps <<- r$steps
     r$loss
-  }, epochs, progress, "reference_signatures")
+  }, epochs, progress, "reference_signatures", early_stop)
   pr <- .Call(C_scnative_reg_get_params, state)
   fit <- list(
     params = svi_params_from_flat(pr$loc, pr$rho, function(v) ref_unflatten(v, st)),
@@ -375,6 +378,7 @@ ref_fit_run <- function(prep, params, history, steps, epochs, opt, seed, threads
     data = if (keep_data) prep[c("x", "labels", "batch", "covariates", "cell_group", "gdef")],
     interrupted = res$interrupted, format = fit_format
   )
+  fit$early_stop <- res$early_stop # absent without early stopping
   class(fit) <- "scnative_reference"
   fit
 }
@@ -414,10 +418,12 @@ train_more.default <- function(fit, epochs, ...) {
 #' @rdname train_more
 #' @export
 train_more.scnative_reference <- function(fit, epochs, x = NULL, lr = NULL, seed = NULL,
-                                          threads = NULL, progress = interactive(), ...) {
+                                          threads = NULL, progress = interactive(),
+                                          early_stop = FALSE, ...) {
   validate_fit(fit)
   check_number(epochs, "epochs", min = 1, whole = TRUE)
   check_flag(progress, "progress")
+  early_stop <- svi_check_early_stop(early_stop)
   if (!is.null(x)) {
     stopf("for a reference fit, pass the data again with reference_signatures(..., init = fit)")
   }
@@ -430,7 +436,7 @@ train_more.scnative_reference <- function(fit, epochs, x = NULL, lr = NULL, seed
   seed <- if (is.null(seed)) fit$seed else resolve_seed(seed)
   prep <- c(list(settings = fit$settings), fit$data)
   ref_fit_run(prep, fit$params, fit$history, fit$steps, epochs, opt, seed,
-              resolve_threads(threads), progress, TRUE)
+              resolve_threads(threads), progress, TRUE, early_stop)
 }
 
 # ---- methods ------------------------------------------------------------------------------
@@ -448,6 +454,7 @@ print.scnative_reference <- function(x, ...) {
   cat(sprintf("  epochs: %d (%s, lr %g, %s)%s\n", nrow(h), x$optimizer$name, x$optimizer$lr,
               if (is.null(st$batch_size)) "full batch" else sprintf("minibatches of %d", st$batch_size),
               if (isTRUE(x$interrupted)) ", interrupted" else ""))
+  if (!is.null(x$early_stop)) cat(svi_es_format(x$early_stop))
   if (nrow(h) > 0) cat(sprintf("  last -ELBO: %.6g\n", h$elbo_train[nrow(h)]))
   invisible(x)
 }

@@ -646,7 +646,7 @@ fz_list_muts <- function(value, ctx, depth = 0L) {
   # the kept data of a fit (`fit$data`) is only read by train_more()
   strict_k <- function(k) ctx$strict && (depth > 0L || nm[k] != "data" ||
                                             isTRUE(ctx$case$strict_data))
-  optional <- if (depth == 0L) c("data", "interrupted", "format") else character()
+  optional <- if (depth == 0L) c("data", "interrupted", "format", "early_stop") else character()
   same <- function(a, b) {
     (identical(class(a), class(b)) || (is.numeric(a) && is.numeric(b))) &&
       identical(dim(a), dim(b)) && identical(length(a), length(b))
