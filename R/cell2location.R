@@ -303,6 +303,21 @@ c2l_train_blocks <- function(state, prep, params, epochs, epoch0, opt, seed, thr
 #' **Interrupting** (Ctrl-C) stops between blocks of epochs and returns the fit so far with a
 #' warning.
 #'
+#' @section Early stopping:
+#' With `early_stop`, training stops before `max_epochs` once the training loss (-ELBO, the
+#' `elbo_train` of the history) has levelled off: from epoch `window` on, the loss averaged
+#' over the last `window` epochs is compared with its best value so far; it improves when it
+#' falls below `best - min_delta * |best|` (`min_delta` is **relative** to the loss). Training
+#' stops at the first epoch that is `patience` epochs after the last improvement. The decision
+#' is taken epoch by epoch on the losses alone, so for a given `seed` the stopping epoch does
+#' not depend on timing or `threads`, and the fit equals a run with `max_epochs` set to that
+#' epoch. The fit records the settings, the reason (`"converged"`, `"max_epochs"` or
+#' `"interrupted"`), the epochs run and the best averaged loss in `fit$early_stop`;
+#' [train_more()] continues from a stopped fit (with a fresh criterion when given
+#' `early_stop`). Upstream, by default, trains for all `max_epochs`.
+#'
+#' EARLY_STOP_NUMBERS
+#'
 #' @param x spots' counts: a genes x spots matrix or `dgCMatrix` of non-negative integers with
 #'   gene names as row names; or a Seurat object or a SingleCellExperiment (see `assay`,
 #'   `layer`, `assay.type`).
@@ -336,17 +351,26 @@ c2l_train_blocks <- function(state, prep, params, epochs, epoch0, opt, seed, thr
 #'   loss history is appended.
 #' @param seed `NULL` or a whole number for the random streams.
 #' @param threads `NULL` (the package default, see [scnative_threads()]) or a number of threads.
-#' @param progress `TRUE` to show a progress bar.
+#' @param progress `TRUE` to show the progress: epochs done, epochs per second, the -ELBO
+#'   averaged over the last epochs and the time left (an upper bound with `early_stop`), on one
+#'   line updated in place in an interactive session, otherwise one line per tenth of the
+#'   epochs; then a summary line. (Messages: [suppressMessages()] silences them.)
 #' @param keep_data `TRUE` (default) to keep the (sparse) counts in the fit so that
 #'   [train_more()] needs no data.
+#' @param early_stop `FALSE` (default, upstream's behaviour: all `max_epochs` epochs), `TRUE`
+#'   to stop when the loss has converged (see "Early stopping"), or a list with some of
+#'   `patience` (whole number, default 1000), `min_delta` (relative, in \[0, 1\], default
+#'   1e-4) and `window` (whole number, default 200); `max_epochs` is then the largest number of
+#'   epochs.
 #' @param ... method arguments (`assay`, `layer` for Seurat; `assay.type` for
 #'   SingleCellExperiment); `clip_norm`, `lrd` for ClippedAdam.
 #' @return A `scnative_c2l` object: a list with `params` (per site, `loc` and `rho` matrices of
 #'   the AutoNormal guide, upstream site names, spots in the input order), `history`
 #'   (data.frame `epoch`, `elbo_train`), `settings` (hyper-parameters and data facts: genes,
 #'   spots, cell types, batch levels, detection mean, ...), `signatures` (the matrix used),
-#'   `batch`, `optimizer`, `seed`, `format` (the object's layout version) and, with
-#'   `keep_data`, `data`. The fields are checked whenever the fit is used again (an edited or
+#'   `batch`, `optimizer`, `seed`, `format` (the object's layout version), with
+#'   `keep_data`, `data`, and after training with `early_stop`, `early_stop` (see "Early
+#'   stopping"). The fields are checked whenever the fit is used again (an edited or
 #'   damaged field gives an error naming it).
 #' @seealso [export_posterior()], [cell_abundance()], [train_more()], [plot_history()].
 #' @examples

@@ -233,16 +233,23 @@ ref_default_epochs <- function(n_cells) {
 #'   `train()`), and the history is appended.
 #' @param seed `NULL` or a whole number for the random streams.
 #' @param threads `NULL` (the package default, see [scnative_threads()]) or a number of threads.
-#' @param progress `TRUE` to show a progress bar.
+#' @param progress `TRUE` to show the progress (epochs per second, averaged -ELBO, time left),
+#'   as in [cell2location()].
 #' @param keep_data `TRUE` (default) to keep the sparse counts in the fit so that
 #'   [train_more()] needs no data.
+#' @param early_stop `FALSE` (default: all `max_epochs` epochs), `TRUE` or a list of
+#'   `patience`, `min_delta`, `window`: stop once the -ELBO averaged over `window` epochs has
+#'   not improved by more than `min_delta` (relative) for `patience` epochs, exactly as in
+#'   [cell2location()] (section "Early stopping"). With minibatches the per-epoch loss is
+#'   noisier, so a longer `window` may be needed.
 #' @param ... method arguments (`assay`, `layer` for Seurat; `assay.type` for
 #'   SingleCellExperiment); `clip_norm`, `lrd` for ClippedAdam.
 #' @return A `scnative_reference` object: a list with `params` (per site, `loc` and `rho`
 #'   matrices of the AutoNormal guide, upstream's site names), `history` (data.frame `epoch`,
 #'   `elbo_train`), `settings` (genes, cells, cell types, batch and covariate levels, priors,
-#'   minibatch size), `optimizer`, `seed`, `steps`, `format` (the object's layout version)
-#'   and, with `keep_data`, `data`. The fields are checked whenever the fit is used again (an
+#'   minibatch size), `optimizer`, `seed`, `steps`, `format` (the object's layout version),
+#'   with `keep_data`, `data`, and after training with `early_stop`, `early_stop` (as in
+#'   [cell2location()]). The fields are checked whenever the fit is used again (an
 #'   edited or damaged field gives an error naming it).
 #' @seealso [signatures()], [export_posterior()], [filter_genes()], [cell2location()],
 #'   [plot_history()], [train_more()].
@@ -395,7 +402,10 @@ ref_fit_run <- function(prep, params, history, steps, epochs, opt, seed, threads
 #' @param epochs number of epochs (whole number >= 1).
 #' @param ... method arguments: `x` (`NULL` to use the counts kept in the fit, the default
 #'   `keep_data = TRUE`; for a `scnative_c2l` fit the same counts may be passed again), `lr`,
-#'   `seed`, `threads`, `progress`.
+#'   `seed`, `threads`, `progress`, `early_stop` (as in [cell2location()]; `epochs` is then the
+#'   most to run, and the criterion looks only at this call's epochs). A fit that stopped early
+#'   continues where it stopped; the new fit's `early_stop` describes this call (absent without
+#'   `early_stop`).
 #' @return The updated fit.
 #' @examples
 #' set.seed(1)
