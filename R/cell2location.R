@@ -360,7 +360,7 @@ c2l_train_blocks <- function(state, prep, params, epochs, epoch0, opt, seed, thr
 #' @param early_stop `FALSE` (default, upstream's behaviour: all `max_epochs` epochs), `TRUE`
 #'   to stop when the loss has converged (see "Early stopping"), or a list with some of
 #'   `patience` (whole number, default 1000), `min_delta` (relative, in \[0, 1\], default
-#'   1e-4) and `window` (whole number, default 200); `max_epochs` is then the largest number of
+#'   5e-4) and `window` (whole number, default 200); `max_epochs` is then the largest number of
 #'   epochs.
 #' @param ... method arguments (`assay`, `layer` for Seurat; `assay.type` for
 #'   SingleCellExperiment); `clip_norm`, `lrd` for ClippedAdam.

@@ -51,7 +51,7 @@ svi_train_blocks <- function(run, epochs, progress, label, early_stop = NULL) {
 # Defaults of `early_stop = TRUE` (chosen on simulated data, see bench/cell2location_early_stop.R
 # and ?cell2location): the -ELBO averaged over `window` epochs must fall by more than
 # `min_delta` (relative) below its best value within `patience` epochs.
-svi_early_stop_defaults <- list(patience = 1000L, min_delta = 1e-4, window = 200L)
+svi_early_stop_defaults <- list(patience = 1000L, min_delta = 5e-4, window = 200L)
 
 # `early_stop` as given by the user (FALSE, TRUE, or a list with some of patience, min_delta,
 # window) -> NULL (off) or the complete settings.
