@@ -54,6 +54,12 @@ test_that("early_stop is validated with errors naming it", {
   fit <- f(FALSE)
   expect_null(fit$early_stop)
   expect_false("early_stop" %in% names(fit))
+  # fewer epochs than the window: no averaged loss yet, a valid record
+  short <- f(TRUE)
+  expect_identical(short$early_stop$reason, "max_epochs")
+  expect_identical(short$early_stop$best_epoch, NA_integer_)
+  expect_silent(scnative:::validate_fit(short))
+  expect_output(print(short), "early stopping: did not stop: ran all 5 epochs")
   expect_error(train_more(fit, 5, early_stop = 1), "'early_stop' must be TRUE, FALSE or a list")
   hip <- example_hippocampus()
   expect_error(reference_signatures(hip$reference$counts, hip$reference$cell_types,
