@@ -316,7 +316,19 @@ c2l_train_blocks <- function(state, prep, params, epochs, epoch0, opt, seed, thr
 #' [train_more()] continues from a stopped fit (with a fresh criterion when given
 #' `early_stop`). Upstream, by default, trains for all `max_epochs`.
 #'
-#' EARLY_STOP_NUMBERS
+#' **How the result differs from a full run.** An early-stopped fit is the full run's fit at an
+#' earlier epoch, so it is somewhat less converged. On simulated data with a known truth
+#' ([simulate_spatial()], 1500 spots x 400 genes x 12 cell types, upstream's `lr = 0.002`,
+#' `bench/cell2location_early_stop.R`) the defaults stopped at epoch 13015 of upstream's
+#' 30000 (57% of the epochs saved), with the averaged -ELBO 0.17% above the full run's final
+#' value; the cell abundances (posterior means of `w_sf`) correlated at r = 0.996 with the
+#' full run's, and the accuracy against the truth was Pearson r 0.983 vs 0.987 and AUPRC of
+#' presence 0.997 vs 0.999 (early stop vs full run). The accuracy still rose slowly long after
+#' the loss had nearly levelled off (r 0.956 at epoch 3000, 0.967 at 7000, 0.978 at 11000,
+#' 0.987 at 20000), so a larger `min_delta` or a smaller `patience` saves more epochs at some
+#' cost in accuracy. On a smaller simulation (200 spots x 100 genes x 6 types, `lr = 0.01`,
+#' 8000 epochs) the defaults stopped at epoch 6821: r = 0.996 between the two fits, truth r
+#' 0.876 vs 0.877, AUPRC 1 vs 1.
 #'
 #' @param x spots' counts: a genes x spots matrix or `dgCMatrix` of non-negative integers with
 #'   gene names as row names; or a Seurat object or a SingleCellExperiment (see `assay`,
