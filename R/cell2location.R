@@ -280,7 +280,8 @@ c2l_make_state <- function(prep, tiles = c(0L, 0L), precision = "double", gemm =
 # ---- training -----------------------------------------------------------------------------
 
 # Runs `epochs` epochs in blocks of .Call's; returns list(loss, params, interrupted).
-c2l_train_blocks <- function(state, prep, params, epochs, epoch0, opt, seed, threads, progress) {
+c2l_train_blocks <- function(state, prep, params, epochs, epoch0, opt, seed, threads, progress,
+                             early_stop = NULL) {
   st <- prep$settings
   .Call(C_scnative_c2l_set_params, state, c2l_flatten(lapply(params, `[[`, "loc"), st),
         c2l_flatten(lapply(params, `[[`, "rho"), st))
@@ -288,7 +289,7 @@ c2l_train_blocks <- function(state, prep, params, epochs, epoch0, opt, seed, thr
   res <- svi_train_blocks(function(k, done) {
     .Call(C_scnative_c2l_train, state, as.integer(k), as.double(epoch0 + done), opt$lr, clipped,
           opt$clip_norm, opt$lrd, seed, threads)
-  }, epochs, progress, "cell2location")
+  }, epochs, progress, "cell2location", early_stop)
   pr <- .Call(C_scnative_c2l_get_params, state)
   res$params <- svi_params_from_flat(pr$loc, pr$rho, function(v) c2l_unflatten(v, st))
   res
@@ -314,6 +315,33 @@ c2l_train_blocks <- function(state, prep, params, epochs, epoch0, opt, seed, thr
 #' input order. **Threads**: results for a given `seed` do not depend on `threads`.
 #' **Interrupting** (Ctrl-C) stops between blocks of epochs and returns the fit so far with a
 #' warning.
+#'
+#' @section Early stopping:
+#' With `early_stop`, training stops before `max_epochs` once the training loss (-ELBO, the
+#' `elbo_train` of the history) has levelled off: from epoch `window` on, the loss averaged
+#' over the last `window` epochs is compared with its best value so far; it improves when it
+#' falls below `best - min_delta * |best|` (`min_delta` is **relative** to the loss). Training
+#' stops at the first epoch that is `patience` epochs after the last improvement. The decision
+#' is taken epoch by epoch on the losses alone, so for a given `seed` the stopping epoch does
+#' not depend on timing or `threads`, and the fit equals a run with `max_epochs` set to that
+#' epoch. The fit records the settings, the reason (`"converged"`, `"max_epochs"` or
+#' `"interrupted"`), the epochs run and the best averaged loss in `fit$early_stop`;
+#' [train_more()] continues from a stopped fit (with a fresh criterion when given
+#' `early_stop`). Upstream, by default, trains for all `max_epochs`.
+#'
+#' **How the result differs from a full run.** An early-stopped fit is the full run's fit at an
+#' earlier epoch, so it is somewhat less converged. On simulated data with a known truth
+#' ([simulate_spatial()], 1500 spots x 400 genes x 12 cell types, upstream's `lr = 0.002`,
+#' `bench/cell2location_early_stop.R`) the defaults stopped at epoch 13015 of upstream's
+#' 30000 (57% of the epochs saved), with the averaged -ELBO 0.17% above the full run's final
+#' value; the cell abundances (posterior means of `w_sf`) correlated at r = 0.996 with the
+#' full run's, and the accuracy against the truth was Pearson r 0.983 vs 0.987 and AUPRC of
+#' presence 0.997 vs 0.999 (early stop vs full run). The accuracy still rose slowly long after
+#' the loss had nearly levelled off (r 0.956 at epoch 3000, 0.967 at 7000, 0.978 at 11000,
+#' 0.987 at 20000), so a larger `min_delta` or a smaller `patience` saves more epochs at some
+#' cost in accuracy. On a smaller simulation (200 spots x 100 genes x 6 types, `lr = 0.01`,
+#' 8000 epochs) the defaults stopped at epoch 6821: r = 0.996 between the two fits, truth r
+#' 0.876 vs 0.877, AUPRC 1 vs 1.
 #'
 #' @param x spots' counts: a genes x spots matrix or `dgCMatrix` of non-negative integers with
 #'   gene names as row names; or a Seurat object or a SingleCellExperiment (see `assay`,
@@ -348,7 +376,10 @@ c2l_train_blocks <- function(state, prep, params, epochs, epoch0, opt, seed, thr
 #'   loss history is appended.
 #' @param seed `NULL` or a whole number for the random streams.
 #' @param threads `NULL` (the package default, see [scnative_threads()]) or a number of threads.
-#' @param progress `TRUE` to show a progress bar.
+#' @param progress `TRUE` to show the progress: epochs done, epochs per second, the -ELBO
+#'   averaged over the last epochs and the time left (an upper bound with `early_stop`), on one
+#'   line updated in place in an interactive session, otherwise one line per tenth of the
+#'   epochs; then a summary line. (Messages: [suppressMessages()] silences them.)
 #' @param keep_data `TRUE` (default) to keep the (sparse) counts in the fit so that
 #'   [train_more()] needs no data.
 #' @param precision `"single"` (the default) or `"double"`: the arithmetic of each epoch's
@@ -359,14 +390,20 @@ c2l_train_blocks <- function(state, prep, params, epochs, epoch0, opt, seed, thr
 #'   in double. Its log joint agrees with Pyro's to about 2e-7 (relative) and its fits with
 #'   double ones to about 1e-7. `"double"` runs everything in double. In both, results for a
 #'   `seed` do not depend on `threads`.
+#' @param early_stop `FALSE` (default, upstream's behaviour: all `max_epochs` epochs), `TRUE`
+#'   to stop when the loss has converged (see "Early stopping"), or a list with some of
+#'   `patience` (whole number, default 1000), `min_delta` (relative, in \[0, 1\], default
+#'   5e-4) and `window` (whole number, default 200); `max_epochs` is then the largest number of
+#'   epochs.
 #' @param ... method arguments (`assay`, `layer` for Seurat; `assay.type` for
 #'   SingleCellExperiment); `clip_norm`, `lrd` for ClippedAdam.
 #' @return A `scnative_c2l` object: a list with `params` (per site, `loc` and `rho` matrices of
 #'   the AutoNormal guide, upstream site names, spots in the input order), `history`
 #'   (data.frame `epoch`, `elbo_train`), `settings` (hyper-parameters and data facts: genes,
 #'   spots, cell types, batch levels, detection mean, ...), `signatures` (the matrix used),
-#'   `batch`, `optimizer`, `seed`, `precision`, `format` (the object's layout version) and, with
-#'   `keep_data`, `data`. The fields are checked whenever the fit is used again (an edited or
+#'   `batch`, `optimizer`, `seed`, `precision`, `format` (the object's layout version), with
+#'   `keep_data`, `data`, and after training with `early_stop`, `early_stop` (see "Early
+#'   stopping"). The fields are checked whenever the fit is used again (an edited or
 #'   damaged field gives an error naming it).
 #' @seealso [export_posterior()], [cell_abundance()], [train_more()], [plot_history()].
 #' @examples
@@ -402,12 +439,14 @@ cell2location.default <- function(x, signatures, batch = NULL, N_cells_per_locat
                                   w_sf_mean_var_ratio = 5, max_epochs = 30000, lr = 0.002,
                                   optimizer = c("adam", "clipped_adam"), init = NULL,
                                   seed = NULL, threads = NULL, progress = interactive(),
-                                  keep_data = TRUE, precision = c("single", "double"), ...) {
+                                  keep_data = TRUE, precision = c("single", "double"),
+                                  early_stop = FALSE, ...) {
   N_given <- !missing(N_cells_per_location)
   optimizer <- match.arg(optimizer)
   precision <- check_choice(precision, c("single", "double"), "precision")
   check_number(max_epochs, "max_epochs", min = 1, whole = TRUE)
   check_flag(progress, "progress")
+  early_stop <- svi_check_early_stop(early_stop)
   check_flag(keep_data, "keep_data")
   opt <- svi_optimizer(optimizer, lr, list(...))
   threads <- resolve_threads(threads)
@@ -437,19 +476,21 @@ cell2location.default <- function(x, signatures, batch = NULL, N_cells_per_locat
     history <- init$history
   }
   c2l_fit_run(prep, params, history, max_epochs, opt, seed, threads, progress, keep_data,
-              precision)
+              precision, early_stop)
 }
 
 c2l_fit_run <- function(prep, params, history, epochs, opt, seed, threads, progress, keep_data,
-                        precision) {
+                        precision, early_stop = NULL) {
   state <- c2l_make_state(prep, precision = precision)
-  res <- c2l_train_blocks(state, prep, params, epochs, nrow(history), opt, seed, threads, progress)
+  res <- c2l_train_blocks(state, prep, params, epochs, nrow(history), opt, seed, threads, progress,
+                          early_stop)
   fit <- list(
     params = res$params, history = svi_history_append(history, res$loss),
     settings = prep$settings, signatures = prep$signatures, batch = prep$batch,
     optimizer = opt, seed = seed, data = if (keep_data) list(xt = prep$xt) else NULL,
     interrupted = res$interrupted, format = fit_format, precision = precision
   )
+  fit$early_stop <- res$early_stop # absent without early stopping
   class(fit) <- "scnative_c2l"
   fit
 }
@@ -477,15 +518,19 @@ cell2location.SingleCellExperiment <- function(x, signatures, ..., assay.type = 
 #' @param x `NULL` to use the kept counts, or the same counts as for the fit.
 #' @param lr learning rate; default: the fit's.
 #' @param seed `NULL` (the fit's seed) or a whole number.
-#' @param threads,progress as in [cell2location()].
+#' @param threads,progress,early_stop as in [cell2location()] (`epochs` is then the largest
+#'   number of epochs to run).
 #' @param precision `NULL` (the fit's) or `"single"` / `"double"`, as in [cell2location()].
 #' @export
 train_more.scnative_c2l <- function(fit, epochs, x = NULL, lr = NULL, seed = NULL, threads = NULL,
-                                    progress = interactive(), precision = NULL, ...) {
+                                    progress = interactive(), precision = NULL,
+                                    early_stop = FALSE, ...) {
   validate_fit(fit)
-  precision <- if (is.null(precision)) fit$precision %||% "double" else check_choice(precision, c("single", "double"), "precision")
+  precision <- if (is.null(precision)) fit$precision %||% "double" else
+    check_choice(precision, c("single", "double"), "precision")
   check_number(epochs, "epochs", min = 1, whole = TRUE)
   check_flag(progress, "progress")
+  early_stop <- svi_check_early_stop(early_stop)
   opt <- fit$optimizer
   opt$lr <- lr %||% opt$lr
   check_number(opt$lr, "lr", min = 0, min_open = TRUE)
@@ -513,7 +558,7 @@ train_more.scnative_c2l <- function(fit, epochs, x = NULL, lr = NULL, seed = NUL
     prep$settings <- st
   }
   c2l_fit_run(prep, fit$params, fit$history, epochs, opt, seed, threads, progress,
-              !is.null(fit$data), precision)
+              !is.null(fit$data), precision, early_stop)
 }
 
 # ---- methods -------------------------------------------------------------------------------
@@ -528,6 +573,7 @@ print.scnative_c2l <- function(x, ...) {
               st$n_spots, st$n_genes, st$n_types, st$n_groups, st$n_batches))
   cat(sprintf("  epochs: %d (%s, lr %g)%s\n", nrow(h), x$optimizer$name, x$optimizer$lr,
               if (isTRUE(x$interrupted)) ", interrupted" else ""))
+  if (!is.null(x$early_stop)) cat(svi_es_format(x$early_stop))
   if (nrow(h) > 0) {
     cat(sprintf("  last -ELBO: %.6g\n", h$elbo_train[nrow(h)]))
   }

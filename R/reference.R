@@ -233,16 +233,23 @@ ref_default_epochs <- function(n_cells) {
 #'   `train()`), and the history is appended.
 #' @param seed `NULL` or a whole number for the random streams.
 #' @param threads `NULL` (the package default, see [scnative_threads()]) or a number of threads.
-#' @param progress `TRUE` to show a progress bar.
+#' @param progress `TRUE` to show the progress (epochs per second, averaged -ELBO, time left),
+#'   as in [cell2location()].
 #' @param keep_data `TRUE` (default) to keep the sparse counts in the fit so that
 #'   [train_more()] needs no data.
+#' @param early_stop `FALSE` (default: all `max_epochs` epochs), `TRUE` or a list of
+#'   `patience`, `min_delta`, `window`: stop once the -ELBO averaged over `window` epochs has
+#'   not improved by more than `min_delta` (relative) for `patience` epochs, exactly as in
+#'   [cell2location()] (section "Early stopping"). With minibatches the per-epoch loss is
+#'   noisier, so a longer `window` may be needed.
 #' @param ... method arguments (`assay`, `layer` for Seurat; `assay.type` for
 #'   SingleCellExperiment); `clip_norm`, `lrd` for ClippedAdam.
 #' @return A `scnative_reference` object: a list with `params` (per site, `loc` and `rho`
 #'   matrices of the AutoNormal guide, upstream's site names), `history` (data.frame `epoch`,
 #'   `elbo_train`), `settings` (genes, cells, cell types, batch and covariate levels, priors,
-#'   minibatch size), `optimizer`, `seed`, `steps`, `format` (the object's layout version)
-#'   and, with `keep_data`, `data`. The fields are checked whenever the fit is used again (an
+#'   minibatch size), `optimizer`, `seed`, `steps`, `format` (the object's layout version),
+#'   with `keep_data`, `data`, and after training with `early_stop`, `early_stop` (as in
+#'   [cell2location()]). The fields are checked whenever the fit is used again (an
 #'   edited or damaged field gives an error naming it).
 #' @seealso [signatures()], [export_posterior()], [filter_genes()], [cell2location()],
 #'   [plot_history()], [train_more()].
@@ -274,11 +281,12 @@ reference_signatures.default <- function(x, labels, batch = NULL, covariates = N
                                          gene_tech_prior = list(mean = 1, alpha = 200),
                                          optimizer = c("adam", "clipped_adam"), init = NULL,
                                          seed = NULL, threads = NULL,
-                                         progress = interactive(), keep_data = TRUE, ...) {
+                                         progress = interactive(), keep_data = TRUE,
+                                         early_stop = FALSE, ...) {
   ref_fit(x, labels, batch, covariates, NULL, max_epochs, batch_size, lr, use_average_as_initial,
           ref_priors(alpha_g_phi_hyp_prior, gene_add_alpha_hyp_prior, gene_add_mean_hyp_prior,
                      detection_hyp_prior, gene_tech_prior),
-          match.arg(optimizer), init, seed, threads, progress, keep_data, list(...))
+          match.arg(optimizer), init, seed, threads, progress, keep_data, list(...), early_stop)
 }
 
 #' @rdname reference_signatures
@@ -310,7 +318,7 @@ ref_object_fit <- function(object, counts, labels, batch, covariates, ...) {
 
 ref_fit <- function(x, labels, batch, covariates, meta, max_epochs, batch_size, lr,
                     use_average_as_initial, priors, optimizer, init, seed, threads, progress,
-                    keep_data, dots) {
+                    keep_data, dots, early_stop = FALSE) {
   if (!is.null(dots$.meta)) meta <- dots$.meta
   dots$.meta <- NULL
   check_number(max_epochs, "max_epochs", min = 1, whole = TRUE, allow_null = TRUE)
@@ -318,6 +326,7 @@ ref_fit <- function(x, labels, batch, covariates, meta, max_epochs, batch_size, 
   check_flag(use_average_as_initial, "use_average_as_initial")
   check_flag(progress, "progress")
   check_flag(keep_data, "keep_data")
+  early_stop <- svi_check_early_stop(early_stop)
   opt <- svi_optimizer(optimizer, lr, dots)
   unknown <- setdiff(names(dots), c("clip_norm", "lrd"))
   if (length(unknown)) stopf("unknown argument(s): %s", paste(unknown, collapse = ", "))
@@ -348,11 +357,12 @@ ref_fit <- function(x, labels, batch, covariates, meta, max_epochs, batch_size, 
     history <- init$history
     steps <- init$steps
   }
-  ref_fit_run(prep, params, history, steps, epochs, opt, seed, threads, progress, keep_data)
+  ref_fit_run(prep, params, history, steps, epochs, opt, seed, threads, progress, keep_data,
+              early_stop)
 }
 
 ref_fit_run <- function(prep, params, history, steps, epochs, opt, seed, threads, progress,
-                        keep_data) {
+                        keep_data, early_stop = NULL) {
   st <- prep$settings
   state <- ref_make_state(prep)
   .Call(C_scnative_reg_set_params, state, ref_flatten(params, st, "loc"),
@@ -366,7 +376,7 @@ ref_fit_run <- function(prep, params, history, steps, epochs, opt, seed, threads
                as.double(steps), optv, mb, seed, threads)
     steps <<- r$steps
     r$loss
-  }, epochs, progress, "reference_signatures")
+  }, epochs, progress, "reference_signatures", early_stop)
   pr <- .Call(C_scnative_reg_get_params, state)
   fit <- list(
     params = svi_params_from_flat(pr$loc, pr$rho, function(v) ref_unflatten(v, st)),
@@ -375,6 +385,7 @@ ref_fit_run <- function(prep, params, history, steps, epochs, opt, seed, threads
     data = if (keep_data) prep[c("x", "labels", "batch", "covariates", "cell_group", "gdef")],
     interrupted = res$interrupted, format = fit_format
   )
+  fit$early_stop <- res$early_stop # absent without early stopping
   class(fit) <- "scnative_reference"
   fit
 }
@@ -391,7 +402,10 @@ ref_fit_run <- function(prep, params, history, steps, epochs, opt, seed, threads
 #' @param epochs number of epochs (whole number >= 1).
 #' @param ... method arguments: `x` (`NULL` to use the counts kept in the fit, the default
 #'   `keep_data = TRUE`; for a `scnative_c2l` fit the same counts may be passed again), `lr`,
-#'   `seed`, `threads`, `progress`.
+#'   `seed`, `threads`, `progress`, `early_stop` (as in [cell2location()]; `epochs` is then the
+#'   most to run, and the criterion looks only at this call's epochs). A fit that stopped early
+#'   continues where it stopped; the new fit's `early_stop` describes this call (absent without
+#'   `early_stop`).
 #' @return The updated fit.
 #' @examples
 #' set.seed(1)
@@ -414,10 +428,12 @@ train_more.default <- function(fit, epochs, ...) {
 #' @rdname train_more
 #' @export
 train_more.scnative_reference <- function(fit, epochs, x = NULL, lr = NULL, seed = NULL,
-                                          threads = NULL, progress = interactive(), ...) {
+                                          threads = NULL, progress = interactive(),
+                                          early_stop = FALSE, ...) {
   validate_fit(fit)
   check_number(epochs, "epochs", min = 1, whole = TRUE)
   check_flag(progress, "progress")
+  early_stop <- svi_check_early_stop(early_stop)
   if (!is.null(x)) {
     stopf("for a reference fit, pass the data again with reference_signatures(..., init = fit)")
   }
@@ -430,7 +446,7 @@ train_more.scnative_reference <- function(fit, epochs, x = NULL, lr = NULL, seed
   seed <- if (is.null(seed)) fit$seed else resolve_seed(seed)
   prep <- c(list(settings = fit$settings), fit$data)
   ref_fit_run(prep, fit$params, fit$history, fit$steps, epochs, opt, seed,
-              resolve_threads(threads), progress, TRUE)
+              resolve_threads(threads), progress, TRUE, early_stop)
 }
 
 # ---- methods ------------------------------------------------------------------------------
@@ -448,6 +464,7 @@ print.scnative_reference <- function(x, ...) {
   cat(sprintf("  epochs: %d (%s, lr %g, %s)%s\n", nrow(h), x$optimizer$name, x$optimizer$lr,
               if (is.null(st$batch_size)) "full batch" else sprintf("minibatches of %d", st$batch_size),
               if (isTRUE(x$interrupted)) ", interrupted" else ""))
+  if (!is.null(x$early_stop)) cat(svi_es_format(x$early_stop))
   if (nrow(h) > 0) cat(sprintf("  last -ELBO: %.6g\n", h$elbo_train[nrow(h)]))
   invisible(x)
 }

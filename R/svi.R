@@ -2,41 +2,193 @@
 # cell2location.R and the reference regression model in reference.R); the C side is svi.c.
 
 # Runs `epochs` epochs by calling run(k, done) -> the k epochs' losses, in blocks of about half a
-# second each so that Ctrl-C and the progress bar respond. Returns list(loss, interrupted); on
-# an interrupt the losses of the finished blocks are kept.
-svi_train_blocks <- function(run, epochs, progress, label) {
+# second each so that Ctrl-C and the progress display respond. `early_stop`: NULL or the
+# settings of svi_check_early_stop(); the criterion is evaluated epoch by epoch on the losses,
+# and no block runs past the earliest epoch at which it could fire (svi_es_horizon), so the
+# stopping epoch depends only on the losses (the seed), never on the block sizes (timing), and
+# the state is exactly that of a fixed run of that many epochs. Returns list(loss, interrupted,
+# early_stop = the record of svi_es_record() or NULL); on an interrupt the losses of the
+# finished blocks are kept.
+svi_train_blocks <- function(run, epochs, progress, label, early_stop = NULL) {
   loss <- rep(NA_real_, epochs)
   done <- 0L
   block <- 1L
-  pb <- NULL
-  if (progress) {
-    pb <- utils::txtProgressBar(min = 0, max = epochs, style = 3)
-    on.exit(close(pb), add = TRUE)
-  }
+  es <- if (is.null(early_stop)) NULL else svi_es_start(early_stop)
+  pb <- if (progress) svi_progress_start(epochs, label, early_stop$window %||% 100L) else NULL
   interrupted <- FALSE
   tryCatch({
     while (done < epochs) {
       k <- min(block, epochs - done)
+      if (!is.null(es)) k <- min(k, svi_es_horizon(es))
       t0 <- proc.time()[["elapsed"]]
       loss[done + seq_len(k)] <- run(k, done)
       done <- done + k
       el <- proc.time()[["elapsed"]] - t0
       block <- max(1L, min(1000L, as.integer(k * 0.5 / max(el, 1e-3))))
-      if (!is.null(pb)) utils::setTxtProgressBar(pb, done)
+      if (!is.null(es)) es <- svi_es_update(es, loss, done)
+      if (!is.null(pb)) pb <- svi_progress_update(pb, loss, done)
       if (.Call(C_scnative_interrupt_pending)) { # Ctrl-C during the block
         interrupted <- TRUE
+        break
+      }
+      if (!is.null(es) && es$stopped) {
+        # cannot happen (the horizon caps each block); it would mean extra epochs were run
+        if (es$seen != done) stopf("%s: internal error: early stop inside a block", label)
         break
       }
     }
   }, interrupt = function(cond) {
     interrupted <<- TRUE
   })
+  if (!is.null(pb)) svi_progress_end(pb, loss, done, es)
+  if (done < epochs) loss <- loss[seq_len(done)]
   if (interrupted) {
-    loss <- loss[seq_len(done)]
     warnf("%s: training interrupted after %d of %d epochs; returning the fit so far", label,
           done, epochs)
   }
-  list(loss = loss, interrupted = interrupted)
+  list(loss = loss, interrupted = interrupted,
+       early_stop = if (is.null(es)) NULL else svi_es_record(es, done, epochs, interrupted))
+}
+
+# ---- early stopping ------------------------------------------------------------------------
+
+# Defaults of `early_stop = TRUE` (chosen on simulated data, see bench/cell2location_early_stop.R
+# and ?cell2location): the -ELBO averaged over `window` epochs must fall by more than
+# `min_delta` (relative) below its best value within `patience` epochs.
+svi_early_stop_defaults <- list(patience = 1000L, min_delta = 5e-4, window = 200L)
+
+# `early_stop` as given by the user (FALSE, TRUE, or a list with some of patience, min_delta,
+# window) -> NULL (off) or the complete settings.
+svi_check_early_stop <- function(early_stop, arg = "early_stop") {
+  if (is.logical(early_stop) && length(early_stop) == 1L && !is.na(early_stop) &&
+      is.null(attributes(early_stop))) {
+    return(if (early_stop) svi_early_stop_defaults else NULL)
+  }
+  if (!is.list(early_stop) || is.object(early_stop)) {
+    stopf("'%s' must be TRUE, FALSE or a list(patience =, min_delta =, window =)", arg)
+  }
+  nm <- names(early_stop)
+  if (length(early_stop) && (is.null(nm) || any(!nzchar(nm)) || anyDuplicated(nm))) {
+    stopf("'%s' must be a list with named elements (patience, min_delta, window)", arg)
+  }
+  unknown <- setdiff(nm, names(svi_early_stop_defaults))
+  if (length(unknown)) {
+    stopf("'%s' has unknown element(s) %s; allowed: patience, min_delta, window", arg,
+          paste(sprintf("'%s'", unknown), collapse = ", "))
+  }
+  s <- svi_early_stop_defaults
+  s[names(early_stop)] <- early_stop
+  check_number(s$patience, sprintf("%s$patience", arg), min = 1, whole = TRUE)
+  check_number(s$min_delta, sprintf("%s$min_delta", arg), min = 0, max = 1)
+  check_number(s$window, sprintf("%s$window", arg), min = 1, whole = TRUE)
+  list(patience = as.integer(s$patience), min_delta = as.double(s$min_delta),
+       window = as.integer(s$window))
+}
+
+# The criterion's state over the epochs of one training call (epoch i = 1, 2, ... of the call):
+# from epoch `window` on, the smoothed loss s_i = mean(loss[i - window + 1 .. i]); s_i is an
+# improvement when s_i < best - min_delta * |best| (the first s_i always is); training stops at
+# the first epoch i with i - best_epoch >= patience.
+svi_es_start <- function(settings) {
+  c(settings, list(seen = 0L, best = NA_real_, best_epoch = NA_integer_, stopped = FALSE))
+}
+
+# Epochs that may still run before the criterion could fire (>= 1 while not stopped).
+svi_es_horizon <- function(es) {
+  (if (is.na(es$best_epoch)) es$window else es$best_epoch) + es$patience - es$seen
+}
+
+# Feeds the losses of epochs seen+1 .. done (loss holds the whole call's losses).
+svi_es_update <- function(es, loss, done) {
+  w <- es$window
+  for (i in seq.int(es$seen + 1L, length.out = done - es$seen)) {
+    if (i < w) next
+    s <- sum(loss[(i - w + 1L):i]) / w
+    if (is.na(es$best_epoch) ||
+        (is.finite(s) && (!is.finite(es$best) || s < es$best - es$min_delta * abs(es$best)))) {
+      es$best <- s
+      es$best_epoch <- i
+    } else if (i - es$best_epoch >= es$patience) {
+      es$seen <- i
+      es$stopped <- TRUE
+      return(es)
+    }
+  }
+  es$seen <- done
+  es
+}
+
+# What the fit records: the settings, whether and when it stopped, the best smoothed loss.
+svi_es_record <- function(es, done, epochs, interrupted) {
+  reason <- if (es$stopped) "converged" else if (interrupted) "interrupted" else "max_epochs"
+  list(patience = es$patience, min_delta = es$min_delta, window = es$window,
+       stopped = es$stopped, reason = reason, epochs = as.integer(done),
+       max_epochs = as.integer(epochs), best_epoch = es$best_epoch, best_elbo = es$best)
+}
+
+# One line for print methods.
+svi_es_format <- function(es) {
+  what <- switch(es$reason,
+    converged = sprintf("stopped after %d of %d epochs: no relative improvement > %g of the mean -ELBO over %d epochs in %d epochs",
+                        es$epochs, es$max_epochs, es$min_delta, es$window, es$patience),
+    max_epochs = sprintf("did not stop: ran all %d epochs (patience %d, min_delta %g, window %d)",
+                         es$max_epochs, es$patience, es$min_delta, es$window),
+    interrupted = sprintf("interrupted after %d of %d epochs", es$epochs, es$max_epochs))
+  sprintf("  early stopping: %s\n", what)
+}
+
+# ---- progress ------------------------------------------------------------------------------
+
+# A progress display for svi_train_blocks: epochs done, epochs/s, the -ELBO averaged over the
+# last `window` epochs, the time left (an upper bound with early stopping). Interactively one
+# line updated in place (\r); otherwise a line when another tenth of the epochs is done.
+svi_progress_start <- function(epochs, label, window) {
+  list(epochs = epochs, label = label, window = window, t0 = proc.time()[["elapsed"]],
+       live = interactive(), next_report = 0.1, width = 0L)
+}
+
+svi_progress_line <- function(pb, loss, done) {
+  el <- proc.time()[["elapsed"]] - pb$t0
+  rate <- done / max(el, 1e-6)
+  sm <- mean(loss[max(1L, done - pb$window + 1L):done])
+  left <- (pb$epochs - done) / max(rate, 1e-9)
+  sprintf("%s: epoch %d/%d (%d%%), %.3g epochs/s, mean -ELBO (last %d) %.6g, %s left",
+          pb$label, done, pb$epochs, as.integer(floor(100 * done / pb$epochs)), rate,
+          min(pb$window, done), sm, svi_format_seconds(left))
+}
+
+svi_progress_update <- function(pb, loss, done) {
+  if (done < 1L) return(pb)
+  if (pb$live) {
+    line <- svi_progress_line(pb, loss, done)
+    message("\r", formatC(line, width = -pb$width), appendLF = FALSE)
+    pb$width <- max(pb$width, nchar(line))
+  } else if (done / pb$epochs >= pb$next_report && done < pb$epochs) {
+    message(svi_progress_line(pb, loss, done))
+    pb$next_report <- (floor(10 * done / pb$epochs) + 1) / 10
+  }
+  pb
+}
+
+svi_progress_end <- function(pb, loss, done, es) {
+  el <- proc.time()[["elapsed"]] - pb$t0
+  if (pb$live) message("")
+  if (done < 1L) return(invisible())
+  msg <- sprintf("%s: %d epochs in %s (%.3g epochs/s), mean -ELBO (last %d) %.6g", pb$label,
+                 done, svi_format_seconds(el), done / max(el, 1e-6), min(pb$window, done),
+                 mean(loss[max(1L, done - pb$window + 1L):done]))
+  if (!is.null(es) && es$stopped) {
+    msg <- sprintf("%s; stopped early (%d of %d epochs)", msg, done, pb$epochs)
+  }
+  message(msg)
+}
+
+svi_format_seconds <- function(s) {
+  if (!is.finite(s)) return("?")
+  s <- round(s)
+  if (s < 60) return(sprintf("%ds", s))
+  if (s < 3600) return(sprintf("%dm %02ds", s %/% 60, s %% 60))
+  sprintf("%dh %02dm", s %/% 3600, (s %% 3600) %/% 60)
 }
 
 # Appends the epochs' losses to a history data.frame (epoch, elbo_train) as upstream's logger.

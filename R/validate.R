@@ -187,7 +187,7 @@ vf_optimizer <- function(o, path) {
 }
 
 # The fit-level fields both classes share: format (first: a newer layout is not checked
-# further), interrupted, seed, optimizer, history.
+# further), interrupted, seed, optimizer, history, early_stop.
 vf_common <- function(fit, arg) {
   if (!is.list(fit)) stopf("'%s' must be a list (a fit object), not %s", arg, typeof(fit))
   fmt <- vf_get(fit, "format", arg, optional = TRUE)
@@ -206,8 +206,42 @@ vf_common <- function(fit, arg) {
     stopf("'%s' must be a whole number in [0, 2^53)", vf_path(arg, "seed"))
   }
   vf_optimizer(vf_get(fit, "optimizer", arg), vf_path(arg, "optimizer"))
-  vf_history(vf_get(fit, "history", arg), vf_path(arg, "history"))
+  h <- vf_get(fit, "history", arg)
+  vf_history(h, vf_path(arg, "history"))
+  es <- vf_get(fit, "early_stop", arg, optional = TRUE)
+  if (!is.null(es)) vf_early_stop(es, vf_path(arg, "early_stop"), nrow(h))
   invisible(fit)
+}
+
+# The record of an early-stopping run (svi_es_record): its settings, reason and epochs (at most
+# the history's `n_history`).
+vf_early_stop <- function(es, path, n_history) {
+  vf_list(es, path)
+  for (f in c("patience", "window")) vf_whole(vf_get(es, f, path), vf_path(path, f), min = 1)
+  md <- vf_get(es, "min_delta", path)
+  vf_numbers(md, vf_path(path, "min_delta"))
+  if (md < 0 || md > 1) stopf("'%s' must be in [0, 1]", vf_path(path, "min_delta"))
+  vf_flag(vf_get(es, "stopped", path), vf_path(path, "stopped"))
+  reason <- vf_get(es, "reason", path)
+  if (!is.character(reason) || length(reason) != 1L ||
+      !reason %in% c("converged", "max_epochs", "interrupted")) {
+    stopf("'%s' must be \"converged\", \"max_epochs\" or \"interrupted\"", vf_path(path, "reason"))
+  }
+  if (identical(reason, "converged") != es$stopped) {
+    stopf("'%s' must be TRUE exactly when the reason is \"converged\"", vf_path(path, "stopped"))
+  }
+  mx <- vf_get(es, "max_epochs", path)
+  vf_whole(mx, vf_path(path, "max_epochs"), min = 1)
+  vf_whole(vf_get(es, "epochs", path), vf_path(path, "epochs"), max = min(mx, n_history))
+  be <- vf_get(es, "best_epoch", path)
+  if (!(length(be) == 1L && is.na(be) && is.numeric(be))) {
+    vf_whole(be, vf_path(path, "best_epoch"), min = 1, max = es$epochs)
+  }
+  bl <- vf_get(es, "best_elbo", path)
+  if (!is.numeric(bl) || length(bl) != 1L) {
+    stopf("'%s' must be a single number (or NA)", vf_path(path, "best_elbo"))
+  }
+  invisible(es)
 }
 
 # The checks both classes share (vf_common), then `fit$settings` as a list, with its path in
