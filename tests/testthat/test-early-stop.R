@@ -253,7 +253,7 @@ test_that("progress shows rate, smoothed -ELBO and time left without spamming", 
   expect_length(out, 3L)
   expect_true(all(startsWith(out, "\r")))
   expect_false(any(grepl("\n", out)))
-  expect_match(out[3], "epoch 300/400 \\(75%\\).*mean -ELBO \\(last 20\\) 970.95, .*s left$")
+  expect_match(out[3], "epoch 300/400 \\(75%\\).*mean -ELBO \\(last 20\\) 970.95, .*s left *$")
   # through the trainer: a summary line at the end, with the early stop
   msgs <- grab(scnative:::svi_train_blocks(function(k, done) loss[done + seq_len(k)], 400, TRUE,
                                            "demo"))
