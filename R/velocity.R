@@ -42,8 +42,10 @@ normalise_cells <- function(x) {
 }
 
 # Top principal component scores (cells x n_comps) of the cells of a genes x cells matrix,
-# centred per gene (scanpy's pp.pca, zero_center = TRUE; signs are arbitrary).
+# centred per gene (scanpy's pp.pca, zero_center = TRUE; signs are arbitrary). A sparse matrix
+# is never made dense (pca_scores_sparse).
 pca_scores <- function(x, n_comps) {
+  if (inherits(x, "sparseMatrix")) return(pca_scores_sparse(x, n_comps))
   x <- as.matrix(x)
   storage.mode(x) <- "double"
   xc <- t(x - rowMeans(x))  # cells x genes, centred
@@ -61,6 +63,65 @@ pca_scores <- function(x, n_comps) {
   e <- eigen(tcrossprod(xc), symmetric = TRUE)
   sweep(e$vectors[, seq_len(n_comps), drop = FALSE], 2L,
         sqrt(pmax(e$values[seq_len(n_comps)], 0)), "*")
+}
+
+# PCA of a sparse genes x cells matrix with the centring kept implicit (x - mu 1'): no
+# cells x genes dense matrix. Exact (as the dense path, up to sign and rounding) when the
+# smaller side is at most `max_exact`: the genes x genes covariance (genes <= cells) or the
+# cells x cells Gram matrix (cells < genes), both from sparse products, then an eigen
+# decomposition. Otherwise a randomised subspace iteration (Halko, Martinsson & Tropp 2011)
+# with a block of max(2 n_comps, n_comps + 20) vectors, iterated until the scores change by
+# less than `tol` (relative to the first singular value); the start block is a fixed
+# numpy-seeded Gaussian stream, so the result is deterministic and R's RNG is not touched.
+pca_scores_sparse <- function(x, n_comps, solver = c("auto", "exact", "randomized"),
+                              max_exact = 3000L, tol = 1e-10, max_iter = 300L) {
+  solver <- match.arg(solver)
+  x <- methods::as(methods::as(methods::as(x, "CsparseMatrix"), "generalMatrix"), "dMatrix")
+  p <- nrow(x)
+  n <- ncol(x)
+  mu <- Matrix::rowMeans(x)
+  if (solver == "auto") solver <- if (min(p, n) <= max_exact) "exact" else "randomized"
+  if (solver == "exact") {
+    if (p <= n) {
+      cov <- as.matrix(Matrix::tcrossprod(x)) - n * tcrossprod(mu)
+      e <- eigen(cov, symmetric = TRUE)
+      v <- e$vectors[, seq_len(n_comps), drop = FALSE]
+      sc <- as.matrix(Matrix::crossprod(x, v))
+      return(sc - rep(drop(crossprod(mu, v)), each = n))
+    }
+    a <- as.vector(Matrix::crossprod(x, mu))
+    gram <- as.matrix(Matrix::crossprod(x))
+    gram <- gram - outer(a, rep(1, n)) - outer(rep(1, n), a) + sum(mu * mu)
+    e <- eigen(gram, symmetric = TRUE)
+    return(sweep(e$vectors[, seq_len(n_comps), drop = FALSE], 2L,
+                 sqrt(pmax(e$values[seq_len(n_comps)], 0)), "*"))
+  }
+  # A = (x - mu 1')' (cells x genes); A v and A' u without forming A
+  a_mul <- function(v) {
+    out <- as.matrix(Matrix::crossprod(x, v))
+    out - rep(drop(crossprod(mu, v)), each = n)
+  }
+  at_mul <- function(u) as.matrix(x %*% u) - outer(mu, colSums(u))
+  l <- min(max(2L * n_comps, n_comps + 20L), p, n)
+  omega <- matrix(.Call(C_scnative_velocity_mt, 0, as.double(p) * l, 1L), p, l)
+  y <- a_mul(omega)
+  prev <- NULL
+  for (it in seq_len(max_iter)) {
+    q <- qr.Q(qr(y))
+    s <- svd(at_mul(q), nv = 0L)  # left vectors: approximate principal axes, ordered
+    y <- a_mul(s$u)
+    sc <- y[, seq_len(n_comps), drop = FALSE]
+    if (!is.null(prev)) {
+      sg <- sign(colSums(sc * prev))
+      sg[sg == 0] <- 1
+      change <- max(abs(sc - rep(sg, each = n) * prev)) / max(s$d[1L], .Machine$double.xmin)
+      if (change < tol) return(sc)
+    }
+    prev <- sc
+  }
+  warning(sprintf("the randomised PCA did not converge in %d iterations (score change %.2g)",
+                  max_iter, change), call. = FALSE)
+  sc
 }
 
 # umap's smooth_knn_dist (local_connectivity = 1, bandwidth = 1) on float32 distances
@@ -215,7 +276,7 @@ moments <- function(x, ...) {
 #' @export
 moments.default <- function(x, unspliced, n_neighbors = 30, n_pcs = NULL,
                             connectivities = NULL, normalize = TRUE, X = NULL, threads = NULL,
-                            ...) {
+                            method = c("auto", "exact", "approx"), seed = 0, ...) {
   if (missing(unspliced)) stopf("'unspliced' is missing")
   pr <- check_pair(x, unspliced, a = "x")
   s <- pr$s
@@ -223,6 +284,8 @@ moments.default <- function(x, unspliced, n_neighbors = 30, n_pcs = NULL,
   check_number(n_neighbors, "n_neighbors", min = 2, whole = TRUE)
   check_number(n_pcs, "n_pcs", min = 1, whole = TRUE, allow_null = TRUE)
   check_flag(normalize, "normalize")
+  method <- check_choice(method, c("auto", "exact", "approx"), "method")
+  check_number(seed, "seed", min = 0, max = 2^53 - 1, whole = TRUE)
   nth <- resolve_threads(threads)
   n_cells <- ncol(s)
   cells <- colnames(s)
@@ -255,7 +318,7 @@ moments.default <- function(x, unspliced, n_neighbors = 30, n_pcs = NULL,
     }
     storage.mode(rep_) <- "double"
     rep_ <- as_f32(rep_)
-    nn <- .Call(C_scnative_velocity_knn, rep_, as.integer(k), nth)
+    nn <- knn_graph(rep_, k, method, seed, nth)
     idx <- nn[[1L]]
     dst <- nn[[2L]]
     connectivities <- umap_connectivities(idx, dst, k)
@@ -273,14 +336,48 @@ moments.default <- function(x, unspliced, n_neighbors = 30, n_pcs = NULL,
   }
   C <- normalise_connectivities(connectivities, n_cells, cells)
   # C is cells x cells (rows sum to 1); genes x cells moments are x C'.
-  Ms <- as.matrix(s %*% Matrix::t(C))
-  Mu <- as.matrix(u %*% Matrix::t(C))
-  Ms <- as_f32(Ms)
-  Mu <- as_f32(Mu)
+  Ct <- Matrix::t(C)
+  Ms <- as_f32(smooth_layer(s, Ct, nth))
+  Mu <- as_f32(smooth_layer(u, Ct, nth))
   dimnames(Ms) <- dimnames(Mu) <- dimnames(pr$s)
   structure(list(Ms = Ms, Mu = Mu, connectivities = connectivities, distances = dist,
                  normalized_connectivities = C, normalized = was_norm),
             class = "scnative_moments")
+}
+
+# Cells below which method = "auto" searches neighbours exactly: scanpy's brute-force
+# shortcut for the Euclidean metric (n_obs < 8192); above, it uses pynndescent.
+knn_exact_below <- 8192L
+
+# kNN (self first, 1-based; n x k indices and distances) of the rows of `rep_`: exact brute
+# force, or NN-descent (src/velocity.c) for method = "approx", or "auto" with >= 8192 cells.
+knn_graph <- function(rep_, k, method, seed, nth) {
+  n <- nrow(rep_)
+  if (method == "exact" || (method == "auto" && n < knn_exact_below)) {
+    return(.Call(C_scnative_velocity_knn, rep_, as.integer(k), nth))
+  }
+  # rounds as pynndescent in scanpy (max(5, round(log2 n))) but at least 10; the search
+  # stops earlier once fewer than 0.1% of the list entries change in a round
+  iters <- max(10L, as.integer(round(log2(n))))
+  nn <- .Call(C_scnative_velocity_nndescent, rep_, as.integer(k), as.double(seed), iters,
+              0.001, as.integer(k - 1L), nth)
+  nn[1:2]
+}
+
+# x C' as a dense genes x cells matrix (x dense or a dgCMatrix; Ct = t(C) column-compressed).
+smooth_layer <- function(x, Ct, nth) {
+  Ct <- methods::as(methods::as(Ct, "CsparseMatrix"), "dMatrix")
+  if (inherits(x, "sparseMatrix")) {
+    x <- methods::as(methods::as(methods::as(x, "CsparseMatrix"), "generalMatrix"), "dMatrix")
+    out <- .Call(C_scnative_velocity_smooth, NULL, x@p, x@i, x@x, nrow(x), Ct@p, Ct@i, Ct@x,
+                 nth)
+  } else {
+    x <- as.matrix(x)
+    storage.mode(x) <- "double"
+    out <- .Call(C_scnative_velocity_smooth, x, NULL, NULL, NULL, nrow(x), Ct@p, Ct@i, Ct@x,
+                 nth)
+  }
+  out
 }
 
 #' @exportS3Method print scnative_moments

@@ -50,6 +50,8 @@ SEXP scnative_reg_logjoint(SEXP, SEXP, SEXP, SEXP);
 SEXP scnative_velocity_knn(SEXP, SEXP, SEXP);
 SEXP scnative_velocity_mt(SEXP, SEXP, SEXP);
 SEXP scnative_velocity_knn_query(SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_velocity_nndescent(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_velocity_smooth(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 /* end velocity declarations */
 
 
@@ -127,6 +129,8 @@ static const R_CallMethodDef callMethods[] = {
     CALLDEF(scnative_velocity_knn, 3),
     CALLDEF(scnative_velocity_mt, 3),
     CALLDEF(scnative_velocity_knn_query, 4),
+    CALLDEF(scnative_velocity_nndescent, 7),
+    CALLDEF(scnative_velocity_smooth, 9),
     /* end velocity table */
 
 
