@@ -45,7 +45,25 @@ static void knn_row(const double *xt, int n, int p, int k, int i, int *idx, doub
                     double *bd, int *bi) {
   int m = 0;
   const double *xi = xt + (size_t)i * p;
-  for (int j = 0; j < n; j++) {
+  int j = 0;
+  /* four rows at a time: independent sums (each in column order, as knn_d2) */
+  for (; j + 4 <= n; j += 4) {
+    const double *a0 = xt + (size_t)j * p, *a1 = a0 + p, *a2 = a1 + p, *a3 = a2 + p;
+    double s4[4] = {0.0, 0.0, 0.0, 0.0};
+    for (int c = 0; c < p; c++) {
+      double v = xi[c], d0 = v - a0[c], d1 = v - a1[c], d2 = v - a2[c], d3 = v - a3[c];
+      s4[0] += d0 * d0;
+      s4[1] += d1 * d1;
+      s4[2] += d2 * d2;
+      s4[3] += d3 * d3;
+    }
+    for (int q = 0; q < 4; q++) {
+      if (j + q == i) continue;
+      if (m == k - 1 && s4[q] > bd[k - 2]) continue;
+      knn_insert(bd, bi, &m, k - 1, s4[q], j + q);
+    }
+  }
+  for (; j < n; j++) {
     if (j == i) continue;
     double s = knn_d2(xi, xt + (size_t)j * p, p);
     if (m == k - 1 && s > bd[k - 2]) continue;
