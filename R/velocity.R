@@ -374,8 +374,8 @@ moments.default <- function(x, unspliced, n_neighbors = 30, n_pcs = NULL,
   C <- normalise_connectivities(connectivities, n_cells, cells)
   # C is cells x cells (rows sum to 1); genes x cells moments are x C'.
   Ct <- Matrix::t(C)
-  Ms <- as_f32(smooth_layer(s, Ct, nth))
-  Mu <- as_f32(smooth_layer(u, Ct, nth))
+  Ms <- smooth_layer(s, Ct, nth)
+  Mu <- smooth_layer(u, Ct, nth)
   dimnames(Ms) <- dimnames(Mu) <- dimnames(pr$s)
   structure(list(Ms = Ms, Mu = Mu, connectivities = connectivities, distances = dist,
                  normalized_connectivities = C, normalized = was_norm),
@@ -394,14 +394,17 @@ knn_graph <- function(rep_, k, method, seed, nth) {
     return(.Call(C_scnative_velocity_knn, rep_, as.integer(k), nth))
   }
   # rounds as pynndescent in scanpy (max(5, round(log2 n))) but at least 10; the search
-  # stops earlier once fewer than 0.1% of the list entries change in a round
+  # stops earlier once fewer than 0.1% of the list entries change in a round. Each cell
+  # joins at most 1.5 (k - 1) (at most 60) of its forward and reverse neighbours per round.
   iters <- max(10L, as.integer(round(log2(n))))
+  cand <- as.integer(min(60, max(k - 1, round(1.5 * (k - 1)))))
   nn <- .Call(C_scnative_velocity_nndescent, rep_, as.integer(k), as.double(seed), iters,
-              0.001, as.integer(k - 1L), nth)
+              0.001, cand, nth)
   nn[1:2]
 }
 
-# x C' as a dense genes x cells matrix (x dense or a dgCMatrix; Ct = t(C) column-compressed).
+# x C' as a dense genes x cells matrix rounded to float32 (x dense or a dgCMatrix; Ct = t(C)
+# column-compressed), with no other genes x cells temporary.
 smooth_layer <- function(x, Ct, nth) {
   Ct <- methods::as(methods::as(Ct, "CsparseMatrix"), "dMatrix")
   if (inherits(x, "sparseMatrix")) {
