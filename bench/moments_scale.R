@@ -11,6 +11,13 @@
 # on the PCA scores moments() uses (recomputed here with the same internal steps: per-cell
 # normalisation, the sparse PCA, float32 rounding); the exact neighbours of `sample` cells are
 # found by brute force against all cells.
+#
+# Measured 2026-12-01 (2 shared cores, 2 threads, 50,000 cells x 1,000 genes, 17.5% non-zero):
+#   this branch : moments() 21.7 s, peak RSS 1,752 MiB (844 before the call; Ms + Mu are
+#                 763 MiB); sparse PCA 7.6 s, NN-descent 7.1 s (recall 0.995 on 2,000 cells);
+#                 the exact search would take ~84 s (extrapolated from the sample).
+#   before      : (commit 1039df2: dense PCA, exact kNN, sparse products) 118.8 s, peak RSS
+#                 3,732 MiB.
 suppressMessages({
   library(scnative)
   library(Matrix)
