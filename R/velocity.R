@@ -44,8 +44,8 @@ normalise_cells <- function(x) {
 # Top principal component scores (cells x n_comps) of the cells of a genes x cells matrix,
 # centred per gene (scanpy's pp.pca, zero_center = TRUE; signs are arbitrary). A sparse matrix
 # is never made dense (pca_scores_sparse).
-pca_scores <- function(x, n_comps) {
-  if (inherits(x, "sparseMatrix")) return(pca_scores_sparse(x, n_comps))
+pca_scores <- function(x, n_comps, threads = 1L) {
+  if (inherits(x, "sparseMatrix")) return(pca_scores_sparse(x, n_comps, threads = threads))
   x <- as.matrix(x)
   storage.mode(x) <- "double"
   xc <- t(x - rowMeans(x))  # cells x genes, centred
@@ -68,7 +68,8 @@ pca_scores <- function(x, n_comps) {
 # PCA of a sparse genes x cells matrix with the centring kept implicit (x - mu 1'): no
 # cells x genes dense matrix. Exact (as the dense path, up to sign and rounding) when the
 # smaller side is at most `max_exact`: the genes x genes covariance (genes <= cells) or the
-# cells x cells Gram matrix (cells < genes), both from sparse products, then an eigen
+# cells x cells Gram matrix (cells < genes), from sparse products (the covariance by a C
+# kernel over the genes, thread-count independent), then an eigen
 # decomposition. Otherwise iterative, to a relative accuracy of about `tol`: irlba's
 # restarted Lanczos bidiagonalisation (Baglama & Reichel 2005) when the package is
 # installed, with its centring argument; else a randomised subspace iteration (Halko,
@@ -76,7 +77,7 @@ pca_scores <- function(x, n_comps) {
 # until the scores change by less than `tol` (relative to the first singular value). The
 # start vectors are a fixed numpy-seeded Gaussian stream: deterministic, R's RNG untouched.
 pca_scores_sparse <- function(x, n_comps, solver = c("auto", "exact", "lanczos", "randomized"),
-                              max_exact = 3000L, tol = 1e-10, max_iter = 300L) {
+                              max_exact = 3000L, tol = 1e-10, max_iter = 300L, threads = 1L) {
   solver <- match.arg(solver)
   x <- methods::as(methods::as(methods::as(x, "CsparseMatrix"), "generalMatrix"), "dMatrix")
   p <- nrow(x)
@@ -100,7 +101,10 @@ pca_scores_sparse <- function(x, n_comps, solver = c("auto", "exact", "lanczos",
   }
   if (solver == "exact") {
     if (p <= n) {
-      cov <- as.matrix(Matrix::tcrossprod(x)) - n * tcrossprod(mu)
+      tx <- Matrix::t(x)  # the cells of each gene
+      cov <- .Call(C_scnative_velocity_gram, x@p, x@i, x@x, tx@p, tx@i, tx@x, threads)
+      rm(tx)
+      cov <- cov - n * tcrossprod(mu)
       e <- eigen(cov, symmetric = TRUE)
       v <- e$vectors[, seq_len(n_comps), drop = FALSE]
       sc <- as.matrix(Matrix::crossprod(x, v))
@@ -351,7 +355,7 @@ moments.default <- function(x, unspliced, n_neighbors = 30, n_pcs = NULL,
       if (!is.null(n_pcs)) rep_ <- rep_[, seq_len(min(n_pcs, ncol(rep_))), drop = FALSE]
     } else {
       n_comps <- min(n_pcs %||% 30, n_genes - 1L, n_cells - 1L)
-      rep_ <- pca_scores(X, n_comps)
+      rep_ <- pca_scores(X, n_comps, nth)
     }
     storage.mode(rep_) <- "double"
     rep_ <- as_f32(rep_)

@@ -421,6 +421,45 @@ SEXP scnative_velocity_nndescent(SEXP x, SEXP k_, SEXP seed_, SEXP max_iter_, SE
   return out;
 }
 
+/* ---------------------------------------------------------------- sparse Gram */
+
+/* G = x x' (genes x genes, dense, symmetric) of a column-compressed genes x cells x (xp, xi,
+ * xx; row indices sorted within each column), given also its transpose (tp, ti, tx: the
+ * cells of each gene, sorted). Row a of G is accumulated from the cells of gene a in
+ * increasing order, so the sums do not depend on the number of threads. Indices were
+ * checked in R (valid dgCMatrix objects). */
+SEXP scnative_velocity_gram(SEXP xp_, SEXP xi_, SEXP xx_, SEXP tp_, SEXP ti_, SEXP tx_,
+                            SEXP threads_) {
+  int p = LENGTH(tp_) - 1;
+  if (p < 0) error(_("'%s' must have at least one entry"), "tp");
+  const int *xp = INTEGER(xp_), *xi = INTEGER(xi_), *tp = INTEGER(tp_), *ti = INTEGER(ti_);
+  const double *xx = REAL(xx_), *tx = REAL(tx_);
+  SEXP out = PROTECT(allocMatrix(REALSXP, p, p));
+  double *g = REAL(out);
+  int nth = scn_threads_for((R_xlen_t)LENGTH(xi_) / 64 + 1, asInteger(threads_));
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 4)
+  for (int a = 0; a < p; a++) {
+    double *row = g + (size_t)a * p;  /* column a of G, rows b >= a */
+    for (int b = a; b < p; b++) row[b] = 0.0;
+    for (int e = tp[a]; e < tp[a + 1]; e++) {
+      int c = ti[e];
+      double va = tx[e];
+      /* the entries of cell c from gene a on (rows sorted: binary search for a) */
+      int lo = xp[c], hi = xp[c + 1];
+      while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (xi[mid] < a) lo = mid + 1; else hi = mid;
+      }
+      for (int q = lo; q < xp[c + 1]; q++) row[xi[q]] += va * xx[q];
+    }
+  }
+  for (int a = 0; a < p; a++) {
+    for (int b = a + 1; b < p; b++) g[a + (size_t)b * p] = g[b + (size_t)a * p];
+  }
+  UNPROTECT(1);
+  return out;
+}
+
 /* ---------------------------------------------------------------- smoothing */
 
 /* out = x C' (genes x cells, dense, rounded to float32 as upstream stores Ms/Mu), C' given
