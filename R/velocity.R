@@ -268,7 +268,8 @@ check_pair <- function(spliced, unspliced, a = "spliced", b = "unspliced") {
 #' @param normalize Logical: normalise layers that look like raw counts (upstream always
 #'   does).
 #' @param X `NULL` (the spliced counts) or a genes x cells matrix on which PCA is run.
-#' @param threads `NULL` (package default) or a whole number of threads for the kNN search.
+#' @param threads `NULL` (package default) or a whole number of threads for the kNN search,
+#'   the sparse covariance and the averaging (results do not depend on it).
 #' @param method Neighbour search: `"auto"` (default: `"exact"` below 8,192 cells, where
 #'   scanpy uses its brute-force search for the Euclidean metric, `"approx"` from 8,192 on,
 #'   where scanpy uses pynndescent), `"exact"` (brute force, `O(cells^2)` time) or
@@ -281,10 +282,11 @@ check_pair <- function(spliced, unspliced, a = "spliced", b = "unspliced") {
 #'   `distances` (kNN distances, self excluded; `NULL` when a graph was given),
 #'   `normalized_connectivities` (the row-normalised matrix applied) and `normalized`
 #'   (whether the counts were normalised).
-#' @details Memory stays `O(nonzeros + cells x (k + n_pcs))` besides the dense `Ms`/`Mu`: a
-#'   sparse (`dgCMatrix`) input is never made dense. Its PCA keeps the centring implicit:
+#' @details Memory stays `O(nonzeros + cells x (k + n_pcs))` besides the dense `Ms`/`Mu`
+#'   (and a `min(genes, cells)^2` matrix for an exact PCA): a sparse (`dgCMatrix`) input is
+#'   never made dense. Its PCA keeps the centring implicit:
 #'   exact, from the genes x genes covariance (or the cells x cells Gram matrix when there are
-#'   fewer cells than genes) formed by sparse products, when the smaller of the two sides is
+#'   fewer cells than genes) formed from the sparse matrix, when the smaller of the two sides is
 #'   at most 3,000 (it then equals the dense input's PCA up to rounding and signs); otherwise
 #'   the top components by a restarted Lanczos bidiagonalisation (the 'irlba' package, if
 #'   installed) or a randomised subspace iteration, to about 1e-10 relative accuracy.
@@ -292,9 +294,10 @@ check_pair <- function(spliced, unspliced, a = "spliced", b = "unspliced") {
 #'   The exact kNN search is brute force (`O(cells^2)` time, `O(cells x k)` memory, OpenMP
 #'   over cells), as scanpy's below 8,192 cells. The approximate search (`method = "approx"`,
 #'   the default from 8,192 cells as scanpy's pynndescent) is NN-descent (Dong, Moses & Li
-#'   2011) from a random graph: each round every cell compares the neighbours and reverse
-#'   neighbours of its neighbours, until fewer than 0.1% of the list entries change (at most
-#'   `max(10, log2(cells))` rounds). Every neighbour found has its exact distance; on
+#'   2011) from a start graph of cells near in the order of the first principal component
+#'   and random cells: each round every cell compares the neighbourhoods (forward and reverse
+#'   neighbours, a random sample of at most `1.5 (k - 1)`) of the cells of its own, until
+#'   fewer than 0.1% of the list entries change (at most `max(10, log2(cells))` rounds). Every neighbour found has its exact distance; on
 #'   30-dimensional simulated scores about 99% or more of the exact neighbours are found, so
 #'   the graph may differ from scanpy's (itself approximate) in a few neighbours.
 #' @examples

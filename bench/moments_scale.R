@@ -12,12 +12,13 @@
 # normalisation, the sparse PCA, float32 rounding); the exact neighbours of `sample` cells are
 # found by brute force against all cells.
 #
-# Measured 2026-12-01 (2 shared cores, 2 threads, 50,000 cells x 1,000 genes, 17.5% non-zero):
-#   this branch : moments() 21.7 s, peak RSS 1,752 MiB (844 before the call; Ms + Mu are
-#                 763 MiB); sparse PCA 7.6 s, NN-descent 7.1 s (recall 0.995 on 2,000 cells);
-#                 the exact search would take ~84 s (extrapolated from the sample).
-#   before      : (commit 1039df2: dense PCA, exact kNN, sparse products) 118.8 s, peak RSS
-#                 3,732 MiB.
+# Measured 2026-12-01 (2 cores shared with other jobs, load ~5; 2 threads; 50,000 cells x
+# 1,000 genes, 17.5% non-zero):
+#   this branch : moments() 27.1 s (CPU 19.4 s), peak RSS 1,704 MiB (844 before the call;
+#                 Ms + Mu are 763 MiB); sparse PCA CPU 4.7 s, NN-descent CPU 7.6 s, recall
+#                 0.995 on 2,000 cells; the exact search would take ~56 s CPU (extrapolated).
+#   before      : (commit 1039df2: dense PCA, exact kNN, sparse products) 150.6 s (CPU
+#                 71.8 s), peak RSS 3,732 MiB.
 suppressMessages({
   library(scnative)
   library(Matrix)
@@ -33,10 +34,13 @@ vm_hwm <- function() {
   l <- grep("^VmHWM", readLines("/proc/self/status"), value = TRUE)
   as.numeric(gsub("[^0-9]", "", l)) / 1024  # MiB
 }
+# elapsed seconds, and CPU seconds (user + system, all threads; the machine is shared, so
+# the elapsed time depends on the load)
 timed <- function(expr) {
-  t0 <- proc.time()[["elapsed"]]
+  t0 <- proc.time()
   v <- expr
-  list(value = v, seconds = proc.time()[["elapsed"]] - t0)
+  d <- proc.time() - t0
+  list(value = v, seconds = d[["elapsed"]], cpu = d[["user.self"]] + d[["sys.self"]])
 }
 
 set.seed(1)
@@ -64,18 +68,18 @@ hwm0 <- vm_hwm()
 
 m <- timed(moments(S, U, threads = threads))
 hwm1 <- vm_hwm()
-cat(sprintf("moments(): %.1f s; peak RSS %.0f MiB (%.0f MiB before the call); Ms + Mu %.0f MiB\n",
-            m$seconds, hwm1, hwm0, 2 * 8 * as.double(n) * g / 2^20))
+cat(sprintf("moments(): %.1f s (CPU %.1f s); peak RSS %.0f MiB (%.0f MiB before the call); Ms + Mu %.0f MiB\n",
+            m$seconds, m$cpu, hwm1, hwm0, 2 * 8 * as.double(n) * g / 2^20))
 m <- m$value
 
 # the scores moments() searched (same steps as moments.default)
 ns <- asNamespace("scnative")
 X <- ns$normalise_cells(S)
 pc <- timed(ns$as_f32(ns$pca_scores(X, 30L)))
-cat(sprintf("sparse PCA alone: %.1f s\n", pc$seconds))
+cat(sprintf("sparse PCA alone: %.1f s (CPU %.1f s)\n", pc$seconds, pc$cpu))
 rep_ <- pc$value
 ap <- timed(ns$knn_graph(rep_, 30L, "approx", 0, threads))
-cat(sprintf("NN-descent alone: %.1f s\n", ap$seconds))
+cat(sprintf("NN-descent alone: %.1f s (CPU %.1f s)\n", ap$seconds, ap$cpu))
 nb <- ap$value[[1L]]
 # moments() used the same neighbours
 dm <- m$distances
@@ -91,6 +95,6 @@ ex <- timed(.Call(ns$C_scnative_velocity_knn_query, rep_, rep_[cells, , drop = F
 hits <- vapply(seq_along(cells), function(r) {
   sum(nb[cells[r], -1L] %in% setdiff(ex$value[[1L]][r, ], cells[r]))
 }, numeric(1))
-cat(sprintf("recall vs exact on %d cells: %.4f (exact search of the sample %.1f s; %.1f s for all cells, extrapolated)\n",
-            n_sample, sum(hits) / (29 * n_sample), ex$seconds, ex$seconds * n / n_sample))
+cat(sprintf("recall vs exact on %d cells: %.4f (exact search of the sample: CPU %.1f s; %.0f s CPU for all cells, extrapolated)\n",
+            n_sample, sum(hits) / (29 * n_sample), ex$cpu, ex$cpu * n / n_sample))
 cat(sprintf("peak RSS at the end %.0f MiB\n", vm_hwm()))
