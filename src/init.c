@@ -52,6 +52,9 @@ SEXP scnative_reg_logjoint(SEXP, SEXP, SEXP, SEXP);
 SEXP scnative_velocity_knn(SEXP, SEXP, SEXP);
 SEXP scnative_velocity_mt(SEXP, SEXP, SEXP);
 SEXP scnative_velocity_knn_query(SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_velocity_nndescent(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_velocity_smooth(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_velocity_gram(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 /* end velocity declarations */
 
 
@@ -131,6 +134,9 @@ static const R_CallMethodDef callMethods[] = {
     CALLDEF(scnative_velocity_knn, 3),
     CALLDEF(scnative_velocity_mt, 3),
     CALLDEF(scnative_velocity_knn_query, 4),
+    CALLDEF(scnative_velocity_nndescent, 7),
+    CALLDEF(scnative_velocity_smooth, 9),
+    CALLDEF(scnative_velocity_gram, 7),
     /* end velocity table */
 
 
