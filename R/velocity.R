@@ -213,8 +213,10 @@ umap_connectivities <- function(idx, dst, k) {
 }
 
 check_pair <- function(spliced, unspliced, a = "spliced", b = "unspliced") {
-  s <- as_checked_matrix(spliced, a, nonneg = TRUE, dense = FALSE)
-  u <- as_checked_matrix(unspliced, b, nonneg = TRUE, dense = FALSE)
+  s <- as_checked_matrix(spliced, a, nonneg = TRUE, dense = FALSE, max_abs = dyn_max_abs,
+                         why = dyn_max_why)
+  u <- as_checked_matrix(unspliced, b, nonneg = TRUE, dense = FALSE, max_abs = dyn_max_abs,
+                         why = dyn_max_why)
   if (!identical(dim(s), dim(u))) {
     stopf("'%s' and '%s' must have the same dimensions (%s is %d x %d, %s is %d x %d)", a, b,
           a, nrow(s), ncol(s), b, nrow(u), ncol(u))
@@ -440,7 +442,7 @@ print.scnative_moments <- function(x, ...) {
 # The largest moment the dynamical model takes: it sums squares over the cells in float32, as
 # scVelo does (FLT_MAX 3.4e38 / 1e30 per square leaves room for 3e8 cells).
 dyn_max_abs <- 1e15
-dyn_max_why <- "the dynamical model sums their squares in float32, as scVelo"
+dyn_max_why <- "the moments are float32 and the dynamical model sums their squares, as scVelo"
 
 # Ms and Mu checked against a fit (the genes of x$var in order, the cells of its layers);
 # returned as dense double matrices.
