@@ -242,7 +242,10 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
 
   # gene selection (spec 1.3)
   r2 <- NULL
-  if (is.character(var_names) && length(var_names) == 1L && !var_names %in% genes) {
+  if (!is.character(var_names) || anyNA(var_names) || !length(var_names)) {
+    stopf("'var_names' must be a character vector without NA: gene names, a logical column of 'var', \"velocity_genes\" or \"all\"")
+  }
+  if (length(var_names) == 1L && !var_names %in% genes) {
     if (!is.null(var) && var_names %in% names(var)) {
       col <- var[[var_names]]
       if (!is.logical(col)) stopf("column '%s' of 'var' must be logical", var_names)

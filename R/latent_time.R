@@ -155,6 +155,7 @@ lt_cells_arg <- function(x, cells, n, arg) {
     x <- x[cells]
   }
   x <- as.double(x)
+  if (any(is.infinite(x))) stopf("'%s' has infinite scores", arg)
   x[is.na(x)] <- 0 # upstream: null scores count as 0
   list(scores = unname(x), cell = NULL)
 }

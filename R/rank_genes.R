@@ -372,11 +372,11 @@ rank_velocity_genes.default <- function(x, groupby, Ms = NULL, Mu = NULL, n_gene
 #' @return A list:
 #'   \item{names}{data.frame, one character column per group, `n_genes` rows: the fitted
 #'     genes by decreasing likelihood (upstream's `uns["rank_dynamical_genes"]["names"]`).}
-#'   \item{scores}{data.frame of the same shape: the likelihoods (`NaN` as 0) rounded to 2
+#'   \item{scores}{data.frame of the same shape: the likelihoods (`NA` as 0) rounded to 2
 #'     decimals as numpy rounds, then to float32 (upstream's `scores`).}
 #'   \item{likelihood}{numeric matrix, fitted genes x groups: every unrounded likelihood
-#'     (`NaN` kept).}
-#' @details Genes with equal likelihoods (notably the `NaN`s, ranked as 0) are listed in gene
+#'     (`NA` where a group has no counts or no variance: upstream's `NaN`).}
+#' @details Genes with equal likelihoods (notably the `NA`s, ranked as 0) are listed in gene
 #'   order; upstream's order among ties comes from numpy's sort.
 #' @seealso [rank_velocity_genes()], [recover_dynamics()].
 #' @examples
@@ -470,5 +470,6 @@ rank_dynamical_genes.scnative_dynamics <- function(x, Ms, Mu, groupby, n_genes =
     L[, kk] <- exp(ll)
   }
   top <- rank_top(np_nan_to_num(L), n_genes, labels)
+  L[is.nan(L)] <- NA_real_ # no likelihood (no counts or no variance in the group)
   list(names = top$names, scores = top$scores, likelihood = L)
 }

@@ -427,6 +427,9 @@ validate_velocity_graph <- function(x, arg = "x") {
   gn <- as_cell_graph(x$graph_neg, n, paste0(arg, "$graph_neg"))
   if (any(gn@x > 0)) stopf("'%s$graph_neg' must hold values <= 0", arg)
   if (any(g@x > 1) || any(gn@x < -1)) stopf("'%s': cosines must lie in [-1, 1]", arg)
+  p <- x$params
+  if (!is.null(p) && !is.list(p)) stopf("'%s$params' must be a list", arg)
+  if (!is.null(p$sqrt_transform)) check_flag(p$sqrt_transform, paste0(arg, "$params$sqrt_transform"))
   list(graph = g, graph_neg = gn, n = n, cells = rownames(x$graph) %||% colnames(x$graph))
 }
 
@@ -819,5 +822,6 @@ quiver_scale <- function(E, V, aspect) {
   ok <- is.finite(V[, 1L]) & is.finite(V[, 2L])
   if (!any(ok)) return(1)
   len <- sqrt((V[ok, 1L] / rx)^2 + (aspect * V[ok, 2L] / ry)^2)
-  1.8 * max(10, sqrt(nrow(V))) * mean(len) / sf
+  s <- 1.8 * max(10, sqrt(nrow(V))) * mean(len) / sf
+  if (!is.finite(s) || s <= 0) 1 else s # zero vectors: nothing to scale (not 0/0)
 }

@@ -53,6 +53,14 @@ heatmap_likelihoods <- function(x, n_genes_ms, genes_ms) {
   out
 }
 
+# Ms as the heatmap takes it: a genes x cells matrix, data.frame or (valid) Matrix.
+heatmap_check_ms <- function(Ms) {
+  if (!(is.matrix(Ms) || methods::is(Ms, "Matrix") || is.data.frame(Ms))) {
+    stopf("'Ms' must be a numeric genes x cells matrix, not %s", class(Ms)[1L])
+  }
+  check_valid_matrix(Ms, "Ms")
+}
+
 # Row indices of Ms for `genes` (names or 1-based indices), in the given order.
 heatmap_gene_rows <- function(genes, n_genes_ms, genes_ms) {
   if (is.character(genes)) {
@@ -139,10 +147,7 @@ latent_time_heatmap_data <- function(x, Ms, latent_time, genes = NULL, n_genes =
   if (missing(x)) stopf("'x' is missing (a recover_dynamics() fit, likelihoods, or NULL with 'genes')")
   if (missing(Ms) || is.null(Ms)) stopf("'Ms' (the genes x cells spliced moments) is missing")
   if (missing(latent_time)) stopf("'latent_time' is missing")
-  if (!(is.matrix(Ms) || methods::is(Ms, "Matrix") || is.data.frame(Ms))) {
-    stopf("'Ms' must be a numeric genes x cells matrix, not %s", class(Ms)[1L])
-  }
-  check_valid_matrix(Ms, "Ms")
+  heatmap_check_ms(Ms)
   n_cells <- ncol(Ms)
   genes_ms <- rownames(Ms)
   if (!is.numeric(latent_time) || sum(dim(latent_time) > 1L) > 1L) {
@@ -291,6 +296,7 @@ plot_latent_time_heatmap.default <- function(x, Ms, latent_time, genes = NULL, n
   stop_dots(...)
   if (missing(Ms) || is.null(Ms)) stopf("'Ms' (the genes x cells spliced moments) is missing")
   if (missing(latent_time)) stopf("'latent_time' is missing")
+  heatmap_check_ms(Ms)
   check_string(color_map, "color_map")
   cmaps <- c("viridis", "magma", "inferno", "plasma", "cividis", "rocket", "mako", "turbo")
   color_map <- check_choice(color_map, cmaps, "color_map")

@@ -143,8 +143,8 @@ fuzz_setup <- function(h5_dir = tempfile("fuzz-h5"), objects = TRUE) {
       list(x = fit, root_cells = 1, connectivities = m$connectivities),
       conform = "connectivities", na_ok = "x")
   add("latent_time (terminal states)", "latent_time",
-      list(x = fitc, root_cells = ts, end_points = ts$end_points), na_ok = "x",
-      conform = "end_points")
+      list(x = fitc, root_cells = ts, end_points = ts$end_points),
+      na_ok = c("x", "end_points"), conform = "end_points") # an NA score counts as 0
   add("latent_time (matrix)", "latent_time",
       list(x = fit$layers$fit_t, root_cells = 1, connectivities = m$connectivities,
            fit_likelihood = fit$var$fit_likelihood),
