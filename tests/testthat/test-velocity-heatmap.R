@@ -229,7 +229,7 @@ test_that("bad input gives clear errors naming the argument", {
   lik <- stats::setNames(c(0.3, 0.2, NA, 0.5), rownames(Ms))
   f <- latent_time_heatmap_data
   expect_error(f(), "'x' is missing")
-  expect_error(f(lik), "'Ms' is missing")
+  expect_error(f(lik), "'Ms' .*is missing")
   expect_error(f(lik, Ms), "'latent_time' is missing")
   expect_error(f("a", Ms, lt), "'x' must be a scnative_dynamics fit")
   expect_error(f(lik[1:3], unname(Ms), lt), "'x' has 3 gene")
