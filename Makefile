@@ -17,6 +17,8 @@ SHARED_DATA := $(abspath ../shared/data)
 
 N ?= 1000
 SEED ?= 1
+OBJECTS ?= 1
+CASES ?=
 # each fuzz child may use at most this much virtual memory (KiB): huge sizes must fail fast
 FUZZ_MEM_KB ?= 8000000
 
@@ -52,7 +54,7 @@ fuzz:
 	R CMD INSTALL --preclean --no-multiarch -l $(BUILD)/fuzz-lib . > $(BUILD)/fuzz-install.log 2>&1 || (cat $(BUILD)/fuzz-install.log; exit 1)
 	rm -f src/*.o src/*.so
 	ulimit -v $(FUZZ_MEM_KB); R_LIBS="$(abspath $(BUILD))/fuzz-lib:$${R_LIBS:-}" OMP_THREAD_LIMIT=2 \
-	  Rscript tools/fuzz.R N=$(N) SEED=$(SEED) OUT=$(BUILD)/fuzz-report.md
+	  Rscript tools/fuzz.R N=$(N) SEED=$(SEED) OBJECTS=$(OBJECTS) CASES="$(CASES)" OUT=$(BUILD)/fuzz-report.md
 
 sanitize:
 	bash tools/sanitize.sh
