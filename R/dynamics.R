@@ -151,6 +151,7 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
                                      progress = interactive(), parallel = c("local", "future"),
                                      chunk_size = NULL, resume = NULL, ...) {
   # 'x' is Ms (may be given as Ms =)
+  if (missing(Mu)) stop_missing_companion("Mu", x)
   Ms <- as_checked_matrix(x, "x", nonneg = TRUE, max_abs = dyn_max_abs, why = dyn_max_why)
   Mu <- as_checked_matrix(Mu, "Mu", nonneg = TRUE, max_abs = dyn_max_abs, why = dyn_max_why)
   if (!identical(dim(Ms), dim(Mu))) {
@@ -242,6 +243,7 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
 
   # gene selection (spec 1.3)
   r2 <- NULL
+  if (is.character(var_names) && anyNA(var_names)) stopf("'var_names' must not hold NA")
   if (is.character(var_names) && length(var_names) == 1L && !var_names %in% genes) {
     if (!is.null(var) && var_names %in% names(var)) {
       col <- var[[var_names]]

@@ -30,6 +30,7 @@ moments.SingleCellExperiment <- function(x, spliced = "spliced", unspliced = "un
 }
 
 moments_object <- function(object, s_name, u_name, graph, graph_name, ...) {
+  obj_check(object)
   check_string(u_name, "unspliced")
   check_string(graph_name, "graph_name")
   S <- obj_matrix(object, s_name, arg = "spliced")
@@ -74,7 +75,16 @@ object_moments <- function(object, Ms, Mu, spliced, unspliced, graph_name) {
 
 object_graph_or_null <- function(object, name) {
   if (is.null(name)) return(NULL)
-  tryCatch(obj_graph(object, name), error = function(e) NULL)
+  # absent: fit without one; present but broken: the error of obj_graph()
+  have <- if (is_seurat(object)) {
+    SeuratObject::Graphs(object)
+  } else if (methods::is(object, "SingleCellExperiment")) {
+    SingleCellExperiment::colPairNames(object)
+  } else {
+    character()
+  }
+  if (!name %in% have) return(NULL)
+  obj_graph(object, name)
 }
 
 #' @rdname recover_dynamics_objects
@@ -119,6 +129,7 @@ recover_dynamics.SingleCellExperiment <- function(x, Ms = "Ms", Mu = "Mu", splic
 }
 
 recover_dynamics_object <- function(object, Ms, Mu, spliced, unspliced, graph, ...) {
+  obj_check(object)
   obj_check_names(object, Ms = Ms, Mu = Mu, spliced = spliced, unspliced = unspliced)
   mm <- object_moments(object, Ms, Mu, spliced, unspliced, graph %||% "scnative_connectivities")
   object <- mm$object
@@ -162,6 +173,7 @@ velocity.SingleCellExperiment <- function(x, Ms = "Ms", Mu = "Mu",
 }
 
 velocity_object <- function(object, Ms, Mu, graph, ...) {
+  obj_check(object)
   obj_check_names(object, Ms = Ms, Mu = Mu)
   S <- as.matrix(obj_matrix(object, Ms, arg = "Ms"))
   U <- as.matrix(obj_matrix(object, Mu, arg = "Mu"))
@@ -203,6 +215,7 @@ velocity_graph.SingleCellExperiment <- function(x, Ms = "Ms", distances = "scnat
 }
 
 velocity_graph_object <- function(object, Ms, distances, velocity, graph_name, ...) {
+  obj_check(object)
   obj_check_names(object, Ms = Ms, distances = distances, velocity = velocity,
                   graph_name = graph_name)
   V <- as.matrix(obj_matrix(object, velocity, arg = "velocity"))
@@ -251,6 +264,7 @@ velocity_embedding.SingleCellExperiment <- function(x, reduction = "umap",
 }
 
 velocity_embedding_object <- function(object, reduction, graph, name, ...) {
+  obj_check(object)
   E <- obj_reduction(object, reduction)
   name <- name %||% paste0("velocity_", reduction)
   check_string(name, "name")
@@ -279,6 +293,7 @@ plot_velocity_embedding.SingleCellExperiment <- function(x, reduction = "umap", 
 }
 
 plot_velocity_embedding_object <- function(object, reduction, V, color, ...) {
+  obj_check(object)
   E <- obj_reduction(object, reduction)
   V <- V %||% paste0("velocity_", reduction)
   Vm <- if (is.character(V)) obj_reduction(object, V, arg = "V") else V
@@ -367,6 +382,7 @@ terminal_states.SingleCellExperiment <- function(x, graph = "velocity_graph",
 }
 
 terminal_states_object <- function(object, graph, distances, ...) {
+  obj_check(object)
   obj_check_names(object, graph = graph, distances = distances)
   ts <- terminal_states.default(graph_from_object(object, graph), obj_graph(object, distances), ...)
   obj_add_cell_meta(object, data.frame(root_cells = unname(ts$root_cells),
@@ -403,6 +419,7 @@ meta_or_value <- function(object, value) {
 }
 
 velocity_pseudotime_object <- function(object, graph, connectivities, distances, root, end, ...) {
+  obj_check(object)
   obj_check_names(object, graph = graph, connectivities = connectivities)
   if (is.null(meta_or_value(object, root))) {
     object <- terminal_states_object(object, graph, distances)
@@ -433,6 +450,7 @@ latent_time.SingleCellExperiment <- function(x, root_cells = "root_cells", end_p
 
 latent_time_object <- function(object, root_cells, end_points, Ms, connectivities, graph,
                                distances, ...) {
+  obj_check(object)
   obj_check_names(object, Ms = Ms, connectivities = connectivities)
   if (is.null(meta_or_value(object, root_cells))) {
     object <- terminal_states_object(object, graph, distances)
@@ -462,6 +480,7 @@ velocity_confidence.SingleCellExperiment <- function(x, velocity = "velocity", M
 }
 
 velocity_confidence_object <- function(object, velocity, Ms, distances, ...) {
+  obj_check(object)
   obj_check_names(object, velocity = velocity, Ms = Ms, distances = distances)
   V <- as.matrix(obj_matrix(object, velocity, arg = "velocity"))
   ms_assay <- if (is_seurat(object) && Ms %in% SeuratObject::Assays(object)) Ms else NULL
@@ -540,6 +559,7 @@ object_groups <- function(object, groupby) {
 }
 
 rank_velocity_genes_object <- function(object, groupby, velocity, Ms, Mu, unspliced, ...) {
+  obj_check(object)
   obj_check_names(object, velocity = velocity, Ms = Ms, Mu = Mu)
   grp <- object_groups(object, groupby)
   V <- as.matrix(obj_matrix(object, velocity, arg = "velocity"))
@@ -580,6 +600,7 @@ rank_dynamical_genes.SingleCellExperiment <- function(x, groupby = "clusters", M
 }
 
 rank_dynamical_genes_object <- function(object, groupby, Ms, Mu, graph, ...) {
+  obj_check(object)
   obj_check_names(object, Ms = Ms, Mu = Mu)
   grp <- object_groups(object, groupby)
   S <- as.matrix(obj_matrix(object, Ms, arg = "Ms"))
@@ -628,6 +649,7 @@ plot_latent_time_heatmap.SingleCellExperiment <- function(x, latent_time = "late
 }
 
 plot_latent_time_heatmap_object <- function(object, latent_time, Ms, color, ...) {
+  obj_check(object)
   obj_check_names(object, latent_time = latent_time, Ms = Ms)
   meta <- obj_cell_meta(object)
   if (!latent_time %in% names(meta)) {
@@ -657,6 +679,7 @@ plot_velocity_graph.SingleCellExperiment <- function(x, reduction = "umap",
 }
 
 plot_velocity_graph_object <- function(object, reduction, graph, distances, color, ...) {
+  obj_check(object)
   obj_check_names(object, graph = graph, distances = distances)
   E <- obj_reduction(object, reduction)
   col <- if (is.character(color) && length(color) == 1L) object_groups(object, color) else color

@@ -1219,16 +1219,22 @@ fz_obj_fcol_edit <- function(x, col, f) {
       s <- x@assays[[a]]
       if (col %in% names(s@meta.features)) {
         mf <- s@meta.features
-        mf[[col]] <- f(mf[[col]])
+        v <- f(mf[[col]])
+        if (is.null(v) || length(v) == nrow(mf)) mf[[col]] <- v else {
+          rn <- rownames(mf); mf <- as.list(mf); mf[[col]] <- v
+          attr(mf, "row.names") <- rn; class(mf) <- "data.frame" # columns differ in length
+        }
         methods::slot(s, "meta.features", check = FALSE) <- mf
         x@assays[[a]] <- s
       }
     }
     return(x)
   }
-  rd <- x@elementMetadata
+  rr <- x@rowRanges # rowData lives in the mcols of rowRanges
+  rd <- rr@elementMetadata
   rd@listData[[col]] <- f(rd@listData[[col]])
-  methods::slot(x, "elementMetadata", check = FALSE) <- rd
+  methods::slot(rr, "elementMetadata", check = FALSE) <- rd
+  methods::slot(x, "rowRanges", check = FALSE) <- rr
   x
 }
 
@@ -1281,13 +1287,13 @@ fz_object_muts <- function(value, ctx) {
       mm <- fz_obj_assay(value, a); k <- sample.int(n, 1L); j <- sample.int(nrow(mm), 1L)
       mm[j, k] <- NA
       fz_mut(fz_obj_set_assay(value, a, mm, both = TRUE), "object",
-             sprintf("assay '%s': an NA entry", a), inn("assays", a))
+             sprintf("assay '%s': an NA entry", a), inn("assays", a) && !a %in% case$na_assays)
     })
     m(function() {
       mm <- fz_obj_assay(value, a); k <- sample.int(n, 1L); j <- sample.int(nrow(mm), 1L)
       mm[j, k] <- Inf
       fz_mut(fz_obj_set_assay(value, a, mm, both = TRUE), "object",
-             sprintf("assay '%s': an Inf entry", a), inn("assays", a))
+             sprintf("assay '%s': an Inf entry", a), inn("assays", a) && !a %in% case$na_assays)
     })
     m(function() {
       mm <- fz_obj_assay(value, a); k <- sample.int(n, 1L); j <- sample.int(nrow(mm), 1L)
@@ -1454,6 +1460,7 @@ fz_object_cases <- function(sim, sp, rx, lab, sig, cp, build) {
     full <- obj_add_col_fz(full, "clusters", grp)
     K <- toupper(kind)
     fitL <- c("fit_t", "fit_tau", "fit_tau_")
+    # NA / Inf in the fit's layers may be valid (unfitted genes), as in the matrix API
     add(sprintf("moments (%s)", K), "moments", list(x = raw, n_neighbors = 10, threads = 1),
         needs = list(assays = c("spliced", "unspliced")))
     add(sprintf("recover_dynamics (%s)", K), "recover_dynamics",
@@ -1461,7 +1468,7 @@ fz_object_cases <- function(sim, sp, rx, lab, sig, cp, build) {
         reads = list(assays = c("Ms", "Mu"), graphs = "scnative_connectivities"),
         iters = "max_iter")
     add(sprintf("velocity (%s)", K), "velocity", list(x = fitted, min_r2 = NULL),
-        needs = list(assays = c("Ms", "Mu", fitL), fcols = "fit_alpha"),
+        needs = list(assays = c("Ms", "Mu", fitL), fcols = "fit_alpha"), na_assays = fitL,
         reads = list(graphs = "scnative_connectivities",
                      fcols = c("fit_beta", "fit_gamma", "fit_scaling", "fit_t_", "fit_u0", "fit_s0")))
     add(sprintf("velocity_graph (%s)", K), "velocity_graph",
@@ -1474,10 +1481,12 @@ fz_object_cases <- function(sim, sp, rx, lab, sig, cp, build) {
         needs = list(graphs = c("velocity_graph", "scnative_distances")))
     add(sprintf("velocity_pseudotime (%s)", K), "velocity_pseudotime", list(x = full, threads = 1),
         needs = list(graphs = c("velocity_graph", "scnative_connectivities")),
-        reads = list(cols = c("root_cells", "end_points")))
+        reads = list(cols = c("root_cells", "end_points")),
+        na_cols = c("root_cells", "end_points")) # NA scores: documented as no score
     add(sprintf("latent_time (%s)", K), "latent_time", list(x = full),
         needs = list(assays = c("Ms", fitL), graphs = "scnative_connectivities", fcols = "fit_alpha"),
-        reads = list(cols = "root_cells", fcols = "fit_likelihood"))
+        reads = list(cols = "root_cells", fcols = "fit_likelihood"), na_assays = fitL,
+        na_cols = "root_cells")
     add(sprintf("velocity_confidence (%s)", K), "velocity_confidence", list(x = full),
         needs = list(assays = "velocity", graphs = "scnative_distances"))
     add(sprintf("rank_velocity_genes (%s)", K), "rank_velocity_genes",
@@ -1489,7 +1498,7 @@ fz_object_cases <- function(sim, sp, rx, lab, sig, cp, build) {
         list(x = full, groupby = "clusters", n_genes = 3),
         needs = list(assays = c("Ms", "Mu", fitL), cols = "clusters", fcols = "fit_alpha"),
         reads = list(graphs = "scnative_connectivities"), free_cols = "clusters",
-        na_cols = "clusters")
+        na_cols = "clusters", na_assays = fitL)
     if (!is.null(build)) {
       add(sprintf("plot_velocity_embedding (%s)", K), "plot_velocity_embedding", list(x = full),
           needs = list(reductions = c("umap", "velocity_umap")), post = build)
@@ -1521,7 +1530,8 @@ fz_object_cases <- function(sim, sp, rx, lab, sig, cp, build) {
         needs = list(assays = ca), counts_assays = ca, iters = "max_epochs")
     add(sprintf("reference_signatures (%s)", K), "reference_signatures",
         list(x = ref, labels = "lab", max_epochs = 2, seed = 1, progress = FALSE, threads = 1),
-        needs = list(assays = ca, cols = "lab"), iters = "max_epochs")
+        needs = list(assays = ca, cols = "lab"), iters = "max_epochs",
+        free_cols = "lab") # one cell type is valid
     add(sprintf("cluster_averages (%s)", K), "cluster_averages", list(x = ref, labels = "lab"),
         needs = list(assays = ca, cols = "lab"), free_cols = "lab")
     if (kind == "seurat") {
