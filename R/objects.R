@@ -55,7 +55,7 @@ obj_matrix <- function(object, name, assay = NULL, layer = NULL, arg = "name") {
         stopf("assay '%s' of the Seurat object has no layer '%s' (it has: %s)", name, ly,
               paste(have, collapse = ", "))
       }
-      return(seurat_get_layer(a, ly))
+      return(obj_numeric(seurat_get_layer(a, ly), sprintf("layer '%s' of assay '%s'", ly, name)))
     }
     assay <- assay %||% SeuratObject::DefaultAssay(object)
     if (!assay %in% assays) {
@@ -66,7 +66,7 @@ obj_matrix <- function(object, name, assay = NULL, layer = NULL, arg = "name") {
       stopf("'%s' = \"%s\" is neither an assay of the Seurat object (%s) nor a layer of assay '%s' (%s)",
             arg, name, paste(assays, collapse = ", "), assay, paste(have, collapse = ", "))
     }
-    return(seurat_get_layer(object[[assay]], name))
+    return(obj_numeric(seurat_get_layer(object[[assay]], name), sprintf("layer '%s' of assay '%s'", name, assay)))
   }
   if (is_sce(object)) {
     need_pkg("SummarizedExperiment", "for SingleCellExperiment objects")
@@ -75,7 +75,8 @@ obj_matrix <- function(object, name, assay = NULL, layer = NULL, arg = "name") {
       stopf("'%s' = \"%s\" is not an assay of the %s (it has: %s)", arg, name, class(object)[1L],
             if (length(have)) paste(have, collapse = ", ") else "none")
     }
-    return(SummarizedExperiment::assay(object, name, withDimnames = TRUE))
+    return(obj_numeric(SummarizedExperiment::assay(object, name, withDimnames = TRUE),
+                       sprintf("assay '%s'", name)))
   }
   stopf("'object' must be a Seurat or SingleCellExperiment object, not %s", class(object)[1L])
 }
@@ -189,7 +190,13 @@ obj_graph <- function(object, name = NULL) {
             if (is.null(name)) "" else sprintf(" '%s'", name),
             if (length(have)) paste(have, collapse = ", ") else "none")
     }
-    g <- methods::as(object[[name]], "dgCMatrix")
+    g0 <- object[[name]]
+    bad <- tryCatch({
+      methods::validObject(g0)
+      NULL
+    }, error = function(e) conditionMessage(e))
+    if (!is.null(bad)) stopf("graph '%s' of the Seurat object is not a valid sparse matrix: %s", name, bad)
+    g <- methods::as(g0, "dgCMatrix")
     if (any(!is.finite(g@x))) stopf("graph '%s' of the Seurat object holds NA or infinite weights", name)
     return(g)
   }
@@ -288,8 +295,15 @@ obj_coords <- function(object, image = NULL) {
 }
 
 # A cells x dimensions embedding: Seurat reductions (Embeddings), SCE reducedDims.
-obj_reduction <- function(object, name, arg = "reduction") {
+obj_reduction <- function(object, name, arg = "reduction", finite = FALSE) {
   check_string(name, arg)
+  if (finite) {
+    E <- obj_reduction(object, name, arg)
+    if (!is.numeric(E) || any(!is.finite(E))) {
+      stopf("reduction '%s' of the object must hold finite coordinates", name)
+    }
+    return(E)
+  }
   if (is_seurat(object)) {
     have <- SeuratObject::Reductions(object)
     if (!name %in% have) {
@@ -485,4 +499,26 @@ obj_check_sce <- function(object, arg) {
 stop_missing_companion <- function(what, x) {
   stopf("'%s' is missing ('x' is a %s, not a Seurat object or a SingleCellExperiment, whose methods read it from the object)",
         what, class(x)[1L])
+}
+
+# A matrix read from an object must hold numbers (an assay edited to strings is not data).
+obj_numeric <- function(m, what) {
+  if (!(is.numeric(m) || is.logical(m) || methods::is(m, "dMatrix") || methods::is(m, "lMatrix") ||
+        methods::is(m, "nMatrix") || (is.data.frame(m) && all(vapply(m, is.numeric, TRUE))))) {
+    stopf("%s of the object must hold numbers, not %s", what,
+          if (is.matrix(m)) paste(typeof(m), "values") else class(m)[1L])
+  }
+  m
+}
+
+# A per-gene logical feature column (velocity_genes), matched to `genes`; NULL when absent.
+obj_flag_column <- function(fm, name, genes) {
+  if (!name %in% names(fm)) return(NULL)
+  v <- fm[[name]]
+  if (!is.logical(v)) {
+    stopf("feature column '%s' of the object must be logical (one TRUE/FALSE per gene), not %s",
+          name, class(v)[1L])
+  }
+  v <- v[match(genes, rownames(fm))]
+  !is.na(v) & v
 }

@@ -149,6 +149,11 @@ fit_from_object <- function(object, Ms, genes) {
     stopf("the object has no fit_* feature columns; run recover_dynamics() on it first")
   }
   fm <- fm[match(genes, rownames(fm)), grepl("^fit_", names(fm)), drop = FALSE]
+  for (k in names(fm)) {
+    if (!(is.numeric(fm[[k]]) || is.logical(fm[[k]]))) {
+      stopf("feature column '%s' of the object must hold numbers, not %s", k, class(fm[[k]])[1L])
+    }
+  }
   rownames(fm) <- genes
   lay <- lapply(c(fit_t = "fit_t", fit_tau = "fit_tau", fit_tau_ = "fit_tau_"), function(nm) {
     m <- as.matrix(obj_matrix(object, nm, arg = "layer"))
@@ -227,8 +232,7 @@ velocity_graph_object <- function(object, Ms, distances, velocity, graph_name, .
     if (!"velocity_genes" %in% names(fm)) {
       stopf("the object has no 'velocity_genes' feature column; run velocity() on it first")
     }
-    vgenes <- fm$velocity_genes[match(rownames(V), rownames(fm))]
-    dots$velocity_genes <- !is.na(vgenes) & vgenes
+    dots$velocity_genes <- obj_flag_column(fm, "velocity_genes", rownames(V))
   }
   D <- obj_graph(object, distances)
   g <- do.call(velocity_graph.default, c(list(V, S, D), dots))
@@ -265,7 +269,7 @@ velocity_embedding.SingleCellExperiment <- function(x, reduction = "umap",
 
 velocity_embedding_object <- function(object, reduction, graph, name, ...) {
   obj_check(object)
-  E <- obj_reduction(object, reduction)
+  E <- obj_reduction(object, reduction, finite = TRUE)
   name <- name %||% paste0("velocity_", reduction)
   check_string(name, "name")
   V <- velocity_embedding.default(graph_from_object(object, graph), E, ...)
@@ -485,12 +489,7 @@ velocity_confidence_object <- function(object, velocity, Ms, distances, ...) {
   V <- as.matrix(obj_matrix(object, velocity, arg = "velocity"))
   ms_assay <- if (is_seurat(object) && Ms %in% SeuratObject::Assays(object)) Ms else NULL
   fm <- obj_feature_meta(object, assay = ms_assay)
-  vg <- if ("velocity_genes" %in% names(fm)) {
-    x <- fm$velocity_genes[match(rownames(V), rownames(fm))]
-    !is.na(x) & x
-  } else {
-    NULL
-  }
+  vg <- obj_flag_column(fm, "velocity_genes", rownames(V))
   res <- velocity_confidence.default(V, obj_graph(object, distances), velocity_genes = vg, ...)
   obj_add_cell_meta(object, data.frame(velocity_length = res$velocity_length,
                                        velocity_confidence = res$velocity_confidence))
@@ -568,8 +567,7 @@ rank_velocity_genes_object <- function(object, groupby, velocity, Ms, Mu, unspli
   ms_assay <- if (is_seurat(object) && Ms %in% SeuratObject::Assays(object)) Ms else NULL
   fm <- obj_feature_meta(object, assay = ms_assay)
   col <- function(nm) if (nm %in% names(fm)) fm[[nm]][match(rownames(V), rownames(fm))] else NULL
-  vg <- col("velocity_genes")
-  if (!is.null(vg)) vg <- !is.na(vg) & vg
+  vg <- obj_flag_column(fm, "velocity_genes", rownames(V))
   un <- if (!is.null(unspliced) && obj_has_matrix(object, unspliced)) {
     obj_matrix(object, unspliced, arg = "unspliced")[rownames(V), , drop = FALSE]
   } else {
@@ -681,7 +679,7 @@ plot_velocity_graph.SingleCellExperiment <- function(x, reduction = "umap",
 plot_velocity_graph_object <- function(object, reduction, graph, distances, color, ...) {
   obj_check(object)
   obj_check_names(object, graph = graph, distances = distances)
-  E <- obj_reduction(object, reduction)
+  E <- obj_reduction(object, reduction, finite = TRUE)
   col <- if (is.character(color) && length(color) == 1L) object_groups(object, color) else color
   plot_velocity_graph.default(graph_from_object(object, graph), E, obj_graph(object, distances),
                               color = col, ...)

@@ -1273,7 +1273,7 @@ fz_object_muts <- function(value, ctx) {
       methods::slot(s, "data", check = FALSE) <- methods::new("dgCMatrix")
       methods::slot(s, "counts", check = FALSE) <- methods::new("dgCMatrix")
       x@assays[[a]] <- s
-      fz_mut(x, "object", sprintf("layers of assay '%s' emptied", a), inn("assays", a))
+      fz_mut(x, "object", sprintf("layers of assay '%s' emptied", a), inn("assays", a, needs))
     })
     m(function() {
       x <- fz_obj_set_assay(value, a, fz_obj_assay(value, a)[, -1L, drop = FALSE], both = TRUE)
