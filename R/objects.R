@@ -66,7 +66,8 @@ obj_matrix <- function(object, name, assay = NULL, layer = NULL, arg = "name") {
       stopf("'%s' = \"%s\" is neither an assay of the Seurat object (%s) nor a layer of assay '%s' (%s)",
             arg, name, paste(assays, collapse = ", "), assay, paste(have, collapse = ", "))
     }
-    return(obj_numeric(seurat_get_layer(object[[assay]], name), sprintf("layer '%s' of assay '%s'", name, assay)))
+    return(obj_numeric(seurat_get_layer(object[[assay]], name),
+                       sprintf("layer '%s' of assay '%s'", name, assay)))
   }
   if (is_sce(object)) {
     need_pkg("SummarizedExperiment", "for SingleCellExperiment objects")
@@ -195,9 +196,13 @@ obj_graph <- function(object, name = NULL) {
       methods::validObject(g0)
       NULL
     }, error = function(e) conditionMessage(e))
-    if (!is.null(bad)) stopf("graph '%s' of the Seurat object is not a valid sparse matrix: %s", name, bad)
+    if (!is.null(bad)) {
+      stopf("graph '%s' of the Seurat object is not a valid sparse matrix: %s", name, bad)
+    }
     g <- methods::as(g0, "dgCMatrix")
-    if (any(!is.finite(g@x))) stopf("graph '%s' of the Seurat object holds NA or infinite weights", name)
+    if (any(!is.finite(g@x))) {
+      stopf("graph '%s' of the Seurat object holds NA or infinite weights", name)
+    }
     return(g)
   }
   if (is_sce(object)) {
@@ -359,7 +364,9 @@ obj_check <- function(object, arg = "x") {
 
 obj_check_seurat <- function(object, arg) {
   need_pkg("SeuratObject", "for Seurat objects")
-  bad <- function(fmt, ...) stopf("'%s' is not a consistent Seurat object: %s", arg, sprintf(fmt, ...))
+  bad <- function(fmt, ...) {
+    stopf("'%s' is not a consistent Seurat object: %s", arg, sprintf(fmt, ...))
+  }
   slots <- c("assays", "meta.data", "active.assay", "graphs", "reductions")
   miss <- slots[!vapply(slots, methods::.hasSlot, TRUE, object = object)]
   if (length(miss)) bad("slot '%s' is missing", miss[1L])
@@ -405,7 +412,8 @@ obj_check_seurat <- function(object, arg) {
       mf <- s@meta.features
       if (!is.data.frame(mf) || (!is.null(genes) && nrow(mf) != length(genes)) ||
           any(lengths(mf) != nrow(mf))) {
-        bad("the feature metadata ('meta.features') of assay '%s' does not have one row per gene", a)
+        bad("the feature metadata ('meta.features') of assay '%s' does not have one row per gene",
+            a)
       }
     } else if (methods::is(s, "StdAssay")) {
       for (ly in seurat_v5_fn("Layers")(s)) {
@@ -432,7 +440,8 @@ obj_check_seurat <- function(object, arg) {
     E <- object@reductions[[r]]@cell.embeddings
     if (!is.numeric(E) || length(dim(E)) != 2L || nrow(E) != n ||
         (!is.null(rownames(E)) && !identical(rownames(E), cells))) {
-      bad("the cell embeddings of reduction '%s' are not one row per cell of the object, in order", r)
+      bad("the cell embeddings of reduction '%s' are not one row per cell of the object, in order",
+          r)
     }
   }
   object
@@ -497,8 +506,8 @@ obj_check_sce <- function(object, arg) {
 # The error of a matrix method called without a companion matrix: when `x` is not an object
 # the user may have meant one (an object of another class, a list of assays ...).
 stop_missing_companion <- function(what, x) {
-  stopf("'%s' is missing ('x' is a %s, not a Seurat object or a SingleCellExperiment, whose methods read it from the object)",
-        what, class(x)[1L])
+  stopf(paste0("'%s' is missing ('x' is a %s, not a Seurat object or a SingleCellExperiment, ",
+               "whose methods read it from the object)"), what, class(x)[1L])
 }
 
 # A matrix read from an object must hold numbers (an assay edited to strings is not data).

@@ -69,7 +69,8 @@ test_that("SCE: assays, colPairs, colData / rowData columns edited without valid
   # a colData column one value short
   x <- sce
   x@colData@listData$root_cells <- x@colData@listData$root_cells[-1]
-  expect_hostile(function(o) latent_time(o), x, "colData column 'root_cells' has 59 values for 60 cells")
+  expect_hostile(function(o) latent_time(o), x,
+                 "colData column 'root_cells' has 59 values for 60 cells")
   # rowData columns of the wrong type
   x <- sce
   rr <- x@rowRanges
@@ -79,7 +80,8 @@ test_that("SCE: assays, colPairs, colData / rowData columns edited without valid
                  "feature column 'velocity_genes' of the object must be logical")
   x <- sce
   SummarizedExperiment::rowData(x)$fit_alpha <- rep("fuzz", 6)
-  expect_hostile(function(o) latent_time(o), x, "feature column 'fit_alpha' of the object must hold numbers")
+  expect_hostile(function(o) latent_time(o), x,
+                 "feature column 'fit_alpha' of the object must hold numbers")
   # an assay of strings, a reduction with NaN
   x <- sce
   m <- SummarizedExperiment::assay(x, "fit_tau_")
@@ -90,10 +92,11 @@ test_that("SCE: assays, colPairs, colData / rowData columns edited without valid
   e <- SingleCellExperiment::reducedDim(x, "umap")
   e[3, 1] <- NaN
   SingleCellExperiment::reducedDim(x, "umap") <- e
-  expect_hostile(function(o) velocity_embedding(o), x, "reduction 'umap' of the object must hold finite")
+  expect_hostile(function(o) velocity_embedding(o), x,
+                 "reduction 'umap' of the object must hold finite")
 })
 
-test_that("Seurat v4: cells reordered in one assay, graphs of other cells, a broken default assay", {
+test_that("Seurat v4: cells reordered in one assay, graphs of other cells, broken default assay", {
   skip_if_not_installed("SeuratObject")
   so <- hostile_objects()$so
   skip_if(!methods::is(so@assays$Ms, "Assay"), "Seurat v5 assays")
@@ -119,7 +122,8 @@ test_that("Seurat v4: cells reordered in one assay, graphs of other cells, a bro
   # the default assay names no assay; the default assay removed
   x <- so
   methods::slot(x, "active.assay", check = FALSE) <- "fuzz"
-  expect_hostile(function(o) velocity(o, min_r2 = NULL), x, "'active.assay' slot\\) 'fuzz' is not one of its assays")
+  expect_hostile(function(o) velocity(o, min_r2 = NULL), x,
+                 "'active.assay' slot\\) 'fuzz' is not one of its assays")
   x <- so
   x@assays$spliced <- NULL
   expect_hostile(function(o) recover_dynamics(o, var_names = "all", max_iter = 2, threads = 1,
@@ -141,7 +145,8 @@ test_that("matrix methods called with a non-object name 'x'; NA var_names", {
   expect_error(moments(list(a = 1)), "'unspliced' is missing \\('x' is a list, not a Seurat object")
   expect_error(recover_dynamics(data.frame(a = 1)), "'Mu' is missing \\('x' is a data.frame")
   expect_error(velocity_graph(NULL), "'Ms' is missing \\('x' is a NULL")
-  expect_error(latent_time(data.frame(a = 1), root_cells = 1), "'connectivities' is missing \\('x' is a data.frame")
+  expect_error(latent_time(data.frame(a = 1), root_cells = 1),
+               "'connectivities' is missing \\('x' is a data.frame")
   expect_error(recover_dynamics(sim$spliced, sim$unspliced, var_names = NA_character_,
                                 threads = 1, progress = FALSE), "'var_names' must not hold NA")
 })
