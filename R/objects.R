@@ -82,12 +82,17 @@ obj_matrix <- function(object, name, assay = NULL, layer = NULL, arg = "name") {
   stopf("'object' must be a Seurat or SingleCellExperiment object, not %s", class(object)[1L])
 }
 
+# Whether the object has a matrix `name` (present: a broken one is obj_matrix()'s error, it
+# must not be silently recomputed).
 obj_has_matrix <- function(object, name, assay = NULL) {
-  ok <- tryCatch({
-    obj_matrix(object, name, assay = assay)
-    TRUE
-  }, error = function(e) FALSE)
-  ok
+  if (is_seurat(object)) {
+    assays <- SeuratObject::Assays(object)
+    if (name %in% assays) return(length(seurat_layers(object[[name]])) > 0L)
+    assay <- assay %||% SeuratObject::DefaultAssay(object)
+    return(assay %in% assays && name %in% seurat_layers(object[[assay]]))
+  }
+  if (is_sce(object)) return(name %in% SummarizedExperiment::assayNames(object))
+  FALSE
 }
 
 # Stores a genes x cells matrix as assay `name` (Seurat: a new assay whose data layer holds it;

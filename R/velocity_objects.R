@@ -146,7 +146,8 @@ fit_from_object <- function(object, Ms, genes) {
   ms_assay <- if (is_seurat(object) && Ms %in% SeuratObject::Assays(object)) Ms else NULL
   fm <- obj_feature_meta(object, assay = ms_assay)
   if (!"fit_alpha" %in% names(fm)) {
-    stopf("the object has no fit_* feature columns; run recover_dynamics() on it first")
+    stopf(paste0("the object has no feature column 'fit_alpha' (nor the other fit_* columns); ",
+                 "run recover_dynamics() on it first"))
   }
   fm <- fm[match(genes, rownames(fm)), grepl("^fit_", names(fm)), drop = FALSE]
   for (k in names(fm)) {

@@ -1130,7 +1130,9 @@ fz_obj_parts <- function(x) {
   }
   list(assays = SummarizedExperiment::assayNames(x),
        graphs = if (methods::is(x, "SingleCellExperiment")) SingleCellExperiment::colPairNames(x),
-       reductions = if (methods::is(x, "SingleCellExperiment")) SingleCellExperiment::reducedDimNames(x),
+       reductions = if (methods::is(x, "SingleCellExperiment")) {
+         SingleCellExperiment::reducedDimNames(x)
+       },
        cols = names(SummarizedExperiment::colData(x)),
        fcols = names(SummarizedExperiment::rowData(x)))
 }
@@ -1253,7 +1255,7 @@ fz_object_muts <- function(value, ctx) {
   # assays / layers
   for (a in p$assays) local({
     a <- a
-    cnt <- a %in% c("spliced", "unspliced", "counts", case$counts_assays)
+    cnt <- a %in% c("spliced", "unspliced", "counts", case$counts_assays) && !isTRUE(case$signed_ok)
     m(function() {
       x <- value
       if (seurat) {
@@ -1396,14 +1398,16 @@ fz_object_muts <- function(value, ctx) {
     fz_mut(x, "object", "class attribute replaced by attr()", TRUE) })
   m(function() fz_mut(unclass(value), "object", "unclassed (an S4SXP without class)", TRUE))
   if (seurat) {
-    m(function() { x <- value; methods::slot(x, "meta.data", check = FALSE) <- x@meta.data[-1L, , drop = FALSE]
+    m(function() { x <- value
+      methods::slot(x, "meta.data", check = FALSE) <- x@meta.data[-1L, , drop = FALSE]
       fz_mut(x, "object", "'meta.data' slot a row short (slot edit)", length(needs$cols) > 0) })
     m(function() { x <- value; methods::slot(x, "active.assay", check = FALSE) <- "fuzz"
       fz_mut(x, "object", "'active.assay' names no assay (slot edit)", FALSE) })
     m(function() { x <- value; methods::slot(x, "assays", check = FALSE) <- list()
       fz_mut(x, "object", "'assays' slot emptied (slot edit)", TRUE) })
   } else {
-    m(function() { x <- value; methods::slot(x, "colData", check = FALSE) <- x@colData[-1L, , drop = FALSE]
+    m(function() { x <- value
+      methods::slot(x, "colData", check = FALSE) <- x@colData[-1L, , drop = FALSE]
       fz_mut(x, "object", "'colData' slot a row short (slot edit)", TRUE) })
     m(function() fz_mut(methods::as(value, "SummarizedExperiment"), "object",
                         "a SummarizedExperiment", FALSE))
@@ -1424,7 +1428,8 @@ fz_object_cases <- function(sim, sp, rx, lab, sig, cp, build) {
   q <- function(expr) suppressWarnings(suppressMessages(expr))
   out <- list()
   add <- function(name, fun, args, ...) {
-    out[[length(out) + 1L]] <<- c(list(name = name, fun = fun, args = args, focus = names(args)[1L]),
+    out[[length(out) + 1L]] <<- c(list(name = name, fun = fun, args = args,
+                                       focus = names(args)[1L]),
                                   list(...))
   }
   grp <- rep(c("a", "b", "c"), 20)
@@ -1432,14 +1437,16 @@ fz_object_cases <- function(sim, sp, rx, lab, sig, cp, build) {
   kinds <- c(if (have_sce) "sce", if (have_so) "seurat")
   for (kind in kinds) {
     raw <- if (kind == "sce") {
-      SingleCellExperiment::SingleCellExperiment(list(spliced = sim$spliced, unspliced = sim$unspliced))
+      SingleCellExperiment::SingleCellExperiment(list(spliced = sim$spliced,
+                                                      unspliced = sim$unspliced))
     } else {
       so <- SeuratObject::CreateSeuratObject(counts = sim$spliced, assay = "spliced")
       so[["unspliced"]] <- SeuratObject::CreateAssayObject(counts = sim$unspliced)
       so
     }
     mom <- q(moments(raw, n_neighbors = 10, threads = 1))
-    fitted <- q(recover_dynamics(mom, var_names = "all", max_iter = 2, threads = 1, progress = FALSE))
+    fitted <- q(recover_dynamics(mom, var_names = "all", max_iter = 2, threads = 1,
+                                 progress = FALSE))
     vel <- q(velocity(fitted, min_r2 = NULL))
     vg <- q(velocity_graph(vel, threads = 1, progress = FALSE, velocity_genes = rep(TRUE, 6)))
     if (is.null(emb)) {
@@ -1470,7 +1477,8 @@ fz_object_cases <- function(sim, sp, rx, lab, sig, cp, build) {
     add(sprintf("velocity (%s)", K), "velocity", list(x = fitted, min_r2 = NULL),
         needs = list(assays = c("Ms", "Mu", fitL), fcols = "fit_alpha"), na_assays = fitL,
         reads = list(graphs = "scnative_connectivities",
-                     fcols = c("fit_beta", "fit_gamma", "fit_scaling", "fit_t_", "fit_u0", "fit_s0")))
+                     fcols = c("fit_beta", "fit_gamma", "fit_scaling", "fit_t_", "fit_u0",
+                               "fit_s0")))
     add(sprintf("velocity_graph (%s)", K), "velocity_graph",
         list(x = vel, threads = 1, progress = FALSE),
         needs = list(assays = c("velocity", "Ms"), graphs = "scnative_distances",
@@ -1484,11 +1492,13 @@ fz_object_cases <- function(sim, sp, rx, lab, sig, cp, build) {
         reads = list(cols = c("root_cells", "end_points")),
         na_cols = c("root_cells", "end_points")) # NA scores: documented as no score
     add(sprintf("latent_time (%s)", K), "latent_time", list(x = full),
-        needs = list(assays = c("Ms", fitL), graphs = "scnative_connectivities", fcols = "fit_alpha"),
+        needs = list(assays = c("Ms", fitL), graphs = "scnative_connectivities",
+                     fcols = "fit_alpha"),
         reads = list(cols = "root_cells", fcols = "fit_likelihood"), na_assays = fitL,
         na_cols = "root_cells")
     add(sprintf("velocity_confidence (%s)", K), "velocity_confidence", list(x = full),
-        needs = list(assays = "velocity", graphs = "scnative_distances"))
+        needs = list(assays = "velocity", graphs = "scnative_distances"),
+        na_assays = "velocity") # NA velocities (unfitted genes) are valid, as in the matrix API
     add(sprintf("rank_velocity_genes (%s)", K), "rank_velocity_genes",
         list(x = full, groupby = "clusters", n_genes = 3),
         needs = list(assays = c("velocity", "Ms", "Mu"), cols = "clusters"),
@@ -1533,7 +1543,7 @@ fz_object_cases <- function(sim, sp, rx, lab, sig, cp, build) {
         needs = list(assays = ca, cols = "lab"), iters = "max_epochs",
         free_cols = "lab") # one cell type is valid
     add(sprintf("cluster_averages (%s)", K), "cluster_averages", list(x = ref, labels = "lab"),
-        needs = list(assays = ca, cols = "lab"), free_cols = "lab")
+        needs = list(assays = ca, cols = "lab"), free_cols = "lab", signed_ok = TRUE)
     if (kind == "seurat") {
       add("add_cell_abundance (SEURAT)", "add_cell_abundance",
           list(object = spo, fit_or_posterior = cp), free = "name")

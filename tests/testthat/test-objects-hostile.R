@@ -150,3 +150,18 @@ test_that("matrix methods called with a non-object name 'x'; NA var_names", {
   expect_error(recover_dynamics(sim$spliced, sim$unspliced, var_names = NA_character_,
                                 threads = 1, progress = FALSE), "'var_names' must not hold NA")
 })
+
+test_that("a present but broken Ms / Mu is an error, not silently recomputed from the counts", {
+  skip_if_not_installed("SingleCellExperiment")
+  sce <- hostile_objects()$sce
+  x <- sce
+  m <- SummarizedExperiment::assay(x, "Mu")
+  storage.mode(m) <- "character"
+  x@assays@data@listData$Mu <- m
+  expect_hostile(function(o) recover_dynamics(o, var_names = "all", max_iter = 2, threads = 1,
+                                              progress = FALSE),
+                 x, "assay 'Mu' of the object must hold numbers")
+  x <- sce
+  SummarizedExperiment::rowData(x) <- NULL
+  expect_hostile(function(o) velocity(o, min_r2 = NULL), x, "no feature column 'fit_alpha'")
+})
