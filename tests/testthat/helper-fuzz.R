@@ -694,7 +694,7 @@ fz_list_muts <- function(value, ctx, depth = 0L) {
 fz_candidates <- function(value, ctx, depth = 0L) {
   if (is.null(ctx$in_field)) ctx$in_field <- FALSE
   if (depth > 4L) return(fz_type_muts(value, ctx))
-  if (fz_is_object(value)) return(c(fz_object_muts(value, ctx), fz_type_muts(value, ctx))) # ---- object cases
+  if (fz_is_object(value)) return(fz_object_all_muts(value, ctx)) # ---- object cases
   if (is.null(value)) return(fz_type_muts(value, ctx)[-7L])
   if (methods::is(value, "CsparseMatrix") && methods::is(value, "dMatrix")) {
     return(c(fz_sparse_muts(value, ctx), fz_type_muts(value, ctx)))
@@ -1420,6 +1420,16 @@ fz_object_muts <- function(value, ctx) {
   out
 }
 
+# The object edits and junk of another type; a data.frame may be a valid matrix call
+# (`df_ok`: the generic's default method takes one alone).
+fz_object_all_muts <- function(value, ctx) {
+  ty <- fz_type_muts(value, ctx)
+  if (isTRUE(ctx$case$df_ok)) {
+    ty[[4L]] <- function() fz_mut(data.frame(fuzz = 1:2), "type", "a data.frame", FALSE)
+  }
+  c(fz_object_muts(value, ctx), ty)
+}
+
 # Tiny processed objects and one case per object method (SCE and, when SeuratObject is
 # installed, Seurat v4).
 fz_object_cases <- function(sim, sp, rx, lab, sig, cp, build) {
@@ -1503,7 +1513,7 @@ fz_object_cases <- function(sim, sp, rx, lab, sig, cp, build) {
         list(x = full, groupby = "clusters", n_genes = 3),
         needs = list(assays = c("velocity", "Ms", "Mu"), cols = "clusters"),
         reads = list(fcols = c("velocity_genes", "fit_likelihood")), free_cols = "clusters",
-        na_cols = "clusters")
+        na_cols = "clusters", na_assays = "velocity") # NA velocities: as in the matrix API
     add(sprintf("rank_dynamical_genes (%s)", K), "rank_dynamical_genes",
         list(x = full, groupby = "clusters", n_genes = 3),
         needs = list(assays = c("Ms", "Mu", fitL), cols = "clusters", fcols = "fit_alpha"),
@@ -1543,7 +1553,8 @@ fz_object_cases <- function(sim, sp, rx, lab, sig, cp, build) {
         needs = list(assays = ca, cols = "lab"), iters = "max_epochs",
         free_cols = "lab") # one cell type is valid
     add(sprintf("cluster_averages (%s)", K), "cluster_averages", list(x = ref, labels = "lab"),
-        needs = list(assays = ca, cols = "lab"), free_cols = "lab", signed_ok = TRUE)
+        needs = list(assays = ca, cols = "lab"), free_cols = "lab", signed_ok = TRUE,
+        df_ok = TRUE) # a data.frame with one label per column is a valid matrix call
     if (kind == "seurat") {
       add("add_cell_abundance (SEURAT)", "add_cell_abundance",
           list(object = spo, fit_or_posterior = cp), free = "name")
