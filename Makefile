@@ -5,7 +5,9 @@
 #                ends with one line "N passed, N failed, N skipped"
 #   make fuzz N=10000 SEED=1   installs the tree into build/fuzz-lib and runs the long fuzz
 #                campaign of the exported API (build/fuzz-report.md); a fixed-seed subset runs
-#                in `make check` (tests/testthat/test-fuzz.R)
+#                in `make check` (tests/testthat/test-fuzz.R); OBJECTS=0 leaves out the Seurat /
+#                SingleCellExperiment methods, CASES='SCE|SEURAT' fuzzes only them (a regex on
+#                the case names)
 #   make sanitize  builds with -fsanitize=address,undefined into build/sanitize and runs the
 #                fuzz subset and the test files without Python under it
 SHELL := /bin/bash
