@@ -304,13 +304,17 @@ obj_coords <- function(object, image = NULL) {
   stopf("'object' must be a Seurat or SingleCellExperiment object, not %s", class(object)[1L])
 }
 
-# A cells x dimensions embedding: Seurat reductions (Embeddings), SCE reducedDims.
+# A cells x dimensions embedding: Seurat reductions (Embeddings), SCE reducedDims. `finite`:
+# the caller needs finite coordinates in 2 or more columns (velocity_embedding, graph plots).
 obj_reduction <- function(object, name, arg = "reduction", finite = FALSE) {
   check_string(name, arg)
   if (finite) {
     E <- obj_reduction(object, name, arg)
     if (!is.numeric(E) || any(!is.finite(E))) {
       stopf("reduction '%s' of the object must hold finite coordinates", name)
+    }
+    if (ncol(E) < 2L) {
+      stopf("reduction '%s' of the object must have at least 2 columns, not %d", name, ncol(E))
     }
     return(E)
   }

@@ -165,3 +165,12 @@ test_that("a present but broken Ms / Mu is an error, not silently recomputed fro
   SummarizedExperiment::rowData(x) <- NULL
   expect_hostile(function(o) velocity(o, min_r2 = NULL), x, "no feature column 'fit_alpha'")
 })
+
+test_that("a reduction without 2 columns names the reduction", {
+  skip_if_not_installed("SingleCellExperiment")
+  x <- hostile_objects()$sce
+  e <- SingleCellExperiment::reducedDim(x, "umap")
+  x@int_colData@listData$reducedDims@listData$umap <- e[, 0]
+  expect_hostile(function(o) velocity_embedding(o), x,
+                 "reduction 'umap' of the object must have at least 2 columns, not 0")
+})
