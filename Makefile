@@ -5,7 +5,9 @@
 #                ends with one line "N passed, N failed, N skipped"
 #   make fuzz N=10000 SEED=1   installs the tree into build/fuzz-lib and runs the long fuzz
 #                campaign of the exported API (build/fuzz-report.md); a fixed-seed subset runs
-#                in `make check` (tests/testthat/test-fuzz.R)
+#                in `make check` (tests/testthat/test-fuzz.R); OBJECTS=0 leaves out the Seurat /
+#                SingleCellExperiment methods, CASES='SCE|SEURAT' fuzzes only them (a regex on
+#                the case names)
 #   make sanitize  builds with -fsanitize=address,undefined into build/sanitize and runs the
 #                fuzz subset and the test files without Python under it
 SHELL := /bin/bash
@@ -17,6 +19,8 @@ SHARED_DATA := $(abspath ../shared/data)
 
 N ?= 1000
 SEED ?= 1
+OBJECTS ?= 1
+CASES ?=
 # each fuzz child may use at most this much virtual memory (KiB): huge sizes must fail fast
 FUZZ_MEM_KB ?= 8000000
 
@@ -52,7 +56,7 @@ fuzz:
 	R CMD INSTALL --preclean --no-multiarch -l $(BUILD)/fuzz-lib . > $(BUILD)/fuzz-install.log 2>&1 || (cat $(BUILD)/fuzz-install.log; exit 1)
 	rm -f src/*.o src/*.so
 	ulimit -v $(FUZZ_MEM_KB); R_LIBS="$(abspath $(BUILD))/fuzz-lib:$${R_LIBS:-}" OMP_THREAD_LIMIT=2 \
-	  Rscript tools/fuzz.R N=$(N) SEED=$(SEED) OUT=$(BUILD)/fuzz-report.md
+	  Rscript tools/fuzz.R N=$(N) SEED=$(SEED) OBJECTS=$(OBJECTS) CASES="$(CASES)" OUT=$(BUILD)/fuzz-report.md
 
 sanitize:
 	bash tools/sanitize.sh

@@ -499,6 +499,7 @@ c2l_fit_run <- function(prep, params, history, epochs, opt, seed, threads, progr
 #' @param assay,layer Seurat assay (default: the default assay) and layer/slot (`"counts"`).
 #' @export
 cell2location.Seurat <- function(x, signatures, ..., assay = NULL, layer = "counts") {
+  obj_check(x)
   check_string(layer, "layer")
   check_string(assay, "assay", allow_null = TRUE)
   counts <- obj_matrix(x, layer, assay = assay, arg = "layer")
@@ -509,6 +510,7 @@ cell2location.Seurat <- function(x, signatures, ..., assay = NULL, layer = "coun
 #' @param assay.type SingleCellExperiment assay name (`"counts"`).
 #' @export
 cell2location.SingleCellExperiment <- function(x, signatures, ..., assay.type = "counts") {
+  obj_check(x)
   counts <- obj_matrix(x, assay.type, arg = "assay.type")
   if (is.null(colnames(counts))) colnames(counts) <- as.character(seq_len(ncol(counts)))
   cell2location.default(counts, signatures, ...)
@@ -726,6 +728,7 @@ c2l_abundance <- function(x, which, upstream_names, arg, ...) {
 #' @export
 add_cell_abundance <- function(object, fit_or_posterior, which = "means",
                                name = "cell2location", coldata = FALSE, ...) {
+  obj_check(object, "object")
   check_string(name, "name")
   check_flag(coldata, "coldata")
   if (inherits(fit_or_posterior, "scnative_c2l")) {

@@ -151,6 +151,7 @@ recover_dynamics.default <- function(x, Mu, var_names = "velocity_genes", n_top_
                                      progress = interactive(), parallel = c("local", "future"),
                                      chunk_size = NULL, resume = NULL, ...) {
   # 'x' is Ms (may be given as Ms =)
+  if (missing(Mu)) stop_missing_companion("Mu", x)
   Ms <- as_checked_matrix(x, "x", nonneg = TRUE, max_abs = dyn_max_abs, why = dyn_max_why)
   Mu <- as_checked_matrix(Mu, "Mu", nonneg = TRUE, max_abs = dyn_max_abs, why = dyn_max_why)
   if (!identical(dim(Ms), dim(Mu))) {

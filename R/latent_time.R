@@ -282,6 +282,7 @@ latent_time.default <- function(x, root_cells, end_points = NULL, connectivities
           class(x)[1L])
   }
   if (missing(connectivities) || is.null(connectivities)) {
+    if (is.data.frame(x)) stop_missing_companion("connectivities", x)
     stopf("'connectivities' (the cells x cells neighbour graph) is missing")
   }
   if (is.null(fit_likelihood) && !is.null(min_likelihood)) {

@@ -55,7 +55,7 @@ obj_matrix <- function(object, name, assay = NULL, layer = NULL, arg = "name") {
         stopf("assay '%s' of the Seurat object has no layer '%s' (it has: %s)", name, ly,
               paste(have, collapse = ", "))
       }
-      return(seurat_get_layer(a, ly))
+      return(obj_numeric(seurat_get_layer(a, ly), sprintf("layer '%s' of assay '%s'", ly, name)))
     }
     assay <- assay %||% SeuratObject::DefaultAssay(object)
     if (!assay %in% assays) {
@@ -66,7 +66,8 @@ obj_matrix <- function(object, name, assay = NULL, layer = NULL, arg = "name") {
       stopf("'%s' = \"%s\" is neither an assay of the Seurat object (%s) nor a layer of assay '%s' (%s)",
             arg, name, paste(assays, collapse = ", "), assay, paste(have, collapse = ", "))
     }
-    return(seurat_get_layer(object[[assay]], name))
+    return(obj_numeric(seurat_get_layer(object[[assay]], name),
+                       sprintf("layer '%s' of assay '%s'", name, assay)))
   }
   if (is_sce(object)) {
     need_pkg("SummarizedExperiment", "for SingleCellExperiment objects")
@@ -75,17 +76,23 @@ obj_matrix <- function(object, name, assay = NULL, layer = NULL, arg = "name") {
       stopf("'%s' = \"%s\" is not an assay of the %s (it has: %s)", arg, name, class(object)[1L],
             if (length(have)) paste(have, collapse = ", ") else "none")
     }
-    return(SummarizedExperiment::assay(object, name, withDimnames = TRUE))
+    return(obj_numeric(SummarizedExperiment::assay(object, name, withDimnames = TRUE),
+                       sprintf("assay '%s'", name)))
   }
   stopf("'object' must be a Seurat or SingleCellExperiment object, not %s", class(object)[1L])
 }
 
+# Whether the object has a matrix `name` (present: a broken one is obj_matrix()'s error, it
+# must not be silently recomputed).
 obj_has_matrix <- function(object, name, assay = NULL) {
-  ok <- tryCatch({
-    obj_matrix(object, name, assay = assay)
-    TRUE
-  }, error = function(e) FALSE)
-  ok
+  if (is_seurat(object)) {
+    assays <- SeuratObject::Assays(object)
+    if (name %in% assays) return(length(seurat_layers(object[[name]])) > 0L)
+    assay <- assay %||% SeuratObject::DefaultAssay(object)
+    return(assay %in% assays && name %in% seurat_layers(object[[assay]]))
+  }
+  if (is_sce(object)) return(name %in% SummarizedExperiment::assayNames(object))
+  FALSE
 }
 
 # Stores a genes x cells matrix as assay `name` (Seurat: a new assay whose data layer holds it;
@@ -189,7 +196,18 @@ obj_graph <- function(object, name = NULL) {
             if (is.null(name)) "" else sprintf(" '%s'", name),
             if (length(have)) paste(have, collapse = ", ") else "none")
     }
-    g <- methods::as(object[[name]], "dgCMatrix")
+    g0 <- object[[name]]
+    bad <- tryCatch({
+      methods::validObject(g0)
+      NULL
+    }, error = function(e) conditionMessage(e))
+    if (!is.null(bad)) {
+      stopf("graph '%s' of the Seurat object is not a valid sparse matrix: %s", name, bad)
+    }
+    g <- methods::as(g0, "dgCMatrix")
+    if (any(!is.finite(g@x))) {
+      stopf("graph '%s' of the Seurat object holds NA or infinite weights", name)
+    }
     return(g)
   }
   if (is_sce(object)) {
@@ -204,7 +222,16 @@ obj_graph <- function(object, name = NULL) {
     hits <- SingleCellExperiment::colPair(object, name)
     n <- ncol(object)
     mc <- S4Vectors::mcols(hits)
+    if (!is.null(mc) && ncol(mc) > 0 && !(is.numeric(mc[[1L]]) || is.logical(mc[[1L]]))) {
+      stopf("the weights of colPair '%s' are not numbers", name)
+    }
     vals <- if (!is.null(mc) && ncol(mc) > 0) as.numeric(mc[[1L]]) else rep(1, length(hits))
+    if (any(!is.finite(vals))) stopf("colPair '%s' holds NA or infinite weights", name)
+    fr <- S4Vectors::from(hits)
+    to <- S4Vectors::to(hits)
+    if (any(fr < 1L | fr > n | to < 1L | to > n)) {
+      stopf("the cell pairs of colPair '%s' are not pairs of the object's %d cells", name, n)
+    }
     return(Matrix::sparseMatrix(i = S4Vectors::from(hits), j = S4Vectors::to(hits), x = vals,
                                 dims = c(n, n), dimnames = list(colnames(object), colnames(object))))
   }
@@ -277,9 +304,20 @@ obj_coords <- function(object, image = NULL) {
   stopf("'object' must be a Seurat or SingleCellExperiment object, not %s", class(object)[1L])
 }
 
-# A cells x dimensions embedding: Seurat reductions (Embeddings), SCE reducedDims.
-obj_reduction <- function(object, name, arg = "reduction") {
+# A cells x dimensions embedding: Seurat reductions (Embeddings), SCE reducedDims. `finite`:
+# the caller needs finite coordinates in 2 or more columns (velocity_embedding, graph plots).
+obj_reduction <- function(object, name, arg = "reduction", finite = FALSE) {
   check_string(name, arg)
+  if (finite) {
+    E <- obj_reduction(object, name, arg)
+    if (!is.numeric(E) || any(!is.finite(E))) {
+      stopf("reduction '%s' of the object must hold finite coordinates", name)
+    }
+    if (ncol(E) < 2L) {
+      stopf("reduction '%s' of the object must have at least 2 columns, not %d", name, ncol(E))
+    }
+    return(E)
+  }
   if (is_seurat(object)) {
     have <- SeuratObject::Reductions(object)
     if (!name %in% have) {
@@ -319,4 +357,186 @@ obj_set_reduction <- function(object, name, value) {
     return(object)
   }
   stopf("'object' must be a Seurat or SingleCellExperiment object, not %s", class(object)[1L])
+}
+
+# ------------------------------------------------------------------ hostile objects (issue 17)
+
+# Checks that a Seurat / SingleCellExperiment object is consistent before a method reads it:
+# objects edited without validObject() (`@<-`, attr(), slot(check = FALSE)) may hold assays,
+# graphs, reductions or metadata whose cells are not the object's. Errors name the argument
+# and the part (assay, layer, graph, reduction, slot). Returns the object.
+obj_check <- function(object, arg = "x") {
+  if (is_seurat(object)) return(obj_check_seurat(object, arg))
+  if (is_sce(object)) return(obj_check_sce(object, arg))
+  object
+}
+
+obj_check_seurat <- function(object, arg) {
+  need_pkg("SeuratObject", "for Seurat objects")
+  bad <- function(fmt, ...) {
+    stopf("'%s' is not a consistent Seurat object: %s", arg, sprintf(fmt, ...))
+  }
+  slots <- c("assays", "meta.data", "active.assay", "graphs", "reductions")
+  miss <- slots[!vapply(slots, methods::.hasSlot, TRUE, object = object)]
+  if (length(miss)) bad("slot '%s' is missing", miss[1L])
+  assays <- object@assays
+  if (!is.list(assays) || !length(assays) || is.null(names(assays))) {
+    bad("its 'assays' slot holds no named assay")
+  }
+  md <- object@meta.data
+  if (!is.data.frame(md)) bad("its 'meta.data' slot is not a data.frame")
+  cells <- rownames(md)
+  n <- length(cells)
+  lens <- lengths(md)
+  if (any(lens != n)) {
+    bad("cell metadata column '%s' has %d values for %d cells", names(md)[lens != n][1L],
+        lens[lens != n][1L], n)
+  }
+  da <- object@active.assay
+  if (!is.character(da) || length(da) != 1L || !da %in% names(assays)) {
+    bad("its default assay ('active.assay' slot) '%s' is not one of its assays (%s)",
+        paste(da, collapse = ","), paste(names(assays), collapse = ", "))
+  }
+  for (a in names(assays)) {
+    s <- assays[[a]]
+    if (methods::is(s, "Assay")) {
+      genes <- NULL
+      for (ly in c("counts", "data", "scale.data")) {
+        m <- methods::slot(s, ly)
+        if (!length(m) || prod(dim(m)) == 0) next
+        if (!(is.numeric(m) || methods::is(m, "dMatrix")) || length(dim(m)) != 2L) {
+          bad("layer '%s' of assay '%s' is not a numeric matrix", ly, a)
+        }
+        if (ly != "scale.data") {
+          if (is.null(genes)) genes <- rownames(m)
+          if (!identical(rownames(m), genes)) {
+            bad("layers 'counts' and '%s' of assay '%s' have different genes", ly, a)
+          }
+        }
+        if (ncol(m) != n || !identical(colnames(m), cells)) {
+          bad("the cells of layer '%s' of assay '%s' are not the object's %d cells, in order",
+              ly, a, n)
+        }
+      }
+      mf <- s@meta.features
+      if (!is.data.frame(mf) || (!is.null(genes) && nrow(mf) != length(genes)) ||
+          any(lengths(mf) != nrow(mf))) {
+        bad("the feature metadata ('meta.features') of assay '%s' does not have one row per gene",
+            a)
+      }
+    } else if (methods::is(s, "StdAssay")) {
+      for (ly in seurat_v5_fn("Layers")(s)) {
+        m <- seurat_v5_fn("LayerData")(s, layer = ly)
+        if (ncol(m) > n || !all(colnames(m) %in% cells)) {
+          bad("the cells of layer '%s' of assay '%s' are not cells of the object", ly, a)
+        }
+      }
+    } else {
+      bad("assay '%s' is a %s, not a Seurat assay", a, class(s)[1L])
+    }
+  }
+  for (g in names(object@graphs)) {
+    G <- object@graphs[[g]]
+    if (!methods::is(G, "Matrix") && !is.matrix(G)) bad("graph '%s' is not a matrix", g)
+    if (!identical(dim(G), c(n, n))) bad("graph '%s' is %d x %d, not %d x %d (cells x cells)",
+                                          g, nrow(G), ncol(G), n, n)
+    if (!is.null(rownames(G)) && !identical(rownames(G), cells) ||
+        !is.null(colnames(G)) && !identical(colnames(G), cells)) {
+      bad("the cells of graph '%s' are not the object's cells, in order", g)
+    }
+  }
+  for (r in names(object@reductions)) {
+    E <- object@reductions[[r]]@cell.embeddings
+    if (!is.numeric(E) || length(dim(E)) != 2L || nrow(E) != n ||
+        (!is.null(rownames(E)) && !identical(rownames(E), cells))) {
+      bad("the cell embeddings of reduction '%s' are not one row per cell of the object, in order",
+          r)
+    }
+  }
+  object
+}
+
+obj_check_sce <- function(object, arg) {
+  need_pkg("SummarizedExperiment", "for SingleCellExperiment objects")
+  cls <- class(object)[1L]
+  bad <- function(fmt, ...) stopf("'%s' is not a valid %s: %s", arg, cls, sprintf(fmt, ...))
+  if (!methods::.hasSlot(object, "colData") || !methods::.hasSlot(object, "assays")) {
+    bad("a slot ('colData' or 'assays') is missing")
+  }
+  d <- dim(object)
+  # the assays first: the message then names the assay
+  dat <- tryCatch(object@assays@data, error = function(e) NULL)
+  if (!is.null(dat)) {
+    for (a in names(dat)) {
+      m <- dat[[a]]
+      if (!identical(as.integer(dim(m))[1:2], as.integer(d))) {
+        bad("assay '%s' is %s, not %d x %d (genes x cells)", a,
+            paste(dim(m), collapse = " x "), d[1L], d[2L])
+      }
+    }
+  }
+  # metadata columns (a DataFrame edited without validObject() may hold short ones)
+  cd <- tryCatch(object@colData@listData, error = function(e) list())
+  for (k in names(cd)) {
+    if (NROW(cd[[k]]) != d[2L]) {
+      bad("colData column '%s' has %d values for %d cells", k, NROW(cd[[k]]), d[2L])
+    }
+  }
+  rd <- tryCatch(SummarizedExperiment::rowData(object, use.names = FALSE)@listData,
+                 error = function(e) list())
+  for (k in names(rd)) {
+    if (NROW(rd[[k]]) != d[1L]) {
+      bad("rowData column '%s' has %d values for %d genes", k, NROW(rd[[k]]), d[1L])
+    }
+  }
+  if (methods::is(object, "SingleCellExperiment")) {
+    ic <- tryCatch(object@int_colData, error = function(e) NULL)
+    if (is.null(ic) || nrow(ic) != d[2L]) bad("slot 'int_colData' does not have one row per cell")
+    cp <- ic@listData$colPairs
+    if (!is.null(cp)) {
+      for (g in names(cp)) {
+        h <- tryCatch(cp@listData[[g]]@hits, error = function(e) NULL)
+        if (is.null(h)) next
+        if (h@nLnode != d[2L] || h@nRnode != d[2L] || any(h@from < 1L | h@from > d[2L]) ||
+            any(h@to < 1L | h@to > d[2L])) {
+          bad("the cell pairs of colPair '%s' are not pairs of its %d cells", g, d[2L])
+        }
+      }
+    }
+  }
+  msg <- tryCatch({
+    methods::validObject(object, complete = FALSE)
+    NULL
+  }, error = function(e) conditionMessage(e))
+  if (!is.null(msg)) bad("%s", sub("^invalid class .*? object: *", "", msg))
+  object
+}
+
+# The error of a matrix method called without a companion matrix: when `x` is not an object
+# the user may have meant one (an object of another class, a list of assays ...).
+stop_missing_companion <- function(what, x) {
+  stopf(paste0("'%s' is missing ('x' is a %s, not a Seurat object or a SingleCellExperiment, ",
+               "whose methods read it from the object)"), what, class(x)[1L])
+}
+
+# A matrix read from an object must hold numbers (an assay edited to strings is not data).
+obj_numeric <- function(m, what) {
+  if (!(is.numeric(m) || is.logical(m) || methods::is(m, "dMatrix") || methods::is(m, "lMatrix") ||
+        methods::is(m, "nMatrix") || (is.data.frame(m) && all(vapply(m, is.numeric, TRUE))))) {
+    stopf("%s of the object must hold numbers, not %s", what,
+          if (is.matrix(m)) paste(typeof(m), "values") else class(m)[1L])
+  }
+  m
+}
+
+# A per-gene logical feature column (velocity_genes), matched to `genes`; NULL when absent.
+obj_flag_column <- function(fm, name, genes) {
+  if (!name %in% names(fm)) return(NULL)
+  v <- fm[[name]]
+  if (!is.logical(v)) {
+    stopf("feature column '%s' of the object must be logical (one TRUE/FALSE per gene), not %s",
+          name, class(v)[1L])
+  }
+  v <- v[match(genes, rownames(fm))]
+  !is.na(v) & v
 }

@@ -294,6 +294,7 @@ reference_signatures.default <- function(x, labels, batch = NULL, covariates = N
 #' @export
 reference_signatures.Seurat <- function(x, labels, batch = NULL, covariates = NULL, ...,
                                         assay = NULL, layer = "counts") {
+  obj_check(x)
   check_string(layer, "layer")
   check_string(assay, "assay", allow_null = TRUE)
   ref_object_fit(x, obj_matrix(x, layer, assay = assay, arg = "layer"), labels, batch,
@@ -305,6 +306,7 @@ reference_signatures.Seurat <- function(x, labels, batch = NULL, covariates = NU
 #' @export
 reference_signatures.SingleCellExperiment <- function(x, labels, batch = NULL, covariates = NULL,
                                                       ..., assay.type = "counts") {
+  obj_check(x)
   ref_object_fit(x, obj_matrix(x, assay.type, arg = "assay.type"), labels, batch, covariates,
                  ...)
 }

@@ -441,6 +441,7 @@ sim_from_reference <- function(gen_x, gen_labels, types, count, eff) {
 #' @export
 cluster_averages <- function(x, labels, assay = NULL, layer = "counts") {
   if (is_seurat(x) || is_sce(x)) {
+    obj_check(x)
     check_string(layer, "layer")
     if (is.character(labels) && length(labels) == 1L && ncol(x) != 1L) {
       meta <- obj_cell_meta(x)

@@ -323,7 +323,7 @@ moments <- function(x, ...) {
 moments.default <- function(x, unspliced, n_neighbors = 30, n_pcs = NULL,
                             connectivities = NULL, normalize = TRUE, X = NULL, threads = NULL,
                             method = c("auto", "exact", "approx"), seed = 0, ...) {
-  if (missing(unspliced)) stopf("'unspliced' is missing")
+  if (missing(unspliced)) stop_missing_companion("unspliced", x)
   pr <- check_pair(x, unspliced, a = "x")
   s <- pr$s
   u <- pr$u

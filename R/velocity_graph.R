@@ -151,7 +151,7 @@ velocity_graph.default <- function(x, Ms, distances, velocity_genes = NULL,
                                    threads = NULL, progress = interactive(),
                                    parallel = c("local", "future"), chunk_size = NULL,
                                    resume = NULL, ...) {
-  if (missing(Ms)) stopf("'Ms' is missing")
+  if (missing(Ms)) stop_missing_companion("Ms", x)
   if (missing(distances)) stopf("'distances' is missing (the kNN graph, e.g. moments()$distances)")
   if (!(is.matrix(x) || methods::is(x, "Matrix")) || !is.numeric(x[0, 0, drop = TRUE])) {
     stopf("'x' must be a genes x cells velocity matrix or a scnative_velocity object, not %s",

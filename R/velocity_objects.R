@@ -30,6 +30,7 @@ moments.SingleCellExperiment <- function(x, spliced = "spliced", unspliced = "un
 }
 
 moments_object <- function(object, s_name, u_name, graph, graph_name, ...) {
+  obj_check(object)
   check_string(u_name, "unspliced")
   check_string(graph_name, "graph_name")
   S <- obj_matrix(object, s_name, arg = "spliced")
@@ -74,7 +75,16 @@ object_moments <- function(object, Ms, Mu, spliced, unspliced, graph_name) {
 
 object_graph_or_null <- function(object, name) {
   if (is.null(name)) return(NULL)
-  tryCatch(obj_graph(object, name), error = function(e) NULL)
+  # absent: fit without one; present but broken: the error of obj_graph()
+  have <- if (is_seurat(object)) {
+    SeuratObject::Graphs(object)
+  } else if (methods::is(object, "SingleCellExperiment")) {
+    SingleCellExperiment::colPairNames(object)
+  } else {
+    character()
+  }
+  if (!name %in% have) return(NULL)
+  obj_graph(object, name)
 }
 
 #' @rdname recover_dynamics_objects
@@ -119,6 +129,7 @@ recover_dynamics.SingleCellExperiment <- function(x, Ms = "Ms", Mu = "Mu", splic
 }
 
 recover_dynamics_object <- function(object, Ms, Mu, spliced, unspliced, graph, ...) {
+  obj_check(object)
   obj_check_names(object, Ms = Ms, Mu = Mu, spliced = spliced, unspliced = unspliced)
   mm <- object_moments(object, Ms, Mu, spliced, unspliced, graph %||% "scnative_connectivities")
   object <- mm$object
@@ -135,9 +146,15 @@ fit_from_object <- function(object, Ms, genes) {
   ms_assay <- if (is_seurat(object) && Ms %in% SeuratObject::Assays(object)) Ms else NULL
   fm <- obj_feature_meta(object, assay = ms_assay)
   if (!"fit_alpha" %in% names(fm)) {
-    stopf("the object has no fit_* feature columns; run recover_dynamics() on it first")
+    stopf(paste0("the object has no feature column 'fit_alpha' (nor the other fit_* columns); ",
+                 "run recover_dynamics() on it first"))
   }
   fm <- fm[match(genes, rownames(fm)), grepl("^fit_", names(fm)), drop = FALSE]
+  for (k in names(fm)) {
+    if (!(is.numeric(fm[[k]]) || is.logical(fm[[k]]))) {
+      stopf("feature column '%s' of the object must hold numbers, not %s", k, class(fm[[k]])[1L])
+    }
+  }
   rownames(fm) <- genes
   lay <- lapply(c(fit_t = "fit_t", fit_tau = "fit_tau", fit_tau_ = "fit_tau_"), function(nm) {
     m <- as.matrix(obj_matrix(object, nm, arg = "layer"))
@@ -162,6 +179,7 @@ velocity.SingleCellExperiment <- function(x, Ms = "Ms", Mu = "Mu",
 }
 
 velocity_object <- function(object, Ms, Mu, graph, ...) {
+  obj_check(object)
   obj_check_names(object, Ms = Ms, Mu = Mu)
   S <- as.matrix(obj_matrix(object, Ms, arg = "Ms"))
   U <- as.matrix(obj_matrix(object, Mu, arg = "Mu"))
@@ -203,6 +221,7 @@ velocity_graph.SingleCellExperiment <- function(x, Ms = "Ms", distances = "scnat
 }
 
 velocity_graph_object <- function(object, Ms, distances, velocity, graph_name, ...) {
+  obj_check(object)
   obj_check_names(object, Ms = Ms, distances = distances, velocity = velocity,
                   graph_name = graph_name)
   V <- as.matrix(obj_matrix(object, velocity, arg = "velocity"))
@@ -214,8 +233,7 @@ velocity_graph_object <- function(object, Ms, distances, velocity, graph_name, .
     if (!"velocity_genes" %in% names(fm)) {
       stopf("the object has no 'velocity_genes' feature column; run velocity() on it first")
     }
-    vgenes <- fm$velocity_genes[match(rownames(V), rownames(fm))]
-    dots$velocity_genes <- !is.na(vgenes) & vgenes
+    dots$velocity_genes <- obj_flag_column(fm, "velocity_genes", rownames(V))
   }
   D <- obj_graph(object, distances)
   g <- do.call(velocity_graph.default, c(list(V, S, D), dots))
@@ -251,7 +269,8 @@ velocity_embedding.SingleCellExperiment <- function(x, reduction = "umap",
 }
 
 velocity_embedding_object <- function(object, reduction, graph, name, ...) {
-  E <- obj_reduction(object, reduction)
+  obj_check(object)
+  E <- obj_reduction(object, reduction, finite = TRUE)
   name <- name %||% paste0("velocity_", reduction)
   check_string(name, "name")
   V <- velocity_embedding.default(graph_from_object(object, graph), E, ...)
@@ -279,6 +298,7 @@ plot_velocity_embedding.SingleCellExperiment <- function(x, reduction = "umap", 
 }
 
 plot_velocity_embedding_object <- function(object, reduction, V, color, ...) {
+  obj_check(object)
   E <- obj_reduction(object, reduction)
   V <- V %||% paste0("velocity_", reduction)
   Vm <- if (is.character(V)) obj_reduction(object, V, arg = "V") else V
@@ -367,6 +387,7 @@ terminal_states.SingleCellExperiment <- function(x, graph = "velocity_graph",
 }
 
 terminal_states_object <- function(object, graph, distances, ...) {
+  obj_check(object)
   obj_check_names(object, graph = graph, distances = distances)
   ts <- terminal_states.default(graph_from_object(object, graph), obj_graph(object, distances), ...)
   obj_add_cell_meta(object, data.frame(root_cells = unname(ts$root_cells),
@@ -403,6 +424,7 @@ meta_or_value <- function(object, value) {
 }
 
 velocity_pseudotime_object <- function(object, graph, connectivities, distances, root, end, ...) {
+  obj_check(object)
   obj_check_names(object, graph = graph, connectivities = connectivities)
   if (is.null(meta_or_value(object, root))) {
     object <- terminal_states_object(object, graph, distances)
@@ -433,6 +455,7 @@ latent_time.SingleCellExperiment <- function(x, root_cells = "root_cells", end_p
 
 latent_time_object <- function(object, root_cells, end_points, Ms, connectivities, graph,
                                distances, ...) {
+  obj_check(object)
   obj_check_names(object, Ms = Ms, connectivities = connectivities)
   if (is.null(meta_or_value(object, root_cells))) {
     object <- terminal_states_object(object, graph, distances)
@@ -462,16 +485,12 @@ velocity_confidence.SingleCellExperiment <- function(x, velocity = "velocity", M
 }
 
 velocity_confidence_object <- function(object, velocity, Ms, distances, ...) {
+  obj_check(object)
   obj_check_names(object, velocity = velocity, Ms = Ms, distances = distances)
   V <- as.matrix(obj_matrix(object, velocity, arg = "velocity"))
   ms_assay <- if (is_seurat(object) && Ms %in% SeuratObject::Assays(object)) Ms else NULL
   fm <- obj_feature_meta(object, assay = ms_assay)
-  vg <- if ("velocity_genes" %in% names(fm)) {
-    x <- fm$velocity_genes[match(rownames(V), rownames(fm))]
-    !is.na(x) & x
-  } else {
-    NULL
-  }
+  vg <- obj_flag_column(fm, "velocity_genes", rownames(V))
   res <- velocity_confidence.default(V, obj_graph(object, distances), velocity_genes = vg, ...)
   obj_add_cell_meta(object, data.frame(velocity_length = res$velocity_length,
                                        velocity_confidence = res$velocity_confidence))
@@ -540,6 +559,7 @@ object_groups <- function(object, groupby) {
 }
 
 rank_velocity_genes_object <- function(object, groupby, velocity, Ms, Mu, unspliced, ...) {
+  obj_check(object)
   obj_check_names(object, velocity = velocity, Ms = Ms, Mu = Mu)
   grp <- object_groups(object, groupby)
   V <- as.matrix(obj_matrix(object, velocity, arg = "velocity"))
@@ -548,8 +568,7 @@ rank_velocity_genes_object <- function(object, groupby, velocity, Ms, Mu, unspli
   ms_assay <- if (is_seurat(object) && Ms %in% SeuratObject::Assays(object)) Ms else NULL
   fm <- obj_feature_meta(object, assay = ms_assay)
   col <- function(nm) if (nm %in% names(fm)) fm[[nm]][match(rownames(V), rownames(fm))] else NULL
-  vg <- col("velocity_genes")
-  if (!is.null(vg)) vg <- !is.na(vg) & vg
+  vg <- obj_flag_column(fm, "velocity_genes", rownames(V))
   un <- if (!is.null(unspliced) && obj_has_matrix(object, unspliced)) {
     obj_matrix(object, unspliced, arg = "unspliced")[rownames(V), , drop = FALSE]
   } else {
@@ -580,6 +599,7 @@ rank_dynamical_genes.SingleCellExperiment <- function(x, groupby = "clusters", M
 }
 
 rank_dynamical_genes_object <- function(object, groupby, Ms, Mu, graph, ...) {
+  obj_check(object)
   obj_check_names(object, Ms = Ms, Mu = Mu)
   grp <- object_groups(object, groupby)
   S <- as.matrix(obj_matrix(object, Ms, arg = "Ms"))
@@ -628,6 +648,7 @@ plot_latent_time_heatmap.SingleCellExperiment <- function(x, latent_time = "late
 }
 
 plot_latent_time_heatmap_object <- function(object, latent_time, Ms, color, ...) {
+  obj_check(object)
   obj_check_names(object, latent_time = latent_time, Ms = Ms)
   meta <- obj_cell_meta(object)
   if (!latent_time %in% names(meta)) {
@@ -657,8 +678,9 @@ plot_velocity_graph.SingleCellExperiment <- function(x, reduction = "umap",
 }
 
 plot_velocity_graph_object <- function(object, reduction, graph, distances, color, ...) {
+  obj_check(object)
   obj_check_names(object, graph = graph, distances = distances)
-  E <- obj_reduction(object, reduction)
+  E <- obj_reduction(object, reduction, finite = TRUE)
   col <- if (is.character(color) && length(color) == 1L) object_groups(object, color) else color
   plot_velocity_graph.default(graph_from_object(object, graph), E, obj_graph(object, distances),
                               color = col, ...)

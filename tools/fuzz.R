@@ -5,9 +5,11 @@
 # Rscript to learn the signal (SIGSEGV, abort, SIGFPE).
 #   Rscript tools/fuzz.R N=3000 SEED=1 TIMEOUT=20 OUT=build/fuzz-report.md
 #   Rscript tools/fuzz.R SEED=1 REPLAY=123      # reruns call 123 in this process
+#   Rscript tools/fuzz.R N=500 CASES='SCE|SEURAT'  # only the object methods (OBJECTS=0: none)
 kv <- commandArgs(TRUE)
 opt <- list(N = "1000", SEED = "1", TIMEOUT = "20", OUT = file.path("build", "fuzz-report.md"),
-            REPLAY = "", FROM = "1", MAX_REPLAYS = "60")
+            REPLAY = "", FROM = "1", MAX_REPLAYS = "60", OBJECTS = "1",
+            CASES = "")
 for (a in kv) {
   k <- sub("=.*", "", a)
   if (!k %in% names(opt)) stop("unknown option ", a, " (known: ", paste(names(opt), collapse = ", "), ")")
@@ -17,7 +19,13 @@ here <- if (file.exists("tests/testthat/helper-fuzz.R")) "." else stop("run from
 source(file.path(here, "tests", "testthat", "helper-fuzz.R"))
 seed <- as.integer(opt$SEED)
 
-setup <- fuzz_setup()
+# OBJECTS=0 leaves out the Seurat / SingleCellExperiment cases (slow to load); CASES=regex
+# keeps only the cases whose name matches (e.g. CASES='SCE|SEURAT': the object methods)
+setup <- fuzz_setup(objects = opt$OBJECTS != "0")
+if (nzchar(opt$CASES)) {
+  setup$cases <- setup$cases[grepl(opt$CASES, vapply(setup$cases, `[[`, "", "name"))]
+  if (!length(setup$cases)) stop("no case matches CASES=", opt$CASES)
+}
 if (nzchar(opt$REPLAY)) {
   setup <- fuzz_check_base(setup)
   res <- fuzz_replay(setup, seed, as.integer(opt$REPLAY))

@@ -238,7 +238,7 @@ fuzz_setup <- function(h5_dir = tempfile("fuzz-h5"), objects = TRUE) {
         list(path = h5, layers = "dense", obsm = FALSE, uns = FALSE), h5 = TRUE,
         free = "layers")
     add("write_h5ad", "write_h5ad",
-        list(path = "fuzz-out.h5ad", X = rx,
+        list(path = file.path(h5_dir, "fuzz-out.h5ad"), X = rx,
              obs = data.frame(lab = lab, row.names = colnames(rx)),
              obsm = list(X_pca = matrix(seq_len(60) / 7, 30, 2)),
              uns = list(note = "fuzz"), overwrite = TRUE),
@@ -267,6 +267,7 @@ fuzz_setup <- function(h5_dir = tempfile("fuzz-h5"), objects = TRUE) {
         list(x = emb, V = ve, type = "arrows", color = sim$obs[[1]]), post = build,
         conform = c("x:rows", "V:rows", "color"), free = "color", na_ok = c("x", "V", "color"))
   }
+  if (objects) cs <- c(cs, fz_object_cases(sim, sp, rx, lab, sig, cp, build)) # ---- object cases
   exports <- sort(getNamespaceExports("scnative"))
   fuzzed <- unique(vapply(cs, `[[`, "", "fun"))
   skipped <- setdiff(exports, c(fuzzed, fuzz_not_fuzzed))
@@ -693,6 +694,7 @@ fz_list_muts <- function(value, ctx, depth = 0L) {
 fz_candidates <- function(value, ctx, depth = 0L) {
   if (is.null(ctx$in_field)) ctx$in_field <- FALSE
   if (depth > 4L) return(fz_type_muts(value, ctx))
+  if (fz_is_object(value)) return(fz_object_all_muts(value, ctx)) # ---- object cases
   if (is.null(value)) return(fz_type_muts(value, ctx)[-7L])
   if (methods::is(value, "CsparseMatrix") && methods::is(value, "dMatrix")) {
     return(c(fz_sparse_muts(value, ctx), fz_type_muts(value, ctx)))
@@ -802,6 +804,7 @@ fuzz_draw <- function(setup, seed, i) {
   k <- sample.int(length(cs), 1L)
   case <- cs[[k]]
   arg <- fz_pick(as.list(names(case$args)))
+  if (!is.null(case$focus) && stats::runif(1) < 0.7) arg <- case$focus # ---- object cases
   ctx <- list(arg = arg, case = case, strict = arg %in% case$strict, in_field = FALSE)
   value <- case$args[[arg]]
   cand <- if (isTRUE(case$h5) && arg == "path") {
@@ -882,6 +885,8 @@ fz_outcome <- function(r, draw, setup) {
     if (fz_names_arg(r$message, draw$arg)) return("good")
     # a corrupt file: the error names the element of the file ("X/indices: ...")
     if (identical(r$class, "file") && grepl("^[A-Za-z_][^ :]*: ", r$message)) return("good")
+    # ---- object cases: an edited object; the error names the assay / graph / column / slot
+    if (identical(r$class, "object") && fz_names_part(r$message, r$label)) return("good")
     # a shape or names that no longer match another argument: naming that one is clear too
     if (r$class %in% c("shape", "names", "field") &&
         any(vapply(names(case$args), fz_names_arg, TRUE, msg = r$message))) {
@@ -1100,4 +1105,481 @@ sys_helper_path <- function() {
   cands <- cands[nzchar(cands) & file.exists(cands)]
   if (!length(cands)) stop("helper-fuzz.R not found")
   cands[1L]
+}
+
+# ---- object cases ---------------------------------------------------------------------------
+# The Seurat (v4 Assay slots; v5 Assay5 objects are not mutated) and SingleCellExperiment
+# methods of the workflow (issue 17). fz_object_cases() builds tiny processed objects and one
+# case per method and class; each case says which parts of the object the call needs
+# (`needs`: removing one must error) and reads (`reads`: corrupting one must error).
+# fz_object_muts() makes the hostile / careless edits: an assay or layer missing, wrong dims or
+# dimnames, NA / Inf / negative values, cells reordered in one assay, a graph or reduction of
+# the wrong size or with other cells, metadata columns of the wrong type or length, slots
+# edited without validObject() (`@<-`, attr()), an object of another class. A mutation's label
+# quotes the part it edits: an error naming that part (or the argument) is a good error.
+
+fz_is_object <- function(x) inherits(x, c("Seurat", "SummarizedExperiment"))
+
+# parts: list(assays, graphs, reductions, cols, fcols) of names.
+fz_obj_parts <- function(x) {
+  if (inherits(x, "Seurat")) {
+    a <- SeuratObject::DefaultAssay(x)
+    fc <- unique(unlist(lapply(names(x@assays), function(k) names(x@assays[[k]]@meta.features))))
+    return(list(assays = names(x@assays), graphs = names(x@graphs),
+                reductions = names(x@reductions), cols = names(x@meta.data), fcols = fc))
+  }
+  list(assays = SummarizedExperiment::assayNames(x),
+       graphs = if (methods::is(x, "SingleCellExperiment")) SingleCellExperiment::colPairNames(x),
+       reductions = if (methods::is(x, "SingleCellExperiment")) {
+         SingleCellExperiment::reducedDimNames(x)
+       },
+       cols = names(SummarizedExperiment::colData(x)),
+       fcols = names(SummarizedExperiment::rowData(x)))
+}
+
+# The matrix of an assay (Seurat: its counts slot when filled, else data) and its raw
+# replacement (no validity check: the object may become inconsistent).
+fz_obj_assay <- function(x, a) {
+  if (inherits(x, "Seurat")) {
+    s <- x@assays[[a]]
+    return(if (length(s@counts) && prod(dim(s@counts)) > 0) s@counts else s@data)
+  }
+  x@assays@data@listData[[a]]
+}
+fz_obj_set_assay <- function(x, a, m, both = FALSE) {
+  if (inherits(x, "Seurat")) {
+    s <- x@assays[[a]]
+    filled <- length(s@counts) && prod(dim(s@counts)) > 0
+    if (filled) methods::slot(s, "counts", check = FALSE) <- m
+    if (!filled || both) methods::slot(s, "data", check = FALSE) <- m
+    x@assays[[a]] <- s
+    return(x)
+  }
+  d <- x@assays
+  d@data@listData[[a]] <- m
+  methods::slot(x, "assays", check = FALSE) <- d
+  x
+}
+
+fz_obj_graph_edit <- function(x, g, f_seurat, f_hits) {
+  if (inherits(x, "Seurat")) {
+    gr <- x@graphs[[g]]
+    x@graphs[[g]] <- f_seurat(gr)
+    return(x)
+  }
+  ic <- x@int_colData
+  cp <- ic@listData$colPairs
+  ds <- cp@listData[[g]]
+  methods::slot(ds, "hits", check = FALSE) <- f_hits(ds@hits)
+  cp@listData[[g]] <- ds
+  ic@listData$colPairs <- cp
+  methods::slot(x, "int_colData", check = FALSE) <- ic
+  x
+}
+
+fz_obj_reduction_edit <- function(x, r, f) {
+  if (inherits(x, "Seurat")) {
+    d <- x@reductions[[r]]
+    methods::slot(d, "cell.embeddings", check = FALSE) <- f(d@cell.embeddings)
+    x@reductions[[r]] <- d
+    return(x)
+  }
+  ic <- x@int_colData
+  rd <- ic@listData$reducedDims
+  rd@listData[[r]] <- f(rd@listData[[r]])
+  ic@listData$reducedDims <- rd
+  methods::slot(x, "int_colData", check = FALSE) <- ic
+  x
+}
+
+fz_obj_col_edit <- function(x, col, f) {
+  if (inherits(x, "Seurat")) {
+    md <- x@meta.data
+    v <- f(md[[col]])
+    if (is.null(v) || length(v) == nrow(md)) {
+      md[[col]] <- v
+    } else {
+      attr(md, "row.names") <- NULL
+      md <- as.list(md)
+      md[[col]] <- v
+      attr(md, "row.names") <- colnames(x)
+      class(md) <- "data.frame" # a data.frame whose columns differ in length
+    }
+    methods::slot(x, "meta.data", check = FALSE) <- md
+    return(x)
+  }
+  cd <- x@colData
+  cd@listData[[col]] <- f(cd@listData[[col]])
+  if (is.null(cd@listData[[col]])) cd@listData[[col]] <- NULL
+  methods::slot(x, "colData", check = FALSE) <- cd
+  x
+}
+
+fz_obj_fcol_edit <- function(x, col, f) {
+  if (inherits(x, "Seurat")) {
+    for (a in names(x@assays)) {
+      s <- x@assays[[a]]
+      if (col %in% names(s@meta.features)) {
+        mf <- s@meta.features
+        v <- f(mf[[col]])
+        if (is.null(v) || length(v) == nrow(mf)) mf[[col]] <- v else {
+          rn <- rownames(mf); mf <- as.list(mf); mf[[col]] <- v
+          attr(mf, "row.names") <- rn; class(mf) <- "data.frame" # columns differ in length
+        }
+        methods::slot(s, "meta.features", check = FALSE) <- mf
+        x@assays[[a]] <- s
+      }
+    }
+    return(x)
+  }
+  rr <- x@rowRanges # rowData lives in the mcols of rowRanges
+  rd <- rr@elementMetadata
+  rd@listData[[col]] <- f(rd@listData[[col]])
+  methods::slot(rr, "elementMetadata", check = FALSE) <- rd
+  methods::slot(x, "rowRanges", check = FALSE) <- rr
+  x
+}
+
+fz_object_muts <- function(value, ctx) {
+  case <- ctx$case
+  needs <- if (is.null(case$needs)) list() else case$needs
+  reads <- if (is.null(case$reads)) list() else case$reads
+  inn <- function(kind, nm, what = reads) nm %in% c(what[[kind]], needs[[kind]])
+  p <- fz_obj_parts(value)
+  seurat <- inherits(value, "Seurat")
+  if (seurat && !methods::is(value@assays[[1L]], "Assay")) return(fz_type_muts(value, ctx))
+  cells <- colnames(value)
+  n <- length(cells)
+  out <- list()
+  m <- function(f) out[[length(out) + 1L]] <<- f
+  # assays / layers
+  for (a in p$assays) local({
+    a <- a
+    cnt <- a %in% c("spliced", "unspliced", "counts", case$counts_assays) && !isTRUE(case$signed_ok)
+    m(function() {
+      x <- value
+      if (seurat) {
+        if (identical(a, SeuratObject::DefaultAssay(value))) {
+          x@assays[[a]] <- NULL
+          return(fz_mut(x, "object", sprintf("default assay '%s' removed by a slot edit", a), TRUE))
+        }
+        x@assays[[a]] <- NULL
+      } else {
+        x <- fz_obj_set_assay(x, a, NULL)
+        x@assays@data@listData[[a]] <- NULL
+      }
+      fz_mut(x, "object", sprintf("assay '%s' removed", a), inn("assays", a, needs))
+    })
+    if (seurat) m(function() {
+      x <- value; s <- x@assays[[a]]
+      methods::slot(s, "data", check = FALSE) <- methods::new("dgCMatrix")
+      methods::slot(s, "counts", check = FALSE) <- methods::new("dgCMatrix")
+      x@assays[[a]] <- s
+      fz_mut(x, "object", sprintf("layers of assay '%s' emptied", a), inn("assays", a, needs))
+    })
+    m(function() {
+      x <- fz_obj_set_assay(value, a, fz_obj_assay(value, a)[, -1L, drop = FALSE], both = TRUE)
+      fz_mut(x, "object", sprintf("assay '%s' has a cell less (slot edit)", a), inn("assays", a))
+    })
+    m(function() {
+      x <- fz_obj_set_assay(value, a, fz_obj_assay(value, a)[-1L, , drop = FALSE], both = TRUE)
+      fz_mut(x, "object", sprintf("assay '%s' has a gene less (slot edit)", a), inn("assays", a))
+    })
+    m(function() {
+      mm <- fz_obj_assay(value, a); k <- sample.int(n, 1L); j <- sample.int(nrow(mm), 1L)
+      mm[j, k] <- NA
+      fz_mut(fz_obj_set_assay(value, a, mm, both = TRUE), "object",
+             sprintf("assay '%s': an NA entry", a), inn("assays", a) && !a %in% case$na_assays)
+    })
+    m(function() {
+      mm <- fz_obj_assay(value, a); k <- sample.int(n, 1L); j <- sample.int(nrow(mm), 1L)
+      mm[j, k] <- Inf
+      fz_mut(fz_obj_set_assay(value, a, mm, both = TRUE), "object",
+             sprintf("assay '%s': an Inf entry", a), inn("assays", a) && !a %in% case$na_assays)
+    })
+    m(function() {
+      mm <- fz_obj_assay(value, a); k <- sample.int(n, 1L); j <- sample.int(nrow(mm), 1L)
+      mm[j, k] <- -3
+      fz_mut(fz_obj_set_assay(value, a, mm, both = TRUE), "object",
+             sprintf("assay '%s': a negative entry", a), cnt && inn("assays", a))
+    })
+    m(function() {
+      mm <- fz_obj_assay(value, a); o <- c(2L, 1L, seq_len(n)[-(1:2)])
+      mm <- mm[, o, drop = FALSE]
+      # Seurat keeps the cell names of each assay: reordered cells are detectable there
+      fz_mut(fz_obj_set_assay(value, a, mm, both = TRUE), "object",
+             sprintf("assay '%s': cells 1 and 2 swapped", a), seurat && inn("assays", a))
+    })
+    m(function() {
+      mm <- fz_obj_assay(value, a); colnames(mm) <- paste0("other", seq_len(ncol(mm)))
+      fz_mut(fz_obj_set_assay(value, a, mm, both = TRUE), "object",
+             sprintf("assay '%s': other cell names", a), seurat && inn("assays", a))
+    })
+    m(function() {
+      mm <- as.matrix(fz_obj_assay(value, a)); storage.mode(mm) <- "character"
+      fz_mut(fz_obj_set_assay(value, a, mm, both = TRUE), "object",
+             sprintf("assay '%s' holds strings", a), inn("assays", a))
+    })
+  })
+  for (g in p$graphs) local({
+    g <- g
+    inv <- inn("graphs", g) || inn("graphs", sub("_neg$", "", g))
+    m(function() {
+      x <- value
+      if (seurat) x@graphs[[g]] <- NULL else {
+        ic <- x@int_colData; ic@listData$colPairs@listData[[g]] <- NULL
+        methods::slot(x, "int_colData", check = FALSE) <- ic
+      }
+      fz_mut(x, "object", sprintf("graph '%s' removed", g),
+             inn("graphs", g, needs) || inn("graphs", sub("_neg$", "", g), needs))
+    })
+    m(function() fz_mut(fz_obj_graph_edit(value, g, function(G) {
+      G2 <- G[-1L, -1L]; methods::as(G2, "Graph") },
+      function(h) { keep <- h@from < n & h@to < n
+        h@from <- h@from[keep]; h@to <- h@to[keep]; h@nLnode <- h@nRnode <- n - 1L
+        h@elementMetadata <- h@elementMetadata[keep, , drop = FALSE]; h }),
+      "object", sprintf("graph '%s' has a cell less", g), inv))
+    m(function() fz_mut(fz_obj_graph_edit(value, g, function(G) {
+      G@x[1L] <- NA; G },
+      function(h) { h@elementMetadata@listData[[1L]][1L] <- NA; h }),
+      "object", sprintf("graph '%s': an NA weight", g), inv))
+    m(function() fz_mut(fz_obj_graph_edit(value, g, function(G) {
+      G@x[1L] <- -Inf; G },
+      function(h) { h@elementMetadata@listData[[1L]][1L] <- -Inf; h }),
+      "object", sprintf("graph '%s': a -Inf weight", g), inv))
+    m(function() fz_mut(fz_obj_graph_edit(value, g, function(G) {
+      G@i[1L] <- nrow(G) + 4L; G },
+      function(h) { h@to[1L] <- n + 4L; h }),
+      "object", sprintf("graph '%s': an index past the cells (slot edit)", g), inv))
+    if (seurat) m(function() fz_mut(fz_obj_graph_edit(value, g, function(G) {
+      dimnames(G) <- list(paste0("o", seq_len(n)), paste0("o", seq_len(n))); G }, NULL),
+      "object", sprintf("graph '%s': other cell names", g), inv))
+  })
+  for (r in p$reductions) local({
+    r <- r
+    inv <- inn("reductions", r)
+    m(function() fz_mut(fz_obj_reduction_edit(value, r, function(E) E[-1L, , drop = FALSE]),
+                        "object", sprintf("reduction '%s' has a cell less (slot edit)", r), inv))
+    m(function() fz_mut(fz_obj_reduction_edit(value, r, function(E) {
+      E[sample.int(length(E), 1L)] <- NaN; E }), "object",
+      sprintf("reduction '%s': a NaN coordinate", r), inv))
+    m(function() fz_mut(fz_obj_reduction_edit(value, r, function(E) E[, 0L, drop = FALSE]),
+                        "object", sprintf("reduction '%s' has 0 columns", r), inv))
+    if (seurat) m(function() fz_mut(fz_obj_reduction_edit(value, r, function(E) {
+      rownames(E) <- rev(rownames(E)); E }), "object",
+      sprintf("reduction '%s': cell names reversed", r), inv))
+  })
+  for (cl in p$cols) local({
+    cl <- cl
+    inv <- inn("cols", cl)
+    m(function() fz_mut(fz_obj_col_edit(value, cl, function(v) v[-1L]), "object",
+                        sprintf("cell metadata column '%s' one value short (slot edit)", cl), inv))
+    m(function() fz_mut(fz_obj_col_edit(value, cl, function(v) as.list(v)), "object",
+                        sprintf("cell metadata column '%s' is a list", cl), FALSE))
+    m(function() fz_mut(fz_obj_col_edit(value, cl, function(v) { v[1L] <- NA; v }), "object",
+                        sprintf("cell metadata column '%s': an NA", cl),
+                        inv && !cl %in% case$na_cols))
+    m(function() fz_mut(fz_obj_col_edit(value, cl, function(v) rep("fuzz", length(v))), "object",
+                        sprintf("cell metadata column '%s' is all \"fuzz\"", cl),
+                        inv && !cl %in% case$free_cols))
+  })
+  for (fc in p$fcols) local({
+    fc <- fc
+    inv <- inn("fcols", fc)
+    m(function() fz_mut(fz_obj_fcol_edit(value, fc, function(v) NULL), "object",
+                        sprintf("feature column '%s' removed", fc), inn("fcols", fc, needs)))
+    m(function() fz_mut(fz_obj_fcol_edit(value, fc, function(v) v[-1L]), "object",
+                        sprintf("feature column '%s' one value short (slot edit)", fc), inv))
+    m(function() fz_mut(fz_obj_fcol_edit(value, fc, function(v) rep("fuzz", length(v))),
+                        "object", sprintf("feature column '%s' is all \"fuzz\"", fc), inv))
+  })
+  # the object as a whole
+  m(function() { x <- value; attr(x, "class") <- "fuzz_object"
+    fz_mut(x, "object", "class attribute replaced by attr()", TRUE) })
+  m(function() fz_mut(unclass(value), "object", "unclassed (an S4SXP without class)", TRUE))
+  if (seurat) {
+    m(function() { x <- value
+      methods::slot(x, "meta.data", check = FALSE) <- x@meta.data[-1L, , drop = FALSE]
+      fz_mut(x, "object", "'meta.data' slot a row short (slot edit)", length(needs$cols) > 0) })
+    m(function() { x <- value; methods::slot(x, "active.assay", check = FALSE) <- "fuzz"
+      fz_mut(x, "object", "'active.assay' names no assay (slot edit)", FALSE) })
+    m(function() { x <- value; methods::slot(x, "assays", check = FALSE) <- list()
+      fz_mut(x, "object", "'assays' slot emptied (slot edit)", TRUE) })
+  } else {
+    m(function() { x <- value
+      methods::slot(x, "colData", check = FALSE) <- x@colData[-1L, , drop = FALSE]
+      fz_mut(x, "object", "'colData' slot a row short (slot edit)", TRUE) })
+    m(function() fz_mut(methods::as(value, "SummarizedExperiment"), "object",
+                        "a SummarizedExperiment", FALSE))
+    m(function() { x <- value; attr(x, "int_colData") <- NULL
+      fz_mut(x, "object", "'int_colData' slot removed by attr()", TRUE) })
+  }
+  m(function() fz_mut(as.list(SummarizedExperiment::assays(
+    if (seurat) SingleCellExperiment::SingleCellExperiment(list(m = matrix(1, 2, 2))) else value)),
+    "object", "a list of assays", TRUE))
+  out
+}
+
+# The object edits and junk of another type; a data.frame may be a valid matrix call
+# (`df_ok`: the generic's default method takes one alone).
+fz_object_all_muts <- function(value, ctx) {
+  ty <- fz_type_muts(value, ctx)
+  if (isTRUE(ctx$case$df_ok)) {
+    ty[[4L]] <- function() fz_mut(data.frame(fuzz = 1:2), "type", "a data.frame", FALSE)
+  }
+  c(fz_object_muts(value, ctx), ty)
+}
+
+# Tiny processed objects and one case per object method (SCE and, when SeuratObject is
+# installed, Seurat v4).
+fz_object_cases <- function(sim, sp, rx, lab, sig, cp, build) {
+  have_sce <- requireNamespace("SingleCellExperiment", quietly = TRUE)
+  have_so <- requireNamespace("SeuratObject", quietly = TRUE)
+  q <- function(expr) suppressWarnings(suppressMessages(expr))
+  out <- list()
+  add <- function(name, fun, args, ...) {
+    out[[length(out) + 1L]] <<- c(list(name = name, fun = fun, args = args,
+                                       focus = names(args)[1L]),
+                                  list(...))
+  }
+  grp <- rep(c("a", "b", "c"), 20)
+  emb <- NULL
+  kinds <- c(if (have_sce) "sce", if (have_so) "seurat")
+  for (kind in kinds) {
+    raw <- if (kind == "sce") {
+      SingleCellExperiment::SingleCellExperiment(list(spliced = sim$spliced,
+                                                      unspliced = sim$unspliced))
+    } else {
+      so <- SeuratObject::CreateSeuratObject(counts = sim$spliced, assay = "spliced")
+      so[["unspliced"]] <- SeuratObject::CreateAssayObject(counts = sim$unspliced)
+      so
+    }
+    mom <- q(moments(raw, n_neighbors = 10, threads = 1))
+    fitted <- q(recover_dynamics(mom, var_names = "all", max_iter = 2, threads = 1,
+                                 progress = FALSE))
+    vel <- q(velocity(fitted, min_r2 = NULL))
+    vg <- q(velocity_graph(vel, threads = 1, progress = FALSE, velocity_genes = rep(TRUE, 6)))
+    if (is.null(emb)) {
+      emb <- stats::prcomp(t(log1p(as.matrix(obj_matrix_fz(vg, "Ms")))))$x[, 1:2]
+    }
+    full <- if (kind == "sce") {
+      SingleCellExperiment::reducedDim(vg, "umap") <- emb
+      vg
+    } else {
+      e <- emb; colnames(e) <- c("UMAP_1", "UMAP_2"); rownames(e) <- colnames(vg)
+      vg[["umap"]] <- SeuratObject::CreateDimReducObject(embeddings = e, key = "UMAP_",
+                                                         assay = "spliced")
+      vg
+    }
+    full <- q(velocity_embedding(full))
+    full <- q(terminal_states(full, threads = 1))
+    full <- q(latent_time(full))
+    full <- obj_add_col_fz(full, "clusters", grp)
+    K <- toupper(kind)
+    fitL <- c("fit_t", "fit_tau", "fit_tau_")
+    # NA / Inf in the fit's layers may be valid (unfitted genes), as in the matrix API
+    add(sprintf("moments (%s)", K), "moments", list(x = raw, n_neighbors = 10, threads = 1),
+        needs = list(assays = c("spliced", "unspliced")))
+    add(sprintf("recover_dynamics (%s)", K), "recover_dynamics",
+        list(x = mom, var_names = "all", max_iter = 2, threads = 1, progress = FALSE),
+        reads = list(assays = c("Ms", "Mu"), graphs = "scnative_connectivities"),
+        iters = "max_iter")
+    add(sprintf("velocity (%s)", K), "velocity", list(x = fitted, min_r2 = NULL),
+        needs = list(assays = c("Ms", "Mu", fitL), fcols = "fit_alpha"), na_assays = fitL,
+        reads = list(graphs = "scnative_connectivities",
+                     fcols = c("fit_beta", "fit_gamma", "fit_scaling", "fit_t_", "fit_u0",
+                               "fit_s0")))
+    add(sprintf("velocity_graph (%s)", K), "velocity_graph",
+        list(x = vel, threads = 1, progress = FALSE),
+        needs = list(assays = c("velocity", "Ms"), graphs = "scnative_distances",
+                     fcols = "velocity_genes"))
+    add(sprintf("velocity_embedding (%s)", K), "velocity_embedding", list(x = full),
+        needs = list(reductions = "umap", graphs = "velocity_graph"))
+    add(sprintf("terminal_states (%s)", K), "terminal_states", list(x = full, threads = 1),
+        needs = list(graphs = c("velocity_graph", "scnative_distances")))
+    add(sprintf("velocity_pseudotime (%s)", K), "velocity_pseudotime", list(x = full, threads = 1),
+        needs = list(graphs = c("velocity_graph", "scnative_connectivities")),
+        reads = list(cols = c("root_cells", "end_points")),
+        na_cols = c("root_cells", "end_points")) # NA scores: documented as no score
+    add(sprintf("latent_time (%s)", K), "latent_time", list(x = full),
+        needs = list(assays = c("Ms", fitL), graphs = "scnative_connectivities",
+                     fcols = "fit_alpha"),
+        reads = list(cols = "root_cells", fcols = "fit_likelihood"), na_assays = fitL,
+        na_cols = "root_cells")
+    add(sprintf("velocity_confidence (%s)", K), "velocity_confidence", list(x = full),
+        needs = list(assays = "velocity", graphs = "scnative_distances"),
+        na_assays = "velocity") # NA velocities (unfitted genes) are valid, as in the matrix API
+    add(sprintf("rank_velocity_genes (%s)", K), "rank_velocity_genes",
+        list(x = full, groupby = "clusters", n_genes = 3),
+        needs = list(assays = c("velocity", "Ms", "Mu"), cols = "clusters"),
+        reads = list(fcols = c("velocity_genes", "fit_likelihood")), free_cols = "clusters",
+        na_cols = "clusters", na_assays = "velocity") # NA velocities: as in the matrix API
+    add(sprintf("rank_dynamical_genes (%s)", K), "rank_dynamical_genes",
+        list(x = full, groupby = "clusters", n_genes = 3),
+        needs = list(assays = c("Ms", "Mu", fitL), cols = "clusters", fcols = "fit_alpha"),
+        reads = list(graphs = "scnative_connectivities"), free_cols = "clusters",
+        na_cols = "clusters", na_assays = fitL)
+    if (!is.null(build)) {
+      add(sprintf("plot_velocity_embedding (%s)", K), "plot_velocity_embedding", list(x = full),
+          needs = list(reductions = c("umap", "velocity_umap")), post = build)
+      add(sprintf("plot_velocity_graph (%s)", K), "plot_velocity_graph", list(x = full),
+          needs = list(reductions = "umap", graphs = c("velocity_graph", "scnative_distances")),
+          post = build)
+    }
+    # spatial: spots and a reference
+    spo <- if (kind == "sce") {
+      SingleCellExperiment::SingleCellExperiment(list(counts = sp$counts))
+    } else {
+      spc <- sp$counts
+      rownames(spc) <- gsub("_", "-", rownames(spc)) # Seurat feature names cannot hold '_'
+      SeuratObject::CreateSeuratObject(counts = spc, assay = "Spatial")
+    }
+    sigk <- sig
+    if (kind == "seurat") rownames(sigk) <- gsub("_", "-", rownames(sigk))
+    ref <- if (kind == "sce") {
+      SingleCellExperiment::SingleCellExperiment(list(counts = rx))
+    } else {
+      rxk <- rx
+      rownames(rxk) <- gsub("_", "-", rownames(rxk))
+      SeuratObject::CreateSeuratObject(counts = rxk, assay = "RNA")
+    }
+    ref <- obj_add_col_fz(ref, "lab", lab)
+    ca <- if (kind == "sce") "counts" else c("Spatial", "RNA")
+    add(sprintf("cell2location (%s)", K), "cell2location",
+        list(x = spo, signatures = sigk, max_epochs = 2, seed = 1, progress = FALSE, threads = 1),
+        needs = list(assays = ca), counts_assays = ca, iters = "max_epochs")
+    add(sprintf("reference_signatures (%s)", K), "reference_signatures",
+        list(x = ref, labels = "lab", max_epochs = 2, seed = 1, progress = FALSE, threads = 1),
+        needs = list(assays = ca, cols = "lab"), iters = "max_epochs",
+        free_cols = "lab") # one cell type is valid
+    add(sprintf("cluster_averages (%s)", K), "cluster_averages", list(x = ref, labels = "lab"),
+        needs = list(assays = ca, cols = "lab"), free_cols = "lab", signed_ok = TRUE,
+        df_ok = TRUE) # a data.frame with one label per column is a valid matrix call
+    if (kind == "seurat") {
+      add("add_cell_abundance (SEURAT)", "add_cell_abundance",
+          list(object = spo, fit_or_posterior = cp), free = "name")
+    }
+  }
+  out
+}
+
+obj_matrix_fz <- function(x, a) {
+  if (inherits(x, "Seurat")) return(fz_obj_assay(x, a))
+  SummarizedExperiment::assay(x, a)
+}
+
+obj_add_col_fz <- function(x, col, v) {
+  if (inherits(x, "Seurat")) {
+    x@meta.data[[col]] <- v
+    return(x)
+  }
+  x[[col]] <- v
+  x
+}
+
+# Does the error name the part of the object a mutation edited (quoted in its label)?
+fz_names_part <- function(msg, label) {
+  parts <- regmatches(label, gregexpr("'[^']+'", label))[[1L]]
+  parts <- gsub("'", "", parts)
+  length(parts) > 0L && any(vapply(parts, function(p) grepl(p, msg, fixed = TRUE), TRUE))
 }
