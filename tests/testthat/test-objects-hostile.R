@@ -148,7 +148,7 @@ test_that("matrix methods called with a non-object name 'x'; NA var_names", {
   expect_error(latent_time(data.frame(a = 1), root_cells = 1),
                "'connectivities' is missing \\('x' is a data.frame")
   expect_error(recover_dynamics(sim$spliced, sim$unspliced, var_names = NA_character_,
-                                threads = 1, progress = FALSE), "'var_names' must not hold NA")
+                                threads = 1, progress = FALSE), "'var_names' must be a character vector without NA")
 })
 
 test_that("a present but broken Ms / Mu is an error, not silently recomputed from the counts", {
