@@ -53,9 +53,10 @@ future_progressor <- function(steps, enabled, envir = parent.frame()) {
 future_run_chunks <- function(tasks, worker, shared, threads, p, labels) {
   n <- length(tasks)
   fs <- vector("list", n)
+  expr <- quote(worker(task, shared, threads, p)) # evaluated on the worker with `globals`
   for (k in seq_len(n)) {
     fs[[k]] <- tryCatch(
-      future::future(worker(task, shared, threads, p), substitute = TRUE,
+      future::future(expr, substitute = FALSE,
                      globals = list(worker = worker, task = tasks[[k]], shared = shared,
                                     threads = threads, p = p),
                      packages = "scnative", seed = FALSE, label = labels[k]),

@@ -558,6 +558,14 @@ velocity_confidence_transition.default <- function(x, Ms, T, velocity_genes = NU
     stopf("'Ms' must have the dimensions of the velocity (%d x %d), not %d x %d", nrow(V), n,
           nrow(X), ncol(X))
   }
+  for (ax in 1:2) {
+    a <- dimnames(X)[[ax]]
+    b <- dimnames(V)[[ax]]
+    if (!is.null(a) && !is.null(b) && !identical(a, b)) {
+      stopf("the %s of 'Ms' are not those of the velocity 'x', in order",
+            c("genes (rows)", "cells (columns)")[ax])
+    }
+  }
   if (!(is.matrix(T) || inherits(T, "Matrix"))) {
     stopf("'T' must be a cells x cells transition matrix (matrix or dgCMatrix)")
   }

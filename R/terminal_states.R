@@ -269,7 +269,7 @@ terminal_states.default <- function(x, distances, eps = 1e-3, self_transitions =
   if (eps >= 1) stopf("'eps' must be less than 1")
   check_flag(self_transitions, "self_transitions")
   nth <- resolve_threads(threads)
-  vr <- check_verify_inputs(Ms, gene_count_corr, g$n)
+  vr <- check_verify_inputs(Ms, gene_count_corr, g$n, g$cells)
   Tb <- transition_matrix(x, backward = TRUE, self_transitions = self_transitions, ...)
   Tf <- transition_matrix(x, backward = FALSE, self_transitions = self_transitions, ...)
   res <- terminal_scores(as_cell_graph(Tb, g$n, "transition_matrix(x)"),
@@ -279,13 +279,19 @@ terminal_states.default <- function(x, distances, eps = 1e-3, self_transitions =
   structure(res, class = "scnative_terminal_states")
 }
 
-check_verify_inputs <- function(Ms, gcc, n) {
+check_verify_inputs <- function(Ms, gcc, n, cells = NULL) {
   if (is.null(Ms) != is.null(gcc)) {
     stopf("'Ms' and 'gene_count_corr' must be given together (or both NULL)")
   }
   if (is.null(Ms)) return(list(Ms = NULL, gcc = NULL))
   Ms <- as_checked_matrix(Ms, "Ms")
   if (ncol(Ms) != n) stopf("'Ms' must have %d columns (cells), not %d", n, ncol(Ms))
+  if (!is.null(cells) && !is.null(colnames(Ms)) && !identical(colnames(Ms), cells)) {
+    stopf("the cells (columns) of 'Ms' are not those of the velocity graph 'x', in order")
+  }
+  if (!is.null(names(gcc)) && !is.null(rownames(Ms)) && !identical(names(gcc), rownames(Ms))) {
+    stopf("the names of 'gene_count_corr' are not the genes (rows) of 'Ms', in order")
+  }
   if (!is.numeric(gcc) || length(gcc) != nrow(Ms)) {
     stopf("'gene_count_corr' must be a numeric vector with one value per gene of 'Ms' (%d)",
           nrow(Ms))
