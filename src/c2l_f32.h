@@ -22,6 +22,9 @@ typedef float c2l_v16 __attribute__((vector_size(64)));
 #else
 #define C2L_HAVE_V16 0
 #endif
+/* a gene of a tile takes the dense path when it has more than nb / C2L_DENSE_RATIO non-zero
+ * counts (measured: a non-zero costs ~10 times an element of the dense pass) */
+#define C2L_DENSE_RATIO 12
 /* log for positive normal floats, branch-free and without a division so that loops vectorise:
  * x = 2^e m with m in [sqrt(1/2), sqrt(2)), f = m - 1 (exact), log m = f - f^2 / 2 + f^3 P(f)
  * with P of degree 7 fitted to log1p on that range (relative error of P's part below 6e-9;
@@ -119,22 +122,11 @@ static void C2L_CAT(c2l_sgemm, C2L_F32_SUFFIX)(int tb, int m, int n, int k, cons
   }
 }
 
-/* y[ix[j]] += v[j], j < k, the ix distinct (AVX-512: masked gather, add, scatter, 16 at a time;
- * ix may be read up to 16 past k). */
-C2L_F32_TARGET
+/* y[ix[j]] += v[j], j < k, the ix distinct (scalar: AVX-512 scatters are slow on some CPUs,
+ * AMD's in particular, and the tiles with many non-zeros take the dense path). */
 static SCN_INLINE void C2L_CAT(c2l_scatter_add, C2L_F32_SUFFIX)(int k, const uint16_t *ix,
                                                                const float *v, float *y) {
-#ifdef C2L_F32_AVX512
-  for (int j = 0; j < k; j += 16) {
-    __mmask16 m = (__mmask16)(k - j >= 16 ? 0xFFFF : (1u << (k - j)) - 1u);
-    __m512i id = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(ix + j)));
-    __m512 yv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, id, y, 4);
-    yv = _mm512_add_ps(yv, _mm512_maskz_loadu_ps(m, v + j));
-    _mm512_mask_i32scatter_ps(y, m, id, yv, 4);
-  }
-#else
   for (int j = 0; j < k; j++) y[ix[j]] += v[j];
-#endif
 }
 
 /* One tile: nb spots (rows of col, leading dimension ld), genes g0..g1-1 of batch e, after the
@@ -162,6 +154,40 @@ static void C2L_CAT(c2l_tile_f32, C2L_F32_SUFFIX)(
     const uint16_t *scri = bi + boff[g];
     const float *xv = bv + boff[g];
     const int k = (int)(boff[g + 1] - boff[g]), kp = (k + 15) & ~15;
+    if (k * C2L_DENSE_RATIO > nb) {
+      /* Many non-zeros: the counts as a dense column and one pass with the non-zero terms for
+       * every spot (zero counts add zeros), instead of gathers and scatters per non-zero. */
+      float *xd = scx;
+      memset(xd, 0, (size_t)nb * sizeof(float));
+      for (int j = 0; j < k; j++) xd[scri[j]] = xv[j];
+      float sL = 0.0f, sM = 0.0f, sT = 0.0f, sTA = 0.0f, cT = 0.0f, cTA = 0.0f, cQ = 0.0f,
+            cl = 0.0f;
+#pragma omp simd reduction(+ : sL, sM, sT, sTA, cT, cTA, cQ, cl)
+      for (int i = 0; i < nb; i++) {
+        float A = col[i], base = A * mg + sg, y = ys[i], x = xd[i];
+        float mu = base * y, r = mu * ia, w = 1.0f + r;
+        float inv = 1.0f / (ag + mu), ainv = ag * inv, rmu = 1.0f / mu;
+        float L = c2l_logf_fast(w) + (r - (w - 1.0f)) * ainv;
+        float T = -ainv * y, dR = x * (rmu - inv), Tc = dR * y;
+        sL += L;
+        sM += mu * inv;
+        sT += T;
+        sTA += T * A;
+        cT += Tc;
+        cTA += Tc * A;
+        cQ -= x * inv;
+        cl += x * c2l_logf_fast(mu * inv);
+        ysacc[i] += (dR - ainv) * base;
+        col[i] = (T + Tc) * mg;
+      }
+      lnz += cl;
+      acc[g] += sL;
+      acc[G + g] += sM;
+      acc[2 * G + g] += (double)sT + cT;
+      acc[3 * G + g] += (double)sTA + cTA;
+      acc[4 * G + g] += cQ;
+      continue;
+    }
 #pragma omp simd
     for (int j = 0; j < kp; j++) {
       int ix = scri[j];

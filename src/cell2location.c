@@ -126,6 +126,8 @@ typedef struct {
   scn_guide gd;           /* the AutoNormal guide (svi.c) */
   /* scratch, allocated once */
   double *mw, *D, *dW, *ysacc, *lpspot;
+  double *gxpart;         /* nblk x R x F: each spot block's share of d log p / d x_rf */
+  double *xt;             /* F x R: x_rf transposed, per evaluation */
   double *spx;            /* S x 5 per-spot scratch of the local priors */
   double *cyd;            /* E: alpha_e log(alpha_e) - lgamma(alpha_e) */
   double *acc, *chunk_loss;
@@ -166,7 +168,7 @@ static void c2l_free(c2l_state *st) {
                   st->chunk_loss, st->a_eg, st->hd, st->hl, st->blk_s0, st->blk_n, st->blk_e,
                   st->chunk_b0, st->tbuf, st->tint, st->hperm, st->hs_j, st->hb_ie, st->hs_c,
                   st->hb_v, st->hb_c, st->hscr, st->chunk_e0, st->chunk_e1, st->ccur, st->red,
-                  st->sigTf, st->fbuf, st->bo, st->bi, st->bv};
+                  st->sigTf, st->fbuf, st->bo, st->bi, st->bv, st->gxpart, st->xt};
   for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
   scn_guide_free(&st->gd);
   free(st);
@@ -343,6 +345,8 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   if (!scn_guide_alloc(&st->gd, C2L_NSITE, sizes)) ok = 0;
   C2L_ALLOC(st->mw, (R_xlen_t)S * F, double);
   C2L_ALLOC(st->D, (R_xlen_t)S * F, double);
+  C2L_ALLOC(st->xt, (R_xlen_t)R * F, double);
+  C2L_ALLOC(st->gxpart, (R_xlen_t)((S + C2L_SPOT_BLOCK - 1) / C2L_SPOT_BLOCK) * R * F, double);
   C2L_ALLOC(st->dW, (R_xlen_t)S * F, double);
   C2L_ALLOC(st->ysacc, S, double);
   C2L_ALLOC(st->lpspot, S, double);
@@ -802,6 +806,128 @@ static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_o
   *lp_out = lp;
 }
 
+/* C (n x m, ldc) += A (n x k, lda) B^T, B[j + l * ldb]: register blocks of 16 rows x 4
+ * columns (n = a block of spots; k, m small), accumulated over l in a fixed order. */
+#if defined(__GNUC__)
+typedef double c2l_v8d __attribute__((vector_size(64)));
+#define C2L_V8D_LOAD(v, p) memcpy(&(v), (p), sizeof(c2l_v8d))
+#define C2L_V8D_STORE(p, v) memcpy((p), &(v), sizeof(c2l_v8d))
+C2L_CLONES
+static void c2l_small_gemm_nt(int n, int m, int k, const double *A, R_xlen_t lda,
+                              const double *B, R_xlen_t ldb, double *C, R_xlen_t ldc) {
+  int i0 = 0;
+  for (; i0 + 16 <= n; i0 += 16) {
+    for (int j0 = 0; j0 < m; j0 += 4) {
+      const int nj = m - j0 < 4 ? m - j0 : 4;
+      const double *b0 = B + j0, *b1 = b0 + (nj > 1), *b2 = b0 + (nj > 2 ? 2 : nj - 1),
+                   *b3 = b0 + (nj > 3 ? 3 : nj - 1);
+      c2l_v8d c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, d0 = {0}, d1 = {0}, d2 = {0}, d3 = {0};
+      for (int l = 0; l < k; l++) {
+        c2l_v8d a0, a1;
+        C2L_V8D_LOAD(a0, A + i0 + l * lda);
+        C2L_V8D_LOAD(a1, A + i0 + 8 + l * lda);
+        const R_xlen_t o = l * ldb;
+        c0 += a0 * b0[o], d0 += a1 * b0[o];
+        c1 += a0 * b1[o], d1 += a1 * b1[o];
+        c2 += a0 * b2[o], d2 += a1 * b2[o];
+        c3 += a0 * b3[o], d3 += a1 * b3[o];
+      }
+      c2l_v8d cs[4] = {c0, c1, c2, c3}, ds[4] = {d0, d1, d2, d3};
+      for (int j = 0; j < nj; j++) {
+        double *cj = C + i0 + (R_xlen_t)(j0 + j) * ldc;
+        c2l_v8d o0, o1;
+        C2L_V8D_LOAD(o0, cj);
+        C2L_V8D_LOAD(o1, cj + 8);
+        o0 += cs[j], o1 += ds[j];
+        C2L_V8D_STORE(cj, o0);
+        C2L_V8D_STORE(cj + 8, o1);
+      }
+    }
+  }
+  for (; i0 < n; i0++)
+    for (int j = 0; j < m; j++) {
+      double acc = 0.0;
+      for (int l = 0; l < k; l++) acc += A[i0 + l * lda] * B[j + l * ldb];
+      C[i0 + (R_xlen_t)j * ldc] += acc;
+    }
+}
+
+/* Gm (m x p, ldg) = A^T B over n rows: A n x m (lda), B n x p (ldb); per pair (j, q) a sum
+ * over the rows in 8 lanes, then the lanes and the remaining rows in order. */
+C2L_CLONES
+static void c2l_small_gemm_tn(int n, int m, int p, const double *A, R_xlen_t lda,
+                              const double *B, R_xlen_t ldb, double *Gm, R_xlen_t ldg) {
+  const int n8 = n / 8 * 8;
+  for (int q0 = 0; q0 < p; q0 += 4) {
+    const int nq = p - q0 < 4 ? p - q0 : 4;
+    for (int j0 = 0; j0 < m; j0 += 2) {
+      const int nj = m - j0 < 2 ? m - j0 : 2;
+      const double *a0p = A + (R_xlen_t)j0 * lda, *a1p = A + (R_xlen_t)(j0 + nj - 1) * lda;
+      const double *bq[4];
+      for (int q = 0; q < 4; q++) bq[q] = B + (R_xlen_t)(q0 + (q < nq ? q : nq - 1)) * ldb;
+      c2l_v8d s00 = {0}, s01 = {0}, s02 = {0}, s03 = {0}, s10 = {0}, s11 = {0}, s12 = {0},
+              s13 = {0};
+      for (int i = 0; i < n8; i += 8) {
+        c2l_v8d a0, a1, v0, v1, v2, v3;
+        C2L_V8D_LOAD(a0, a0p + i);
+        C2L_V8D_LOAD(a1, a1p + i);
+        C2L_V8D_LOAD(v0, bq[0] + i);
+        C2L_V8D_LOAD(v1, bq[1] + i);
+        C2L_V8D_LOAD(v2, bq[2] + i);
+        C2L_V8D_LOAD(v3, bq[3] + i);
+        s00 += a0 * v0, s01 += a0 * v1, s02 += a0 * v2, s03 += a0 * v3;
+        s10 += a1 * v0, s11 += a1 * v1, s12 += a1 * v2, s13 += a1 * v3;
+      }
+      c2l_v8d sv[2][4] = {{s00, s01, s02, s03}, {s10, s11, s12, s13}};
+      for (int j = 0; j < nj; j++)
+        for (int q = 0; q < nq; q++) {
+          double t = 0.0;
+          for (int i = 0; i < 8; i++) t += sv[j][q][i];
+          const double *aj = A + (R_xlen_t)(j0 + j) * lda, *bqq = bq[q];
+          for (int i = n8; i < n; i++) t += aj[i] * bqq[i];
+          Gm[(j0 + j) + (R_xlen_t)(q0 + q) * ldg] = t;
+        }
+    }
+  }
+}
+#else
+static void c2l_small_gemm_nt(int n, int m, int k, const double *A, R_xlen_t lda,
+                              const double *B, R_xlen_t ldb, double *C, R_xlen_t ldc) {
+  for (int j = 0; j < m; j++)
+    for (int l = 0; l < k; l++) {
+      const double bj = B[j + l * ldb];
+      for (int i = 0; i < n; i++) C[i + (R_xlen_t)j * ldc] += A[i + l * lda] * bj;
+    }
+}
+static void c2l_small_gemm_tn(int n, int m, int p, const double *A, R_xlen_t lda,
+                              const double *B, R_xlen_t ldb, double *Gm, R_xlen_t ldg) {
+  for (int q = 0; q < p; q++)
+    for (int j = 0; j < m; j++) {
+      double t = 0.0;
+      for (int i = 0; i < n; i++) t += A[i + (R_xlen_t)j * lda] * B[i + (R_xlen_t)q * ldb];
+      Gm[j + (R_xlen_t)q * ldg] = t;
+    }
+}
+#endif
+
+/* The local hierarchy's products for spots s0 .. s0 + n - 1 (spec 6.3, item 10): mw = z x
+ * (z: S x R, x: R x F, mw: S x F), and after the priors have filled D = d log p / d mw, the
+ * chain rule gz_z += D x^T and the block's share of gx = z^T D. Small inner sizes (R groups,
+ * F types): own register-blocked loops per block of spots rather than BLAS calls, whose own
+ * threads would compete with ours. */
+static void c2l_mw_block(int S, int F, int R, int s0, int n, const double *z, const double *xt,
+                         double *mw) {
+  for (int f = 0; f < F; f++) memset(mw + s0 + (R_xlen_t)f * S, 0, (size_t)n * sizeof(double));
+  c2l_small_gemm_nt(n, F, R, z + s0, S, xt, F, mw + s0, S); /* xt = x^T (F x R) */
+}
+
+static void c2l_dmw_block(int S, int R, int F, int s0, int n, const double *z, const double *x,
+                          const double *D, double *gzz, double *gxk) {
+  /* gz_z (n x R) += D (n x F) x^T: B[j + l * ldb] = x[r + f * R] with j = r, l = f, ldb = R */
+  c2l_small_gemm_nt(n, R, F, D + s0, S, x, R, gzz + s0, S);
+  c2l_small_gemm_tn(n, R, F, z + s0, S, D + s0, S, gxk, R);
+}
+
 /* The local priors of spots s0..s1-1 (spec 6.3, items 6-11): log densities per spot into
  * lpspot, their gradients, and D (d log p / d mw) for the two GEMMs that follow. Loops run over
  * spots innermost, so that they vectorise (the special functions are branch-free). */
@@ -920,20 +1046,27 @@ static double c2l_eval(c2l_state *st, const double *u, const double *z, int nth)
     }
   }
   /* local hierarchy per spot: n_s, b_s, z_sr, w_sf prior, y_s prior (blocks of spots) */
-  scn_dgemm('N', 'N', S, F, R, 1.0, Z(S_Z), S, Z(S_X), R, 0.0, st->mw, S);
   {
     const double *zys = Z(S_YS), *zye = Z(S_YE), *uye = U(S_YE);
     const int nblk = (S + C2L_SPOT_BLOCK - 1) / C2L_SPOT_BLOCK;
     int nths = scn_threads_for(nblk, nth);
+    for (int r = 0; r < R; r++)
+      for (int f = 0; f < F; f++) st->xt[f + (R_xlen_t)r * F] = Z(S_X)[r + (R_xlen_t)f * R];
 #pragma omp parallel for num_threads(nths) schedule(static)
     for (int k = 0; k < nblk; k++) {
       int s0 = k * C2L_SPOT_BLOCK, s1 = s0 + C2L_SPOT_BLOCK < S ? s0 + C2L_SPOT_BLOCK : S;
+      c2l_mw_block(S, F, R, s0, s1 - s0, Z(S_Z), st->xt, st->mw);
       c2l_spot_block(st, u, z, s0, s1);
+      c2l_dmw_block(S, R, F, s0, s1 - s0, Z(S_Z), Z(S_X), st->D, GZ(S_Z),
+                    st->gxpart + (R_xlen_t)k * R * F);
     }
     for (int s = 0; s < S; s++) lp += st->lpspot[s];
-    /* D feeds z (D X^T) and x (Z^T D) */
-    scn_dgemm('N', 'T', S, R, F, 1.0, st->D, S, Z(S_X), R, 1.0, GZ(S_Z), S);
-    scn_dgemm('T', 'N', R, F, S, 1.0, Z(S_Z), S, st->D, S, 1.0, GZ(S_X), R);
+    /* x_rf: the blocks' shares in block order (independent of the thread count) */
+    double *gx = GZ(S_X);
+    for (int k = 0; k < nblk; k++) {
+      const double *pk = st->gxpart + (R_xlen_t)k * R * F;
+      for (R_xlen_t i = 0; i < (R_xlen_t)R * F; i++) gx[i] += pk[i];
+    }
     /* y_e */
     double *gye = GZ(S_YE);
     for (int e = 0; e < E; e++) {

@@ -123,7 +123,7 @@ static void normal_block(uint64_t seed, uint64_t stream, uint64_t k0, double *r2
 
 /* Normal i of a stream is r cos(th) (i even) or r sin(th) (i odd) of Philox block i / 2. */
 void scn_rng_normals(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n, double *out) {
-  double r2[NORMAL_BLOCK], cs[NORMAL_BLOCK], sn[NORMAL_BLOCK];
+  double r2[NORMAL_BLOCK], cs[NORMAL_BLOCK], sn[NORMAL_BLOCK], rr[NORMAL_BLOCK];
   R_xlen_t j = 0;
   uint64_t i = offset;
   while (j < n) {
@@ -131,8 +131,9 @@ void scn_rng_normals(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n
     uint64_t k0 = i >> 1, k1 = (i + (uint64_t)(n - j) + 1) >> 1;
     int np = k1 - k0 < NORMAL_BLOCK ? (int)(k1 - k0) : NORMAL_BLOCK;
     normal_block(seed, stream, k0, r2, cs, sn);
+    scn_vsqrt(np, r2, rr);
     for (int b = 0; b < np && j < n; b++) {
-      double r = sqrt(r2[b]);
+      double r = rr[b];
       if ((i & 1u) == 0) {
         out[j++] = r * cs[b];
         i++;

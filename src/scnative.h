@@ -75,6 +75,8 @@ void scn_rng_uniforms(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t 
 uint64_t scn_seed_from_sexp(SEXP seed);
 
 /* ---- numeric kernels (numeric.c) ---- */
+/* y = sqrt(x) elementwise (x >= 0), vectorised whatever the errno flags (identical results). */
+void scn_vsqrt(int n, const double *x, double *y);
 /* k-th smallest (0-based) of a[0..n-1] by quickselect; permutes a; no NaN in a. */
 double scn_select_kth(double *a, ptrdiff_t n, ptrdiff_t k);
 /* numpy's quantile with the default "linear" method, q in [0, 1]; permutes a; NaN if any NaN. */
@@ -220,7 +222,6 @@ typedef struct {
   double *loc, *rho, *m, *v; /* m, v: 2P (loc then rho) */
   long t;                    /* optimiser steps since the last reset */
   double *eps, *u, *z, *gz;
-  double *sg, *ds; /* softplus(rho) and its derivative, per step */
   double *lqp;     /* per piece of the step's loops: partial sums of log q */
 } scn_guide;
 typedef double (*scn_logp_fn)(void *ctx, int nth); /* log p(x, z); fills the guide's gz */

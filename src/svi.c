@@ -15,7 +15,7 @@
  * Cost: every step touches every parameter (a normal, softplus, exp, log and two Adam updates),
  * which matters next to the model's own pass when the data are small (S x F parameters against
  * an S x G likelihood). The per-parameter loops run over fixed pieces (threads) and are
- * vectorised; only sqrt stays scalar (errno semantics) in a loop of its own.
+ * vectorised (the square roots through the vector instructions, see scn_vsqrt).
  *
  * Random numbers: eps of site j at step t is the block [t * n_j, (t + 1) * n_j) of the
  * counter-based stream 1 + j (rng.c), filled in fixed pieces, so a fit for a given seed does
@@ -67,9 +67,8 @@ static adam_step adam_consts(long t, double lr, int clipped, double clip) {
   return c;
 }
 
-/* One optimiser step on n <= SVI_BLOCK elements. The square roots run in a loop of their own:
- * with errno semantics (R's default flags) sqrt() keeps a loop from vectorising, so the moment
- * updates and the parameter update are vectorised around it. */
+/* One optimiser step on n <= SVI_BLOCK elements: the moment updates and the parameter update
+ * are vectorised loops around the square roots. */
 #define SVI_BLOCK 256
 static SCN_INLINE void adam_block(int n, double *theta, const double *grad, double *m, double *v,
                                   const adam_step *c, double *sq) {
@@ -82,7 +81,7 @@ static SCN_INLINE void adam_block(int n, double *theta, const double *grad, doub
     m[i] = b1 * m[i] + (1.0 - b1) * g;
     v[i] = b2 * v[i] + (1.0 - b2) * g * g;
   }
-  for (int i = 0; i < n; i++) sq[i] = sqrt(v[i]);
+  scn_vsqrt(n, v, sq);
   const double a = c->a, b = c->b, eps = c->eps;
 #pragma omp simd
   for (int i = 0; i < n; i++) theta[i] -= a * m[i] / (sq[i] / b + eps);
@@ -120,7 +119,7 @@ int scn_guide_alloc(scn_guide *g, int nsite, const R_xlen_t *sizes) {
   for (int j = 0; j < nsite; j++) g->off[j + 1] = g->off[j] + sizes[j];
   R_xlen_t P = g->P = g->off[nsite];
   size_t n = (size_t)(P > 0 ? P : 1), npiece = n / SVI_PIECE + 1;
-  double *blk = malloc((12 * n + npiece) * sizeof(double));
+  double *blk = malloc((10 * n + npiece) * sizeof(double));
   if (!blk) {
     free(g->off);
     g->off = NULL;
@@ -128,7 +127,7 @@ int scn_guide_alloc(scn_guide *g, int nsite, const R_xlen_t *sizes) {
   }
   g->loc = blk, g->rho = blk + n, g->m = blk + 2 * n, g->v = blk + 4 * n;
   g->eps = blk + 6 * n, g->u = blk + 7 * n, g->z = blk + 8 * n, g->gz = blk + 9 * n;
-  g->sg = blk + 10 * n, g->ds = blk + 11 * n, g->lqp = blk + 12 * n;
+  g->lqp = blk + 10 * n;
   for (R_xlen_t i = 0; i < P; i++) g->loc[i] = 0.0, g->rho[i] = -2.2521684610440906;
   scn_guide_reset_optim(g);
   live_guides++;
@@ -170,20 +169,26 @@ void scn_guide_draw_eps(scn_guide *g, uint64_t seed, double step, int nth) {
   }
 }
 
-/* The sample of n elements: sigma = softplus(rho) and its derivative (kept for the update),
- * u = loc + sigma * eps, z = exp(u); returns sum log q(u) + log |du/dz| without the constant. */
+/* sigma = softplus(rho) as torch (rho itself above 20) and d sigma / d rho; the update
+ * recomputes them rather than reading them back from memory (the per-parameter passes are
+ * memory-bound when the data are small). */
+static SCN_INLINE void svi_softplus(double r, double *s, double *ds) {
+  int64_t big = r > 20.0;
+  double e = scn_exp_fast(scn_blend(big, 20.0, r)), w = 1.0 + e;
+  *s = scn_blend(big, r, scn_log1p_fast(e));
+  *ds = scn_blend(big, 1.0, e / w);
+}
+
+/* The sample of n elements: u = loc + sigma * eps, z = exp(u); returns sum log q(u) +
+ * log |du/dz| without the constant. */
 SCN_CLONES
 static double svi_sample_piece(R_xlen_t n, const double *loc, const double *rho,
-                               const double *eps, double *u, double *z, double *sg, double *ds) {
+                               const double *eps, double *u, double *z) {
   double lq = 0.0;
 #pragma omp simd reduction(+ : lq)
   for (R_xlen_t i = 0; i < n; i++) {
-    double r = rho[i];
-    int64_t big = r > 20.0; /* softplus as torch: r itself above 20 */
-    double e = scn_exp_fast(scn_blend(big, 20.0, r)), w = 1.0 + e;
-    double s = scn_blend(big, r, scn_log1p_fast(e));
-    ds[i] = scn_blend(big, 1.0, e / w);
-    sg[i] = s;
+    double s, ds;
+    svi_softplus(rho[i], &s, &ds);
     double ep = eps[i], uu = loc[i] + s * ep;
     u[i] = uu;
     z[i] = scn_exp_fast(uu);
@@ -195,18 +200,18 @@ static double svi_sample_piece(R_xlen_t n, const double *loc, const double *rho,
 /* The gradients of the loss in loc and rho (spec 6.1) and one optimiser step on both. */
 SCN_CLONES
 static void svi_update_piece(R_xlen_t n, double *loc, double *rho, const double *eps,
-                             const double *z, const double *gz, const double *sg,
-                             const double *ds, double *ml, double *vl, double *mr, double *vr,
-                             const adam_step *c) {
+                             const double *z, const double *gz, double *ml, double *vl,
+                             double *mr, double *vr, const adam_step *c) {
   double gl[SVI_BLOCK], gr[SVI_BLOCK], sq[SVI_BLOCK];
   for (R_xlen_t i0 = 0; i0 < n; i0 += SVI_BLOCK) {
     int k = n - i0 < SVI_BLOCK ? (int)(n - i0) : SVI_BLOCK;
 #pragma omp simd
     for (int j = 0; j < k; j++) {
       R_xlen_t i = i0 + j;
-      double gu = z[i] * gz[i] + 1.0;
+      double gu = z[i] * gz[i] + 1.0, sg, ds;
+      svi_softplus(rho[i], &sg, &ds);
       gl[j] = -gu;
-      gr[j] = -(gu * eps[i] + 1.0 / sg[i]) * ds[i];
+      gr[j] = -(gu * eps[i] + 1.0 / sg) * ds;
     }
     adam_block(k, loc + i0, gl, ml + i0, vl + i0, c, sq);
     adam_block(k, rho + i0, gr, mr + i0, vr + i0, c, sq);
@@ -222,8 +227,7 @@ double scn_svi_step(scn_guide *g, scn_logp_fn logp, void *ctx, uint64_t seed, do
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (R_xlen_t k = 0; k < np; k++) {
     R_xlen_t a = k * SVI_PIECE, n = P - a < SVI_PIECE ? P - a : SVI_PIECE;
-    g->lqp[k] = svi_sample_piece(n, g->loc + a, g->rho + a, g->eps + a, g->u + a, g->z + a,
-                                 g->sg + a, g->ds + a);
+    g->lqp[k] = svi_sample_piece(n, g->loc + a, g->rho + a, g->eps + a, g->u + a, g->z + a);
   }
   double lq = -half_log_2pi * (double)P;
   for (R_xlen_t k = 0; k < np; k++) lq += g->lqp[k];
@@ -234,8 +238,8 @@ double scn_svi_step(scn_guide *g, scn_logp_fn logp, void *ctx, uint64_t seed, do
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (R_xlen_t k = 0; k < np; k++) {
     R_xlen_t a = k * SVI_PIECE, n = P - a < SVI_PIECE ? P - a : SVI_PIECE;
-    svi_update_piece(n, g->loc + a, g->rho + a, g->eps + a, g->z + a, g->gz + a, g->sg + a,
-                     g->ds + a, g->m + a, g->v + a, g->m + P + a, g->v + P + a, &c);
+    svi_update_piece(n, g->loc + a, g->rho + a, g->eps + a, g->z + a, g->gz + a, g->m + a,
+                     g->v + a, g->m + P + a, g->v + P + a, &c);
   }
   return -lp + lq;
 }
