@@ -125,6 +125,9 @@ ode_s <- function(tau, s0, u0, a, b, g) {
 #'   of a failed `parallel = "future"` run: only the genes of the failed chunks are computed.
 #' @param progress With `parallel = "future"`: progress is signalled through \pkg{progressr}
 #'   (when installed) unless `progress = FALSE` is given. (No progress bar otherwise.)
+#' @param threads `NULL` (package default, [scnative_threads()]) or a positive whole number of
+#'   threads for the local run (genes in parallel; the result does not depend on it). With
+#'   `parallel = "future"` each worker uses 1.
 #' @param ... Passed to methods.
 #' @return An object of class `scnative_velocity`: a list with `velocity` and `velocity_u`
 #'   (genes x cells, `NA` for unfitted genes), `var` (data.frame: `velocity_genes`,
@@ -151,9 +154,11 @@ velocity.scnative_dynamics <- function(x, Ms, Mu, mode = "dynamical",
                                        connectivities = x$connectivities,
                                        min_likelihood = 1e-3, min_r2 = 1e-2,
                                        parallel = c("local", "future"), chunk_size = NULL,
-                                       resume = NULL, progress = interactive(), ...) {
+                                       resume = NULL, progress = interactive(),
+                                       threads = NULL, ...) {
   validate_dynamics(x, "x")
   parallel <- check_parallel(parallel)
+  check_number(threads, "threads", min = 1, whole = TRUE, allow_null = TRUE)
   check_flag(progress, "progress")
   if (!is.null(chunk_size)) check_number(chunk_size, "chunk_size", min = 1, whole = TRUE)
   if (!is.null(resume) && !inherits(resume, "scnative_velocity_partial")) {
@@ -189,7 +194,7 @@ velocity.scnative_dynamics <- function(x, Ms, Mu, mode = "dynamical",
   }
   todo <- g[!done[g]]
   if (parallel == "local" && length(todo)) {
-    r <- velocity_rows(var, x$layers, Ms, Mu, todo, basal, if (connect) C)
+    r <- velocity_rows(var, x$layers, Ms, Mu, todo, basal, if (connect) C, threads)
     vel[todo, ] <- r$vt
     vel_u[todo, ] <- r$wt
   } else if (length(todo)) {
@@ -248,75 +253,35 @@ velocity.scnative_dynamics <- function(x, Ms, Mu, mode = "dynamical",
             class = "scnative_velocity")
 }
 
-# Velocities of the fitted genes 'g' (rows of Ms, Mu, var, layers): every step is row-wise
-# (spec: tl.velocity, dynamical mode). C: the normalised graph, or NULL (no smoothing).
-velocity_rows <- function(var, layers, Ms, Mu, g, basal, C) {
-  connect <- !is.null(C)
-  n_cells <- ncol(Ms)
-  d <- dyn_state_distances(var, layers, Ms, Mu, g, basal, C)
-  alpha <- d$alpha
-  beta <- d$beta
-  gamma <- d$gamma
-  t_ <- d$t_
-  scaling <- d$scaling
-  u <- d$u
-  s <- d$s
-  tau <- d$tau
-  tau_ <- d$tau_
-  u0_ <- d$u0_
-  s0_ <- d$s0_
-  ut <- d$ut
-  st <- d$st
-  ut_ <- d$ut_
-  st_ <- d$st_
-  varx <- d$varx
-  smooth <- function(m) if (connect) as.matrix(m %*% Matrix::t(C)) else m
-  sdx <- sqrt(pmax(varx, 0))
-  sdx[!(varx > 0)] <- NA_real_ # no variance (a constant gene): no likelihood (upstream: NaN)
-  lik <- lapply(d$res, function(r) {
-    1 / (2 * pi * sdx) * exp(-0.5 * (r / varx))
-  })
-  k <- matrix(4L, nrow(s), n_cells)
-  best <- matrix(1e-6, nrow(s), n_cells)
-  for (j in 4:1) {
-    take <- !is.na(lik[[j]]) & lik[[j]] >= best
-    best[take] <- lik[[j]][take]
-    k[take] <- j - 1L
+# Velocities of the fitted genes 'g' (rows of Ms, Mu, var, layers), all genes in one call to
+# the C core, genes in parallel (spec: tl.velocity, dynamical mode; every step is row-wise, the
+# same expressions as dyn_state_distances() above, which rank_dynamical_genes() uses). C: the
+# normalised graph, or NULL (no smoothing). Returns list(vt, wt), length(g) x cells.
+velocity_rows <- function(var, layers, Ms, Mu, g, basal, C, threads = NULL) {
+  scaling <- as.double(var$fit_scaling[g])
+  col0 <- function(nm) if (is.null(var[[nm]])) rep(0, length(g)) else as.double(var[[nm]][g])
+  par <- list(alpha = as.double(var$fit_alpha[g]), beta = as.double(var$fit_beta[g]) * scaling,
+              gamma = as.double(var$fit_gamma[g]), t_ = as.double(var$fit_t_[g]),
+              scaling = scaling, std_u = as.double(var$fit_std_u[g]) / scaling,
+              std_s = as.double(var$fit_std_s[g]), u0 = col0("fit_u0") / scaling,
+              s0 = col0("fit_s0"))
+  dense <- function(m) {
+    m <- unname(as.matrix(m))
+    storage.mode(m) <- "double"
+    m
   }
-  t <- tau * (k == 1L) + (tau_ + t_) * (k == 0L)
-  if (connect) {
-    t <- smooth(t)
-    on <- (k < 2L) & (t < t_)
-    off <- (k < 2L) & (t >= t_)
-    o2 <- t < t_
-    tau2 <- t * o2 + (t - t_) * (1 - o2)
-    u0v <- 0 * o2 + u0_ * (1 - o2)
-    s0v <- 0 * o2 + s0_ * (1 - o2)
-    av <- alpha * o2 + 0 * (1 - o2)
-    ut <- ode_u(tau2, u0v, av, beta)
-    st <- ode_s(tau2, s0v, u0v, av, beta, gamma)
-    ut <- ut * on + ut * off
-    st <- st * on + st * off
-    av <- av * on
-  } else {
-    on <- k == 1L
-    off <- k == 0L
-    ut <- ut * on + ut_ * off
-    st <- st * on + st_ * off
-    av <- alpha * on
-  }
-  vt <- ut * beta - st * gamma
-  wt <- (av - beta * ut) * scaling
-  vt <- pmax(vt, -s)
-  wt <- pmax(wt, -u * scaling)
-  list(vt = vt, wt = wt)
+  Ct <- if (is.null(C)) NULL else methods::as(Matrix::t(C), "CsparseMatrix")
+  .Call(C_scnative_velocity_dynamical, dense(Ms), dense(Mu), dense(layers$fit_tau),
+        dense(layers$fit_tau_), as.integer(g), par, isTRUE(basal), if (!is.null(Ct)) Ct@p,
+        if (!is.null(Ct)) Ct@i, if (!is.null(Ct)) as.double(Ct@x),
+        if (is.null(threads)) 0L else as.integer(threads))
 }
 
 # Runs on a future worker: velocity_rows() of one chunk of genes.
 velocity_chunk_worker <- function(task, shared, threads, p) {
   if (isTRUE(task$fail)) stop("failing on purpose (option scnative.future_fail_chunks)")
   r <- velocity_rows(task$var, task$layers, task$Ms, task$Mu, seq_len(nrow(task$Ms)),
-                     shared$basal, shared$C)
+                     shared$basal, shared$C, threads)
   if (!is.null(p)) p(amount = nrow(task$Ms))
   r
 }

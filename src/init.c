@@ -54,6 +54,7 @@ SEXP scnative_velocity_mt(SEXP, SEXP, SEXP);
 SEXP scnative_velocity_knn_query(SEXP, SEXP, SEXP, SEXP);
 SEXP scnative_velocity_nndescent(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 SEXP scnative_velocity_smooth(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_velocity_dynamical(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 SEXP scnative_velocity_gram(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 /* end velocity declarations */
 
@@ -136,6 +137,7 @@ static const R_CallMethodDef callMethods[] = {
     CALLDEF(scnative_velocity_knn_query, 4),
     CALLDEF(scnative_velocity_nndescent, 7),
     CALLDEF(scnative_velocity_smooth, 9),
+    CALLDEF(scnative_velocity_dynamical, 11),
     CALLDEF(scnative_velocity_gram, 7),
     /* end velocity table */
 

@@ -244,6 +244,8 @@ velocity_vs_upstream_fit <- function(n_genes, ...) {
   fitted <- rowSums(ok) > 0
   expect_true(all(gene_cor(unname(v$velocity)[fitted, ], up$velocity[fitted, ]) >= 0.999))
   expect_identical(v$var$velocity_genes, unlist(up$velocity_genes))
+  # genes run in parallel blocks: the thread count changes nothing
+  expect_identical(velocity(fit, ds$Ms, ds$Mu, threads = 2), velocity(fit, ds$Ms, ds$Mu, threads = 1))
   invisible(list(v = v, ds = ds, ok = ok))
 }
 
@@ -287,6 +289,8 @@ test_that("velocity() checks its input", {
   fit <- recover_dynamics(sim$spliced, sim$unspliced, var_names = "all", threads = 1,
                           progress = FALSE)
   expect_error(velocity(fit, sim$spliced, sim$unspliced, mode = "stochastic"), "'mode'")
+  expect_error(velocity(fit, sim$spliced, sim$unspliced, threads = 0), "'threads'")
+  expect_error(velocity(fit, sim$spliced, sim$unspliced, threads = "2"), "'threads'")
   expect_error(velocity(fit, sim$spliced[-1, ], sim$unspliced[-1, ]), "genes")
   expect_error(velocity(fit, sim$spliced[, -1], sim$unspliced[, -1]), "cells")
   S2 <- sim$spliced
