@@ -29,8 +29,12 @@ block <- function(m) {
   u <- ifelse(on, ns$ode_u(tau_on, 0, alpha, beta), ns$ode_u(tau_off, u_sw, 0, beta))
   s <- ifelse(on, ns$ode_s(tau_on, 0, 0, alpha, beta, gamma),
               ns$ode_s(tau_off, s_sw, u_sw, 0, beta, gamma))
-  list(S = methods::as(matrix(stats::rpois(g * m, scale * s), g, m), "CsparseMatrix"),
-       U = methods::as(matrix(stats::rpois(g * m, scale * u), g, m), "CsparseMatrix"))
+  # plus a small basal level (5% of the steady state), so no cell is all zeros (scVelo's kNN
+  # refuses a graph with cells at distance 0 from all their neighbours)
+  list(S = methods::as(matrix(stats::rpois(g * m, scale * (s + 0.05 * alpha / gamma)), g, m),
+                       "CsparseMatrix"),
+       U = methods::as(matrix(stats::rpois(g * m, scale * (u + 0.05 * alpha / beta)), g, m),
+                       "CsparseMatrix"))
 }
 sizes <- diff(unique(c(seq(0L, n, by = 5000L), n)))
 blocks <- lapply(sizes, block)
