@@ -30,6 +30,16 @@ c2l_bench_read <- function(stem, S, G, F) {
   list(x = x, sig = sig)
 }
 
+# the counts as a sparse genes x spots dgCMatrix and the signatures, ready for cell2location()
+c2l_bench_load <- function(S, G, F) {
+  d <- c2l_bench_read(c2l_bench_data(S, G, F), S, G, F)
+  x <- Matrix::Matrix(d$x, sparse = TRUE)
+  sig <- d$sig
+  rm(d)
+  invisible(gc())
+  list(x = x, sig = sig)
+}
+
 if (sys.nframe() == 0L) {
   a <- as.integer(commandArgs(TRUE))
   cat(c2l_bench_data(a[1], a[2], a[3]), "\n")

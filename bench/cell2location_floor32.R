@@ -30,12 +30,10 @@ cat(sprintf("shape S %d x G %d x F %d, tiles %d x %d\n", S, G, F, nb, gb))
 cat(sprintf("  %-17s %8.1f ms\n", names(fl), 1000 * fl), sep = "")
 cat(sprintf("floor: double %.1f ms, single %.1f ms\n", 1000 * floor_d, 1000 * floor_s))
 
-stem <- c2l_bench_data(S, G, F)
-d <- c2l_bench_read(stem, S, G, F)
-x <- Matrix::Matrix(d$x, sparse = TRUE)
+d <- c2l_bench_load(S, G, F)
+x <- d$x
 sig <- d$sig
 rm(d)
-invisible(gc())
 prep <- ns$c2l_prepare(x, sig, NULL, 8, TRUE, 20, 7, 7, 50L, FALSE, 1,
                        list(mean = 1, mean_var_ratio = 1, alpha_mean = 3), 1,
                        list(alpha = 9, beta = 3), list(alpha = 9, beta = 3),

@@ -103,3 +103,13 @@ bench_compare <- function(sides, reps = 3, title = "benchmark", csv = NULL, time
   }
   invisible(list(table = tab, raw = raw, machine = m))
 }
+
+# Simulated data of n cells made in blocks of `size` cells (no dense matrix of all cells held):
+# block(m) returns a named list of genes x m (sparse) matrices; returns the same list with
+# each piece bound over all blocks.
+bench_blocks <- function(n, block, size = 5000L) {
+  sizes <- diff(unique(c(seq(0L, n, by = size), n)))
+  blocks <- lapply(sizes, block)
+  parts <- names(blocks[[1L]])
+  stats::setNames(lapply(parts, function(k) do.call(cbind, lapply(blocks, `[[`, k))), parts)
+}

@@ -19,6 +19,7 @@
 #                 0.995 on 2,000 cells; the exact search would take ~56 s CPU (extrapolated).
 #   before      : (commit 1039df2: dense PCA, exact kNN, sparse products) 150.6 s (CPU
 #                 71.8 s), peak RSS 3,732 MiB.
+source("bench/harness.R")
 suppressMessages({
   library(scnative)
   library(Matrix)
@@ -54,11 +55,10 @@ block <- function(m) {
   list(S = methods::as(matrix(stats::rpois(g * m, rate), g, m), "CsparseMatrix"),
        U = methods::as(matrix(stats::rpois(g * m, 0.5 * rate), g, m), "CsparseMatrix"))
 }
-sizes <- diff(unique(c(seq(0L, n, by = 5000L), n)))
-blocks <- lapply(sizes, block)
-S <- do.call(cbind, lapply(blocks, `[[`, "S"))
-U <- do.call(cbind, lapply(blocks, `[[`, "U"))
-rm(blocks)
+b <- bench_blocks(n, block)
+S <- b$S
+U <- b$U
+rm(b)
 dimnames(S) <- dimnames(U) <- list(paste0("g", seq_len(g)), paste0("c", seq_len(n)))
 invisible(gc())
 cat(sprintf("cells %d, genes %d, threads %d; spliced non-zeros %.1f%% (%.0f MiB as dgCMatrix)\n",

@@ -3,6 +3,7 @@
 # own rates and switching time, cells at random times along it), Poisson noise, written as an
 # h5ad with sparse layers (built in blocks of cells: no cells x genes dense matrix of all cells
 # is held).   Rscript bench/velocity_chain_data.R OUT.h5ad CELLS GENES
+source("bench/harness.R")
 suppressMessages({
   library(scnative)
   library(Matrix)
@@ -36,11 +37,10 @@ block <- function(m) {
        U = methods::as(matrix(stats::rpois(g * m, scale * (u + 0.05 * alpha / beta)), g, m),
                        "CsparseMatrix"))
 }
-sizes <- diff(unique(c(seq(0L, n, by = 5000L), n)))
-blocks <- lapply(sizes, block)
-S <- do.call(cbind, lapply(blocks, `[[`, "S"))
-U <- do.call(cbind, lapply(blocks, `[[`, "U"))
-rm(blocks)
+b <- bench_blocks(n, block)
+S <- b$S
+U <- b$U
+rm(b)
 dimnames(S) <- dimnames(U) <- list(paste0("g", seq_len(g)), paste0("c", seq_len(n)))
 write_h5ad(out, X = S, layers = list(spliced = S, unspliced = U), overwrite = TRUE)
 cat(sprintf("wrote %s: %d cells x %d genes, spliced non-zeros %.1f%%, unspliced %.1f%%\n", out, n,
