@@ -521,6 +521,13 @@ stop_missing_companion <- function(what, x) {
 
 # A matrix read from an object must hold numbers (an assay edited to strings is not data).
 obj_numeric <- function(m, what) {
+  if (is_delayed(m)) { # e.g. a SingleCellExperiment's DelayedMatrix assay: passed on unchanged
+    need_delayed(what)
+    if (!DelayedArray::type(m) %in% c("double", "integer", "logical")) {
+      stopf("%s of the object must hold numbers, not %s values", what, DelayedArray::type(m))
+    }
+    return(m)
+  }
   if (!(is.numeric(m) || is.logical(m) || methods::is(m, "dMatrix") || methods::is(m, "lMatrix") ||
         methods::is(m, "nMatrix") || (is.data.frame(m) && all(vapply(m, is.numeric, TRUE))))) {
     stopf("%s of the object must hold numbers, not %s", what,

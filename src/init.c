@@ -40,7 +40,10 @@ SEXP scnative_svi_draws(SEXP, SEXP, SEXP, SEXP, SEXP);
 
 
 /* reference regression model: declarations */
-SEXP scnative_reg_setup(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_reg_setup(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_reg_block_stats(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_reg_perm(SEXP, SEXP, SEXP);
+SEXP scnative_reg_step(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 SEXP scnative_reg_set_params(SEXP, SEXP, SEXP);
 SEXP scnative_reg_get_params(SEXP);
 SEXP scnative_reg_train(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
@@ -122,7 +125,10 @@ static const R_CallMethodDef callMethods[] = {
 
 
     /* reference regression table */
-    CALLDEF(scnative_reg_setup, 7),
+    CALLDEF(scnative_reg_setup, 8),
+    CALLDEF(scnative_reg_block_stats, 7),
+    CALLDEF(scnative_reg_perm, 3),
+    CALLDEF(scnative_reg_step, 10),
     CALLDEF(scnative_reg_set_params, 3),
     CALLDEF(scnative_reg_get_params, 1),
     CALLDEF(scnative_reg_train, 8),
