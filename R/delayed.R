@@ -37,14 +37,13 @@ delayed_block_cols <- function(x) {
 
 # Columns `cols` (increasing) of `x` as a dgCMatrix, read in pieces of at most one block; the
 # values are checked as for in-memory input (errors name `arg`). Dense seeds are read dense and
-# checked before they are made sparse: the coercion of a dense DelayedArray to a sparse matrix
-# drops NA values, so checking the sparse block would miss them.
+# checked before they are made sparse, sparse ones as their stored values: DelayedArray's
+# coercion to a sparse matrix drops NA values, so checking its result would miss them.
 delayed_read_cols <- function(x, cols, arg, integer_valued = FALSE) {
   w <- delayed_block_cols(x)
   sparse <- DelayedArray::is_sparse(x)
   pieces <- lapply(split(cols, (seq_along(cols) - 1L) %/% w), function(cc) {
-    sub <- x[, cc, drop = FALSE]
-    m <- if (sparse) methods::as(sub, "CsparseMatrix") else as.matrix(sub)
+    m <- if (sparse) delayed_sparse_cols(x, cc) else as.matrix(x[, cc, drop = FALSE])
     what <- if (length(cc) == 1L) {
       sprintf("'%s' (column %d)", arg, cc)
     } else {
@@ -56,6 +55,15 @@ delayed_read_cols <- function(x, cols, arg, integer_valued = FALSE) {
     m
   })
   if (length(pieces) == 1L) pieces[[1L]] else do.call(cbind, pieces)
+}
+
+# Columns `cc` of a sparse DelayedArray as a dgCMatrix from its stored (non-zero) values.
+delayed_sparse_cols <- function(x, cc) {
+  s <- DelayedArray::extract_sparse_array(x, list(NULL, cc))
+  if (!methods::is(s, "SparseArraySeed")) return(methods::as(s, "CsparseMatrix"))
+  ij <- DelayedArray::nzindex(s)
+  Matrix::sparseMatrix(i = ij[, 1L], j = ij[, 2L], x = as.double(DelayedArray::nzdata(s)),
+                       dims = dim(s))
 }
 
 # The value checks of as_checked_matrix() with the place in the file in the message.
