@@ -504,7 +504,7 @@ cell2location.Seurat <- function(x, signatures, ..., assay = NULL, layer = "coun
   obj_check(x)
   check_string(layer, "layer")
   check_string(assay, "assay", allow_null = TRUE)
-  counts <- obj_matrix(x, layer, assay = assay, arg = "layer")
+  counts <- obj_matrix(x, layer, assay = assay, arg = "layer", delayed = TRUE)
   cell2location.default(counts, signatures, ...)
 }
 
@@ -513,7 +513,7 @@ cell2location.Seurat <- function(x, signatures, ..., assay = NULL, layer = "coun
 #' @export
 cell2location.SingleCellExperiment <- function(x, signatures, ..., assay.type = "counts") {
   obj_check(x)
-  counts <- obj_matrix(x, assay.type, arg = "assay.type")
+  counts <- obj_matrix(x, assay.type, arg = "assay.type", delayed = TRUE)
   if (is.null(colnames(counts))) colnames(counts) <- as.character(seq_len(ncol(counts)))
   cell2location.default(counts, signatures, ...)
 }

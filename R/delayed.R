@@ -143,7 +143,11 @@ ref_stream_epochs <- function(state, x, n_epochs, epoch0, steps, optv, bs, seed,
   nsteps <- N %/% bs + (N %% bs > 0L)
   loss <- numeric(n_epochs)
   for (it in seq_len(n_epochs)) {
-    perm <- if (bs < N) .Call(C_scnative_reg_perm, state, seed, epoch0 + it - 1) else seq_len(N) - 1L
+    perm <- if (bs < N) {
+      .Call(C_scnative_reg_perm, state, seed, epoch0 + it - 1)
+    } else {
+      seq_len(N) - 1L
+    }
     tot <- 0
     for (k in seq_len(nsteps)) {
       cells <- perm[(k - 1L) * bs + seq_len(min(bs, N - (k - 1L) * bs))]

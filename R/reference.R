@@ -312,8 +312,8 @@ reference_signatures.Seurat <- function(x, labels, batch = NULL, covariates = NU
   obj_check(x)
   check_string(layer, "layer")
   check_string(assay, "assay", allow_null = TRUE)
-  ref_object_fit(x, obj_matrix(x, layer, assay = assay, arg = "layer"), labels, batch,
-                 covariates, ...)
+  ref_object_fit(x, obj_matrix(x, layer, assay = assay, arg = "layer", delayed = TRUE), labels,
+                 batch, covariates, ...)
 }
 
 #' @rdname reference_signatures
@@ -322,8 +322,8 @@ reference_signatures.Seurat <- function(x, labels, batch = NULL, covariates = NU
 reference_signatures.SingleCellExperiment <- function(x, labels, batch = NULL, covariates = NULL,
                                                       ..., assay.type = "counts") {
   obj_check(x)
-  ref_object_fit(x, obj_matrix(x, assay.type, arg = "assay.type"), labels, batch, covariates,
-                 ...)
+  ref_object_fit(x, obj_matrix(x, assay.type, arg = "assay.type", delayed = TRUE), labels,
+                 batch, covariates, ...)
 }
 
 ref_object_fit <- function(object, counts, labels, batch, covariates, ...) {
@@ -617,9 +617,9 @@ filter_genes <- function(x, cell_count_cutoff = 15, cell_percentage_cutoff2 = 0.
   if (is_seurat(x) || is_sce(x)) {
     dots <- list(...)
     x <- if (is_seurat(x)) {
-      obj_matrix(x, dots$layer %||% "counts", assay = dots$assay, arg = "layer")
+      obj_matrix(x, dots$layer %||% "counts", assay = dots$assay, arg = "layer", delayed = TRUE)
     } else {
-      obj_matrix(x, dots$assay.type %||% "counts", arg = "assay.type")
+      obj_matrix(x, dots$assay.type %||% "counts", arg = "assay.type", delayed = TRUE)
     }
   }
   stream <- is_delayed(x)

@@ -149,4 +149,8 @@ test_that("a SingleCellExperiment with a DelayedMatrix assay streams and equals 
   expect_identical(b$params, a$params)
   expect_null(b$data)
   expect_identical(filter_genes(sce, plot = FALSE), filter_genes(d$x, plot = FALSE))
+  sig <- cluster_averages(d$x, d$labels)
+  ca <- suppressMessages(cell2location(d$x, sig, max_epochs = 3, seed = 2, progress = FALSE))
+  cb <- suppressMessages(cell2location(sce, sig, max_epochs = 3, seed = 2, progress = FALSE))
+  expect_identical(cb$params, ca$params)
 })
