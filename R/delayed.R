@@ -50,9 +50,14 @@ delayed_read_cols <- function(x, cols, arg, integer_valued = FALSE) {
       sprintf("'%s' (columns %d to %d)", arg, cc[1L], cc[length(cc)])
     }
     delayed_check_values(m, arg, what, integer_valued)
-    m <- as_dgc(m)
-    m@Dimnames <- list(NULL, NULL)
-    m
+    if (!is.matrix(m)) {
+      m <- as_dgc(m)
+      m@Dimnames <- list(NULL, NULL)
+      return(m)
+    }
+    # a base matrix straight to CSC in one pass (Matrix's coercions are several times slower)
+    s <- .Call(C_scnative_dense_csc, m)
+    methods::new("dgCMatrix", p = s$p, i = s$i, x = s$x, Dim = dim(m))
   })
   if (length(pieces) == 1L) pieces[[1L]] else do.call(cbind, pieces)
 }

@@ -12,6 +12,7 @@ SEXP scnative_threads_colsums(SEXP, SEXP);
 SEXP scnative_dgemm(SEXP, SEXP, SEXP, SEXP, SEXP);
 SEXP scnative_rng(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 SEXP scnative_value_flags(SEXP);
+SEXP scnative_dense_csc(SEXP);
 /* end core */
 
 
@@ -97,6 +98,7 @@ static const R_CallMethodDef callMethods[] = {
     CALLDEF(scnative_dgemm, 5),
     CALLDEF(scnative_rng, 6),
     CALLDEF(scnative_value_flags, 1),
+    CALLDEF(scnative_dense_csc, 1),
     /* end core table */
 
 

@@ -154,3 +154,18 @@ test_that("a SingleCellExperiment with a DelayedMatrix assay streams and equals 
   cb <- suppressMessages(cell2location(sce, sig, max_epochs = 3, seed = 2, progress = FALSE))
   expect_identical(cb$params, ca$params)
 })
+
+test_that("dense blocks become the same CSC as Matrix's coercion, NA kept", {
+  set.seed(4)
+  for (m in list(matrix(rpois(60, 0.7), 6, 10), matrix(rpois(60, 0.7) * 1.5, 10, 6),
+                 matrix(runif(12) > 0.5, 3, 4), matrix(0L, 2, 3))) {
+    s <- .Call(ns$C_scnative_dense_csc, m)
+    ref <- methods::as(methods::as(methods::as(m * 1, "CsparseMatrix"), "generalMatrix"),
+                       "dMatrix")
+    expect_identical(s$p, ref@p)
+    expect_identical(s$i, ref@i)
+    expect_identical(s$x, ref@x)
+  }
+  m <- matrix(c(0L, 2L, NA, 0L), 2, 2)
+  expect_identical(.Call(ns$C_scnative_dense_csc, m)$x, c(2, NA))
+})
