@@ -129,7 +129,8 @@ c2l_prepare <- function(x, signatures, batch, N_cells_per_location, N_given, det
   c2l_check_prior(gene_add_mean_hyp_prior, "gene_add_mean_hyp_prior", c("alpha", "beta"))
   c2l_check_prior(detection_hyp_prior, "detection_hyp_prior", "mean_alpha")
 
-  # counts: genes x spots
+  # counts: genes x spots (a DelayedArray is realised block by block as a sparse dgCMatrix)
+  if (is_delayed(x)) x <- delayed_as_dgc(x, "x", integer_valued = TRUE)
   if (is.data.frame(x)) x <- as.matrix(x)
   if (!(is.matrix(x) || inherits(x, "Matrix"))) {
     stopf("'x' must be a genes x spots count matrix (matrix or dgCMatrix), not %s", class(x)[1L])
@@ -343,9 +344,10 @@ c2l_train_blocks <- function(state, prep, params, epochs, epoch0, opt, seed, thr
 #' 8000 epochs) the defaults stopped at epoch 6821: r = 0.996 between the two fits, truth r
 #' 0.876 vs 0.877, AUPRC 1 vs 1.
 #'
-#' @param x spots' counts: a genes x spots matrix or `dgCMatrix` of non-negative integers with
-#'   gene names as row names; or a Seurat object or a SingleCellExperiment (see `assay`,
-#'   `layer`, `assay.type`).
+#' @param x spots' counts: a genes x spots matrix, `dgCMatrix` or `DelayedArray` (e.g.
+#'   `HDF5Array`; training is full batch, so it is read block by block into a sparse
+#'   `dgCMatrix`, never densified) of non-negative integers with gene names as row names; or a
+#'   Seurat object or a SingleCellExperiment (see `assay`, `layer`, `assay.type`).
 #' @param signatures reference signatures: a genes x cell types numeric matrix or data.frame of
 #'   non-negative expected counts per cell (e.g. the posterior means of cell2location's
 #'   regression model), gene names as row names, cell type names as column names; or a
@@ -502,7 +504,7 @@ cell2location.Seurat <- function(x, signatures, ..., assay = NULL, layer = "coun
   obj_check(x)
   check_string(layer, "layer")
   check_string(assay, "assay", allow_null = TRUE)
-  counts <- obj_matrix(x, layer, assay = assay, arg = "layer")
+  counts <- obj_matrix(x, layer, assay = assay, arg = "layer", delayed = TRUE)
   cell2location.default(counts, signatures, ...)
 }
 
@@ -511,7 +513,7 @@ cell2location.Seurat <- function(x, signatures, ..., assay = NULL, layer = "coun
 #' @export
 cell2location.SingleCellExperiment <- function(x, signatures, ..., assay.type = "counts") {
   obj_check(x)
-  counts <- obj_matrix(x, assay.type, arg = "assay.type")
+  counts <- obj_matrix(x, assay.type, arg = "assay.type", delayed = TRUE)
   if (is.null(colnames(counts))) colnames(counts) <- as.character(seq_len(ncol(counts)))
   cell2location.default(counts, signatures, ...)
 }

@@ -42,7 +42,9 @@ seurat_get_layer <- function(assay_obj, layer) {
 # - Seurat: an assay called `name` (its `layer`, default "counts" if present, else "data"),
 #   or else the layer/slot `name` of `assay` (default: the default assay);
 # - SingleCellExperiment / SummarizedExperiment: assay(object, name).
-obj_matrix <- function(object, name, assay = NULL, layer = NULL, arg = "name") {
+# `delayed`: TRUE for callers that read a DelayedArray (DelayedMatrix assay) block-wise; it is
+# then returned unchanged, otherwise it is an error as before.
+obj_matrix <- function(object, name, assay = NULL, layer = NULL, arg = "name", delayed = FALSE) {
   check_string(name, arg)
   if (is_seurat(object)) {
     need_pkg("SeuratObject", "for Seurat objects")
@@ -55,7 +57,8 @@ obj_matrix <- function(object, name, assay = NULL, layer = NULL, arg = "name") {
         stopf("assay '%s' of the Seurat object has no layer '%s' (it has: %s)", name, ly,
               paste(have, collapse = ", "))
       }
-      return(obj_numeric(seurat_get_layer(a, ly), sprintf("layer '%s' of assay '%s'", ly, name)))
+      return(obj_numeric(seurat_get_layer(a, ly), sprintf("layer '%s' of assay '%s'", ly, name),
+                         delayed))
     }
     assay <- assay %||% SeuratObject::DefaultAssay(object)
     if (!assay %in% assays) {
@@ -67,7 +70,7 @@ obj_matrix <- function(object, name, assay = NULL, layer = NULL, arg = "name") {
             arg, name, paste(assays, collapse = ", "), assay, paste(have, collapse = ", "))
     }
     return(obj_numeric(seurat_get_layer(object[[assay]], name),
-                       sprintf("layer '%s' of assay '%s'", name, assay)))
+                       sprintf("layer '%s' of assay '%s'", name, assay), delayed))
   }
   if (is_sce(object)) {
     need_pkg("SummarizedExperiment", "for SingleCellExperiment objects")
@@ -77,7 +80,7 @@ obj_matrix <- function(object, name, assay = NULL, layer = NULL, arg = "name") {
             if (length(have)) paste(have, collapse = ", ") else "none")
     }
     return(obj_numeric(SummarizedExperiment::assay(object, name, withDimnames = TRUE),
-                       sprintf("assay '%s'", name)))
+                       sprintf("assay '%s'", name), delayed))
   }
   stopf("'object' must be a Seurat or SingleCellExperiment object, not %s", class(object)[1L])
 }
@@ -520,7 +523,14 @@ stop_missing_companion <- function(what, x) {
 }
 
 # A matrix read from an object must hold numbers (an assay edited to strings is not data).
-obj_numeric <- function(m, what) {
+obj_numeric <- function(m, what, delayed = FALSE) {
+  if (delayed && is_delayed(m)) { # e.g. a SingleCellExperiment's DelayedMatrix assay: passed on unchanged
+    need_delayed(what)
+    if (!DelayedArray::type(m) %in% c("double", "integer", "logical")) {
+      stopf("%s of the object must hold numbers, not %s values", what, DelayedArray::type(m))
+    }
+    return(m)
+  }
   if (!(is.numeric(m) || is.logical(m) || methods::is(m, "dMatrix") || methods::is(m, "lMatrix") ||
         methods::is(m, "nMatrix") || (is.data.frame(m) && all(vapply(m, is.numeric, TRUE))))) {
     stopf("%s of the object must hold numbers, not %s", what,

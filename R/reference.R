@@ -88,9 +88,11 @@ ref_cell_vector <- function(v, arg, n, meta) {
 }
 
 # Checks and arranges everything for a fit: counts (genes x cells dgCMatrix), groups of cells
-# with equal (label, batch, covariate levels), hyper-parameters.
+# with equal (label, batch, covariate levels), hyper-parameters. A DelayedArray stays on disk
+# (`stream` TRUE); its values are checked by the block-wise pass of ref_stream_pass().
 ref_prepare <- function(x, labels, batch, covariates, meta, priors) {
-  x <- check_expression(x, "x", integer_valued = TRUE)
+  stream <- is_delayed(x)
+  x <- if (stream) delayed_check(x, "x") else check_expression(x, "x", integer_valued = TRUE)
   n <- ncol(x)
   if (n < 2L) stopf("'x' must have at least 2 cells (columns)")
   if (is.null(rownames(x))) rownames(x) <- sprintf("gene_%d", seq_len(nrow(x)))
@@ -119,7 +121,7 @@ ref_prepare <- function(x, labels, batch, covariates, meta, priors) {
       covs[[nm[k]]] <- ref_cell_vector(covariates[[k]], sprintf("covariates$%s", nm[k]), n, NULL)
     }
   }
-  x <- as_dgc(x)
+  if (!stream) x <- as_dgc(x)
   # groups: cells with the same label, batch and covariate levels share mu_cg
   codes <- cbind(as.integer(lab), as.integer(bat))
   tech_levels <- character(0)
@@ -142,7 +144,7 @@ ref_prepare <- function(x, labels, batch, covariates, meta, priors) {
     n_cells = n, n_genes = nrow(x), n_groups = length(ukey), hyper = h
   )
   list(settings = st, x = x, labels = lab, batch = bat, covariates = covs,
-       cell_group = as.integer(grp - 1L), gdef = gdef)
+       cell_group = as.integer(grp - 1L), gdef = gdef, stream = stream)
 }
 
 ref_priors <- function(alpha_g_phi_hyp_prior, gene_add_alpha_hyp_prior, gene_add_mean_hyp_prior,
@@ -173,8 +175,12 @@ ref_make_state <- function(prep) {
   hyp <- c(h$detection_mean_alpha, h$detection_mean_beta, h$gene_add_alpha_alpha,
            h$gene_add_alpha_beta, h$gene_add_mean_alpha, h$gene_add_mean_beta, h$phi_alpha,
            h$phi_beta, h$tech_alpha, h$tech_alpha / h$tech_mean)
+  if (isTRUE(prep$stream)) {
+    return(.Call(C_scnative_reg_setup, NULL, NULL, NULL, as.integer(dims), prep$cell_group,
+                 prep$gdef, as.double(hyp), prep$stats))
+  }
   .Call(C_scnative_reg_setup, x@p, x@i, x@x, as.integer(dims), prep$cell_group, prep$gdef,
-        as.double(hyp))
+        as.double(hyp), NULL)
 }
 
 # upstream's default number of epochs (scvi's get_max_epochs_heuristic with epochs_cap = 1000)
@@ -202,12 +208,21 @@ ref_default_epochs <- function(n_cells) {
 #' Results for a given `seed` do not depend on `threads`. Interrupting (Ctrl-C) returns the fit
 #' so far with a warning.
 #'
+#' A reference larger than memory can be given as a `DelayedArray` (e.g. an `HDF5Array` from
+#' the Bioconductor package HDF5Array, or a SingleCellExperiment whose assay is one): the counts
+#' are then streamed from disk. One block-wise pass checks the values and computes the per-type
+#' averages and the model's per-cell and per-gene constants; each training step reads only its
+#' minibatch's cells (as a small sparse block). The fit is the same, bit for bit, as with the
+#' counts in memory for the same `seed`. Such a fit keeps no counts (`keep_data` is ignored):
+#' continue it with `reference_signatures(x, ..., init = fit)`. The packages DelayedArray (and
+#' HDF5Array for HDF5 files) are needed only for such input.
+#'
 #' Pass the result to [cell2location()] as its `signatures` (it takes [signatures()] of the
 #' fit), or take the matrix with [signatures()].
 #'
-#' @param x single-cell raw counts: a genes x cells matrix or `dgCMatrix` of non-negative
-#'   integers (gene names as row names), or a Seurat object / SingleCellExperiment (see `assay`,
-#'   `layer`, `assay.type`).
+#' @param x single-cell raw counts: a genes x cells matrix, `dgCMatrix` or `DelayedArray`
+#'   (e.g. `HDF5Array`, streamed from disk) of non-negative integers (gene names as row names),
+#'   or a Seurat object / SingleCellExperiment (see `assay`, `layer`, `assay.type`).
 #' @param labels the cell type of each cell: a vector or factor (factor levels give the order of
 #'   the cell types; otherwise they are sorted), or for an object the name of a cell metadata
 #'   column. Each cell type needs at least 2 cells. (Upstream's `labels_key`.)
@@ -236,7 +251,7 @@ ref_default_epochs <- function(n_cells) {
 #' @param progress `TRUE` to show the progress (epochs per second, averaged -ELBO, time left),
 #'   as in [cell2location()].
 #' @param keep_data `TRUE` (default) to keep the sparse counts in the fit so that
-#'   [train_more()] needs no data.
+#'   [train_more()] needs no data (ignored for a `DelayedArray` `x`: nothing is kept).
 #' @param early_stop `FALSE` (default: all `max_epochs` epochs), `TRUE` or a list of
 #'   `patience`, `min_delta`, `window`: stop once the -ELBO averaged over `window` epochs has
 #'   not improved by more than `min_delta` (relative) for `patience` epochs, exactly as in
@@ -297,8 +312,8 @@ reference_signatures.Seurat <- function(x, labels, batch = NULL, covariates = NU
   obj_check(x)
   check_string(layer, "layer")
   check_string(assay, "assay", allow_null = TRUE)
-  ref_object_fit(x, obj_matrix(x, layer, assay = assay, arg = "layer"), labels, batch,
-                 covariates, ...)
+  ref_object_fit(x, obj_matrix(x, layer, assay = assay, arg = "layer", delayed = TRUE), labels,
+                 batch, covariates, ...)
 }
 
 #' @rdname reference_signatures
@@ -307,8 +322,8 @@ reference_signatures.Seurat <- function(x, labels, batch = NULL, covariates = NU
 reference_signatures.SingleCellExperiment <- function(x, labels, batch = NULL, covariates = NULL,
                                                       ..., assay.type = "counts") {
   obj_check(x)
-  ref_object_fit(x, obj_matrix(x, assay.type, arg = "assay.type"), labels, batch, covariates,
-                 ...)
+  ref_object_fit(x, obj_matrix(x, assay.type, arg = "assay.type", delayed = TRUE), labels,
+                 batch, covariates, ...)
 }
 
 ref_object_fit <- function(object, counts, labels, batch, covariates, ...) {
@@ -343,8 +358,19 @@ ref_fit <- function(x, labels, batch, covariates, meta, max_epochs, batch_size, 
   st$batch_size <- if (is.null(batch_size)) NULL else as.integer(batch_size)
   prep$settings <- st
   epochs <- max_epochs %||% ref_default_epochs(st$n_cells)
+  if (prep$stream) {
+    # one block-wise pass: checks the values, the model's constants, the per-type averages
+    pass <- ref_stream_pass(prep$x, prep$labels, is.null(init) && use_average_as_initial)
+    prep$stats <- pass$stats
+  }
   if (is.null(init)) {
-    avg <- if (use_average_as_initial) cluster_averages(prep$x, prep$labels) else NULL
+    avg <- if (!use_average_as_initial) {
+      NULL
+    } else if (prep$stream) {
+      pass$averages
+    } else {
+      cluster_averages(prep$x, prep$labels)
+    }
     params <- ref_init_params(st, avg)
     history <- svi_empty_history()
     steps <- 0
@@ -373,9 +399,15 @@ ref_fit_run <- function(prep, params, history, steps, epochs, opt, seed, threads
   mb <- as.integer(c(min(bs, st$n_cells), 0L, 1L))
   optv <- c(opt$lr, opt$clip_norm, opt$lrd, if (opt$name == "clipped_adam") 1 else 0)
   epoch0 <- nrow(history)
+  stream <- isTRUE(prep$stream)
   res <- svi_train_blocks(function(k, done) {
-    r <- .Call(C_scnative_reg_train, state, as.integer(k), as.double(epoch0 + done),
-               as.double(steps), optv, mb, seed, threads)
+    if (stream) {
+      r <- ref_stream_epochs(state, prep$x, k, epoch0 + done, steps, optv, mb[1L], seed,
+                             threads, function(s) steps <<- s)
+    } else {
+      r <- .Call(C_scnative_reg_train, state, as.integer(k), as.double(epoch0 + done),
+                 as.double(steps), optv, mb, seed, threads)
+    }
     steps <<- r$steps
     r$loss
   }, epochs, progress, "reference_signatures", early_stop)
@@ -384,7 +416,9 @@ ref_fit_run <- function(prep, params, history, steps, epochs, opt, seed, threads
     params = svi_params_from_flat(pr$loc, pr$rho, function(v) ref_unflatten(v, st)),
     history = svi_history_append(history, res$loss), settings = st, optimizer = opt,
     seed = seed, steps = steps,
-    data = if (keep_data) prep[c("x", "labels", "batch", "covariates", "cell_group", "gdef")],
+    data = if (keep_data && !stream) {
+      prep[c("x", "labels", "batch", "covariates", "cell_group", "gdef")]
+    },
     interrupted = res$interrupted, format = fit_format
   )
   fit$early_stop <- res$early_stop # absent without early stopping
@@ -440,7 +474,7 @@ train_more.scnative_reference <- function(fit, epochs, x = NULL, lr = NULL, seed
     stopf("for a reference fit, pass the data again with reference_signatures(..., init = fit)")
   }
   if (is.null(fit$data)) {
-    stopf("'fit' was made with keep_data = FALSE; use reference_signatures(..., init = fit)")
+    stopf("'fit' keeps no counts (made with keep_data = FALSE or from a DelayedArray); use reference_signatures(..., init = fit)")
   }
   opt <- fit$optimizer
   opt$lr <- lr %||% opt$lr
@@ -555,8 +589,9 @@ signatures <- function(x, which = "means", upstream_names = FALSE, ...) {
 #' the diagnostic plot is drawn: a 2-D histogram of log10 mean non-zero expression against
 #' log10 cells detecting the gene, with the excluded region shaded.
 #'
-#' @param x single-cell raw counts, genes x cells (matrix or `dgCMatrix`), or a Seurat object /
-#'   SingleCellExperiment (see `assay`, `layer`, `assay.type`).
+#' @param x single-cell raw counts, genes x cells (matrix, `dgCMatrix` or `DelayedArray` such as
+#'   an `HDF5Array`, read block by block), or a Seurat object / SingleCellExperiment (see
+#'   `assay`, `layer`, `assay.type`).
 #' @param cell_count_cutoff genes detected in fewer cells than this are excluded.
 #' @param cell_percentage_cutoff2 genes detected in at least this fraction of cells are kept.
 #' @param nonz_mean_cutoff genes between the two cut-offs are kept when their mean non-zero
@@ -582,18 +617,25 @@ filter_genes <- function(x, cell_count_cutoff = 15, cell_percentage_cutoff2 = 0.
   if (is_seurat(x) || is_sce(x)) {
     dots <- list(...)
     x <- if (is_seurat(x)) {
-      obj_matrix(x, dots$layer %||% "counts", assay = dots$assay, arg = "layer")
+      obj_matrix(x, dots$layer %||% "counts", assay = dots$assay, arg = "layer", delayed = TRUE)
     } else {
-      obj_matrix(x, dots$assay.type %||% "counts", arg = "assay.type")
+      obj_matrix(x, dots$assay.type %||% "counts", arg = "assay.type", delayed = TRUE)
     }
   }
-  x <- check_expression(x, "x")
+  stream <- is_delayed(x)
+  x <- if (stream) delayed_check(x, "x") else check_expression(x, "x")
   if (is.null(rownames(x))) rownames(x) <- sprintf("gene_%d", seq_len(nrow(x)))
   if (anyNA(rownames(x)) || anyDuplicated(rownames(x))) {
     stopf("'x' has NA or duplicated gene (row) names")
   }
-  n_cells <- if (inherits(x, "Matrix")) Matrix::rowSums(x > 0) else rowSums(x > 0)
-  tot <- if (inherits(x, "Matrix")) Matrix::rowSums(x) else rowSums(x)
+  if (stream) {
+    rs <- delayed_row_stats(x, "x")
+    n_cells <- rs$n_cells
+    tot <- rs$total
+  } else {
+    n_cells <- if (inherits(x, "Matrix")) Matrix::rowSums(x > 0) else rowSums(x > 0)
+    tot <- if (inherits(x, "Matrix")) Matrix::rowSums(x) else rowSums(x)
+  }
   nonz_mean <- tot / n_cells
   cc1 <- log10(cell_count_cutoff)
   cc2 <- log10(ncol(x) * cell_percentage_cutoff2)

@@ -12,6 +12,7 @@ SEXP scnative_threads_colsums(SEXP, SEXP);
 SEXP scnative_dgemm(SEXP, SEXP, SEXP, SEXP, SEXP);
 SEXP scnative_rng(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 SEXP scnative_value_flags(SEXP);
+SEXP scnative_dense_csc(SEXP);
 /* end core */
 
 
@@ -40,7 +41,10 @@ SEXP scnative_svi_draws(SEXP, SEXP, SEXP, SEXP, SEXP);
 
 
 /* reference regression model: declarations */
-SEXP scnative_reg_setup(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_reg_setup(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_reg_block_stats(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_reg_perm(SEXP, SEXP, SEXP);
+SEXP scnative_reg_step(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 SEXP scnative_reg_set_params(SEXP, SEXP, SEXP);
 SEXP scnative_reg_get_params(SEXP);
 SEXP scnative_reg_train(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
@@ -95,6 +99,7 @@ static const R_CallMethodDef callMethods[] = {
     CALLDEF(scnative_dgemm, 5),
     CALLDEF(scnative_rng, 6),
     CALLDEF(scnative_value_flags, 1),
+    CALLDEF(scnative_dense_csc, 1),
     /* end core table */
 
 
@@ -123,7 +128,10 @@ static const R_CallMethodDef callMethods[] = {
 
 
     /* reference regression table */
-    CALLDEF(scnative_reg_setup, 7),
+    CALLDEF(scnative_reg_setup, 8),
+    CALLDEF(scnative_reg_block_stats, 7),
+    CALLDEF(scnative_reg_perm, 3),
+    CALLDEF(scnative_reg_step, 10),
     CALLDEF(scnative_reg_set_params, 3),
     CALLDEF(scnative_reg_get_params, 1),
     CALLDEF(scnative_reg_train, 8),

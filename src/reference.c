@@ -20,7 +20,12 @@
  * O(groups x genes + non-zeros of the minibatch); nothing cells x genes is ever dense.
  *
  * Counts stay where R keeps them: the genes x cells dgCMatrix slots (p, i, x) are referenced
- * (protected by the external pointer), not copied.
+ * (protected by the external pointer), not copied. Streaming (a DelayedArray input): the state
+ * holds no counts; R reads each minibatch's cells from disk as a small dgCMatrix and hands it to
+ * scnative_reg_step with the cells in the order of the in-memory path's minibatch, so that
+ * every sum runs in the same order and the fit is bit-identical. The per-cell and per-gene
+ * constants of the counts (lgx, vmax) then come from a block-wise pass (scnative_reg_block_stats,
+ * the same loop as the in-memory setup).
  *
  * Determinism: the group-sorted minibatch is cut into pieces (at most one group each, sizes
  * fixed by the minibatch size only); each piece owns its per-gene buffers; genes are reduced
@@ -35,8 +40,11 @@ enum { R_MU, R_TECH, R_YE, R_H, R_SMEAN, R_SINV, R_SEG, R_PHI, R_O, R_NSITE };
 
 typedef struct {
   int N, G, F, E, K, NC, NG; /* cells, genes, labels, batches, covariate levels, covariates, groups */
-  const int *xp, *xi;        /* genes x cells CSC (R's memory) */
+  const int *xp, *xi;        /* genes x cells CSC (R's memory; streaming: the step's block) */
   const double *xv;
+  int stream;                /* 1: no counts kept, minibatches come from scnative_reg_step */
+  int *col;                  /* streaming, N: column of each cell in the step's block */
+  int *stamp, cur;           /* streaming, N: the step that set col (duplicate check) */
   int *cell_group;           /* N */
   int *gdef;                 /* (2 + NC) x NG: label, batch, covariate level rows */
   double hyp[REG_NHYP];
@@ -63,7 +71,8 @@ static void reg_free(reg_state *st) {
   if (!st) return;
   void *ptrs[] = {st->cell_group, st->gdef, st->mb, st->perm, st->un, st->ord, st->cnt, st->gstart,
                   st->pc0, st->pc1, st->pgrp, st->gp0, st->pdR, st->pdQ, st->pll, st->a_g,
-                  st->dga, st->lga, st->blk_y, st->blk_ll, st->rsd, st->rsl, st->vmax, st->lgx};
+                  st->dga, st->lga, st->blk_y, st->blk_ll, st->rsd, st->rsl, st->vmax, st->lgx,
+                  st->col, st->stamp};
   for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
   scn_guide_free(&st->gd);
   free(st);
@@ -78,15 +87,61 @@ static reg_state *reg_get(SEXP ptr) { return scn_state_get(ptr, "regression mode
 
 #define SITE(j) (st->gd.off[st->site[j]])
 
+/* Checks a genes x ncol CSC (R's dgCMatrix slots): structure, finite non-negative values. */
+static void reg_check_csc(SEXP xp, SEXP xi, SEXP xv, int ncol, int G) {
+  if (!isInteger(xp) || XLENGTH(xp) != (R_xlen_t)ncol + 1 || !isInteger(xi) || !isReal(xv) ||
+      XLENGTH(xi) != XLENGTH(xv))
+    SCN_INTERNAL_ERROR("counts' slots");
+  const int *p = INTEGER(xp), *ix = INTEGER(xi);
+  const double *v = REAL(xv);
+  if (p[0] != 0 || (R_xlen_t)p[ncol] != XLENGTH(xi))
+    error(_("the counts' column pointers do not match their row indices (an invalid dgCMatrix?)"));
+  for (int c = 0; c < ncol; c++)
+    if (p[c + 1] < p[c])
+      error(_("the counts' column pointers decrease (an invalid dgCMatrix?)"));
+  for (R_xlen_t q = 0; q < XLENGTH(xi); q++) {
+    if (ix[q] < 0 || ix[q] >= G) error(_("the counts' row indices are out of range (an invalid dgCMatrix?)"));
+    if (!(v[q] >= 0.0) || !R_FINITE(v[q])) error(_("the counts must be finite and non-negative"));
+  }
+}
+
+static void reg_lgamma_table(double *lgt) {
+  lgt[0] = 0.0;
+  for (int v = 1; v < 256; v++) lgt[v] = lgt[v - 1] + log((double)v);
+}
+
+/* Constants of the counts of ncol cells: per cell sum lgamma(x + 1) (lgx), per gene the
+ * largest count capped at REG_VT + 1 (vmax, raised, not reset). */
+static void reg_column_stats(const int *p, const int *ix, const double *xv, int ncol,
+                             const double *lgt, double *lgx, int *vmax) {
+  for (int c = 0; c < ncol; c++) {
+    double l = 0.0;
+    for (int q = p[c]; q < p[c + 1]; q++) {
+      double x = xv[q];
+      int g = ix[q], v = x > REG_VT ? REG_VT + 1 : (int)x;
+      l += x < 256.0 ? lgt[(int)x] : scn_lgamma(x + 1.0);
+      if (v > vmax[g]) vmax[g] = v;
+    }
+    lgx[c] = l;
+  }
+}
+
 /* .Call(C_scnative_reg_setup, xp, xi, xv, dims = c(N, G, F, E, K, NC, NG), cell_group,
- *       gdef, hyper): xp, xi, xv are the dgCMatrix's slots, kept (not copied) by the pointer. */
+ *       gdef, hyper, stats): xp, xi, xv are the dgCMatrix's slots, kept (not copied) by the
+ *       pointer; stats NULL. Streaming: xp, xi, xv NULL and stats = list(lgx (N), vmax (G))
+ *       from scnative_reg_block_stats. */
 SEXP scnative_reg_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP cell_group, SEXP gdef,
-                        SEXP hyper) {
+                        SEXP hyper, SEXP stats) {
   if (!isInteger(dims) || XLENGTH(dims) != 7) SCN_INTERNAL_ERROR("dims");
   const int *d = INTEGER(dims);
   int N = d[0], G = d[1], F = d[2], E = d[3], K = d[4], NC = d[5], NG = d[6];
-  if (!isInteger(xp) || XLENGTH(xp) != N + 1 || !isInteger(xi) || !isReal(xv) ||
-      XLENGTH(xi) != XLENGTH(xv) || !isInteger(cell_group) || XLENGTH(cell_group) != N ||
+  const int stream = isNull(xp);
+  if (stream && (!isNull(xi) || !isNull(xv) || !isNewList(stats) || XLENGTH(stats) != 2 ||
+                 !isReal(VECTOR_ELT(stats, 0)) || XLENGTH(VECTOR_ELT(stats, 0)) != N ||
+                 !isInteger(VECTOR_ELT(stats, 1)) || XLENGTH(VECTOR_ELT(stats, 1)) != G))
+    SCN_INTERNAL_ERROR("streaming setup");
+  if (!stream && !isNull(stats)) SCN_INTERNAL_ERROR("stats");
+  if (!isInteger(cell_group) || XLENGTH(cell_group) != N ||
       !isInteger(gdef) || XLENGTH(gdef) != (R_xlen_t)(2 + NC) * NG || !isReal(hyper) ||
       XLENGTH(hyper) != REG_NHYP)
     SCN_INTERNAL_ERROR("bad arguments");
@@ -96,16 +151,15 @@ SEXP scnative_reg_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP cell_group, S
   if (N < 1 || G < 1 || F < 1 || E < 1 || K < 0 || NC < 0 || NG < 1)
     error(_("the regression model's sizes are invalid (a damaged fit?)"));
   {
-    const int *p = INTEGER(xp), *ix = INTEGER(xi), *cg = INTEGER(cell_group), *gd = INTEGER(gdef);
-    const double *v = REAL(xv);
-    if (p[0] != 0 || (R_xlen_t)p[N] != XLENGTH(xi))
-      error(_("the counts' column pointers do not match their row indices (an invalid dgCMatrix?)"));
-    for (int c = 0; c < N; c++)
-      if (p[c + 1] < p[c])
-        error(_("the counts' column pointers decrease (an invalid dgCMatrix?)"));
-    for (R_xlen_t q = 0; q < XLENGTH(xi); q++) {
-      if (ix[q] < 0 || ix[q] >= G) error(_("the counts' row indices are out of range (an invalid dgCMatrix?)"));
-      if (!(v[q] >= 0.0) || !R_FINITE(v[q])) error(_("the counts must be finite and non-negative"));
+    const int *cg = INTEGER(cell_group), *gd = INTEGER(gdef);
+    if (!stream) reg_check_csc(xp, xi, xv, N, G);
+    else {
+      const double *l = REAL(VECTOR_ELT(stats, 0));
+      const int *vm = INTEGER(VECTOR_ELT(stats, 1));
+      for (int c = 0; c < N; c++)
+        if (!R_FINITE(l[c])) error(_("the counts' per-cell constants are invalid"));
+      for (int g = 0; g < G; g++)
+        if (vm[g] < 0 || vm[g] > REG_VT + 1) error(_("the counts' per-gene maxima are invalid"));
     }
     for (int c = 0; c < N; c++)
       if (cg[c] < 0 || cg[c] >= NG) error(_("a cell's group is out of range (a damaged fit?)"));
@@ -121,7 +175,8 @@ SEXP scnative_reg_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP cell_group, S
   reg_state *st = calloc(1, sizeof *st);
   if (!st) error(_("out of memory"));
   st->N = N, st->G = G, st->F = F, st->E = E, st->K = K, st->NC = NC, st->NG = NG;
-  st->xp = INTEGER(xp), st->xi = INTEGER(xi), st->xv = REAL(xv);
+  st->stream = stream;
+  if (!stream) st->xp = INTEGER(xp), st->xi = INTEGER(xi), st->xv = REAL(xv);
   memcpy(st->hyp, REAL(hyper), sizeof st->hyp);
   R_xlen_t sizes[R_NSITE];
   int ns = 0;
@@ -159,27 +214,28 @@ SEXP scnative_reg_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP cell_group, S
   REG_ALLOC(st->rsl, (R_xlen_t)G * REG_VT, double);
   REG_ALLOC(st->vmax, G, int);
   REG_ALLOC(st->lgx, N, double);
+  if (stream) {
+    REG_ALLOC(st->col, N, int);
+    REG_ALLOC(st->stamp, N, int);
+  }
   if (!ok) {
     reg_free(st);
     error(_("out of memory allocating the regression model state"));
   }
   memcpy(st->cell_group, INTEGER(cell_group), N * sizeof(int));
   memcpy(st->gdef, INTEGER(gdef), (size_t)(2 + NC) * NG * sizeof(int));
-  st->lgt[0] = 0.0;
-  for (int v = 1; v < 256; v++) st->lgt[v] = st->lgt[v - 1] + log((double)v);
+  reg_lgamma_table(st->lgt);
   for (int c = 0; c < N; c++) st->mb[c] = c;
   st->b = N;
   /* constants of the counts: per cell sum lgamma(x + 1), per gene the largest count */
-  memset(st->vmax, 0, G * sizeof(int));
-  for (int c = 0; c < N; c++) {
-    double l = 0.0;
-    for (int q = st->xp[c]; q < st->xp[c + 1]; q++) {
-      double x = st->xv[q];
-      int g = st->xi[q], v = x > REG_VT ? REG_VT + 1 : (int)x;
-      l += x < 256.0 ? st->lgt[(int)x] : scn_lgamma(x + 1.0);
-      if (v > st->vmax[g]) st->vmax[g] = v;
-    }
-    st->lgx[c] = l;
+  if (stream) {
+    memcpy(st->lgx, REAL(VECTOR_ELT(stats, 0)), N * sizeof(double));
+    memcpy(st->vmax, INTEGER(VECTOR_ELT(stats, 1)), G * sizeof(int));
+    for (int c = 0; c < N; c++) st->stamp[c] = 0;
+    st->cur = 0;
+  } else {
+    memset(st->vmax, 0, G * sizeof(int));
+    reg_column_stats(st->xp, st->xi, st->xv, N, st->lgt, st->lgx, st->vmax);
   }
   SEXP prot = PROTECT(allocVector(VECSXP, 3));
   SET_VECTOR_ELT(prot, 0, xp);
@@ -286,9 +342,9 @@ static double reg_likelihood(reg_state *st, const double *z, double *gz, double 
     memset(dQ, 0, G * sizeof(double));
     double ll = 0.0;
     for (int i = st->pc0[p]; i < st->pc1[p]; i++) {
-      int c = st->ord[i];
+      int c = st->ord[i], cc = st->col ? st->col[c] : c; /* cc: the cell's column */
       ll -= st->lgx[c];
-      for (int q = st->xp[c]; q < st->xp[c + 1]; q++) {
+      for (int q = st->xp[cc]; q < st->xp[cc + 1]; q++) {
         int g = st->xi[q];
         double x = st->xv[q];
         dR[g] += x;
@@ -436,6 +492,7 @@ static void reg_permute(reg_state *st, uint64_t seed, double epoch) {
 SEXP scnative_reg_train(SEXP ptr, SEXP n_epochs, SEXP epoch0, SEXP step0, SEXP opt_, SEXP mbs,
                         SEXP seed_, SEXP threads) {
   reg_state *st = reg_get(ptr);
+  if (st->stream) SCN_INTERNAL_ERROR("a streaming state trains by scnative_reg_step");
   int ne = asInteger(n_epochs), nth = asInteger(threads);
   if (!isReal(opt_) || XLENGTH(opt_) != 4 || !isInteger(mbs) || XLENGTH(mbs) != 3)
     SCN_INTERNAL_ERROR("train arguments");
@@ -477,6 +534,7 @@ SEXP scnative_reg_train(SEXP ptr, SEXP n_epochs, SEXP epoch0, SEXP step0, SEXP o
  * -> list(logp, grad = d log p / du) with the likelihood of `cells` scaled by N / length. */
 SEXP scnative_reg_logjoint(SEXP ptr, SEXP u, SEXP cells, SEXP threads) {
   reg_state *st = reg_get(ptr);
+  if (st->stream) SCN_INTERNAL_ERROR("a streaming state has no counts");
   if (!isReal(u) || XLENGTH(u) != st->gd.P) SCN_INTERNAL_ERROR("u length");
   if (isNull(cells)) {
     for (int c = 0; c < st->N; c++) st->mb[c] = c;
@@ -494,4 +552,114 @@ SEXP scnative_reg_logjoint(SEXP ptr, SEXP u, SEXP cells, SEXP threads) {
   scn_guide_set_u(&st->gd, REAL(u));
   double lp = reg_logp(st, asInteger(threads));
   return scn_logjoint_sexp(&st->gd, lp);
+}
+
+/* ---- streaming (DelayedArray input) -------------------------------------------------- */
+
+/* .Call(C_scnative_reg_block_stats, xp, xi, xv, G, labels, w, acc) for a genes x b block of
+ * cells (dgCMatrix slots) -> list(lgx (b), vmax (G), acc). labels (0-based, b) and w (per
+ * label) may be NULL; otherwise acc (G x F) is a copy of `acc` plus x * w[label] of every count,
+ * added cell after cell in column order: the order of the sparse product x %*% indicator in
+ * cluster_averages(), so the per-type averages of blocks visited in column order are the same
+ * numbers as the in-memory ones. */
+SEXP scnative_reg_block_stats(SEXP xp, SEXP xi, SEXP xv, SEXP G_, SEXP labels, SEXP w,
+                              SEXP acc) {
+  int G = asInteger(G_);
+  if (G < 1 || !isInteger(xp) || XLENGTH(xp) < 1 || XLENGTH(xp) - 1 > INT_MAX)
+    SCN_INTERNAL_ERROR("block");
+  int b = (int)(XLENGTH(xp) - 1);
+  reg_check_csc(xp, xi, xv, b, G);
+  const int *p = INTEGER(xp), *ix = INTEGER(xi);
+  const double *xvv = REAL(xv);
+  int F = 0;
+  if (!isNull(labels)) {
+    if (!isInteger(labels) || XLENGTH(labels) != b || !isReal(w) || !isReal(acc) ||
+        XLENGTH(acc) != (R_xlen_t)G * XLENGTH(w))
+      SCN_INTERNAL_ERROR("block labels");
+    F = (int)XLENGTH(w);
+    for (int c = 0; c < b; c++)
+      if (INTEGER(labels)[c] < 0 || INTEGER(labels)[c] >= F) SCN_INTERNAL_ERROR("block label");
+  }
+  static const char *names[] = {"lgx", "vmax", "acc"};
+  SEXP res = PROTECT(scn_named_list(3, names));
+  SEXP lgx = PROTECT(allocVector(REALSXP, b)), vmax = PROTECT(allocVector(INTSXP, G));
+  double lgt[256];
+  reg_lgamma_table(lgt);
+  memset(INTEGER(vmax), 0, G * sizeof(int));
+  reg_column_stats(p, ix, xvv, b, lgt, REAL(lgx), INTEGER(vmax));
+  SET_VECTOR_ELT(res, 0, lgx);
+  SET_VECTOR_ELT(res, 1, vmax);
+  if (F) {
+    SEXP a = PROTECT(duplicate(acc));
+    double *av = REAL(a);
+    const double *wv = REAL(w);
+    for (int c = 0; c < b; c++) {
+      int l = INTEGER(labels)[c];
+      double *al = av + (R_xlen_t)l * G;
+      for (int q = p[c]; q < p[c + 1]; q++) al[ix[q]] += xvv[q] * wv[l];
+    }
+    SET_VECTOR_ELT(res, 2, a);
+    UNPROTECT(1);
+  }
+  UNPROTECT(3);
+  return res;
+}
+
+/* .Call(C_scnative_reg_perm, ptr, seed, epoch) -> the epoch's shuffled cell order (0-based),
+ * the one scnative_reg_train uses. */
+SEXP scnative_reg_perm(SEXP ptr, SEXP seed_, SEXP epoch) {
+  reg_state *st = reg_get(ptr);
+  reg_permute(st, scn_seed_from_sexp(seed_), asReal(epoch));
+  SEXP ans = PROTECT(allocVector(INTSXP, st->N));
+  memcpy(INTEGER(ans), st->perm, st->N * sizeof(int));
+  UNPROTECT(1);
+  return ans;
+}
+
+/* .Call(C_scnative_reg_step, ptr, cells, cols, xp, xi, xv, step, opt, seed, threads) -> loss:
+ * one SVI step of a streaming state on the minibatch `cells` (0-based, in the minibatch's
+ * order), whose counts are column cols[i] (0-based) of the genes x b block (xp, xi, xv). */
+SEXP scnative_reg_step(SEXP ptr, SEXP cells, SEXP cols, SEXP xp, SEXP xi, SEXP xv, SEXP step_,
+                       SEXP opt_, SEXP seed_, SEXP threads) {
+  reg_state *st = reg_get(ptr);
+  if (!st->stream) SCN_INTERNAL_ERROR("not a streaming state");
+  if (!isReal(opt_) || XLENGTH(opt_) != 4 || !isInteger(cells) || !isInteger(cols) ||
+      XLENGTH(cells) < 1 || XLENGTH(cells) > st->N || XLENGTH(cols) != XLENGTH(cells) ||
+      !isInteger(xp) || XLENGTH(xp) < 1 || XLENGTH(xp) - 1 > st->N)
+    SCN_INTERNAL_ERROR("step arguments");
+  const int b = (int)XLENGTH(cells), nb = (int)(XLENGTH(xp) - 1);
+  reg_check_csc(xp, xi, xv, nb, st->G);
+  {
+    /* the block's counts must not exceed the per-gene maxima of the pass that set up the state
+     * (the tables are built up to them): a larger count means the data changed on disk */
+    const int *p = INTEGER(xp), *ix = INTEGER(xi);
+    const double *v = REAL(xv);
+    for (int q = 0; q < p[nb]; q++) {
+      int vv = v[q] > REG_VT ? REG_VT + 1 : (int)v[q];
+      if (vv > st->vmax[ix[q]])
+        error(_("the counts read from 'x' differ from those of the first pass (did the data change on disk?)"));
+    }
+  }
+  if (st->cur == INT_MAX) {
+    for (int c = 0; c < st->N; c++) st->stamp[c] = 0;
+    st->cur = 0;
+  }
+  const int cur = ++st->cur;
+  const int *ce = INTEGER(cells), *co = INTEGER(cols);
+  for (int i = 0; i < b; i++) {
+    int c = ce[i];
+    if (c < 0 || c >= st->N || co[i] < 0 || co[i] >= nb || st->stamp[c] == cur)
+      SCN_INTERNAL_ERROR("minibatch cells");
+    st->stamp[c] = cur;
+    st->col[c] = co[i];
+    st->mb[i] = c;
+  }
+  st->b = b;
+  const double *o = REAL(opt_);
+  scn_optim opt = {o[0], o[1], o[2], (int)o[3]};
+  st->xp = INTEGER(xp), st->xi = INTEGER(xi), st->xv = REAL(xv);
+  double loss = scn_svi_step(&st->gd, reg_logp, st, scn_seed_from_sexp(seed_), asReal(step_),
+                             &opt, asInteger(threads));
+  st->xp = st->xi = NULL, st->xv = NULL;
+  return ScalarReal(loss);
 }

@@ -10,7 +10,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 demo_pkgs="r-base-dev r-cran-matrix r-cran-ggplot2 r-cran-hdf5r libopenblas0-pthread"
 check_pkgs="$demo_pkgs r-cran-testthat r-cran-reticulate r-cran-knitr r-cran-rmarkdown
   r-cran-withr r-cran-roxygen2 r-cran-pkgbuild r-cran-pkgload r-cran-seurat r-cran-seuratobject
-  r-bioc-singlecellexperiment r-bioc-summarizedexperiment pandoc time python3-venv"
+  r-bioc-singlecellexperiment r-bioc-summarizedexperiment r-bioc-delayedarray
+  r-bioc-hdf5array pandoc time python3-venv"
 case "$level" in
   demo) pkgs=$demo_pkgs ;;
   check) pkgs=$check_pkgs ;;
