@@ -31,8 +31,10 @@ run_side <- function(s) {
   out <- suppressWarnings(system2("/usr/bin/time", c("-f", "SCN_MAXRSS_KB=%M", s$cmd, s$args),
                                   stdout = TRUE, stderr = TRUE, env = paste0(names(env), "=", env)))
   if (!is.null(attr(out, "status")) && attr(out, "status") != 0L) {
-    stop("side failed: ", s$cmd, " ", paste(s$args, collapse = " "), "\n",
-         paste(utils::tail(out, 20), collapse = "\n"))
+    log <- tempfile("velocity_chain_", fileext = ".log")
+    writeLines(out, log)
+    cat(utils::tail(grep("^\\s*\\^+\\s*$", out, invert = TRUE, value = TRUE), 15), sep = "\n")
+    stop("side failed: ", s$cmd, " ", paste(s$args, collapse = " "), " (whole output: ", log, ")")
   }
   st <- grep("^STEP ", out, value = TRUE)
   steps <- stats::setNames(as.numeric(sub("^STEP \\S+ ", "", st)), sub("^STEP (\\S+) .*", "\\1", st))
