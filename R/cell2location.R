@@ -280,19 +280,73 @@ c2l_make_state <- function(prep, tiles = c(0L, 0L), precision = "double", gemm =
 # ---- training -----------------------------------------------------------------------------
 
 # Runs `epochs` epochs in blocks of .Call's; returns list(loss, params, interrupted).
+# `minibatch`: NULL (full batch) or c2l_minibatch()'s settings (spec: cell2location, Minibatch
+# regime): each epoch shuffles the training spots into minibatches of batch_size.
 c2l_train_blocks <- function(state, prep, params, epochs, epoch0, opt, seed, threads, progress,
-                             early_stop = NULL) {
+                             early_stop = NULL, minibatch = NULL) {
   st <- prep$settings
   .Call(C_scnative_c2l_set_params, state, c2l_flatten(lapply(params, `[[`, "loc"), st),
         c2l_flatten(lapply(params, `[[`, "rho"), st))
   clipped <- if (opt$name == "clipped_adam") 1L else 0L
-  res <- svi_train_blocks(function(k, done) {
-    .Call(C_scnative_c2l_train, state, as.integer(k), as.double(epoch0 + done), opt$lr, clipped,
-          opt$clip_norm, opt$lrd, seed, threads)
-  }, epochs, progress, "cell2location", early_stop)
+  run <- if (is.null(minibatch)) {
+    function(k, done) {
+      .Call(C_scnative_c2l_train, state, as.integer(k), as.double(epoch0 + done), opt$lr,
+            clipped, opt$clip_norm, opt$lrd, seed, threads)
+    }
+  } else {
+    train <- c2l_train_spots_c(minibatch$train, st)
+    optv <- c(opt$lr, opt$clip_norm, opt$lrd, clipped)
+    function(k, done) {
+      .Call(C_scnative_c2l_train_mb, state, as.integer(k), as.double(epoch0 + done), optv,
+            train, as.integer(minibatch$batch_size), seed, threads)
+    }
+  }
+  res <- svi_train_blocks(run, epochs, progress, "cell2location", early_stop)
   pr <- .Call(C_scnative_c2l_get_params, state)
   res$params <- svi_params_from_flat(pr$loc, pr$rho, function(v) c2l_unflatten(v, st))
   res
+}
+
+# The minibatch settings of a fit (spec: cell2location, Minibatch regime), or NULL for full
+# batch (batch_size NULL and train_size 1). As upstream's data splitter: ceiling(train_size * S)
+# training spots, the others (validation, never trained on) first in a seeded permutation of
+# the spots; the plate size is the number of training spots. `train`: the training spots
+# (indices in the user's order, increasing).
+c2l_minibatch <- function(batch_size, train_size, n_spots, seed) {
+  check_number(batch_size, "batch_size", min = 1, whole = TRUE, allow_null = TRUE)
+  check_number(train_size, "train_size", min = 0, min_open = TRUE, max = 1)
+  if (is.null(batch_size) && train_size == 1) return(NULL)
+  n_train <- ceiling(train_size * n_spots)
+  if (train_size < 1) {
+    perm <- order(rng_uniform(n_spots, seed, stream = 1002))
+    train <- sort(perm[seq.int(n_spots - n_train + 1L, length.out = n_train)])
+  } else {
+    train <- seq_len(n_spots)
+  }
+  bs <- if (is.null(batch_size)) n_train else min(as.integer(batch_size), n_train)
+  list(batch_size = as.integer(bs), train_size = as.double(train_size),
+       train = as.integer(train))
+}
+
+# The training spots as 0-based positions in the C state's spot order (sorted by batch).
+c2l_train_spots_c <- function(train, st) {
+  pos <- integer(st$n_spots)
+  pos[st$spot_order] <- seq_len(st$n_spots) - 1L
+  sort(pos[train])
+}
+
+# A fit's minibatch settings, checked (NULL: full batch).
+c2l_fit_minibatch <- function(fit) {
+  mb <- fit$minibatch
+  if (is.null(mb)) return(NULL)
+  S <- fit$settings$n_spots
+  if (!is.list(mb) || is.null(mb$batch_size) || is.null(mb$train) || !is.numeric(mb$train) ||
+      length(mb$train) < 1L || anyNA(mb$train) || any(mb$train < 1 | mb$train > S) ||
+      anyDuplicated(mb$train)) {
+    stopf("'fit$minibatch' must be NULL or a list with batch_size and the training spots (train)")
+  }
+  check_number(mb$batch_size, "fit$minibatch$batch_size", min = 1, whole = TRUE)
+  mb
 }
 
 #' Map cell types onto spatial spots with cell2location's model
@@ -440,7 +494,7 @@ cell2location.default <- function(x, signatures, batch = NULL, N_cells_per_locat
                                   optimizer = c("adam", "clipped_adam"), init = NULL,
                                   seed = NULL, threads = NULL, progress = interactive(),
                                   keep_data = TRUE, precision = c("single", "double"),
-                                  early_stop = FALSE, ...) {
+                                  early_stop = FALSE, batch_size = NULL, train_size = 1, ...) {
   N_given <- !missing(N_cells_per_location)
   optimizer <- match.arg(optimizer)
   precision <- check_choice(precision, c("single", "double"), "precision")
@@ -451,6 +505,8 @@ cell2location.default <- function(x, signatures, batch = NULL, N_cells_per_locat
   opt <- svi_optimizer(optimizer, lr, list(...))
   threads <- resolve_threads(threads)
   seed <- resolve_seed(seed)
+  check_number(batch_size, "batch_size", min = 1, whole = TRUE, allow_null = TRUE)
+  check_number(train_size, "train_size", min = 0, min_open = TRUE, max = 1)
   if (!is.null(init) && !inherits(init, "scnative_c2l")) {
     stopf("'init' must be NULL or a scnative_c2l fit, not %s", class(init)[1L])
   }
@@ -475,15 +531,16 @@ cell2location.default <- function(x, signatures, batch = NULL, N_cells_per_locat
     params <- init$params
     history <- init$history
   }
+  minibatch <- c2l_minibatch(batch_size, train_size, st$n_spots, seed)
   c2l_fit_run(prep, params, history, max_epochs, opt, seed, threads, progress, keep_data,
-              precision, early_stop)
+              precision, early_stop, minibatch)
 }
 
 c2l_fit_run <- function(prep, params, history, epochs, opt, seed, threads, progress, keep_data,
-                        precision, early_stop = NULL) {
+                        precision, early_stop = NULL, minibatch = NULL) {
   state <- c2l_make_state(prep, precision = precision)
   res <- c2l_train_blocks(state, prep, params, epochs, nrow(history), opt, seed, threads, progress,
-                          early_stop)
+                          early_stop, minibatch)
   fit <- list(
     params = res$params, history = svi_history_append(history, res$loss),
     settings = prep$settings, signatures = prep$signatures, batch = prep$batch,
@@ -491,6 +548,7 @@ c2l_fit_run <- function(prep, params, history, epochs, opt, seed, threads, progr
     interrupted = res$interrupted, format = fit_format, precision = precision
   )
   fit$early_stop <- res$early_stop # absent without early stopping
+  fit$minibatch <- minibatch # absent in full batch
   class(fit) <- "scnative_c2l"
   fit
 }
@@ -560,7 +618,7 @@ train_more.scnative_c2l <- function(fit, epochs, x = NULL, lr = NULL, seed = NUL
     prep$settings <- st
   }
   c2l_fit_run(prep, fit$params, fit$history, epochs, opt, seed, threads, progress,
-              !is.null(fit$data), precision, early_stop)
+              !is.null(fit$data), precision, early_stop, c2l_fit_minibatch(fit))
 }
 
 # ---- methods -------------------------------------------------------------------------------
@@ -764,4 +822,12 @@ add_cell_abundance <- function(object, fit_or_posterior, which = "means",
 c2l_logjoint <- function(prep, u, threads = 1L, precision = "double", gemm = 0L) {
   state <- c2l_make_state(prep, precision = precision, gemm = gemm)
   .Call(C_scnative_c2l_logjoint, state, as.double(u), as.integer(threads))
+}
+
+# The same on the minibatch of `spots` (0-based positions in C order, increasing) with plate
+# scale n / length(spots); u is the minibatch guide's flat vector (local rows in spot order).
+c2l_logjoint_mb <- function(prep, u, spots, n, threads = 1L, precision = "double") {
+  state <- c2l_make_state(prep, precision = precision)
+  .Call(C_scnative_c2l_logjoint_mb, state, as.double(u), as.integer(threads),
+        as.integer(spots), as.double(n))
 }

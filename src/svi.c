@@ -244,6 +244,67 @@ double scn_svi_step(scn_guide *g, scn_logp_fn logp, void *ctx, uint64_t seed, do
   return -lp + lq;
 }
 
+/* One minibatch step (spec: cell2location, Minibatch regime). `sub` is the model's guide
+ * over the minibatch: its element i is element idx[i] of the full guide `g`, and site j of
+ * `sub` carries the plate scale scale[j] (n / b for the sites inside the subsampled plate, 1
+ * for the global ones). eps is drawn for the whole of `g` at `step`, as in a full step; the
+ * minibatch's elements are gathered into `sub`, sampled there, the model's callback (which
+ * applies the same scales to its own terms) fills sub->gz, the guide's log q terms are scaled
+ * per site, and the gradients are scattered back (zero for the rows outside the minibatch),
+ * after which the optimiser steps every element of `g` (Adam's moments move the rows outside
+ * the minibatch too, as torch does). g->u and g->z serve as the scattered gradients.
+ * Returns the step's loss -log p + log q, both scaled. */
+double scn_svi_step_sub(scn_guide *g, scn_guide *sub, const R_xlen_t *idx, const double *scale,
+                        scn_logp_fn logp, void *ctx, uint64_t seed, double step,
+                        const scn_optim *opt, int nth) {
+  static const double half_log_2pi = 0.91893853320467274178;
+  const R_xlen_t P = g->P, Pb = sub->P;
+  scn_guide_draw_eps(g, seed, step, nth);
+  for (R_xlen_t i = 0; i < Pb; i++) {
+    R_xlen_t k = idx[i];
+    sub->loc[i] = g->loc[k], sub->rho[i] = g->rho[k], sub->eps[i] = g->eps[k];
+  }
+  double lq = 0.0;
+  for (int j = 0; j < sub->nsite; j++) {
+    R_xlen_t a = sub->off[j], n = sub->off[j + 1] - a;
+    double l = -half_log_2pi * (double)n;
+    for (R_xlen_t q = a; q < a + n; q += SVI_PIECE) {
+      R_xlen_t m = a + n - q < SVI_PIECE ? a + n - q : SVI_PIECE;
+      l += svi_sample_piece(m, sub->loc + q, sub->rho + q, sub->eps + q, sub->u + q, sub->z + q);
+    }
+    lq += scale[j] * l;
+  }
+  double lp = logp(ctx, nth);
+  double *gl = g->u, *gr = g->z;
+  memset(gl, 0, (size_t)P * sizeof(double));
+  memset(gr, 0, (size_t)P * sizeof(double));
+  for (int j = 0; j < sub->nsite; j++) {
+    const double sc = scale[j];
+    for (R_xlen_t i = sub->off[j]; i < sub->off[j + 1]; i++) {
+      double gu = sub->z[i] * sub->gz[i] + sc, sg, ds;
+      svi_softplus(sub->rho[i], &sg, &ds);
+      gl[idx[i]] = -gu;
+      gr[idx[i]] = -(gu * sub->eps[i] + sc / sg) * ds;
+    }
+  }
+  g->t++;
+  double lr_t = opt->clipped ? opt->lr * pow(opt->lrd, (double)g->t) : opt->lr;
+  adam_step c = adam_consts(g->t, lr_t, opt->clipped, opt->clip);
+  const R_xlen_t np = (P + SVI_PIECE - 1) / SVI_PIECE;
+  int nt = scn_threads_for(np, nth);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (R_xlen_t k = 0; k < np; k++) {
+    R_xlen_t a = k * SVI_PIECE, n = P - a < SVI_PIECE ? P - a : SVI_PIECE;
+    double sq[SVI_BLOCK];
+    for (R_xlen_t i0 = a; i0 < a + n; i0 += SVI_BLOCK) {
+      int m = a + n - i0 < SVI_BLOCK ? (int)(a + n - i0) : SVI_BLOCK;
+      adam_block(m, g->loc + i0, gl + i0, g->m + i0, g->v + i0, &c, sq);
+      adam_block(m, g->rho + i0, gr + i0, g->m + P + i0, g->v + P + i0, &c, sq);
+    }
+  }
+  return -lp + lq;
+}
+
 /* ---- priors shared by both models (spec 6.3, items 12-17) ------------------------------ */
 
 double scn_background_prior(int E, int G, double hh, double uh, const double *zSe,
