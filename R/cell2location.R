@@ -397,6 +397,24 @@ c2l_fit_minibatch <- function(fit) {
 #' 8000 epochs) the defaults stopped at epoch 6821: r = 0.996 between the two fits, truth r
 #' 0.876 vs 0.877, AUPRC 1 vs 1.
 #'
+#' @section Minibatches:
+#' With `batch_size` (or `train_size < 1`) training follows upstream's minibatch regime
+#' (`Cell2location.train(batch_size =, train_size =)`): `ceiling(train_size * spots)` spots are
+#' drawn (with `seed`) for training, the others are never trained on (upstream's validation
+#' spots); every epoch shuffles the training spots and cuts them into minibatches of
+#' `batch_size` (the last one smaller), one gradient step each. In each step the log densities
+#' of the per-spot sites and the likelihood are scaled by (training spots) / (minibatch size)
+#' in the model and in the guide, as Pyro's subsampled plate does; the global sites are not
+#' scaled. Adam steps every parameter each step, so the parameters of spots outside the
+#' minibatch still move with their momentum, as in torch. The loss of an epoch (`elbo_train`)
+#' is the mean of its steps' losses, as upstream logs it. The counts stay sparse: a step
+#' gathers its spots' non-zero counts (one pass over the non-zeros) and runs the spots x genes
+#' pass on its minibatch only; memory grows with spots x cell types, genes x cell types and
+#' the non-zeros, never with spots x genes. [train_more()]
+#' continues with the fit's minibatch settings. Upstream's maintainers recommend full-batch
+#' training for this model; minibatches trade accuracy per epoch for memory and speed per
+#' step.
+#'
 #' @param x spots' counts: a genes x spots matrix or `dgCMatrix` of non-negative integers with
 #'   gene names as row names; or a Seurat object or a SingleCellExperiment (see `assay`,
 #'   `layer`, `assay.type`).
@@ -449,6 +467,10 @@ c2l_fit_minibatch <- function(fit) {
 #'   `patience` (whole number, default 1000), `min_delta` (relative, in \[0, 1\], default
 #'   5e-4) and `window` (whole number, default 200); `max_epochs` is then the largest number of
 #'   epochs.
+#' @param batch_size `NULL` (default, upstream's: full-batch training, one step per epoch on all
+#'   spots) or a whole number >= 1: minibatch training (see "Minibatches").
+#' @param train_size the fraction of spots to train on, in (0, 1] (default 1, all spots); see
+#'   "Minibatches".
 #' @param ... method arguments (`assay`, `layer` for Seurat; `assay.type` for
 #'   SingleCellExperiment); `clip_norm`, `lrd` for ClippedAdam.
 #' @return A `scnative_c2l` object: a list with `params` (per site, `loc` and `rho` matrices of
@@ -456,8 +478,9 @@ c2l_fit_minibatch <- function(fit) {
 #'   (data.frame `epoch`, `elbo_train`), `settings` (hyper-parameters and data facts: genes,
 #'   spots, cell types, batch levels, detection mean, ...), `signatures` (the matrix used),
 #'   `batch`, `optimizer`, `seed`, `precision`, `format` (the object's layout version), with
-#'   `keep_data`, `data`, and after training with `early_stop`, `early_stop` (see "Early
-#'   stopping"). The fields are checked whenever the fit is used again (an edited or
+#'   `keep_data`, `data`, after training with `early_stop`, `early_stop` (see "Early
+#'   stopping"), and with minibatches `minibatch` (`batch_size`, `train_size`, `train`: the
+#'   training spots). The fields are checked whenever the fit is used again (an edited or
 #'   damaged field gives an error naming it).
 #' @seealso [export_posterior()], [cell_abundance()], [train_more()], [plot_history()].
 #' @examples
