@@ -335,19 +335,8 @@ c2l_train_spots_c <- function(train, st) {
   sort(pos[train])
 }
 
-# A fit's minibatch settings, checked (NULL: full batch).
-c2l_fit_minibatch <- function(fit) {
-  mb <- fit$minibatch
-  if (is.null(mb)) return(NULL)
-  S <- fit$settings$n_spots
-  if (!is.list(mb) || is.null(mb$batch_size) || is.null(mb$train) || !is.numeric(mb$train) ||
-      length(mb$train) < 1L || anyNA(mb$train) || any(mb$train < 1 | mb$train > S) ||
-      anyDuplicated(mb$train)) {
-    stopf("'fit$minibatch' must be NULL or a list with batch_size and the training spots (train)")
-  }
-  check_number(mb$batch_size, "fit$minibatch$batch_size", min = 1, whole = TRUE)
-  mb
-}
+# A fit's minibatch settings (NULL: full batch; validate_fit() has checked them).
+c2l_fit_minibatch <- function(fit) fit$minibatch
 
 #' Map cell types onto spatial spots with cell2location's model
 #'
@@ -657,6 +646,11 @@ print.scnative_c2l <- function(x, ...) {
   cat(sprintf("  epochs: %d (%s, lr %g)%s\n", nrow(h), x$optimizer$name, x$optimizer$lr,
               if (isTRUE(x$interrupted)) ", interrupted" else ""))
   if (!is.null(x$early_stop)) cat(svi_es_format(x$early_stop))
+  mb <- x$minibatch
+  if (is.list(mb) && length(mb$batch_size) == 1L) {
+    cat(sprintf("  minibatches of %d spots (%d training spots)\n", as.integer(mb$batch_size),
+                length(mb$train)))
+  }
   if (nrow(h) > 0) {
     cat(sprintf("  last -ELBO: %.6g\n", h$elbo_train[nrow(h)]))
   }

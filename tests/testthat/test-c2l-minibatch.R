@@ -148,6 +148,7 @@ test_that("minibatch fits are reproducible for a seed at any thread count; train
   more <- train_more(long, 6, threads = 1, progress = FALSE)
   expect_identical(more$minibatch, long$minibatch)
   expect_identical(nrow(more$history), 12L)
+  expect_output(print(more), "minibatches of 25 spots \\(60 training spots\\)")
 })
 
 test_that("bad batch_size and train_size give clear errors", {
@@ -164,6 +165,14 @@ test_that("bad batch_size and train_size give clear errors", {
   expect_error(run(train_size = 1.5), "'train_size'")
   expect_error(run(train_size = NA_real_), "'train_size'")
   expect_error(run(train_size = "1"), "'train_size'")
+  # a fit's damaged minibatch settings are named when the fit is used again
+  f <- run(batch_size = 4, seed = 1, threads = 1)
+  bad <- f
+  bad$minibatch$train <- c(1, 1)
+  expect_error(train_more(bad, 1, progress = FALSE), "minibatch\\$train")
+  bad <- f
+  bad$minibatch$batch_size <- 0
+  expect_error(train_more(bad, 1, progress = FALSE), "minibatch\\$batch_size")
 })
 
 test_that("minibatch fits agree with live upstream minibatch training", {
