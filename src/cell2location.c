@@ -162,6 +162,8 @@ typedef struct c2l_state_s {
   double sc;
   int tl[4]; /* the tile settings of setup (for the minibatch states) */
   struct c2l_state_s *sub;
+  int *rp, *rg; /* the counts by spot (CSR), made at the first minibatch: spot s's genes */
+  double *rv;   /* rg[rp[s] .. rp[s + 1] - 1] and values rv */
 } c2l_state;
 
 /* ---- state ---------------------------------------------------------------------------- */
@@ -177,6 +179,7 @@ static void c2l_free(c2l_state *st) {
   for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
   scn_guide_free(&st->gd);
   c2l_free(st->sub);
+  free(st->rp), free(st->rg), free(st->rv);
   free(st);
 }
 
@@ -1167,7 +1170,8 @@ static int cmp_int(const void *a, const void *b) {
 
 /* Scratch of the minibatch states, allocated with R_alloc for one .Call. */
 typedef struct {
-  int *pos;       /* S: a spot's row in the minibatch, -1 outside */
+  const int *rp, *rg; /* the state's counts by spot */
+  const double *rv;
   int *xp, *xi;   /* the minibatch's counts (CSC, genes), capacity: all non-zeros */
   double *xv;
   int *bstart;    /* E + 1 */
@@ -1175,11 +1179,31 @@ typedef struct {
   double scale[C2L_NSITE];
 } c2l_mb_scratch;
 
-static void c2l_mb_alloc(const c2l_state *st, int bmax, c2l_mb_scratch *w) {
+static void c2l_mb_alloc(c2l_state *st, int bmax, c2l_mb_scratch *w) {
   const int S = st->S, G = st->G;
   R_xlen_t nnz = st->xp[G];
-  w->pos = (int *)R_alloc(S, sizeof(int));
-  for (int s = 0; s < S; s++) w->pos[s] = -1;
+  /* the spot-major copy, so that a minibatch's counts are gathered in O(its non-zeros); made
+   * once and kept by the state */
+  if (!st->rp) {
+    int *rp = malloc(((size_t)S + 1) * sizeof(int)), *rg = malloc((nnz + 1) * sizeof(int));
+    double *rv = malloc((nnz + 1) * sizeof(double));
+    int *at = (int *)R_alloc(S, sizeof(int));
+    if (!rp || !rg || !rv) {
+      free(rp), free(rg), free(rv);
+      error(_("out of memory allocating the cell2location minibatch index"));
+    }
+    memset(rp, 0, ((size_t)S + 1) * sizeof(int));
+    for (R_xlen_t k = 0; k < nnz; k++) rp[st->xi[k] + 1]++;
+    for (int s = 0; s < S; s++) rp[s + 1] += rp[s];
+    memcpy(at, rp, (size_t)S * sizeof(int));
+    for (int g = 0; g < G; g++)
+      for (int k = st->xp[g]; k < st->xp[g + 1]; k++) {
+        int q = at[st->xi[k]]++;
+        rg[q] = g, rv[q] = st->xv[k];
+      }
+    st->rp = rp, st->rg = rg, st->rv = rv;
+  }
+  w->rp = st->rp, w->rg = st->rg, w->rv = st->rv;
   w->xp = (int *)R_alloc(G + 1, sizeof(int));
   w->xi = (int *)R_alloc(nnz + 1, sizeof(int));
   w->xv = (double *)R_alloc(nnz + 1, sizeof(double));
@@ -1197,17 +1221,20 @@ static int c2l_is_local(int j) {
 static c2l_state *c2l_mb_state(c2l_state *st, const int *bsp, int b, double n,
                                c2l_mb_scratch *w) {
   const int S = st->S, G = st->G, E = st->E;
-  for (int i = 0; i < b; i++) w->pos[bsp[i]] = i;
-  R_xlen_t q = 0;
-  w->xp[0] = 0;
-  for (int g = 0; g < G; g++) {
-    for (int k = st->xp[g]; k < st->xp[g + 1]; k++) {
-      int r = w->pos[st->xi[k]];
-      if (r >= 0) w->xi[q] = r, w->xv[q++] = st->xv[k];
+  /* counting sort of the minibatch's non-zeros by gene; rows increase within a gene because
+   * the spots are visited in increasing order */
+  memset(w->xp, 0, ((size_t)G + 1) * sizeof(int));
+  for (int i = 0; i < b; i++)
+    for (int k = w->rp[bsp[i]]; k < w->rp[bsp[i] + 1]; k++) w->xp[w->rg[k] + 1]++;
+  for (int g = 0; g < G; g++) w->xp[g + 1] += w->xp[g];
+  R_xlen_t q = w->xp[G];
+  for (int i = 0; i < b; i++)
+    for (int k = w->rp[bsp[i]]; k < w->rp[bsp[i] + 1]; k++) {
+      int at = w->xp[w->rg[k]]++;
+      w->xi[at] = i, w->xv[at] = w->rv[k];
     }
-    w->xp[g + 1] = (int)q;
-  }
-  for (int i = 0; i < b; i++) w->pos[bsp[i]] = -1;
+  for (int g = G; g > 0; g--) w->xp[g] = w->xp[g - 1]; /* back to starts */
+  w->xp[0] = 0;
   for (int e = 0; e <= E; e++) w->bstart[e] = 0;
   for (int i = 0; i < b; i++) w->bstart[st->spot_batch[bsp[i]] + 1]++;
   for (int e = 0; e < E; e++) w->bstart[e + 1] += w->bstart[e];

@@ -233,6 +233,8 @@ int scn_guide_alloc(scn_guide *g, int nsite, const R_xlen_t *sizes); /* 0: out o
 void scn_guide_free(scn_guide *g);
 void scn_guide_reset_optim(scn_guide *g);
 void scn_guide_draw_eps(scn_guide *g, uint64_t seed, double step, int nth);
+void scn_guide_draw_eps_at(scn_guide *g, uint64_t seed, double step, const R_xlen_t *stride,
+                           int nth);
 /* One SVI step (eps of `step`); returns the loss -log p + log q. */
 double scn_svi_step(scn_guide *g, scn_logp_fn logp, void *ctx, uint64_t seed, double step,
                     const scn_optim *opt, int nth);

@@ -149,6 +149,14 @@ void scn_guide_reset_optim(scn_guide *g) {
 }
 
 void scn_guide_draw_eps(scn_guide *g, uint64_t seed, double step, int nth) {
+  scn_guide_draw_eps_at(g, seed, step, g->off, nth);
+}
+
+/* eps of site j: the first n_j numbers of block `step` of stream 1 + j, blocks of
+ * stride[j + 1] - stride[j] numbers (the site's own size in a full step; the full guide's in a
+ * minibatch step, so that the blocks of consecutive steps never overlap). */
+void scn_guide_draw_eps_at(scn_guide *g, uint64_t seed, double step, const R_xlen_t *stride,
+                           int nth) {
   const R_xlen_t piece = 4096;
   const int ns = g->nsite;
   R_xlen_t npieces[SCN_GUIDE_MAXSITE], tot = 0;
@@ -164,7 +172,7 @@ void scn_guide_draw_eps(scn_guide *g, uint64_t seed, double step, int nth) {
     R_xlen_t k = q;
     while (k >= npieces[j]) k -= npieces[j++];
     R_xlen_t n = g->off[j + 1] - g->off[j], a = k * piece, b = a + piece < n ? a + piece : n;
-    uint64_t off0 = (uint64_t)step * (uint64_t)n + (uint64_t)a;
+    uint64_t off0 = (uint64_t)step * (uint64_t)(stride[j + 1] - stride[j]) + (uint64_t)a;
     scn_rng_normals(seed, (uint64_t)(SVI_SITE_STREAM + j), off0, b - a, g->eps + g->off[j] + a);
   }
 }
@@ -247,22 +255,24 @@ double scn_svi_step(scn_guide *g, scn_logp_fn logp, void *ctx, uint64_t seed, do
 /* One minibatch step (spec: cell2location, Minibatch regime). `sub` is the model's guide
  * over the minibatch: its element i is element idx[i] of the full guide `g`, and site j of
  * `sub` carries the plate scale scale[j] (n / b for the sites inside the subsampled plate, 1
- * for the global ones). eps is drawn for the whole of `g` at `step`, as in a full step; the
- * minibatch's elements are gathered into `sub`, sampled there, the model's callback (which
+ * for the global ones). The minibatch's loc and rho are gathered into `sub`, its eps drawn
+ * there (below), it is sampled, the model's callback (which
  * applies the same scales to its own terms) fills sub->gz, the guide's log q terms are scaled
  * per site, and the gradients are scattered back (zero for the rows outside the minibatch),
  * after which the optimiser steps every element of `g` (Adam's moments move the rows outside
- * the minibatch too, as torch does). g->u and g->z serve as the scattered gradients.
+ * the minibatch too, as torch does). g->u and g->z serve as the scattered gradients. eps is
+ * drawn for the minibatch only, from the blocks a full step would use (the same numbers as a
+ * full step when the minibatch is all spots).
  * Returns the step's loss -log p + log q, both scaled. */
 double scn_svi_step_sub(scn_guide *g, scn_guide *sub, const R_xlen_t *idx, const double *scale,
                         scn_logp_fn logp, void *ctx, uint64_t seed, double step,
                         const scn_optim *opt, int nth) {
   static const double half_log_2pi = 0.91893853320467274178;
   const R_xlen_t P = g->P, Pb = sub->P;
-  scn_guide_draw_eps(g, seed, step, nth);
+  scn_guide_draw_eps_at(sub, seed, step, g->off, nth);
   for (R_xlen_t i = 0; i < Pb; i++) {
     R_xlen_t k = idx[i];
-    sub->loc[i] = g->loc[k], sub->rho[i] = g->rho[k], sub->eps[i] = g->eps[k];
+    sub->loc[i] = g->loc[k], sub->rho[i] = g->rho[k];
   }
   double lq = 0.0;
   for (int j = 0; j < sub->nsite; j++) {
