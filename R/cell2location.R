@@ -427,7 +427,8 @@ c2l_fit_minibatch <- function(fit) fit$minibatch
 #'   positive `alpha` and `beta`.
 #' @param detection_hyp_prior list with positive `mean_alpha`.
 #' @param w_sf_mean_var_ratio positive number.
-#' @param max_epochs number of epochs (full-data gradient steps), a whole number >= 1.
+#' @param max_epochs number of epochs, a whole number >= 1: full-data gradient steps, or with
+#'   `batch_size` passes over the training spots (one step per minibatch).
 #' @param lr learning rate (positive).
 #' @param optimizer `"adam"` (torch Adam, upstream's default) or `"clipped_adam"` (pyro's
 #'   ClippedAdam with `clip_norm = 10`, `lrd = 1`; change them with `clip_norm =` and `lrd =`
