@@ -281,20 +281,63 @@ c2l_make_state <- function(prep, tiles = c(0L, 0L), precision = "double", gemm =
 # ---- training -----------------------------------------------------------------------------
 
 # Runs `epochs` epochs in blocks of .Call's; returns list(loss, params, interrupted).
+# `minibatch`: NULL (full batch) or c2l_minibatch()'s settings (spec: cell2location, Minibatch
+# regime): each epoch shuffles the training spots into minibatches of batch_size.
 c2l_train_blocks <- function(state, prep, params, epochs, epoch0, opt, seed, threads, progress,
-                             early_stop = NULL) {
+                             early_stop = NULL, minibatch = NULL) {
   st <- prep$settings
   .Call(C_scnative_c2l_set_params, state, c2l_flatten(lapply(params, `[[`, "loc"), st),
         c2l_flatten(lapply(params, `[[`, "rho"), st))
   clipped <- if (opt$name == "clipped_adam") 1L else 0L
-  res <- svi_train_blocks(function(k, done) {
-    .Call(C_scnative_c2l_train, state, as.integer(k), as.double(epoch0 + done), opt$lr, clipped,
-          opt$clip_norm, opt$lrd, seed, threads)
-  }, epochs, progress, "cell2location", early_stop)
+  run <- if (is.null(minibatch)) {
+    function(k, done) {
+      .Call(C_scnative_c2l_train, state, as.integer(k), as.double(epoch0 + done), opt$lr,
+            clipped, opt$clip_norm, opt$lrd, seed, threads)
+    }
+  } else {
+    train <- c2l_train_spots_c(minibatch$train, st)
+    optv <- c(opt$lr, opt$clip_norm, opt$lrd, clipped)
+    function(k, done) {
+      .Call(C_scnative_c2l_train_mb, state, as.integer(k), as.double(epoch0 + done), optv,
+            train, as.integer(minibatch$batch_size), seed, threads)
+    }
+  }
+  res <- svi_train_blocks(run, epochs, progress, "cell2location", early_stop)
   pr <- .Call(C_scnative_c2l_get_params, state)
   res$params <- svi_params_from_flat(pr$loc, pr$rho, function(v) c2l_unflatten(v, st))
   res
 }
+
+# The minibatch settings of a fit (spec: cell2location, Minibatch regime), or NULL for full
+# batch (batch_size NULL and train_size 1). As upstream's data splitter: ceiling(train_size * S)
+# training spots, the others (validation, never trained on) first in a seeded permutation of
+# the spots; the plate size is the number of training spots. `train`: the training spots
+# (indices in the user's order, increasing).
+c2l_minibatch <- function(batch_size, train_size, n_spots, seed) {
+  check_number(batch_size, "batch_size", min = 1, whole = TRUE, allow_null = TRUE)
+  check_number(train_size, "train_size", min = 0, min_open = TRUE, max = 1)
+  if (is.null(batch_size) && train_size == 1) return(NULL)
+  n_train <- ceiling(train_size * n_spots)
+  if (train_size < 1) {
+    perm <- order(rng_uniform(n_spots, seed, stream = 1002))
+    train <- sort(perm[seq.int(n_spots - n_train + 1L, length.out = n_train)])
+  } else {
+    train <- seq_len(n_spots)
+  }
+  bs <- if (is.null(batch_size)) n_train else min(as.integer(batch_size), n_train)
+  list(batch_size = as.integer(bs), train_size = as.double(train_size),
+       train = as.integer(train))
+}
+
+# The training spots as 0-based positions in the C state's spot order (sorted by batch).
+c2l_train_spots_c <- function(train, st) {
+  pos <- integer(st$n_spots)
+  pos[st$spot_order] <- seq_len(st$n_spots) - 1L
+  sort(pos[train])
+}
+
+# A fit's minibatch settings (NULL: full batch; validate_fit() has checked them).
+c2l_fit_minibatch <- function(fit) fit$minibatch
 
 #' Map cell types onto spatial spots with cell2location's model
 #'
@@ -344,6 +387,24 @@ c2l_train_blocks <- function(state, prep, params, epochs, epoch0, opt, seed, thr
 #' 8000 epochs) the defaults stopped at epoch 6821: r = 0.996 between the two fits, truth r
 #' 0.876 vs 0.877, AUPRC 1 vs 1.
 #'
+#' @section Minibatches:
+#' With `batch_size` (or `train_size < 1`) training follows upstream's minibatch regime
+#' (`Cell2location.train(batch_size =, train_size =)`): `ceiling(train_size * spots)` spots are
+#' drawn (with `seed`) for training, the others are never trained on (upstream's validation
+#' spots); every epoch shuffles the training spots and cuts them into minibatches of
+#' `batch_size` (the last one smaller), one gradient step each. In each step the log densities
+#' of the per-spot sites and the likelihood are scaled by (training spots) / (minibatch size)
+#' in the model and in the guide, as Pyro's subsampled plate does; the global sites are not
+#' scaled. Adam steps every parameter each step, so the parameters of spots outside the
+#' minibatch still move with their momentum, as in torch. The loss of an epoch (`elbo_train`)
+#' is the mean of its steps' losses, as upstream logs it. The counts stay sparse: a step
+#' gathers its spots' non-zero counts (one pass over the non-zeros) and runs the spots x genes
+#' pass on its minibatch only; memory grows with spots x cell types, genes x cell types and
+#' the non-zeros, never with spots x genes. [train_more()]
+#' continues with the fit's minibatch settings. Upstream's maintainers recommend full-batch
+#' training for this model; minibatches trade accuracy per epoch for memory and speed per
+#' step.
+#'
 #' @param x spots' counts: a genes x spots matrix, `dgCMatrix` or `DelayedArray` (e.g.
 #'   `HDF5Array`; training is full batch, so it is read block by block into a sparse
 #'   `dgCMatrix`, never densified) of non-negative integers with gene names as row names; or a
@@ -368,7 +429,8 @@ c2l_train_blocks <- function(state, prep, params, epochs, epoch0, opt, seed, thr
 #'   positive `alpha` and `beta`.
 #' @param detection_hyp_prior list with positive `mean_alpha`.
 #' @param w_sf_mean_var_ratio positive number.
-#' @param max_epochs number of epochs (full-data gradient steps), a whole number >= 1.
+#' @param max_epochs number of epochs, a whole number >= 1: full-data gradient steps, or with
+#'   `batch_size` passes over the training spots (one step per minibatch).
 #' @param lr learning rate (positive).
 #' @param optimizer `"adam"` (torch Adam, upstream's default) or `"clipped_adam"` (pyro's
 #'   ClippedAdam with `clip_norm = 10`, `lrd = 1`; change them with `clip_norm =` and `lrd =`
@@ -397,6 +459,10 @@ c2l_train_blocks <- function(state, prep, params, epochs, epoch0, opt, seed, thr
 #'   `patience` (whole number, default 1000), `min_delta` (relative, in \[0, 1\], default
 #'   5e-4) and `window` (whole number, default 200); `max_epochs` is then the largest number of
 #'   epochs.
+#' @param batch_size `NULL` (default, upstream's: full-batch training, one step per epoch on all
+#'   spots) or a whole number >= 1: minibatch training (see "Minibatches").
+#' @param train_size the fraction of spots to train on, in (0, 1] (default 1, all spots); see
+#'   "Minibatches".
 #' @param ... method arguments (`assay`, `layer` for Seurat; `assay.type` for
 #'   SingleCellExperiment); `clip_norm`, `lrd` for ClippedAdam.
 #' @return A `scnative_c2l` object: a list with `params` (per site, `loc` and `rho` matrices of
@@ -404,8 +470,9 @@ c2l_train_blocks <- function(state, prep, params, epochs, epoch0, opt, seed, thr
 #'   (data.frame `epoch`, `elbo_train`), `settings` (hyper-parameters and data facts: genes,
 #'   spots, cell types, batch levels, detection mean, ...), `signatures` (the matrix used),
 #'   `batch`, `optimizer`, `seed`, `precision`, `format` (the object's layout version), with
-#'   `keep_data`, `data`, and after training with `early_stop`, `early_stop` (see "Early
-#'   stopping"). The fields are checked whenever the fit is used again (an edited or
+#'   `keep_data`, `data`, after training with `early_stop`, `early_stop` (see "Early
+#'   stopping"), and with minibatches `minibatch` (`batch_size`, `train_size`, `train`: the
+#'   training spots). The fields are checked whenever the fit is used again (an edited or
 #'   damaged field gives an error naming it).
 #' @seealso [export_posterior()], [cell_abundance()], [train_more()], [plot_history()].
 #' @examples
@@ -442,7 +509,7 @@ cell2location.default <- function(x, signatures, batch = NULL, N_cells_per_locat
                                   optimizer = c("adam", "clipped_adam"), init = NULL,
                                   seed = NULL, threads = NULL, progress = interactive(),
                                   keep_data = TRUE, precision = c("single", "double"),
-                                  early_stop = FALSE, ...) {
+                                  early_stop = FALSE, batch_size = NULL, train_size = 1, ...) {
   N_given <- !missing(N_cells_per_location)
   optimizer <- match.arg(optimizer)
   precision <- check_choice(precision, c("single", "double"), "precision")
@@ -453,6 +520,8 @@ cell2location.default <- function(x, signatures, batch = NULL, N_cells_per_locat
   opt <- svi_optimizer(optimizer, lr, list(...))
   threads <- resolve_threads(threads)
   seed <- resolve_seed(seed)
+  check_number(batch_size, "batch_size", min = 1, whole = TRUE, allow_null = TRUE)
+  check_number(train_size, "train_size", min = 0, min_open = TRUE, max = 1)
   if (!is.null(init) && !inherits(init, "scnative_c2l")) {
     stopf("'init' must be NULL or a scnative_c2l fit, not %s", class(init)[1L])
   }
@@ -477,15 +546,16 @@ cell2location.default <- function(x, signatures, batch = NULL, N_cells_per_locat
     params <- init$params
     history <- init$history
   }
+  minibatch <- c2l_minibatch(batch_size, train_size, st$n_spots, seed)
   c2l_fit_run(prep, params, history, max_epochs, opt, seed, threads, progress, keep_data,
-              precision, early_stop)
+              precision, early_stop, minibatch)
 }
 
 c2l_fit_run <- function(prep, params, history, epochs, opt, seed, threads, progress, keep_data,
-                        precision, early_stop = NULL) {
+                        precision, early_stop = NULL, minibatch = NULL) {
   state <- c2l_make_state(prep, precision = precision)
   res <- c2l_train_blocks(state, prep, params, epochs, nrow(history), opt, seed, threads, progress,
-                          early_stop)
+                          early_stop, minibatch)
   fit <- list(
     params = res$params, history = svi_history_append(history, res$loss),
     settings = prep$settings, signatures = prep$signatures, batch = prep$batch,
@@ -493,6 +563,7 @@ c2l_fit_run <- function(prep, params, history, epochs, opt, seed, threads, progr
     interrupted = res$interrupted, format = fit_format, precision = precision
   )
   fit$early_stop <- res$early_stop # absent without early stopping
+  fit$minibatch <- minibatch # absent in full batch
   class(fit) <- "scnative_c2l"
   fit
 }
@@ -562,7 +633,7 @@ train_more.scnative_c2l <- function(fit, epochs, x = NULL, lr = NULL, seed = NUL
     prep$settings <- st
   }
   c2l_fit_run(prep, fit$params, fit$history, epochs, opt, seed, threads, progress,
-              !is.null(fit$data), precision, early_stop)
+              !is.null(fit$data), precision, early_stop, c2l_fit_minibatch(fit))
 }
 
 # ---- methods -------------------------------------------------------------------------------
@@ -578,6 +649,11 @@ print.scnative_c2l <- function(x, ...) {
   cat(sprintf("  epochs: %d (%s, lr %g)%s\n", nrow(h), x$optimizer$name, x$optimizer$lr,
               if (isTRUE(x$interrupted)) ", interrupted" else ""))
   if (!is.null(x$early_stop)) cat(svi_es_format(x$early_stop))
+  mb <- x$minibatch
+  if (is.list(mb) && length(mb$batch_size) == 1L) {
+    cat(sprintf("  minibatches of %d spots (%d training spots)\n", as.integer(mb$batch_size),
+                length(mb$train)))
+  }
   if (nrow(h) > 0) {
     cat(sprintf("  last -ELBO: %.6g\n", h$elbo_train[nrow(h)]))
   }
@@ -766,4 +842,12 @@ add_cell_abundance <- function(object, fit_or_posterior, which = "means",
 c2l_logjoint <- function(prep, u, threads = 1L, precision = "double", gemm = 0L) {
   state <- c2l_make_state(prep, precision = precision, gemm = gemm)
   .Call(C_scnative_c2l_logjoint, state, as.double(u), as.integer(threads))
+}
+
+# The same on the minibatch of `spots` (0-based positions in C order, increasing) with plate
+# scale n / length(spots); u is the minibatch guide's flat vector (local rows in spot order).
+c2l_logjoint_mb <- function(prep, u, spots, n, threads = 1L, precision = "double") {
+  state <- c2l_make_state(prep, precision = precision)
+  .Call(C_scnative_c2l_logjoint_mb, state, as.double(u), as.integer(threads),
+        as.integer(spots), as.double(n))
 }

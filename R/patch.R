@@ -117,9 +117,10 @@ scvelo_callback <- function(Ms, Mu, conn, var, genes, cells, args) {
 
 #' @rdname patch_scvelo
 #' @details `patch_cell2location()` replaces `cell2location.models.Cell2location.train`.
-#'   Supported calls (the default model class, the AutoNormal guide, full-batch training:
-#'   `batch_size = None`, `train_size = 1`, `num_particles = 1`, `scale_elbo = 1`, no other
-#'   trainer arguments) run [cell2location()]'s core with the hyper-parameters read from the
+#'   Supported calls (the default model class, the AutoNormal guide, `num_particles = 1`,
+#'   `scale_elbo = 1`, no other trainer arguments; full-batch training with
+#'   `batch_size = None` or minibatches of `batch_size` spots, any `train_size` in (0, 1], as
+#'   [cell2location()]'s `batch_size` and `train_size`) run [cell2location()]'s core with the hyper-parameters read from the
 #'   model's buffers (so upstream's detection-mean rule is inherited), starting from the guide's
 #'   current parameters if the model was trained before (with a fresh Adam state, as upstream).
 #'   The fitted locations and scales are written into the guide's parameters in place (the same
@@ -140,7 +141,10 @@ patch_cell2location <- function(quiet = FALSE) {
 
 # Called from Python with genes x spots counts, 0-based batch codes, the G x F signatures, the
 # model's hyper-parameter buffers and the guide's current parameters (or None).
-c2l_patch_callback <- function(X, batch, sig, hyper, init, max_epochs, lr) {
+c2l_patch_callback <- function(X, batch, sig, hyper, init, max_epochs, lr, batch_size = NULL,
+                               train_size = 1) {
+  batch_size <- py_value(batch_size)
+  train_size <- py_value(train_size)
   X <- py_value(X)
   batch <- py_value(batch)
   sig <- py_value(sig)
@@ -192,10 +196,14 @@ c2l_patch_callback <- function(X, batch, sig, hyper, init, max_epochs, lr) {
                           rho = matrix(as.vector(pr[[2]]), tab$nrow[j], tab$ncol[j], dimnames = dn))
     }
   }
+  seed <- resolve_seed(NULL)
+  minibatch <- c2l_minibatch(batch_size, train_size, st$n_spots, seed)
   fit <- c2l_fit_run(prep, params, svi_empty_history(), as.integer(max_epochs),
-                     svi_optimizer("adam", as.double(lr), list()), resolve_seed(NULL),
-                     resolve_threads(NULL), FALSE, FALSE, "single") # upstream's float32
+                     svi_optimizer("adam", as.double(lr), list()), seed,
+                     resolve_threads(NULL), FALSE, FALSE, "single", # upstream's float32
+                     minibatch = minibatch)
   list(loc = lapply(fit$params, function(p) unname(p$loc)),
        rho = lapply(fit$params, function(p) unname(p$rho)),
-       loss = fit$history$elbo_train)
+       loss = fit$history$elbo_train,
+       train = (minibatch$train %||% seq_len(st$n_spots)) - 1L)
 }

@@ -315,6 +315,17 @@ validate_c2l_fit <- function(fit, arg = "fit", data = TRUE) {
     vf_list(d, dp)
     vf_counts(vf_get(d, "xt", dp), vf_path(dp, "xt"), S, G, "spots x genes")
   }
+  mb <- vf_get(fit, "minibatch", arg, optional = TRUE) # absent in full-batch fits
+  if (!is.null(mb)) {
+    mp <- vf_path(arg, "minibatch")
+    vf_list(mb, mp)
+    vf_whole(vf_get(mb, "batch_size", mp), vf_path(mp, "batch_size"), min = 1)
+    tr <- vf_get(mb, "train", mp)
+    if (!is.numeric(tr) || length(tr) < 1L || anyNA(tr) || any(tr != round(tr)) ||
+        any(tr < 1 | tr > S) || anyDuplicated(tr)) {
+      stopf("'%s' must hold distinct spot indices between 1 and %d", vf_path(mp, "train"), S)
+    }
+  }
   invisible(fit)
 }
 

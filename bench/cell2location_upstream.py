@@ -1,11 +1,14 @@
 # Upstream side of bench/cell2location.R: per-epoch time of cell2location's Cell2location.train
 # (CPU, full batch) on the bench data; optionally with autozyme's cell2location patch.
-#   python bench/cell2location_upstream.py STEM S G F THREADS EPOCHS [autozyme]
+#   python bench/cell2location_upstream.py STEM S G F THREADS EPOCHS [autozyme] [batch_size=N]
 # Prints BENCH_SECONDS=<seconds per epoch> (the timed train() call divided by its epochs,
-# after a warm-up train() call).
+# after a warm-up train() call). batch_size=N: minibatch training (bench/cell2location_minibatch.R),
+# one warm-up epoch.
 import os, sys, time
 stem, S, G, F, threads, epochs = sys.argv[1], *map(int, sys.argv[2:7])
-use_az = len(sys.argv) > 7 and sys.argv[7] == "autozyme"
+use_az = "autozyme" in sys.argv[7:]
+bs = [int(a.split("=")[1]) for a in sys.argv[7:] if a.startswith("batch_size=")]
+bs = bs[0] if bs else None
 import numpy as np, pandas as pd, torch
 torch.set_num_threads(threads)
 import anndata, logging
@@ -24,11 +27,11 @@ ad = anndata.AnnData(X=x, obs=pd.DataFrame(index=[f"s{i+1}" for i in range(S)]),
 sig_df = pd.DataFrame(sig, index=genes, columns=[f"ct{i+1}" for i in range(F)])
 Cell2location.setup_anndata(ad)
 mod = Cell2location(ad, cell_state_df=sig_df, N_cells_per_location=8, detection_alpha=20)
-kw = dict(batch_size=None, train_size=1, accelerator="cpu", enable_progress_bar=False)
-mod.train(max_epochs=3, **kw)
+kw = dict(batch_size=bs, train_size=1, accelerator="cpu", enable_progress_bar=False)
+mod.train(max_epochs=3 if bs is None else 1, **kw)
 t0, c0 = time.perf_counter(), time.process_time()
 mod.train(max_epochs=epochs, **kw)
 el, cpu = time.perf_counter() - t0, time.process_time() - c0
-print(f"upstream{'+autozyme' if use_az else ''}: {epochs} epochs in {el:.3f} s elapsed, {cpu:.3f} s CPU")
+print(f"upstream{'+autozyme' if use_az else ''}{'' if bs is None else ' batch_size=%d' % bs}: {epochs} epochs in {el:.3f} s elapsed, {cpu:.3f} s CPU")
 # SCNATIVE_BENCH_CPU=1: CPU seconds (for 1 thread on a loaded machine), else elapsed
 print(f"BENCH_SECONDS={(cpu if os.environ.get('SCNATIVE_BENCH_CPU') == '1' else el) / epochs:.6f}")

@@ -111,7 +111,7 @@ static c2l_f32_kern c2l_f32_pick(void) {
   return (c2l_f32_kern){c2l_sgemm_base, c2l_tile_f32_base, c2l_logpass_f32_base, "base"};
 }
 
-typedef struct {
+typedef struct c2l_state_s {
   int S, G, F, R, E;
   int *bstart;            /* E + 1 */
   int *spot_batch;        /* S */
@@ -157,6 +157,13 @@ typedef struct {
   uint16_t *bi;
   float *bv;
   c2l_f32_kern kern;
+  /* minibatch training (spec: cell2location, Minibatch regime): the plate scale n / b on the
+   * local terms and the likelihood (1 in full batch), and the current minibatch's state */
+  double sc;
+  int tl[4]; /* the tile settings of setup (for the minibatch states) */
+  struct c2l_state_s *sub;
+  int *rp, *rg; /* the counts by spot (CSR), made at the first minibatch: spot s's genes */
+  double *rv;   /* rg[rp[s] .. rp[s + 1] - 1] and values rv */
 } c2l_state;
 
 /* ---- state ---------------------------------------------------------------------------- */
@@ -171,6 +178,8 @@ static void c2l_free(c2l_state *st) {
                   st->sigTf, st->fbuf, st->bo, st->bi, st->bv, st->gxpart, st->xt};
   for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
   scn_guide_free(&st->gd);
+  c2l_free(st->sub);
+  free(st->rp), free(st->rg), free(st->rv);
   free(st);
 }
 
@@ -259,20 +268,11 @@ static int c2l_hist_index(c2l_state *st) {
   return 1;
 }
 
-/* .Call(C_scnative_c2l_setup, xp, xi, xv, dims = c(S, G, F, R, E), bstart, sigT, hyper, de,
- *       alphad, tiles = c(nb, gb, precision, gemm)): precision 0 double, 1 single; gemm (single
- *       only) 0 automatic, 1 the BLAS's sgemm, 2 ours; tiles = c(nb, gb) is double. */
-SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP sigT, SEXP hyper,
-                        SEXP de, SEXP alphad, SEXP tiles) {
-  if (!isInteger(dims) || XLENGTH(dims) != 5) SCN_INTERNAL_ERROR("dims");
-  const int *d = INTEGER(dims);
+/* A state from the setup's arrays (see scnative_c2l_setup); an R error on bad input. */
+static c2l_state *c2l_build(const int *xp_, const int *xi_, const double *xv_, R_xlen_t nnz_,
+                            const int *d, const int *bs_, const double *sigT_, const double *hyp_,
+                            const double *de_, const double *alphad_, const int *tl, int ntl) {
   int S = d[0], G = d[1], F = d[2], R = d[3], E = d[4];
-  if (!isInteger(xp) || XLENGTH(xp) != G + 1 || !isInteger(xi) || !isReal(xv) ||
-      XLENGTH(xi) != XLENGTH(xv) || !isInteger(bstart) || XLENGTH(bstart) != E + 1 ||
-      !isReal(sigT) || XLENGTH(sigT) != (R_xlen_t)F * G || !isReal(hyper) ||
-      XLENGTH(hyper) != C2L_NHYP || !isReal(de) || XLENGTH(de) != E || !isReal(alphad) ||
-      XLENGTH(alphad) != E || !isInteger(tiles) || (XLENGTH(tiles) != 2 && XLENGTH(tiles) != 4))
-    SCN_INTERNAL_ERROR("bad arguments");
   /* Guards (R's validate_fit() checks fits first; these keep a damaged object from reaching
    * the passes below, which index with these values unchecked): sizes, batch ranges covering
    * all spots, the CSC structure (row indices increasing within a column: the tile pass
@@ -280,12 +280,12 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   if (S < 1 || G < 1 || F < 1 || R < 1 || E < 1)
     error(_("the cell2location model's sizes are invalid (a damaged fit?)"));
   {
-    const int *b = INTEGER(bstart), *p = INTEGER(xp), *ix = INTEGER(xi);
-    const double *v = REAL(xv);
+    const int *b = bs_, *p = xp_, *ix = xi_;
+    const double *v = xv_;
     if (b[0] != 0 || b[E] != S) error(_("the batches do not cover the spots (a damaged fit?)"));
     for (int e = 0; e < E; e++)
       if (b[e + 1] < b[e]) error(_("the batches do not cover the spots (a damaged fit?)"));
-    if (p[0] != 0 || (R_xlen_t)p[G] != XLENGTH(xi))
+    if (p[0] != 0 || (R_xlen_t)p[G] != nnz_)
       error(_("the counts' column pointers do not match their row indices (an invalid dgCMatrix?)"));
     for (int g = 0; g < G; g++)
       if (p[g + 1] < p[g]) error(_("the counts' column pointers decrease (an invalid dgCMatrix?)"));
@@ -300,11 +300,11 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   c2l_state *st = calloc(1, sizeof *st);
   if (!st) error(_("out of memory"));
   st->S = S, st->G = G, st->F = F, st->R = R, st->E = E;
-  R_xlen_t nnz = XLENGTH(xi), EG = (R_xlen_t)E * G;
+  R_xlen_t nnz = nnz_, EG = (R_xlen_t)E * G;
   R_xlen_t sizes[C2L_NSITE] = {1, 1, G, S, S, (R_xlen_t)S * R, R, (R_xlen_t)R * F,
                                (R_xlen_t)S * F, E, S, 1, E, E, EG, 1, EG};
   /* tiles */
-  int nb = INTEGER(tiles)[0], gb = INTEGER(tiles)[1];
+  int nb = tl[0], gb = tl[1];
   if (nb < 1) nb = 128;
   if (gb < 1) {
     gb = (int)(C2L_GEMM_MNK / ((double)nb * F));
@@ -312,16 +312,17 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   }
   if (gb > G) gb = G;
   st->nb = nb, st->gb = gb;
-  st->prec = XLENGTH(tiles) == 4 && INTEGER(tiles)[2] == 1;
+  st->prec = ntl == 4 && tl[2] == 1;
+  st->sc = 1.0;
   if (st->prec && nb > 4096) nb = st->nb = 4096; /* local spot indices are 16-bit */
   st->kern = c2l_f32_pick();
   {
-    int gm = XLENGTH(tiles) == 4 ? INTEGER(tiles)[3] : 0;
+    int gm = ntl == 4 ? tl[3] : 0;
     /* automatic: ours (register-blocked, vectorised for the CPU); the BLAS's sgemm only when
      * asked for (it may have been built for an older CPU, e.g. OpenBLAS's SSE3 kernels) */
     st->sgemm_blas = gm == 1 && scn_have_sgemm();
   }
-  const int *bs = INTEGER(bstart);
+  const int *bs = bs_;
   int nblock = 0;
   for (int e = 0; e < E; e++) nblock += (bs[e + 1] - bs[e] + nb - 1) / nb;
   st->nblock = nblock;
@@ -375,15 +376,15 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   memcpy(st->bstart, bs, (E + 1) * sizeof(int));
   for (int e = 0; e < E; e++)
     for (int s = bs[e]; s < bs[e + 1]; s++) st->spot_batch[s] = e;
-  memcpy(st->sigT, REAL(sigT), (size_t)F * G * sizeof(double));
+  memcpy(st->sigT, sigT_, (size_t)F * G * sizeof(double));
   if (st->prec)
     for (R_xlen_t i = 0; i < (R_xlen_t)F * G; i++) st->sigTf[i] = (float)st->sigT[i];
-  memcpy(st->xp, INTEGER(xp), (G + 1) * sizeof(int));
-  memcpy(st->xi, INTEGER(xi), nnz * sizeof(int));
-  memcpy(st->xv, REAL(xv), nnz * sizeof(double));
-  memcpy(st->hyp, REAL(hyper), C2L_NHYP * sizeof(double));
-  memcpy(st->de, REAL(de), E * sizeof(double));
-  memcpy(st->alphad, REAL(alphad), E * sizeof(double));
+  memcpy(st->xp, xp_, (G + 1) * sizeof(int));
+  memcpy(st->xi, xi_, nnz * sizeof(int));
+  memcpy(st->xv, xv_, nnz * sizeof(double));
+  memcpy(st->hyp, hyp_, C2L_NHYP * sizeof(double));
+  memcpy(st->de, de_, E * sizeof(double));
+  memcpy(st->alphad, alphad_, E * sizeof(double));
   for (int e = 0; e < E; e++) st->cyd[e] = st->alphad[e] * log(st->alphad[e]) - scn_lgamma(st->alphad[e]);
   /* blocks and chunks */
   int b = 0;
@@ -496,6 +497,29 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
     c2l_free(st);
     error(_("out of memory allocating the cell2location state"));
   }
+  return st;
+}
+
+/* .Call(C_scnative_c2l_setup, xp, xi, xv, dims = c(S, G, F, R, E), bstart, sigT, hyper, de,
+ *       alphad, tiles = c(nb, gb, precision, gemm)): precision 0 double, 1 single; gemm (single
+ *       only) 0 automatic, 1 the BLAS's sgemm, 2 ours; tiles = c(nb, gb) is double. */
+SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP sigT, SEXP hyper,
+                        SEXP de, SEXP alphad, SEXP tiles) {
+  if (!isInteger(dims) || XLENGTH(dims) != 5) SCN_INTERNAL_ERROR("dims");
+  const int *d = INTEGER(dims);
+  int G = d[1], F = d[2], E = d[4];
+  if (!isInteger(xp) || XLENGTH(xp) != G + 1 || !isInteger(xi) || !isReal(xv) ||
+      XLENGTH(xi) != XLENGTH(xv) || !isInteger(bstart) || XLENGTH(bstart) != E + 1 ||
+      !isReal(sigT) || XLENGTH(sigT) != (R_xlen_t)F * G || !isReal(hyper) ||
+      XLENGTH(hyper) != C2L_NHYP || !isReal(de) || XLENGTH(de) != E || !isReal(alphad) ||
+      XLENGTH(alphad) != E || !isInteger(tiles) || (XLENGTH(tiles) != 2 && XLENGTH(tiles) != 4))
+    SCN_INTERNAL_ERROR("bad arguments");
+  c2l_state *st = c2l_build(INTEGER(xp), INTEGER(xi), REAL(xv), XLENGTH(xi), d, INTEGER(bstart),
+                            REAL(sigT), REAL(hyper), REAL(de), REAL(alphad), INTEGER(tiles),
+                            (int)XLENGTH(tiles));
+  st->tl[0] = INTEGER(tiles)[0], st->tl[1] = INTEGER(tiles)[1];
+  st->tl[2] = XLENGTH(tiles) == 4 ? INTEGER(tiles)[2] : 0;
+  st->tl[3] = XLENGTH(tiles) == 4 ? INTEGER(tiles)[3] : 0;
   SEXP ans = PROTECT(R_MakeExternalPtr(st, R_NilValue, R_NilValue));
   R_RegisterCFinalizerEx(ans, c2l_finalizer, TRUE);
   UNPROTECT(1);
@@ -707,6 +731,7 @@ static void c2l_pass_f32(c2l_state *st, const double *z, int nth_c) {
 static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_out) {
   const int S = st->S, G = st->G, F = st->F, E = st->E;
   const R_xlen_t EG = (R_xlen_t)E * G, accsz = (R_xlen_t)C2L_NACC * EG;
+  const double sc = st->sc; /* plate scale (the local gradients are scaled by c2l_eval) */
   const double *zW = z + st->gd.off[S_W], *zm = z + st->gd.off[S_MG], *zs = z + st->gd.off[S_SEG],
                *zo = z + st->gd.off[S_O], *zys = z + st->gd.off[S_YS];
   double *gz = st->gd.gz;
@@ -793,12 +818,12 @@ static void c2l_likelihood(c2l_state *st, const double *z, int nth, double *lp_o
         Qsum = ne * (la + 1.0) - sL - a * sI + st->hd[ie] + sQ;
       }
       double o = zo[ie];
-      go[ie] += -2.0 / (o * o * o) * Qsum;
-      gs[ie] += sT;
+      go[ie] += sc * (-2.0 / (o * o * o) * Qsum);
+      gs[ie] += sc * sT;
       gTA[g] += sTA;
     }
   }
-  for (int g = 0; g < G; g++) gm[g] += gTA[g];
+  for (int g = 0; g < G; g++) gm[g] += sc * gTA[g];
   lp += lp_eg;
   double *gw = gz + st->gd.off[S_W], *gys = gz + st->gd.off[S_YS];
   for (R_xlen_t i = 0; i < (R_xlen_t)S * F; i++) gw[i] += st->dW[i];
@@ -1004,6 +1029,9 @@ static double c2l_eval(c2l_state *st, const double *u, const double *z, int nth)
   const double *h = st->hyp;
   const double shM = h[0], rtM = h[1], lamM = h[2], kap = h[6], ay = h[8], ah = h[9],
                bh_ = h[10], aS = h[11], bS = h[12], aphi = h[13], bphi = h[14];
+  /* plate scale (spec: cell2location, Minibatch regime): multiplies the local sites' log
+   * densities and the likelihood; exactly 1 in full batch (products by 1 change nothing) */
+  const double sc = st->sc;
   double *gz = st->gd.gz;
   memset(gz, 0, (size_t)st->gd.P * sizeof(double));
 #define U(j) (u + st->gd.off[j])
@@ -1060,12 +1088,12 @@ static double c2l_eval(c2l_state *st, const double *u, const double *z, int nth)
       c2l_dmw_block(S, R, F, s0, s1 - s0, Z(S_Z), Z(S_X), st->D, GZ(S_Z),
                     st->gxpart + (R_xlen_t)k * R * F);
     }
-    for (int s = 0; s < S; s++) lp += st->lpspot[s];
+    for (int s = 0; s < S; s++) lp += sc * st->lpspot[s];
     /* x_rf: the blocks' shares in block order (independent of the thread count) */
     double *gx = GZ(S_X);
     for (int k = 0; k < nblk; k++) {
       const double *pk = st->gxpart + (R_xlen_t)k * R * F;
-      for (R_xlen_t i = 0; i < (R_xlen_t)R * F; i++) gx[i] += pk[i];
+      for (R_xlen_t i = 0; i < (R_xlen_t)R * F; i++) gx[i] += sc * pk[i];
     }
     /* y_e */
     double *gye = GZ(S_YE);
@@ -1073,7 +1101,7 @@ static double c2l_eval(c2l_state *st, const double *u, const double *z, int nth)
       double ye = zye[e], ad = st->alphad[e], s1 = 0.0;
       lp += scn_lgamma_pdf(ye, uye[e], ay, ay / st->de[e]);
       for (int s = st->bstart[e]; s < st->bstart[e + 1]; s++) s1 += zys[s] - ye;
-      gye[e] = (ay - 1.0) / ye - ay / st->de[e] + ad * s1 / (ye * ye);
+      gye[e] = (ay - 1.0) / ye - ay / st->de[e] + sc * (ad * s1 / (ye * ye));
     }
   }
   /* background and over-dispersion */
@@ -1087,10 +1115,16 @@ static double c2l_eval(c2l_state *st, const double *u, const double *z, int nth)
   }
   double lplik = 0.0;
   c2l_likelihood(st, z, nth, &lplik);
+  if (sc != 1.0) { /* the local sites' gradients: priors and likelihood alike */
+    static const int loc_sites[] = {S_NS, S_BS, S_Z, S_W, S_YS};
+    for (int j = 0; j < 5; j++)
+      for (R_xlen_t i = st->gd.off[loc_sites[j]]; i < st->gd.off[loc_sites[j] + 1]; i++)
+        gz[i] *= sc;
+  }
 #undef U
 #undef Z
 #undef GZ
-  return lp + lplik;
+  return lp + sc * lplik;
 }
 
 /* ---- shims ---------------------------------------------------------------------------- */
@@ -1127,6 +1161,157 @@ SEXP scnative_c2l_train(SEXP ptr, SEXP n_epochs, SEXP epoch0, SEXP lr_, SEXP opt
   return ans;
 }
 
+/* ---- minibatches (spec: cell2location, Minibatch regime) --------------------------------- */
+
+static int cmp_int(const void *a, const void *b) {
+  int x = *(const int *)a, y = *(const int *)b;
+  return (x > y) - (x < y);
+}
+
+/* Scratch of the minibatch states, allocated with R_alloc for one .Call. */
+typedef struct {
+  const int *rp, *rg; /* the state's counts by spot */
+  const double *rv;
+  int *xp, *xi;   /* the minibatch's counts (CSC, genes), capacity: all non-zeros */
+  double *xv;
+  int *bstart;    /* E + 1 */
+  R_xlen_t *idx;  /* the minibatch guide's elements in the full guide */
+  double scale[C2L_NSITE];
+} c2l_mb_scratch;
+
+static void c2l_mb_alloc(c2l_state *st, int bmax, c2l_mb_scratch *w) {
+  const int S = st->S, G = st->G;
+  R_xlen_t nnz = st->xp[G];
+  /* the spot-major copy, so that a minibatch's counts are gathered in O(its non-zeros); made
+   * once and kept by the state */
+  if (!st->rp) {
+    int *rp = malloc(((size_t)S + 1) * sizeof(int)), *rg = malloc((nnz + 1) * sizeof(int));
+    double *rv = malloc((nnz + 1) * sizeof(double));
+    int *at = (int *)R_alloc(S, sizeof(int));
+    if (!rp || !rg || !rv) {
+      free(rp), free(rg), free(rv);
+      error(_("out of memory allocating the cell2location minibatch index"));
+    }
+    memset(rp, 0, ((size_t)S + 1) * sizeof(int));
+    for (R_xlen_t k = 0; k < nnz; k++) rp[st->xi[k] + 1]++;
+    for (int s = 0; s < S; s++) rp[s + 1] += rp[s];
+    memcpy(at, rp, (size_t)S * sizeof(int));
+    for (int g = 0; g < G; g++)
+      for (int k = st->xp[g]; k < st->xp[g + 1]; k++) {
+        int q = at[st->xi[k]]++;
+        rg[q] = g, rv[q] = st->xv[k];
+      }
+    st->rp = rp, st->rg = rg, st->rv = rv;
+  }
+  w->rp = st->rp, w->rg = st->rg, w->rv = st->rv;
+  w->xp = (int *)R_alloc(G + 1, sizeof(int));
+  w->xi = (int *)R_alloc(nnz + 1, sizeof(int));
+  w->xv = (double *)R_alloc(nnz + 1, sizeof(double));
+  w->bstart = (int *)R_alloc(st->E + 1, sizeof(int));
+  R_xlen_t pmax = st->gd.P - (R_xlen_t)(S - bmax) * (3 + st->R + st->F);
+  w->idx = (R_xlen_t *)R_alloc(pmax > 0 ? pmax : 1, sizeof(R_xlen_t));
+}
+
+static int c2l_is_local(int j) {
+  return j == S_NS || j == S_BS || j == S_Z || j == S_W || j == S_YS;
+}
+
+/* st->sub := the model on spots bsp[0..b-1] (increasing, so sorted by batch as the full
+ * state's spots), with plate scale n / b; w->idx maps its guide into st's. O(non-zeros). */
+static c2l_state *c2l_mb_state(c2l_state *st, const int *bsp, int b, double n,
+                               c2l_mb_scratch *w) {
+  const int S = st->S, G = st->G, E = st->E;
+  /* counting sort of the minibatch's non-zeros by gene; rows increase within a gene because
+   * the spots are visited in increasing order */
+  memset(w->xp, 0, ((size_t)G + 1) * sizeof(int));
+  for (int i = 0; i < b; i++)
+    for (int k = w->rp[bsp[i]]; k < w->rp[bsp[i] + 1]; k++) w->xp[w->rg[k] + 1]++;
+  for (int g = 0; g < G; g++) w->xp[g + 1] += w->xp[g];
+  R_xlen_t q = w->xp[G];
+  for (int i = 0; i < b; i++)
+    for (int k = w->rp[bsp[i]]; k < w->rp[bsp[i] + 1]; k++) {
+      int at = w->xp[w->rg[k]]++;
+      w->xi[at] = i, w->xv[at] = w->rv[k];
+    }
+  for (int g = G; g > 0; g--) w->xp[g] = w->xp[g - 1]; /* back to starts */
+  w->xp[0] = 0;
+  for (int e = 0; e <= E; e++) w->bstart[e] = 0;
+  for (int i = 0; i < b; i++) w->bstart[st->spot_batch[bsp[i]] + 1]++;
+  for (int e = 0; e < E; e++) w->bstart[e + 1] += w->bstart[e];
+  c2l_free(st->sub);
+  st->sub = NULL;
+  int d[5] = {b, G, st->F, st->R, E};
+  st->sub = c2l_build(w->xp, w->xi, w->xv, q, d, w->bstart, st->sigT, st->hyp, st->de,
+                      st->alphad, st->tl, 4);
+  c2l_state *sb = st->sub;
+  sb->sc = n / (double)b;
+  for (int j = 0; j < C2L_NSITE; j++) {
+    w->scale[j] = c2l_is_local(j) ? sb->sc : 1.0;
+    R_xlen_t a = sb->gd.off[j], m = sb->gd.off[j + 1] - a, af = st->gd.off[j];
+    if (c2l_is_local(j)) {
+      int nc = (int)(m / b);
+      for (int c = 0; c < nc; c++)
+        for (int i = 0; i < b; i++) w->idx[a + (R_xlen_t)c * b + i] = af + (R_xlen_t)c * S + bsp[i];
+    } else {
+      for (R_xlen_t i = 0; i < m; i++) w->idx[a + i] = af + i;
+    }
+  }
+  return sb;
+}
+
+/* .Call(C_scnative_c2l_train_mb, ptr, n_epochs, epoch0, opt = c(lr, clip, lrd, clipped),
+ *       train = the training spots (0-based, the state's order), batch_size, seed, threads)
+ * -> the loss of each epoch, the mean of its steps' losses (as scvi's elbo_train). Epoch k
+ * (k = epoch0, epoch0 + 1, ...) shuffles the training spots with the permutation of counter k
+ * of stream 1001 and cuts it into ceil(n / batch_size) minibatches (the last one smaller);
+ * its step i draws the eps of step k * nsteps + i. The Adam step count continues from the
+ * state (set_params resets it). */
+SEXP scnative_c2l_train_mb(SEXP ptr, SEXP n_epochs, SEXP epoch0, SEXP opt_, SEXP train,
+                           SEXP batch_size, SEXP seed_, SEXP threads) {
+  c2l_state *st = c2l_get(ptr);
+  int ne = asInteger(n_epochs), nth = asInteger(threads), bs = asInteger(batch_size);
+  if (!isReal(opt_) || XLENGTH(opt_) != 4 || !isInteger(train) || XLENGTH(train) < 1 ||
+      XLENGTH(train) > st->S || bs == NA_INTEGER || bs < 1 || ne == NA_INTEGER || ne < 0)
+    SCN_INTERNAL_ERROR("train_mb arguments");
+  const double *o = REAL(opt_);
+  scn_optim opt = {o[0], o[1], o[2], (int)o[3]};
+  const int n = (int)XLENGTH(train), *tr = INTEGER(train);
+  {
+    int *seen = (int *)R_alloc(st->S, sizeof(int));
+    memset(seen, 0, (size_t)st->S * sizeof(int));
+    for (int i = 0; i < n; i++) {
+      if (tr[i] < 0 || tr[i] >= st->S || seen[tr[i]]) SCN_INTERNAL_ERROR("training spots");
+      seen[tr[i]] = 1;
+    }
+  }
+  if (bs > n) bs = n;
+  const int nsteps = (n + bs - 1) / bs;
+  double ep0 = asReal(epoch0);
+  uint64_t seed = scn_seed_from_sexp(seed_);
+  c2l_mb_scratch w;
+  c2l_mb_alloc(st, bs, &w);
+  int *perm = (int *)R_alloc(n, sizeof(int)), *bsp = (int *)R_alloc(bs, sizeof(int));
+  double *un = (double *)R_alloc(n, sizeof(double));
+  SEXP ans = PROTECT(allocVector(REALSXP, ne));
+  for (int it = 0; it < ne; it++) {
+    scn_rng_permutation(seed, 1001, (uint64_t)(ep0 + it), n, un, perm);
+    double tot = 0.0;
+    for (int k = 0; k < nsteps; k++) {
+      int c0 = k * bs, b = c0 + bs < n ? bs : n - c0;
+      for (int i = 0; i < b; i++) bsp[i] = tr[perm[c0 + i]];
+      qsort(bsp, b, sizeof(int), cmp_int);
+      c2l_state *sb = c2l_mb_state(st, bsp, b, (double)n, &w);
+      tot += scn_svi_step_sub(&st->gd, &sb->gd, w.idx, w.scale, c2l_logp, sb, seed,
+                              (ep0 + it) * nsteps + k, &opt, nth);
+    }
+    REAL(ans)[it] = tot / nsteps;
+  }
+  c2l_free(st->sub);
+  st->sub = NULL;
+  UNPROTECT(1);
+  return ans;
+}
+
 /* .Call(C_scnative_c2l_logjoint, ptr, u, threads) -> list(logp, grad = d log p(x, exp(u)) / du)
  * (test helper: no guide terms, no +1 Jacobian). */
 SEXP scnative_c2l_logjoint(SEXP ptr, SEXP u, SEXP threads) {
@@ -1135,6 +1320,30 @@ SEXP scnative_c2l_logjoint(SEXP ptr, SEXP u, SEXP threads) {
   scn_guide_set_u(&st->gd, REAL(u));
   double lp = c2l_logp(st, asInteger(threads));
   return scn_logjoint_sexp(&st->gd, lp);
+}
+
+/* .Call(C_scnative_c2l_logjoint_mb, ptr, u, threads, spots, n): the same on the minibatch of
+ * `spots` (0-based, increasing) with plate scale n / length(spots); u of the minibatch's guide
+ * (its local rows in the order of `spots`), the state built as in training. */
+SEXP scnative_c2l_logjoint_mb(SEXP ptr, SEXP u, SEXP threads, SEXP spots, SEXP n) {
+  c2l_state *st = c2l_get(ptr);
+  if (!isInteger(spots) || XLENGTH(spots) < 1 || XLENGTH(spots) > st->S)
+    SCN_INTERNAL_ERROR("spots");
+  const int b = (int)XLENGTH(spots), *sp = INTEGER(spots);
+  for (int i = 0; i < b; i++)
+    if (sp[i] < 0 || sp[i] >= st->S || (i > 0 && sp[i] <= sp[i - 1]))
+      SCN_INTERNAL_ERROR("spots must be increasing");
+  c2l_mb_scratch w;
+  c2l_mb_alloc(st, b, &w);
+  c2l_state *ev = c2l_mb_state(st, sp, b, asReal(n), &w);
+  if (!isReal(u) || XLENGTH(u) != ev->gd.P) SCN_INTERNAL_ERROR("u length");
+  scn_guide_set_u(&ev->gd, REAL(u));
+  double lp = c2l_logp(ev, asInteger(threads));
+  SEXP ans = PROTECT(scn_logjoint_sexp(&ev->gd, lp));
+  c2l_free(st->sub);
+  st->sub = NULL;
+  UNPROTECT(1);
+  return ans;
 }
 
 /* ---- floor benchmark (bench/cell2location_floor32.R) ------------------------------------- */

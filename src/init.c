@@ -28,6 +28,8 @@ SEXP scnative_c2l_set_params(SEXP, SEXP, SEXP);
 SEXP scnative_c2l_get_params(SEXP);
 SEXP scnative_c2l_train(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 SEXP scnative_c2l_logjoint(SEXP, SEXP, SEXP);
+SEXP scnative_c2l_logjoint_mb(SEXP, SEXP, SEXP, SEXP, SEXP);
+SEXP scnative_c2l_train_mb(SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP, SEXP);
 SEXP scnative_c2l_floor(SEXP);
 /* end cell2location declarations */
 
@@ -115,6 +117,8 @@ static const R_CallMethodDef callMethods[] = {
     CALLDEF(scnative_c2l_get_params, 1),
     CALLDEF(scnative_c2l_train, 9),
     CALLDEF(scnative_c2l_logjoint, 3),
+    CALLDEF(scnative_c2l_logjoint_mb, 5),
+    CALLDEF(scnative_c2l_train_mb, 8),
     CALLDEF(scnative_c2l_floor, 1),
     /* end cell2location table */
 

@@ -473,17 +473,7 @@ SEXP scnative_reg_get_params(SEXP ptr) { return scn_guide_params_sexp(&reg_get(p
 
 /* The permutation of epoch `epoch` (Fisher-Yates on the counter-based stream 1000). */
 static void reg_permute(reg_state *st, uint64_t seed, double epoch) {
-  const int N = st->N;
-  double *un = st->un;
-  scn_rng_uniforms(seed, 1000, (uint64_t)epoch * (uint64_t)N, N, un);
-  for (int i = 0; i < N; i++) st->perm[i] = i;
-  for (int i = N - 1; i > 0; i--) {
-    int j = (int)(un[i] * (i + 1));
-    if (j > i) j = i;
-    int t = st->perm[i];
-    st->perm[i] = st->perm[j];
-    st->perm[j] = t;
-  }
+  scn_rng_permutation(seed, 1000, (uint64_t)epoch, st->N, st->un, st->perm);
 }
 
 /* .Call(C_scnative_reg_train, ptr, n_epochs, epoch0, step0, opt = c(lr, clip, lrd, clipped),

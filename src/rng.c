@@ -156,6 +156,19 @@ void scn_rng_uniforms(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t 
   }
 }
 
+void scn_rng_permutation(uint64_t seed, uint64_t stream, uint64_t counter, int n, double *un,
+                         int *perm) {
+  scn_rng_uniforms(seed, stream, counter * (uint64_t)n, n, un);
+  for (int i = 0; i < n; i++) perm[i] = i;
+  for (int i = n - 1; i > 0; i--) {
+    int j = (int)(un[i] * (i + 1));
+    if (j > i) j = i;
+    int t = perm[i];
+    perm[i] = perm[j];
+    perm[j] = t;
+  }
+}
+
 uint64_t scn_seed_from_sexp(SEXP seed) {
   double s = asReal(seed);
   if (!R_FINITE(s) || s < 0 || s >= 9007199254740992.0 || s != floor(s))

@@ -71,6 +71,10 @@ void scn_philox(uint64_t seed, uint64_t stream, uint64_t counter, uint32_t out[4
 void scn_rng_normals(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n, double *out);
 /* out[j] = the (offset + j)-th uniform on (0, 1) of stream `stream`. */
 void scn_rng_uniforms(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n, double *out);
+/* perm = a uniformly random permutation of 0..n-1 (Fisher-Yates on the n uniforms of `stream`
+ * at offset counter * n; un: scratch of n). */
+void scn_rng_permutation(uint64_t seed, uint64_t stream, uint64_t counter, int n, double *un,
+                         int *perm);
 /* seed from an R double in [0, 2^53) (validated on the R side). */
 uint64_t scn_seed_from_sexp(SEXP seed);
 
@@ -229,9 +233,16 @@ int scn_guide_alloc(scn_guide *g, int nsite, const R_xlen_t *sizes); /* 0: out o
 void scn_guide_free(scn_guide *g);
 void scn_guide_reset_optim(scn_guide *g);
 void scn_guide_draw_eps(scn_guide *g, uint64_t seed, double step, int nth);
+void scn_guide_draw_eps_at(scn_guide *g, uint64_t seed, double step, const R_xlen_t *stride,
+                           int nth);
 /* One SVI step (eps of `step`); returns the loss -log p + log q. */
 double scn_svi_step(scn_guide *g, scn_logp_fn logp, void *ctx, uint64_t seed, double step,
                     const scn_optim *opt, int nth);
+/* One minibatch step: `sub` holds elements idx[] of `g`, site j scaled by scale[j]; the
+ * optimiser steps all of `g` (svi.c). */
+double scn_svi_step_sub(scn_guide *g, scn_guide *sub, const R_xlen_t *idx, const double *scale,
+                        scn_logp_fn logp, void *ctx, uint64_t seed, double step,
+                        const scn_optim *opt, int nth);
 void scn_guide_set_u(scn_guide *g, const double *u); /* u and z = exp(u) */
 /* loc and rho from R vectors of length P; resets the optimiser state. Returns R's NULL. */
 SEXP scn_guide_set_params(scn_guide *g, SEXP loc, SEXP rho);

@@ -149,6 +149,14 @@ void scn_guide_reset_optim(scn_guide *g) {
 }
 
 void scn_guide_draw_eps(scn_guide *g, uint64_t seed, double step, int nth) {
+  scn_guide_draw_eps_at(g, seed, step, g->off, nth);
+}
+
+/* eps of site j: the first n_j numbers of block `step` of stream 1 + j, blocks of
+ * stride[j + 1] - stride[j] numbers (the site's own size in a full step; the full guide's in a
+ * minibatch step, so that the blocks of consecutive steps never overlap). */
+void scn_guide_draw_eps_at(scn_guide *g, uint64_t seed, double step, const R_xlen_t *stride,
+                           int nth) {
   const R_xlen_t piece = 4096;
   const int ns = g->nsite;
   R_xlen_t npieces[SCN_GUIDE_MAXSITE], tot = 0;
@@ -164,7 +172,7 @@ void scn_guide_draw_eps(scn_guide *g, uint64_t seed, double step, int nth) {
     R_xlen_t k = q;
     while (k >= npieces[j]) k -= npieces[j++];
     R_xlen_t n = g->off[j + 1] - g->off[j], a = k * piece, b = a + piece < n ? a + piece : n;
-    uint64_t off0 = (uint64_t)step * (uint64_t)n + (uint64_t)a;
+    uint64_t off0 = (uint64_t)step * (uint64_t)(stride[j + 1] - stride[j]) + (uint64_t)a;
     scn_rng_normals(seed, (uint64_t)(SVI_SITE_STREAM + j), off0, b - a, g->eps + g->off[j] + a);
   }
 }
@@ -240,6 +248,69 @@ double scn_svi_step(scn_guide *g, scn_logp_fn logp, void *ctx, uint64_t seed, do
     R_xlen_t a = k * SVI_PIECE, n = P - a < SVI_PIECE ? P - a : SVI_PIECE;
     svi_update_piece(n, g->loc + a, g->rho + a, g->eps + a, g->z + a, g->gz + a, g->m + a,
                      g->v + a, g->m + P + a, g->v + P + a, &c);
+  }
+  return -lp + lq;
+}
+
+/* One minibatch step (spec: cell2location, Minibatch regime). `sub` is the model's guide
+ * over the minibatch: its element i is element idx[i] of the full guide `g`, and site j of
+ * `sub` carries the plate scale scale[j] (n / b for the sites inside the subsampled plate, 1
+ * for the global ones). The minibatch's loc and rho are gathered into `sub`, its eps drawn
+ * there (below), it is sampled, the model's callback (which
+ * applies the same scales to its own terms) fills sub->gz, the guide's log q terms are scaled
+ * per site, and the gradients are scattered back (zero for the rows outside the minibatch),
+ * after which the optimiser steps every element of `g` (Adam's moments move the rows outside
+ * the minibatch too, as torch does). g->u and g->z serve as the scattered gradients. eps is
+ * drawn for the minibatch only, from the blocks a full step would use (the same numbers as a
+ * full step when the minibatch is all spots).
+ * Returns the step's loss -log p + log q, both scaled. */
+double scn_svi_step_sub(scn_guide *g, scn_guide *sub, const R_xlen_t *idx, const double *scale,
+                        scn_logp_fn logp, void *ctx, uint64_t seed, double step,
+                        const scn_optim *opt, int nth) {
+  static const double half_log_2pi = 0.91893853320467274178;
+  const R_xlen_t P = g->P, Pb = sub->P;
+  scn_guide_draw_eps_at(sub, seed, step, g->off, nth);
+  for (R_xlen_t i = 0; i < Pb; i++) {
+    R_xlen_t k = idx[i];
+    sub->loc[i] = g->loc[k], sub->rho[i] = g->rho[k];
+  }
+  double lq = 0.0;
+  for (int j = 0; j < sub->nsite; j++) {
+    R_xlen_t a = sub->off[j], n = sub->off[j + 1] - a;
+    double l = -half_log_2pi * (double)n;
+    for (R_xlen_t q = a; q < a + n; q += SVI_PIECE) {
+      R_xlen_t m = a + n - q < SVI_PIECE ? a + n - q : SVI_PIECE;
+      l += svi_sample_piece(m, sub->loc + q, sub->rho + q, sub->eps + q, sub->u + q, sub->z + q);
+    }
+    lq += scale[j] * l;
+  }
+  double lp = logp(ctx, nth);
+  double *gl = g->u, *gr = g->z;
+  memset(gl, 0, (size_t)P * sizeof(double));
+  memset(gr, 0, (size_t)P * sizeof(double));
+  for (int j = 0; j < sub->nsite; j++) {
+    const double sc = scale[j];
+    for (R_xlen_t i = sub->off[j]; i < sub->off[j + 1]; i++) {
+      double gu = sub->z[i] * sub->gz[i] + sc, sg, ds;
+      svi_softplus(sub->rho[i], &sg, &ds);
+      gl[idx[i]] = -gu;
+      gr[idx[i]] = -(gu * sub->eps[i] + sc / sg) * ds;
+    }
+  }
+  g->t++;
+  double lr_t = opt->clipped ? opt->lr * pow(opt->lrd, (double)g->t) : opt->lr;
+  adam_step c = adam_consts(g->t, lr_t, opt->clipped, opt->clip);
+  const R_xlen_t np = (P + SVI_PIECE - 1) / SVI_PIECE;
+  int nt = scn_threads_for(np, nth);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (R_xlen_t k = 0; k < np; k++) {
+    R_xlen_t a = k * SVI_PIECE, n = P - a < SVI_PIECE ? P - a : SVI_PIECE;
+    double sq[SVI_BLOCK];
+    for (R_xlen_t i0 = a; i0 < a + n; i0 += SVI_BLOCK) {
+      int m = a + n - i0 < SVI_BLOCK ? (int)(a + n - i0) : SVI_BLOCK;
+      adam_block(m, g->loc + i0, gl + i0, g->m + i0, g->v + i0, &c, sq);
+      adam_block(m, g->rho + i0, gr + i0, g->m + P + i0, g->v + P + i0, &c, sq);
+    }
   }
   return -lp + lq;
 }

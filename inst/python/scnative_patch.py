@@ -265,7 +265,7 @@ def install_cell2location(r_train):
             return orig(self, max_epochs=max_epochs, batch_size=batch_size,
                         train_size=train_size, lr=lr, num_particles=num_particles,
                         scale_elbo=scale_elbo, **kwargs)
-        return _c2l_native(self, r_train, int(max_epochs), float(lr))
+        return _c2l_native(self, r_train, int(max_epochs), float(lr), batch_size, train_size)
 
     train.__scnative__ = True
     _install("cell2location", orig, train, [(Cell2location, "train")],
@@ -286,10 +286,13 @@ def _c2l_unsupported(model, batch_size, train_size, num_particles, scale_elbo, k
                    (harmless[k] is not None and kwargs[k] not in harmless[k]))
     if other:
         return "unsupported argument(s) " + ", ".join(other)
-    if batch_size is not None:
-        return "minibatch training (batch_size) is not supported"
-    if train_size != 1:
-        return "train_size != 1 is not supported"
+    if batch_size is not None and (isinstance(batch_size, bool) or
+                                   not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+        return "batch_size must be None or a positive whole number"
+    if isinstance(train_size, bool) or not isinstance(train_size, (int, float, np.integer,
+                                                                   np.floating)) or \
+            not 0 < train_size <= 1:
+        return "train_size must be in (0, 1]"
     if num_particles != 1:
         return "num_particles != 1 is not supported"
     if scale_elbo != 1.0:
@@ -327,7 +330,7 @@ def _guide_params(guide):
         return None
 
 
-def _c2l_native(model, r_train, max_epochs, lr):
+def _c2l_native(model, r_train, max_epochs, lr, batch_size=None, train_size=1):
     import pandas as pd
     import torch
     from scvi import REGISTRY_KEYS
@@ -350,7 +353,8 @@ def _c2l_native(model, r_train, max_epochs, lr):
     hyper["n_groups"] = np.asarray(float(m.n_groups))
     hyper["n_batch"] = np.asarray(float(m.n_batch))
     init = _guide_params(model.module.guide)
-    res = r_train(X, batch, sig, hyper, init, max_epochs, lr)
+    res = r_train(X, batch, sig, hyper, init, max_epochs, lr,
+                  None if batch_size is None else int(batch_size), float(train_size))
 
     # the guide's parameters exist only after its first call: one full-data pass, no gradients
     if _guide_params(model.module.guide) is None:
@@ -380,8 +384,10 @@ def _c2l_native(model, r_train, max_epochs, lr):
     else:
         model.history_ = {"elbo_train": new}
     n = model.adata.n_obs
-    model.train_indices = np.arange(n)
-    model.validation_indices = np.array([], dtype=np.int64)
+    # the training spots (the minibatch regime's split; all spots in full batch)
+    train = np.asarray(res["train"], dtype=np.int64).ravel()
+    model.train_indices = train
+    model.validation_indices = np.setdiff1d(np.arange(n), train)
     model.test_indices = np.array([], dtype=np.int64)
     model.module.eval()
     model.is_trained_ = True

@@ -651,7 +651,7 @@ fz_list_muts <- function(value, ctx, depth = 0L) {
   if (!length(value) || is.null(nm)) return(fz_type_muts(value, ctx))
   # the kept data of a fit (`fit$data`) is validated with the fit
   strict_k <- function(k) ctx$strict
-  optional <- if (depth == 0L) c("data", "interrupted", "format", "early_stop", "precision") else character()
+  optional <- if (depth == 0L) c("data", "interrupted", "format", "early_stop", "precision", "minibatch") else character()
   same <- function(a, b) {
     (identical(class(a), class(b)) || (is.numeric(a) && is.numeric(b))) &&
       identical(dim(a), dim(b)) && identical(length(a), length(b))

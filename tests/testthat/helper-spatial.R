@@ -20,7 +20,7 @@ c2l_py_modules <- function(threads) {
 # history, seconds = train time). Skips when the peers venv is absent.
 run_upstream_c2l <- function(counts, signatures, N_cells_per_location = 8, detection_alpha = 20,
                              max_epochs = 1000, lr = 0.002, seed = 0, num_samples = 100,
-                             threads = 2, batch = NULL) {
+                             threads = 2, batch = NULL, batch_size = NULL) {
   m <- c2l_py_modules(threads)
   np <- m$np; pd <- m$pd; sp <- m$sp; ad <- m$ad; scvi <- m$scvi; c2l <- m$c2l
 
@@ -44,7 +44,8 @@ run_upstream_c2l <- function(counts, signatures, N_cells_per_location = 8, detec
                                   N_cells_per_location = as.numeric(N_cells_per_location),
                                   detection_alpha = as.numeric(detection_alpha))
   t0 <- proc.time()[["elapsed"]]
-  mod$train(max_epochs = as.integer(max_epochs), batch_size = NULL, train_size = 1L,
+  mod$train(max_epochs = as.integer(max_epochs),
+            batch_size = if (is.null(batch_size)) NULL else as.integer(batch_size), train_size = 1L,
             lr = as.numeric(lr), enable_progress_bar = FALSE)
   secs <- proc.time()[["elapsed"]] - t0
   adata <- mod$export_posterior(adata, sample_kwargs = reticulate::dict(
@@ -61,13 +62,14 @@ run_upstream_c2l <- function(counts, signatures, N_cells_per_location = 8, detec
 # The scnative side of the same comparison: posterior means and q05 of w_sf, train seconds.
 run_scnative_c2l <- function(counts, signatures, N_cells_per_location = 8, detection_alpha = 20,
                              max_epochs = 1000, lr = 0.002, seed = 1, num_samples = 100,
-                             threads = 2) {
+                             threads = 2, batch_size = NULL) {
   t0 <- proc.time()[["elapsed"]]
   fit <- suppressMessages(cell2location(counts, signatures,
                                         N_cells_per_location = N_cells_per_location,
                                         detection_alpha = detection_alpha,
                                         max_epochs = max_epochs, lr = lr, seed = seed,
-                                        threads = threads, progress = FALSE))
+                                        threads = threads, progress = FALSE,
+                                        batch_size = batch_size))
   secs <- proc.time()[["elapsed"]] - t0
   post <- export_posterior(fit, num_samples = num_samples, seed = seed)
   list(means = cell_abundance(post, "means"), q05 = cell_abundance(post, "q05"),

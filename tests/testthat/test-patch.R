@@ -246,10 +246,28 @@ ref_ad = ref.export_posterior(ad_ref, sample_kwargs={'num_samples': 100, 'batch_
   ab <- reticulate::py_eval("nat_ad.obsm['means_cell_abundance_w_sf'].values")
   ab_up <- reticulate::py_eval("ref_ad.obsm['means_cell_abundance_w_sf'].values")
   expect_gt(cor(as.vector(ab), as.vector(ab_up)), 0.95)
+  # minibatch calls run natively: the same fit as cell2location(batch_size =) for the seed
+  reticulate::py_run_string("
+ad_mb = ad.copy()
+cell2location.models.Cell2location.setup_anndata(ad_mb)
+mb = cell2location.models.Cell2location(ad_mb, cell_state_df=sigdf, N_cells_per_location=8, detection_alpha=20)
+")
+  set.seed(12); s1 <- scnative:::resolve_seed(NULL)
+  set.seed(12)
+  out <- reticulate::py_capture_output(
+    reticulate::py_run_string("mb.train(max_epochs=30, batch_size=15)"), type = "stderr")
+  expect_false(grepl("running upstream", out))
+  fit_mb <- cell2location(x, sig, N_cells_per_location = 8, detection_alpha = 20,
+                          max_epochs = 30, seed = s1, progress = FALSE, batch_size = 15)
+  h_mb <- reticulate::py_eval("mb.history_['elbo_train']")
+  expect_equal(as.numeric(h_mb$elbo_train), fit_mb$history$elbo_train, tolerance = 1e-5)
+  expect_equal(reticulate::py_eval("mb.module.guide.locs.w_sf_unconstrained.detach().numpy()"),
+               unname(fit_mb$params$w_sf$loc), tolerance = 1e-4, ignore_attr = TRUE)
+  expect_equal(reticulate::py_eval("len(mb.train_indices)"), S)
   # unsupported calls run upstream with a message
   out <- reticulate::py_capture_output(
-    reticulate::py_run_string("mod.train(max_epochs=2, batch_size=10)"), type = "stderr")
-  expect_match(out, "scnative: minibatch training .*running upstream")
+    reticulate::py_run_string("mod.train(max_epochs=2, scale_elbo=None)"), type = "stderr")
+  expect_match(out, "scnative: scale_elbo != 1 .*running upstream")
   expect_identical(unname(unpatch("cell2location")), TRUE)
   expect_identical(reticulate::py_id(reticulate::py_eval("cell2location.models.Cell2location.train")), orig_id)
 })

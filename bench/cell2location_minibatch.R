@@ -1,0 +1,36 @@
+# Per-epoch CPU seconds and peak memory of cell2location's minibatch regime (batch_size spots
+# per step, spec: cell2location, Minibatch regime): upstream's Cell2location.train(batch_size =)
+# on the CPU against scnative's cell2location(batch_size =), side by side at the same thread
+# count, on simulated data from the model's generative process (bench/cell2location_data.R).
+# Usage: Rscript bench/cell2location_minibatch.R [threads=1] [S=20000] [G=2000] [F=20]
+#                                                [batch_size=2500] [reps=1] [upstream_epochs=2]
+#                                                [scnative_epochs=3]
+# Each side is its own process (bench/harness.R): data load, a one-epoch warm-up, then the
+# timed epochs; BENCH_SECONDS = CPU seconds per epoch (SCNATIVE_BENCH_CPU=1 unless set to 0:
+# the bench machine is shared), so the ratio is a per-epoch CPU-time ratio.
+source("bench/harness.R")
+source("bench/cell2location_data.R")
+dir.create("bench/results", showWarnings = FALSE)
+a <- commandArgs(TRUE)
+arg <- function(i, def) if (length(a) >= i) a[i] else def
+th <- as.integer(arg(1, "1"))
+dims <- c(arg(2, "20000"), arg(3, "2000"), arg(4, "20"))
+bs <- arg(5, "2500")
+reps <- as.integer(arg(6, "1"))
+up_ep <- arg(7, "2")
+sc_ep <- arg(8, "3")
+if (!nzchar(Sys.getenv("SCNATIVE_BENCH_CPU"))) Sys.setenv(SCNATIVE_BENCH_CPU = "1")
+stem <- c2l_bench_data(as.integer(dims[1]), as.integer(dims[2]), as.integer(dims[3]))
+py <- bench_peers_python()
+env <- c(bench_thread_env(th), SCNATIVE_BENCH_CPU = Sys.getenv("SCNATIVE_BENCH_CPU"))
+sides <- list(
+  upstream = list(cmd = py, args = c("bench/cell2location_upstream.py", stem, dims, th, up_ep,
+                                     paste0("batch_size=", bs)), env = env),
+  scnative = list(cmd = "Rscript", args = c("bench/cell2location_scnative.R", stem, dims, th,
+                                            sc_ep, bs), env = env))
+cpu <- Sys.getenv("SCNATIVE_BENCH_CPU") == "1"
+bench_compare(sides, reps = reps,
+              title = sprintf("cell2location minibatch (batch_size %s) per-epoch %s, %s spots x %s genes x %s cell types, %d thread(s)",
+                              bs, if (cpu) "CPU time" else "time", dims[1], dims[2], dims[3], th),
+              csv = sprintf("bench/results/cell2location_minibatch_%s_%s_%s_b%s_t%d.csv",
+                            dims[1], dims[2], dims[3], bs, th))
