@@ -14,8 +14,9 @@
 #   20,000 cells x 1,000 genes (66% non-zero): moments 37.2 vs 19.2 s, recover_dynamics 968 vs
 #   319 s (upstream extrapolated from 10 genes), velocity 29.4 vs 14.5 s, velocity_graph 43.7
 #   vs 10.5 s; chain 1,079 vs 363 s (3.0x); peak RSS 7,294 vs 2,563 MB.
-#   50,000 cells x 2,000 genes, 2 threads: upstream was killed by the kernel at 24.2 GB peak RSS
-#   (in pp.moments, before any fit); scnative's side was not run this session.
+#   50,000 cells x 2,000 genes, 2 threads: upstream's process was killed (signal 9) at 24.2 GB
+#   peak RSS, some time after its pp.moments started (which step is not known; pp.moments alone
+#   completed in another run); scnative's side was not run this session.
 source("bench/harness.R")
 a <- commandArgs(TRUE)
 arg <- function(i, def) if (length(a) >= i) as.integer(a[i]) else as.integer(def)
