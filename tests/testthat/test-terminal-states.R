@@ -259,9 +259,12 @@ test_that("a synthetic 400-cell graph: parity with upstream in float32 and float
         expect_lt(max_abs(ours, u32[[what]]), max(1e-4, 1.5 * spread))
         expect_gt(cor(ours, u32[[what]]), 0.999)
       } else {
-        # several eigenvalues near 1: the eigenspace basis is arbitrary (spec 4.4)
+        # several eigenvalues near 1: the eigenspace basis is arbitrary (spec 4.4), and
+        # upstream's float32 and float64 runs can pick different bases (seen on an AMD Zen 4
+        # OpenBLAS): ours must match upstream's float64 pipeline, and be as close to its
+        # float32 one as upstream's own float64 result is
         expect_gt(cor(ours, u64[[what]]), 0.9)
-        expect_gt(cor(ours, u32[[what]]), 0.9)
+        expect_gte(cor(ours, u32[[what]]), cor(u64[[what]], u32[[what]]) - 0.05)
       }
     }
     pt <- velocity_pseudotime(vg, s$conn, root = u32$root, end = u32$end)
