@@ -75,3 +75,20 @@ run_scnative_c2l <- function(counts, signatures, N_cells_per_location = 8, detec
   list(means = cell_abundance(post, "means"), q05 = cell_abundance(post, "q05"),
        history = fit$history$elbo_train, seconds = secs, posterior = post)
 }
+
+# Central finite differences of f at u against the analytic gradient `grad`: the worst relative
+# error of each site (`site`: the site name of every element) must be below tol, and every site
+# in `sites` must be covered.
+expect_fd_by_site <- function(f, u, grad, site, sites, tol = 1e-6, h = 1e-5) {
+  fd <- vapply(seq_along(u), function(i) {
+    up <- u
+    um <- u
+    up[i] <- up[i] + h
+    um[i] <- um[i] - h
+    (f(up) - f(um)) / (2 * h)
+  }, 0)
+  rel <- abs(fd - grad) / pmax(1, abs(fd))
+  worst <- tapply(rel, site, max)
+  expect_setequal(names(worst), sites)
+  expect_true(all(worst < tol), info = paste(names(worst), signif(worst, 3), collapse = "; "))
+}

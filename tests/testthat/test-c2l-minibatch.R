@@ -84,18 +84,8 @@ test_that("the plate-scaled minibatch log joint splits into global and scaled lo
     }
   }
   # central finite differences of the scaled joint, every element of every site
-  f <- function(v) ns$c2l_logjoint_mb(prep, v, A, S)$logp
-  site <- rep(vapply(pa, `[[`, "", "name"), vapply(pa, `[[`, 0, "n"))
-  fd <- vapply(seq_along(uA), function(i) {
-    h <- 1e-5
-    up <- uA; um <- uA
-    up[i] <- up[i] + h; um[i] <- um[i] - h
-    (f(up) - f(um)) / (2 * h)
-  }, 0)
-  rel <- abs(fd - aS$grad) / pmax(1, abs(fd))
-  worst <- tapply(rel, site, max)
-  expect_setequal(names(worst), tab$name)
-  expect_true(all(worst < 1e-6), info = paste(names(worst), signif(worst, 3), collapse = "; "))
+  expect_fd_by_site(function(v) ns$c2l_logjoint_mb(prep, v, A, S)$logp, uA, aS$grad,
+                    rep(vapply(pa, `[[`, "", "name"), vapply(pa, `[[`, 0, "n")), tab$name)
   # the float32 pass agrees on the minibatch too
   a32 <- ns$c2l_logjoint_mb(prep, uA, A, S, precision = "single")
   expect_lt(abs(a32$logp / aS$logp - 1), 1e-6)

@@ -34,18 +34,8 @@ test_that("the gradient of log p(x, z) matches central finite differences for ev
   u <- ns$c2l_flatten(lapply(ns$c2l_init_params(st), `[[`, "loc"), st) + stats::runif(P, -0.5, 0.5)
   r <- ns$c2l_logjoint(prep, u)
   expect_true(is.finite(r$logp))
-  f <- function(v) ns$c2l_logjoint(prep, v)$logp
-  site <- rep(tab$name, tab$nrow * tab$ncol)
-  fd <- vapply(seq_len(P), function(i) {
-    h <- 1e-5
-    up <- u; um <- u
-    up[i] <- up[i] + h; um[i] <- um[i] - h
-    (f(up) - f(um)) / (2 * h)
-  }, 0)
-  rel <- abs(fd - r$grad) / pmax(1, abs(fd))
-  worst <- tapply(rel, site, max)
-  expect_setequal(names(worst), tab$name)
-  expect_true(all(worst < 1e-6), info = paste(names(worst), signif(worst, 3), collapse = "; "))
+  expect_fd_by_site(function(v) ns$c2l_logjoint(prep, v)$logp, u, r$grad,
+                    rep(tab$name, tab$nrow * tab$ncol), tab$name)
 })
 
 test_that("log p(x, z) and its gradient equal the spec's pure-Python reference", {
