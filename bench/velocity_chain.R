@@ -16,7 +16,8 @@
 #   vs 10.5 s; chain 1,079 vs 363 s (3.0x); peak RSS 7,294 vs 2,563 MB.
 #   50,000 cells x 2,000 genes, 2 threads: upstream's process was killed (signal 9) at 24.2 GB
 #   peak RSS, some time after its pp.moments started (which step is not known; pp.moments alone
-#   completed in another run); scnative's side was not run this session.
+#   completed in another run); scnative alone at 1 thread (load ~3): moments 153 s,
+#   recover_dynamics 1,762 s, velocity 130 s, velocity_graph 62 s; chain 2,109 s, peak RSS 11.4 GB.
 source("bench/harness.R")
 a <- commandArgs(TRUE)
 arg <- function(i, def) if (length(a) >= i) as.integer(a[i]) else as.integer(def)
