@@ -262,7 +262,8 @@ c2l_make_state <- function(prep, tiles = c(0L, 0L), precision = "double", gemm =
   st <- prep$settings
   h <- st$hyper
   ord <- st$spot_order
-  xt <- prep$xt[ord, , drop = FALSE]
+  # spots already in batch order (one batch, or sorted): no reordered copy of the counts
+  xt <- if (identical(ord, seq_len(st$n_spots))) prep$xt else prep$xt[ord, , drop = FALSE]
   bstart <- c(0L, cumsum(tabulate(st$batch_codes, st$n_batches)))
   hyp <- c(h$m_g_mean_var_ratio * h$m_g_mu, h$m_g_mean_var_ratio, h$m_g_alpha_mean, h$N,
            h$N_cells_mean_var_ratio, h$B, h$kappa, h$w_sf_mean_var_ratio, h$detection_mean_alpha,
