@@ -1033,7 +1033,15 @@ static double c2l_eval(c2l_state *st, const double *u, const double *z, int nth)
    * densities and the likelihood; exactly 1 in full batch (products by 1 change nothing) */
   const double sc = st->sc;
   double *gz = st->gd.gz;
-  memset(gz, 0, (size_t)st->gd.P * sizeof(double));
+  {
+    /* gz starts at zero, except the local sites that c2l_spot_block assigns for every spot
+     * (n_s, b_s, z_sr; w_sf; y_s) before anything adds to them: one pass over S x F less */
+    const R_xlen_t *o = st->gd.off;
+    memset(gz, 0, (size_t)o[S_NS] * sizeof(double));
+    memset(gz + o[S_K], 0, (size_t)(o[S_W] - o[S_K]) * sizeof(double));
+    memset(gz + o[S_YE], 0, (size_t)(o[S_YS] - o[S_YE]) * sizeof(double));
+    memset(gz + o[S_H], 0, (size_t)(st->gd.P - o[S_H]) * sizeof(double));
+  }
 #define U(j) (u + st->gd.off[j])
 #define Z(j) (z + st->gd.off[j])
 #define GZ(j) (gz + st->gd.off[j])

@@ -132,6 +132,16 @@ void scn_rng_normals(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n
     int np = k1 - k0 < NORMAL_BLOCK ? (int)(k1 - k0) : NORMAL_BLOCK;
     normal_block(seed, stream, k0, r2, cs, sn);
     scn_vsqrt(np, r2, rr);
+    if ((i & 1u) == 0 && n - j >= 2 * (R_xlen_t)np) { /* whole blocks: both normals of each */
+      double *o = out + j;
+#pragma omp simd
+      for (int b = 0; b < np; b++) {
+        o[2 * b] = rr[b] * cs[b];
+        o[2 * b + 1] = rr[b] * sn[b];
+      }
+      j += 2 * (R_xlen_t)np, i += 2 * (uint64_t)np;
+      continue;
+    }
     for (int b = 0; b < np && j < n; b++) {
       double r = rr[b];
       if ((i & 1u) == 0) {
