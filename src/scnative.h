@@ -226,6 +226,7 @@ typedef struct {
   double *loc, *rho, *m, *v; /* m, v: 2P (loc then rho) */
   long t;                    /* optimiser steps since the last reset */
   double *eps, *u, *z, *gz;
+  double *ds, *dsr; /* the step's d sigma / d rho and (d sigma / d rho) / sigma, per element */
   double *lqp;     /* per piece of the step's loops: partial sums of log q */
 } scn_guide;
 typedef double (*scn_logp_fn)(void *ctx, int nth); /* log p(x, z); fills the guide's gz */
