@@ -4,7 +4,11 @@
 # count, on simulated data from the model's generative process (bench/cell2location_data.R).
 # Usage: Rscript bench/cell2location_minibatch.R [threads=1] [S=20000] [G=2000] [F=20]
 #                                                [batch_size=2500] [reps=1] [upstream_epochs=2]
-#                                                [scnative_epochs=3]
+#                                                [scnative_epochs=3] [data=dense]
+#                                                [upstream_steps=0]
+# data = "sparse": Visium HD-like sparse counts (c2l_bench_data_sparse(): 1.5% non-zero, no
+# S x G dense matrix anywhere on our side); upstream_steps = N > 0: upstream times N steps and
+# reports N steps' time scaled to a whole epoch (for sizes where its epoch takes many minutes).
 # Each side is its own process (bench/harness.R): data load, a one-epoch warm-up, then the
 # timed epochs; BENCH_SECONDS = CPU seconds per epoch (SCNATIVE_BENCH_CPU=1 unless set to 0:
 # the bench machine is shared), so the ratio is a per-epoch CPU-time ratio.
@@ -20,17 +24,26 @@ reps <- as.integer(arg(6, "1"))
 up_ep <- arg(7, "2")
 sc_ep <- arg(8, "3")
 if (!nzchar(Sys.getenv("SCNATIVE_BENCH_CPU"))) Sys.setenv(SCNATIVE_BENCH_CPU = "1")
-stem <- c2l_bench_data(as.integer(dims[1]), as.integer(dims[2]), as.integer(dims[3]))
+data <- arg(9, "dense")
+up_steps <- as.integer(arg(10, "0"))
+stem <- if (data == "sparse") {
+  c2l_bench_data_sparse(as.integer(dims[1]), as.integer(dims[2]), as.integer(dims[3]))
+} else {
+  c2l_bench_data(as.integer(dims[1]), as.integer(dims[2]), as.integer(dims[3]))
+}
 py <- bench_peers_python()
 env <- c(bench_thread_env(th), SCNATIVE_BENCH_CPU = Sys.getenv("SCNATIVE_BENCH_CPU"))
 sides <- list(
   upstream = list(cmd = py, args = c("bench/cell2location_upstream.py", stem, dims, th, up_ep,
-                                     paste0("batch_size=", bs)), env = env),
+                                     paste0("batch_size=", bs),
+                                     if (up_steps > 0) paste0("steps=", up_steps)), env = env),
   scnative = list(cmd = "Rscript", args = c("bench/cell2location_scnative.R", stem, dims, th,
                                             sc_ep, bs), env = env))
 cpu <- Sys.getenv("SCNATIVE_BENCH_CPU") == "1"
 bench_compare(sides, reps = reps,
-              title = sprintf("cell2location minibatch (batch_size %s) per-epoch %s, %s spots x %s genes x %s cell types, %d thread(s)",
-                              bs, if (cpu) "CPU time" else "time", dims[1], dims[2], dims[3], th),
-              csv = sprintf("bench/results/cell2location_minibatch_%s_%s_%s_b%s_t%d.csv",
-                            dims[1], dims[2], dims[3], bs, th))
+              title = sprintf("cell2location minibatch (batch_size %s) per-epoch %s, %s spots x %s genes x %s cell types (%s counts%s), %d thread(s)",
+                              bs, if (cpu) "CPU time" else "time", dims[1], dims[2], dims[3],
+                              data, if (up_steps > 0) sprintf("; upstream: %d steps scaled to an epoch", up_steps) else "", th),
+              csv = sprintf("bench/results/cell2location_minibatch_%s_%s_%s_b%s_t%d%s.csv",
+                            dims[1], dims[2], dims[3], bs, th,
+                            if (data == "sparse") "_sparse" else ""))

@@ -11,8 +11,9 @@ bs <- if (length(n) >= 6) n[6] else NULL
 suppressMessages(library(scnative))
 source(file.path(dirname(sub("--file=", "", grep("--file=", commandArgs(FALSE), value = TRUE))),
                  "cell2location_data.R"))
-d <- c2l_bench_read(stem, S, G, F)
-x <- Matrix::Matrix(d$x, sparse = TRUE)
+sparse <- startsWith(basename(stem), "c2lsp_") # c2l_bench_data_sparse()'s CSC files
+d <- if (sparse) c2l_bench_read_sparse(stem, S, G, F) else c2l_bench_read(stem, S, G, F)
+x <- if (sparse) d$x else Matrix::Matrix(d$x, sparse = TRUE)
 sig <- d$sig
 rm(d)
 invisible(gc())
