@@ -1,7 +1,9 @@
 # Per-epoch time and peak memory of cell2location's spatial model: upstream (CPU), upstream
-# with autozyme's cell2location patch, scnative, and the floor (the two GEMMs of the S x G pass
-# through R's BLAS plus one vectorised pass over S x G), on simulated data from the model's own
-# generative process (bench/cell2location_data.R).
+# with autozyme's cell2location patch, scnative, and the float32 floor (the two GEMMs of the
+# S x G pass in float plus one vectorised float pass over S x G, bench/cell2location_floor_side.R;
+# at THREADS > 1 its one-thread time divided by THREADS), on simulated data from the model's
+# own generative process (bench/cell2location_data.R). Ends with scnative's epoch as a multiple
+# of the floor.
 # Usage: Rscript bench/cell2location.R [threads=1] [S=4000] [G=10000] [F=34] [reps=3]
 #                                      [upstream_epochs=5] [scnative_epochs=30]
 # Every side prints BENCH_SECONDS = seconds per epoch of its timed call (after a warm-up), so
@@ -29,15 +31,18 @@ sides <- list(
                                               up_ep, "autozyme"), env = env),
   scnative = list(cmd = "Rscript", args = c("bench/cell2location_scnative.R", stem, dims, th,
                                             sc_ep), env = env),
-  floor = list(cmd = "Rscript", args = c("bench/cell2location_floor.R", dims, "5"), env = env))
+  floor = list(cmd = "Rscript", args = c("bench/cell2location_floor_side.R", dims, th), env = env))
 before <- Sys.getenv("SCNATIVE_BENCH_BEFORE_LIB")
 if (nzchar(before)) {
   sides$scnative_before <- sides$scnative
   sides$scnative_before$env <- c(env, R_LIBS = before)
 }
 cpu <- Sys.getenv("SCNATIVE_BENCH_CPU") == "1"
-bench_compare(sides, reps = reps,
+res <- bench_compare(sides, reps = reps,
               title = sprintf("cell2location per-epoch %s, %s spots x %s genes x %s cell types, %d thread(s)",
                               if (cpu) "CPU time" else "time", dims[1], dims[2], dims[3], th),
               csv = sprintf("bench/results/cell2location_%s_%s_%s_t%d.csv", dims[1], dims[2],
                             dims[3], th))
+tab <- res$table
+cat(sprintf("\nscnative per epoch = %.2f x the float32 floor\n",
+            tab$median_s[tab$side == "scnative"] / tab$median_s[tab$side == "floor"]))
