@@ -257,8 +257,10 @@ c2l_prepare <- function(x, signatures, batch, N_cells_per_location, N_given, det
 
 # The C state for a prepared problem.
 # precision: "double" or "single" (the S x G pass in float32); gemm (single only): 0 ours,
-# 1 the BLAS's sgemm where it exports one (internal, for benchmarks).
-c2l_make_state <- function(prep, tiles = c(0L, 0L), precision = "double", gemm = 0L) {
+# 1 the BLAS's sgemm where it exports one (internal, for benchmarks); lean: a state that only
+# trains in minibatches (no full-size pass buffers; C_scnative_c2l_train refuses it).
+c2l_make_state <- function(prep, tiles = c(0L, 0L), precision = "double", gemm = 0L,
+                           lean = FALSE) {
   st <- prep$settings
   h <- st$hyper
   ord <- st$spot_order
@@ -276,7 +278,7 @@ c2l_make_state <- function(prep, tiles = c(0L, 0L), precision = "double", gemm =
   .Call(C_scnative_c2l_setup, as.integer(xt@p), as.integer(xt@i), as.double(xt@x),
         as.integer(dims), as.integer(bstart), t(prep$signatures) + 0, as.double(hyp),
         as.double(st$detection_mean_e), as.double(st$detection_alpha),
-        as.integer(c(tiles, precision == "single", gemm)))
+        as.integer(c(tiles, precision == "single", gemm, if (lean) 1L)))
 }
 
 # ---- training -----------------------------------------------------------------------------
@@ -554,7 +556,7 @@ cell2location.default <- function(x, signatures, batch = NULL, N_cells_per_locat
 
 c2l_fit_run <- function(prep, params, history, epochs, opt, seed, threads, progress, keep_data,
                         precision, early_stop = NULL, minibatch = NULL) {
-  state <- c2l_make_state(prep, precision = precision)
+  state <- c2l_make_state(prep, precision = precision, lean = !is.null(minibatch))
   res <- c2l_train_blocks(state, prep, params, epochs, nrow(history), opt, seed, threads, progress,
                           early_stop, minibatch)
   fit <- list(
@@ -848,7 +850,7 @@ c2l_logjoint <- function(prep, u, threads = 1L, precision = "double", gemm = 0L)
 # The same on the minibatch of `spots` (0-based positions in C order, increasing) with plate
 # scale n / length(spots); u is the minibatch guide's flat vector (local rows in spot order).
 c2l_logjoint_mb <- function(prep, u, spots, n, threads = 1L, precision = "double") {
-  state <- c2l_make_state(prep, precision = precision)
+  state <- c2l_make_state(prep, precision = precision, lean = TRUE)
   .Call(C_scnative_c2l_logjoint_mb, state, as.double(u), as.integer(threads),
         as.integer(spots), as.double(n))
 }

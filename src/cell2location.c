@@ -149,6 +149,7 @@ typedef struct c2l_state_s {
   /* precision = "single" (prec = 1): sig in float, per-thread float buffers, the kernels for
    * this CPU and whether the GEMMs go to the BLAS's sgemm (sgemm_blas) or to ours */
   int prec, sgemm_blas;
+  int lean; /* minibatch training only: no full-size pass buffers, lean guide (c2l_build) */
   float *sigTf, *fbuf;
   int fcap;
   /* the counts again, block-major for the float pass: block b, gene g at bo[b * G + g] ..
@@ -312,7 +313,12 @@ static c2l_state *c2l_build(const int *xp_, const int *xi_, const double *xv_, R
   }
   if (gb > G) gb = G;
   st->nb = nb, st->gb = gb;
-  st->prec = ntl == 4 && tl[2] == 1;
+  st->prec = ntl >= 4 && tl[2] == 1;
+  /* lean (tiles[5] = 1): a state that only trains in minibatches. Its own likelihood pass never
+   * runs (each step builds the minibatch's state, c2l_mb_state), so the block-major copy, the
+   * histograms, the S x F pass buffers and the guide's per-step arrays are not made. */
+  const int lean = st->lean = ntl >= 5 && tl[4] == 1;
+  const R_xlen_t SFl = lean ? 1 : (R_xlen_t)S * F;
   st->sc = 1.0;
   if (st->prec && nb > 4096) nb = st->nb = 4096; /* local spot indices are 16-bit */
   st->kern = c2l_f32_pick();
@@ -343,12 +349,13 @@ static c2l_state *c2l_build(const int *xp_, const int *xi_, const double *xv_, R
   C2L_ALLOC(st->hp, EG + 1, int);
   C2L_ALLOC(st->de, E, double);
   C2L_ALLOC(st->alphad, E, double);
-  if (!scn_guide_alloc(&st->gd, C2L_NSITE, sizes)) ok = 0;
-  C2L_ALLOC(st->mw, (R_xlen_t)S * F, double);
-  C2L_ALLOC(st->D, (R_xlen_t)S * F, double);
+  if (!scn_guide_alloc2(&st->gd, C2L_NSITE, sizes, lean)) ok = 0;
+  C2L_ALLOC(st->mw, SFl, double);
+  C2L_ALLOC(st->D, SFl, double);
   C2L_ALLOC(st->xt, (R_xlen_t)R * F, double);
-  C2L_ALLOC(st->gxpart, (R_xlen_t)((S + C2L_SPOT_BLOCK - 1) / C2L_SPOT_BLOCK) * R * F, double);
-  C2L_ALLOC(st->dW, (R_xlen_t)S * F, double);
+  C2L_ALLOC(st->gxpart, lean ? 1 : (R_xlen_t)((S + C2L_SPOT_BLOCK - 1) / C2L_SPOT_BLOCK) * R * F,
+            double);
+  C2L_ALLOC(st->dW, SFl, double);
   C2L_ALLOC(st->ysacc, S, double);
   C2L_ALLOC(st->lpspot, S, double);
   C2L_ALLOC(st->spx, (R_xlen_t)S * 5, double);
@@ -394,7 +401,7 @@ static c2l_state *c2l_build(const int *xp_, const int *xi_, const double *xv_, R
       st->blk_n[b] = (bs[e + 1] - s) < nb ? (bs[e + 1] - s) : nb;
       st->blk_e[b] = e;
     }
-  if (st->prec) { /* the block-major copy of the counts */
+  if (st->prec && !lean) { /* the block-major copy of the counts */
     st->bo = malloc(((size_t)nblock * G + 1) * sizeof(R_xlen_t));
     st->bi = calloc((size_t)nnz + 16, sizeof(uint16_t)); /* 16 of slack (c2l_f32.h) */
     st->bv = calloc((size_t)nnz + 16, sizeof(float));
@@ -447,6 +454,7 @@ static c2l_state *c2l_build(const int *xp_, const int *xi_, const double *xv_, R
     lgx1 += v < 256.0 ? lgt[(int)v] : scn_lgamma(v + 1.0);
   }
   st->lgx1 = lgx1;
+  if (lean) return st;
   double *tmp = malloc(((size_t)S + 1) * sizeof(double));
   double *hv = malloc(((size_t)nnz + 1) * sizeof(double)), *hc = malloc(((size_t)nnz + 1) * sizeof(double));
   if (!tmp || !hv || !hc) {
@@ -501,8 +509,9 @@ static c2l_state *c2l_build(const int *xp_, const int *xi_, const double *xv_, R
 }
 
 /* .Call(C_scnative_c2l_setup, xp, xi, xv, dims = c(S, G, F, R, E), bstart, sigT, hyper, de,
- *       alphad, tiles = c(nb, gb, precision, gemm)): precision 0 double, 1 single; gemm (single
- *       only) 0 automatic, 1 the BLAS's sgemm, 2 ours; tiles = c(nb, gb) is double. */
+ *       alphad, tiles = c(nb, gb, precision, gemm[, lean])): precision 0 double, 1 single; gemm
+ *       (single only) 0 automatic, 1 the BLAS's sgemm, 2 ours; lean 1: a minibatch-only state
+ *       (c2l_build); tiles = c(nb, gb) is double. */
 SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP sigT, SEXP hyper,
                         SEXP de, SEXP alphad, SEXP tiles) {
   if (!isInteger(dims) || XLENGTH(dims) != 5) SCN_INTERNAL_ERROR("dims");
@@ -512,14 +521,15 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
       XLENGTH(xi) != XLENGTH(xv) || !isInteger(bstart) || XLENGTH(bstart) != E + 1 ||
       !isReal(sigT) || XLENGTH(sigT) != (R_xlen_t)F * G || !isReal(hyper) ||
       XLENGTH(hyper) != C2L_NHYP || !isReal(de) || XLENGTH(de) != E || !isReal(alphad) ||
-      XLENGTH(alphad) != E || !isInteger(tiles) || (XLENGTH(tiles) != 2 && XLENGTH(tiles) != 4))
+      XLENGTH(alphad) != E || !isInteger(tiles) ||
+      (XLENGTH(tiles) != 2 && XLENGTH(tiles) != 4 && XLENGTH(tiles) != 5))
     SCN_INTERNAL_ERROR("bad arguments");
   c2l_state *st = c2l_build(INTEGER(xp), INTEGER(xi), REAL(xv), XLENGTH(xi), d, INTEGER(bstart),
                             REAL(sigT), REAL(hyper), REAL(de), REAL(alphad), INTEGER(tiles),
                             (int)XLENGTH(tiles));
   st->tl[0] = INTEGER(tiles)[0], st->tl[1] = INTEGER(tiles)[1];
-  st->tl[2] = XLENGTH(tiles) == 4 ? INTEGER(tiles)[2] : 0;
-  st->tl[3] = XLENGTH(tiles) == 4 ? INTEGER(tiles)[3] : 0;
+  st->tl[2] = XLENGTH(tiles) >= 4 ? INTEGER(tiles)[2] : 0;
+  st->tl[3] = XLENGTH(tiles) >= 4 ? INTEGER(tiles)[3] : 0;
   SEXP ans = PROTECT(R_MakeExternalPtr(st, R_NilValue, R_NilValue));
   R_RegisterCFinalizerEx(ans, c2l_finalizer, TRUE);
   UNPROTECT(1);
@@ -1158,6 +1168,7 @@ static double c2l_logp(void *ctx, int nth) {
 SEXP scnative_c2l_train(SEXP ptr, SEXP n_epochs, SEXP epoch0, SEXP lr_, SEXP optimizer,
                         SEXP clip_, SEXP lrd_, SEXP seed_, SEXP threads) {
   c2l_state *st = c2l_get(ptr);
+  if (st->lean) SCN_INTERNAL_ERROR("full-batch training on a minibatch-only state");
   int ne = asInteger(n_epochs), nth = asInteger(threads);
   scn_optim opt = {asReal(lr_), asReal(clip_), asReal(lrd_), asInteger(optimizer)};
   double ep0 = asReal(epoch0);
@@ -1212,9 +1223,18 @@ static void c2l_mb_alloc(c2l_state *st, int bmax, c2l_mb_scratch *w) {
     st->rp = rp, st->rg = rg, st->rv = rv;
   }
   w->rp = st->rp, w->rg = st->rg, w->rv = st->rv;
+  /* a minibatch holds at most the non-zeros of the bmax spots with the most (not all nnz:
+   * at 200,000 spots that is 1/80 of them) */
+  R_xlen_t cap = 0;
+  {
+    int *cnt = (int *)R_alloc(S, sizeof(int));
+    for (int s = 0; s < S; s++) cnt[s] = st->rp[s + 1] - st->rp[s];
+    qsort(cnt, S, sizeof(int), cmp_int);
+    for (int s = S - 1; s >= 0 && s >= S - bmax; s--) cap += cnt[s];
+  }
   w->xp = (int *)R_alloc(G + 1, sizeof(int));
-  w->xi = (int *)R_alloc(nnz + 1, sizeof(int));
-  w->xv = (double *)R_alloc(nnz + 1, sizeof(double));
+  w->xi = (int *)R_alloc(cap + 1, sizeof(int));
+  w->xv = (double *)R_alloc(cap + 1, sizeof(double));
   w->bstart = (int *)R_alloc(st->E + 1, sizeof(int));
   R_xlen_t pmax = st->gd.P - (R_xlen_t)(S - bmax) * (3 + st->R + st->F);
   w->idx = (R_xlen_t *)R_alloc(pmax > 0 ? pmax : 1, sizeof(R_xlen_t));
@@ -1324,6 +1344,7 @@ SEXP scnative_c2l_train_mb(SEXP ptr, SEXP n_epochs, SEXP epoch0, SEXP opt_, SEXP
  * (test helper: no guide terms, no +1 Jacobian). */
 SEXP scnative_c2l_logjoint(SEXP ptr, SEXP u, SEXP threads) {
   c2l_state *st = c2l_get(ptr);
+  if (st->lean) SCN_INTERNAL_ERROR("log joint of a minibatch-only state");
   if (!isReal(u) || XLENGTH(u) != st->gd.P) SCN_INTERNAL_ERROR("u length");
   scn_guide_set_u(&st->gd, REAL(u));
   double lp = c2l_logp(st, asInteger(threads));

@@ -231,6 +231,7 @@ typedef struct {
 } scn_guide;
 typedef double (*scn_logp_fn)(void *ctx, int nth); /* log p(x, z); fills the guide's gz */
 int scn_guide_alloc(scn_guide *g, int nsite, const R_xlen_t *sizes); /* 0: out of memory */
+int scn_guide_alloc2(scn_guide *g, int nsite, const R_xlen_t *sizes, int lean);
 void scn_guide_free(scn_guide *g);
 void scn_guide_reset_optim(scn_guide *g);
 void scn_guide_draw_eps(scn_guide *g, uint64_t seed, double step, int nth);

@@ -165,6 +165,22 @@ test_that("bad batch_size and train_size give clear errors", {
   expect_error(train_more(bad, 1, progress = FALSE), "minibatch\\$batch_size")
 })
 
+test_that("a minibatch-only (lean) state refuses the full-batch entry points", {
+  ns <- mb_ns()
+  prep <- mb_prep(mb_toy())
+  state <- ns$c2l_make_state(prep, lean = TRUE)
+  u <- rep(0, length(ns$c2l_flatten(lapply(ns$c2l_init_params(prep$settings), `[[`, "loc"),
+                                    prep$settings)))
+  expect_error(.Call(ns$C_scnative_c2l_train, state, 1L, 0, 0.002, 0L, 10, 1, 1, 1L),
+               "minibatch-only")
+  expect_error(.Call(ns$C_scnative_c2l_logjoint, state, u, 1L), "minibatch-only")
+  # the same state trains in minibatches
+  .Call(ns$C_scnative_c2l_set_params, state, u, u - 2)
+  loss <- .Call(ns$C_scnative_c2l_train_mb, state, 2L, 0, c(0.002, 10, 1, 0), 0:8, 4L, 1, 1L)
+  expect_length(loss, 2)
+  expect_true(all(is.finite(loss)))
+})
+
 test_that("minibatch fits agree with live upstream minibatch training", {
   use_peers()
   sim <- simulate_spatial(n_spots = 300, n_genes = 120, n_cell_types = 6, seed = 2)
