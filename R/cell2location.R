@@ -29,16 +29,16 @@ c2l_sites_of <- function(st) {
 c2l_unflatten <- function(v, st) {
   tab <- c2l_sites_of(st)
   ord <- st$spot_order
+  sorted <- identical(ord, seq_len(st$n_spots)) # spots already in batch order: no reordering
   out <- vector("list", nrow(tab))
   names(out) <- tab$name
   pos <- 0
-  dn <- list(spot = st$spots, gene = st$genes, type = st$cell_types,
-             batch = st$batch_levels, group = paste0("group", seq_len(st$n_groups)))
+  dn <- c2l_site_dimnames(st)
   for (j in seq_len(nrow(tab))) {
     n <- tab$nrow[j] * tab$ncol[j]
     m <- matrix(v[pos + seq_len(n)], tab$nrow[j], tab$ncol[j])
     pos <- pos + n
-    if (tab$rows[j] == "spot") {
+    if (tab$rows[j] == "spot" && !sorted) {
       m2 <- m
       m2[ord, ] <- m
       m <- m2
@@ -53,9 +53,10 @@ c2l_unflatten <- function(v, st) {
 c2l_flatten <- function(mats, st) {
   tab <- c2l_sites_of(st)
   ord <- st$spot_order
+  sorted <- identical(ord, seq_len(st$n_spots))
   unlist(lapply(seq_len(nrow(tab)), function(j) {
     m <- mats[[tab$name[j]]]
-    if (tab$rows[j] == "spot") m <- m[ord, , drop = FALSE]
+    if (tab$rows[j] == "spot" && !sorted) m <- m[ord, , drop = FALSE]
     as.double(m)
   }), use.names = FALSE)
 }
@@ -81,15 +82,20 @@ c2l_init_params <- function(st) {
   )
   tab <- c2l_sites_of(st)
   rho0 <- log(expm1(0.1))
+  dn <- c2l_site_dimnames(st)
   params <- lapply(seq_len(nrow(tab)), function(j) {
-    m <- matrix(log(val[[tab$name[j]]]), tab$nrow[j], tab$ncol[j])
-    list(loc = m, rho = matrix(rho0, tab$nrow[j], tab$ncol[j]))
+    d <- list(if (nzchar(tab$rows[j])) dn[[tab$rows[j]]],
+              if (nzchar(tab$cols[j])) dn[[tab$cols[j]]])
+    list(loc = matrix(log(val[[tab$name[j]]]), tab$nrow[j], tab$ncol[j], dimnames = d),
+         rho = matrix(rho0, tab$nrow[j], tab$ncol[j], dimnames = d))
   })
-  names(params) <- tab$name
-  # names via unflatten of the flat vectors (local rows are in user order here already)
-  locs <- c2l_unflatten(c2l_flatten(lapply(params, `[[`, "loc"), st), st)
-  rhos <- c2l_unflatten(c2l_flatten(lapply(params, `[[`, "rho"), st), st)
-  stats::setNames(lapply(tab$name, function(n) list(loc = locs[[n]], rho = rhos[[n]])), tab$name)
+  stats::setNames(params, tab$name)
+}
+
+# The dimnames of the sites' rows and columns by kind (c2l_sites_of()'s rows and cols; "" none).
+c2l_site_dimnames <- function(st) {
+  list(spot = st$spots, gene = st$genes, type = st$cell_types, batch = st$batch_levels,
+       group = paste0("group", seq_len(st$n_groups)))
 }
 
 # ---- input preparation --------------------------------------------------------------------
