@@ -270,6 +270,32 @@ static int c2l_hist_index(c2l_state *st) {
 }
 
 /* A state from the setup's arrays (see scnative_c2l_setup); an R error on bad input. */
+/* st->rp, rg, rv := the counts by spot (CSR of spots x genes) from the CSC xp, xi, xv, so that a
+ * minibatch's counts are gathered in O(its non-zeros). 0: out of memory. */
+static int c2l_spot_major(c2l_state *st, const int *xp, const int *xi, const double *xv) {
+  const int S = st->S, G = st->G;
+  const R_xlen_t nnz = xp[G];
+  int *rp = malloc(((size_t)S + 1) * sizeof(int)), *rg = malloc((nnz + 1) * sizeof(int));
+  double *rv = malloc((nnz + 1) * sizeof(double));
+  int *at = malloc(((size_t)S + 1) * sizeof(int));
+  if (!rp || !rg || !rv || !at) {
+    free(rp), free(rg), free(rv), free(at);
+    return 0;
+  }
+  memset(rp, 0, ((size_t)S + 1) * sizeof(int));
+  for (R_xlen_t k = 0; k < nnz; k++) rp[xi[k] + 1]++;
+  for (int s = 0; s < S; s++) rp[s + 1] += rp[s];
+  memcpy(at, rp, (size_t)S * sizeof(int));
+  for (int g = 0; g < G; g++)
+    for (int k = xp[g]; k < xp[g + 1]; k++) {
+      int q = at[xi[k]]++;
+      rg[q] = g, rv[q] = xv[k];
+    }
+  free(at);
+  st->rp = rp, st->rg = rg, st->rv = rv;
+  return 1;
+}
+
 static c2l_state *c2l_build(const int *xp_, const int *xi_, const double *xv_, R_xlen_t nnz_,
                             const int *d, const int *bs_, const double *sigT_, const double *hyp_,
                             const double *de_, const double *alphad_, const int *tl, int ntl) {
@@ -343,9 +369,11 @@ static c2l_state *c2l_build(const int *xp_, const int *xi_, const double *xv_, R
   C2L_ALLOC(st->bstart, E + 1, int);
   C2L_ALLOC(st->spot_batch, S, int);
   C2L_ALLOC(st->sigT, (R_xlen_t)F * G, double);
-  C2L_ALLOC(st->xp, G + 1, int);
-  C2L_ALLOC(st->xi, nnz, int);
-  C2L_ALLOC(st->xv, nnz, double);
+  if (!lean) { /* a lean state keeps the counts by spot only (c2l_spot_major, below) */
+    C2L_ALLOC(st->xp, G + 1, int);
+    C2L_ALLOC(st->xi, nnz, int);
+    C2L_ALLOC(st->xv, nnz, double);
+  }
   C2L_ALLOC(st->hp, EG + 1, int);
   C2L_ALLOC(st->de, E, double);
   C2L_ALLOC(st->alphad, E, double);
@@ -386,9 +414,16 @@ static c2l_state *c2l_build(const int *xp_, const int *xi_, const double *xv_, R
   memcpy(st->sigT, sigT_, (size_t)F * G * sizeof(double));
   if (st->prec)
     for (R_xlen_t i = 0; i < (R_xlen_t)F * G; i++) st->sigTf[i] = (float)st->sigT[i];
-  memcpy(st->xp, xp_, (G + 1) * sizeof(int));
-  memcpy(st->xi, xi_, nnz * sizeof(int));
-  memcpy(st->xv, xv_, nnz * sizeof(double));
+  if (lean) {
+    if (!c2l_spot_major(st, xp_, xi_, xv_)) {
+      c2l_free(st);
+      error(_("out of memory allocating the cell2location state"));
+    }
+  } else {
+    memcpy(st->xp, xp_, (G + 1) * sizeof(int));
+    memcpy(st->xi, xi_, nnz * sizeof(int));
+    memcpy(st->xv, xv_, nnz * sizeof(double));
+  }
   memcpy(st->hyp, hyp_, C2L_NHYP * sizeof(double));
   memcpy(st->de, de_, E * sizeof(double));
   memcpy(st->alphad, alphad_, E * sizeof(double));
@@ -436,7 +471,7 @@ static c2l_state *c2l_build(const int *xp_, const int *xi_, const double *xv_, R
     st->chunk_e0[c] = b0 < b1 ? st->blk_e[b0] : 0;
     st->chunk_e1[c] = b0 < b1 ? st->blk_e[b1 - 1] : -1;
     int sfirst = b0 < b1 ? st->blk_s0[b0] : S;
-    for (int g = 0; g < G; g++) { /* first non-zero at or after sfirst */
+    for (int g = 0; g < G && !lean; g++) { /* first non-zero at or after sfirst */
       int lo = st->xp[g], hi = st->xp[g + 1];
       while (lo < hi) {
         int mid = lo + (hi - lo) / 2;
@@ -450,7 +485,7 @@ static c2l_state *c2l_build(const int *xp_, const int *xi_, const double *xv_, R
   lgt[0] = 0.0;
   for (int v = 1; v < 256; v++) lgt[v] = lgt[v - 1] + log((double)v);
   for (R_xlen_t p = 0; p < nnz; p++) {
-    double v = st->xv[p];
+    double v = xv_[p];
     lgx1 += v < 256.0 ? lgt[(int)v] : scn_lgamma(v + 1.0);
   }
   st->lgx1 = lgx1;
@@ -1200,28 +1235,9 @@ typedef struct {
 
 static void c2l_mb_alloc(c2l_state *st, int bmax, c2l_mb_scratch *w) {
   const int S = st->S, G = st->G;
-  R_xlen_t nnz = st->xp[G];
-  /* the spot-major copy, so that a minibatch's counts are gathered in O(its non-zeros); made
-   * once and kept by the state */
-  if (!st->rp) {
-    int *rp = malloc(((size_t)S + 1) * sizeof(int)), *rg = malloc((nnz + 1) * sizeof(int));
-    double *rv = malloc((nnz + 1) * sizeof(double));
-    int *at = (int *)R_alloc(S, sizeof(int));
-    if (!rp || !rg || !rv) {
-      free(rp), free(rg), free(rv);
-      error(_("out of memory allocating the cell2location minibatch index"));
-    }
-    memset(rp, 0, ((size_t)S + 1) * sizeof(int));
-    for (R_xlen_t k = 0; k < nnz; k++) rp[st->xi[k] + 1]++;
-    for (int s = 0; s < S; s++) rp[s + 1] += rp[s];
-    memcpy(at, rp, (size_t)S * sizeof(int));
-    for (int g = 0; g < G; g++)
-      for (int k = st->xp[g]; k < st->xp[g + 1]; k++) {
-        int q = at[st->xi[k]]++;
-        rg[q] = g, rv[q] = st->xv[k];
-      }
-    st->rp = rp, st->rg = rg, st->rv = rv;
-  }
+  /* the spot-major copy (made by c2l_build for a lean state, else here once and kept) */
+  if (!st->rp && !c2l_spot_major(st, st->xp, st->xi, st->xv))
+    error(_("out of memory allocating the cell2location minibatch index"));
   w->rp = st->rp, w->rg = st->rg, w->rv = st->rv;
   /* a minibatch holds at most the non-zeros of the bmax spots with the most (not all nnz:
    * at 200,000 spots that is 1/80 of them) */
