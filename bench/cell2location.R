@@ -11,6 +11,17 @@
 # of elapsed ones (meaningful at 1 thread; for a machine loaded by other work);
 # SCNATIVE_BENCH_BEFORE_LIB=<R library> adds a side "scnative_before" running the scnative
 # installed there (a before/after comparison under the same conditions).
+# Measured 2026-12-02 (Intel Xeon, 2 cores, nothing else running; 1 thread CPU s, 2 threads
+# elapsed; per-epoch medians of 2 reps; RSS peak MB):
+#   4,000 x 10,000 x 34, 1 thread: upstream 7.23 s (3633 MB), + autozyme 2.77, scnative 0.166
+#     (927 MB before / 827 MB after the no-reorder change): 43.5x; training loop alone 133 ms =
+#     2.25 x the float32 floor of 59 ms (bench/cell2location_floor32.R)
+#   4,000 x 10,000 x 34, 2 threads: upstream 3.41 s (3621), + autozyme 1.43, scnative 0.101 (811):
+#     33.8x; floor/2 31.6 ms (3.2x)
+#   10,000 x 10,000 x 50, 1 thread: upstream 18.7 s (8144), + autozyme 7.29, scnative 0.457
+#     (1791): 40.9x; 2 threads: upstream 12.1 s (8132), + autozyme 4.42, scnative 0.290 (1792):
+#     41.7x, 3.0 x floor/2
+# Small panels (issue 18): bench/cell2location_small_panels.md.
 source("bench/harness.R")
 source("bench/cell2location_data.R")
 dir.create("bench/results", showWarnings = FALSE)

@@ -9,6 +9,12 @@
 # data = "sparse": Visium HD-like sparse counts (c2l_bench_data_sparse(): 1.5% non-zero, no
 # S x G dense matrix anywhere on our side); upstream_steps = N > 0: upstream times N steps and
 # reports N steps' time scaled to a whole epoch (for sizes where its epoch takes many minutes).
+# Measured 2026-12-02 (Intel Xeon, 2 cores, nothing else running), 1 thread, CPU s per epoch:
+#   Rscript bench/cell2location_minibatch.R 1 200000 10000 30 2500 1 1 1 sparse 10
+#   200,000 spots x 10,000 genes x 30 types, 31.5M non-zeros, batch_size 2,500 (80 steps):
+#   upstream 314.6 s (10 steps scaled), peak RSS 3675 MB; scnative 28.1 s (one whole epoch),
+#   peak RSS 3526 MB (this process: loading included): 11.2x. Before the lean minibatch state
+#   the same run peaked at 4381 MB.
 # Each side is its own process (bench/harness.R): data load, a one-epoch warm-up, then the
 # timed epochs; BENCH_SECONDS = CPU seconds per epoch (SCNATIVE_BENCH_CPU=1 unless set to 0:
 # the bench machine is shared), so the ratio is a per-epoch CPU-time ratio.
