@@ -25,11 +25,15 @@ c2l_sites_of <- function(st) {
   c2l_site_table(st$n_spots, st$n_genes, st$n_types, st$n_groups, st$n_batches)
 }
 
+# TRUE when the user's spots are already in batch order (one batch, or sorted): C order is then
+# the user's order, and no reordered copies are made.
+c2l_spots_sorted <- function(st) identical(st$spot_order, seq_len(st$n_spots))
+
 # Flat vector (C order: spots sorted by batch) <-> list of matrices (user's spot order).
 c2l_unflatten <- function(v, st) {
   tab <- c2l_sites_of(st)
   ord <- st$spot_order
-  sorted <- identical(ord, seq_len(st$n_spots)) # spots already in batch order: no reordering
+  sorted <- c2l_spots_sorted(st)
   out <- vector("list", nrow(tab))
   names(out) <- tab$name
   pos <- 0
@@ -53,7 +57,7 @@ c2l_unflatten <- function(v, st) {
 c2l_flatten <- function(mats, st) {
   tab <- c2l_sites_of(st)
   ord <- st$spot_order
-  sorted <- identical(ord, seq_len(st$n_spots))
+  sorted <- c2l_spots_sorted(st)
   unlist(lapply(seq_len(nrow(tab)), function(j) {
     m <- mats[[tab$name[j]]]
     if (tab$rows[j] == "spot" && !sorted) m <- m[ord, , drop = FALSE]
@@ -270,8 +274,7 @@ c2l_make_state <- function(prep, tiles = c(0L, 0L), precision = "double", gemm =
   st <- prep$settings
   h <- st$hyper
   ord <- st$spot_order
-  # spots already in batch order (one batch, or sorted): no reordered copy of the counts
-  xt <- if (identical(ord, seq_len(st$n_spots))) prep$xt else prep$xt[ord, , drop = FALSE]
+  xt <- if (c2l_spots_sorted(st)) prep$xt else prep$xt[ord, , drop = FALSE]
   bstart <- c(0L, cumsum(tabulate(st$batch_codes, st$n_batches)))
   hyp <- c(h$m_g_mean_var_ratio * h$m_g_mu, h$m_g_mean_var_ratio, h$m_g_alpha_mean, h$N,
            h$N_cells_mean_var_ratio, h$B, h$kappa, h$w_sf_mean_var_ratio, h$detection_mean_alpha,

@@ -269,7 +269,6 @@ static int c2l_hist_index(c2l_state *st) {
   return 1;
 }
 
-/* A state from the setup's arrays (see scnative_c2l_setup); an R error on bad input. */
 /* st->rp, rg, rv := the counts by spot (CSR of spots x genes) from the CSC xp, xi, xv, so that a
  * minibatch's counts are gathered in O(its non-zeros). 0: out of memory. */
 static int c2l_spot_major(c2l_state *st, const int *xp, const int *xi, const double *xv) {
@@ -296,6 +295,7 @@ static int c2l_spot_major(c2l_state *st, const int *xp, const int *xi, const dou
   return 1;
 }
 
+/* A state from the setup's arrays (see scnative_c2l_setup); an R error on bad input. */
 static c2l_state *c2l_build(const int *xp_, const int *xi_, const double *xv_, R_xlen_t nnz_,
                             const int *d, const int *bs_, const double *sigT_, const double *hyp_,
                             const double *de_, const double *alphad_, const int *tl, int ntl) {
@@ -471,7 +471,8 @@ static c2l_state *c2l_build(const int *xp_, const int *xi_, const double *xv_, R
     st->chunk_e0[c] = b0 < b1 ? st->blk_e[b0] : 0;
     st->chunk_e1[c] = b0 < b1 ? st->blk_e[b1 - 1] : -1;
     int sfirst = b0 < b1 ? st->blk_s0[b0] : S;
-    for (int g = 0; g < G && !lean; g++) { /* first non-zero at or after sfirst */
+    if (lean) continue; /* no pass, no cursors */
+    for (int g = 0; g < G; g++) { /* first non-zero at or after sfirst */
       int lo = st->xp[g], hi = st->xp[g + 1];
       while (lo < hi) {
         int mid = lo + (hi - lo) / 2;

@@ -16,10 +16,10 @@
  * which matters next to the model's own pass when the data are small (S x F parameters against
  * an S x G likelihood). The per-parameter loops run over fixed pieces (threads) and are
  * vectorised (the square roots through the vector instructions, see scn_vsqrt). Profiled at
- * 1,000 and 5,000 spots the passes cost the same per element whether or not they fit the L2
- * cache: divisions, square roots and the special functions bound them, not memory; so the
- * sample keeps d sigma / d rho for the update instead of recomputing softplus, and each Adam
- * update has one division.
+ * 1,000 spots (all arrays in L2) the divisions, square roots and special functions bound them;
+ * at 5,000 spots the update pass is bound by its loads as well. So the sample keeps d sigma /
+ * d rho for the update instead of recomputing softplus there, and each Adam update has one
+ * division; doing the arithmetic in float did not help while the arrays stay double.
  *
  * Random numbers: eps of site j at step t is the block [t * n_j, (t + 1) * n_j) of the
  * counter-based stream 1 + j (rng.c), filled in fixed pieces, so a fit for a given seed does
