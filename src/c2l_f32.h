@@ -25,32 +25,6 @@ typedef float c2l_v16 __attribute__((vector_size(64)));
 /* a gene of a tile takes the dense path when it has more than nb / C2L_DENSE_RATIO non-zero
  * counts (measured: a non-zero costs ~10 times an element of the dense pass) */
 #define C2L_DENSE_RATIO 12
-/* log for positive normal floats, branch-free and without a division so that loops vectorise:
- * x = 2^e m with m in [sqrt(1/2), sqrt(2)), f = m - 1 (exact), log m = f - f^2 / 2 + f^3 P(f)
- * with P of degree 7 fitted to log1p on that range (relative error of P's part below 6e-9;
- * the float evaluation is within about 1e-7 of log). */
-static SCN_INLINE float c2l_logf_fast(float x) {
-  uint32_t b;
-  memcpy(&b, &x, sizeof b);
-  int32_t mant = (int32_t)(b & 0x007fffffU);
-  int32_t big = mant > 0x3504F3 ? 1 : 0;
-  int32_t e = (int32_t)(b >> 23) - 127 + big;
-  uint32_t mb = (uint32_t)mant | ((uint32_t)(127 - big) << 23);
-  float m;
-  memcpy(&m, &mb, sizeof m);
-  float f = m - 1.0f, f2 = f * f;
-  float p = -0.07633508741855621f;
-  p = p * f + 0.12760266661643982f;
-  p = p * f - 0.13159936666488647f;
-  p = p * f + 0.14201922714710236f;
-  p = p * f - 0.16623398661613464f;
-  p = p * f + 0.20001220703125f;
-  p = p * f - 0.2500081956386566f;
-  p = p * f + 0.3333333134651184f;
-  float y = f2 * f * p - 0.5f * f2;
-  float ed = (float)e;
-  return ed * 0.693145751953125f + (f + (y + ed * 1.428606765330187e-06f));
-}
 #endif
 
 #ifdef C2L_F32_SUFFIX
@@ -167,7 +141,7 @@ static void C2L_CAT(c2l_tile_f32, C2L_F32_SUFFIX)(
         float A = col[i], base = A * mg + sg, y = ys[i], x = xd[i];
         float mu = base * y, r = mu * ia, w = 1.0f + r;
         float inv = 1.0f / (ag + mu), ainv = ag * inv, rmu = 1.0f / mu;
-        float L = c2l_logf_fast(w) + (r - (w - 1.0f)) * ainv;
+        float L = scn_logf_fast(w) + (r - (w - 1.0f)) * ainv;
         float T = -ainv * y, dR = x * (rmu - inv), Tc = dR * y;
         sL += L;
         sM += mu * inv;
@@ -176,7 +150,7 @@ static void C2L_CAT(c2l_tile_f32, C2L_F32_SUFFIX)(
         cT += Tc;
         cTA += Tc * A;
         cQ -= x * inv;
-        cl += x * c2l_logf_fast(mu * inv);
+        cl += x * scn_logf_fast(mu * inv);
         ysacc[i] += (dR - ainv) * base;
         col[i] = (T + Tc) * mg;
       }
@@ -205,7 +179,7 @@ static void C2L_CAT(c2l_tile_f32, C2L_F32_SUFFIX)(
       cT += Tc;
       cTA += Tc * A;
       cQ -= x * inv;
-      cl += x * c2l_logf_fast(mu * inv);
+      cl += x * scn_logf_fast(mu * inv);
       scr[j] = dR * base;
       scA[j] = Tc * mg;
     }
@@ -219,7 +193,7 @@ static void C2L_CAT(c2l_tile_f32, C2L_F32_SUFFIX)(
       float mu = base * y, r = mu * ia, w = 1.0f + r;
       float inv = 1.0f / (ag + mu), ainv = ag * inv;
       /* log1p(r) = log(w) + (r - (w - 1)) / w, and 1 / w = a / (a + mu) */
-      float L = c2l_logf_fast(w) + (r - (w - 1.0f)) * ainv;
+      float L = scn_logf_fast(w) + (r - (w - 1.0f)) * ainv;
       float T = -ainv * y;
       sL += L;
       sM += mu * inv;
@@ -242,7 +216,7 @@ static void C2L_CAT(c2l_tile_f32, C2L_F32_SUFFIX)(
 C2L_F32_TARGET
 static void C2L_CAT(c2l_logpass_f32, C2L_F32_SUFFIX)(R_xlen_t n, float *x) {
 #pragma omp simd
-  for (R_xlen_t i = 0; i < n; i++) x[i] = c2l_logf_fast(1.0f + x[i]);
+  for (R_xlen_t i = 0; i < n; i++) x[i] = scn_logf_fast(1.0f + x[i]);
 }
 
 #endif

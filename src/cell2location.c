@@ -24,7 +24,9 @@
  * (batch, gene) pairs at once; per-fit constants (per-batch terms, chunk cursors, histogram
  * order) are computed in setup; each chunk clears and the reduction reads only the batches the
  * chunk holds. The guide's per-parameter work (normals, softplus, exp, Adam) is vectorised in
- * svi.c and rng.c.
+ * svi.c and rng.c; in a training step the sites that only the local priors read (n_s, b_s,
+ * z_sr: most parameters on small panels) are sampled, evaluated and updated block by block in
+ * c2l_eval (svi.c's fused range), in per-thread buffers, not in three passes over memory.
  *
  * precision = "single" (c2l_pass_f32, kernels in c2l_f32.h): the same blocks, tiles and chunks
  * in float32, as torch trains: W and y_s are copied to float per block (rows padded to a
@@ -144,6 +146,8 @@ typedef struct c2l_state_s {
   int *ccur;                /* nchunk x G: each chunk's first non-zero per gene */
   double *red;              /* 6 x G: per-batch reduction of the chunks */
   double *tbuf; /* per-thread tile buffers, grown on demand, kept for the fit */
+  double *nbzbuf; /* per-thread buffers of a fused step's local sites (c2l_eval), and lq */
+  int nbzcap;
   int *tint;
   int tcap;
   /* precision = "single" (prec = 1): sig in float, per-thread float buffers, the kernels for
@@ -176,7 +180,7 @@ static void c2l_free(c2l_state *st) {
                   st->chunk_loss, st->a_eg, st->hd, st->hl, st->blk_s0, st->blk_n, st->blk_e,
                   st->chunk_b0, st->tbuf, st->tint, st->hperm, st->hs_j, st->hb_ie, st->hs_c,
                   st->hb_v, st->hb_c, st->hscr, st->chunk_e0, st->chunk_e1, st->ccur, st->red,
-                  st->sigTf, st->fbuf, st->bo, st->bi, st->bv, st->gxpart, st->xt};
+                  st->sigTf, st->fbuf, st->bo, st->bi, st->bv, st->gxpart, st->xt, st->nbzbuf};
   for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
   scn_guide_free(&st->gd);
   c2l_free(st->sub);
@@ -378,6 +382,11 @@ static c2l_state *c2l_build(const int *xp_, const int *xi_, const double *xv_, R
   C2L_ALLOC(st->de, E, double);
   C2L_ALLOC(st->alphad, E, double);
   if (!scn_guide_alloc2(&st->gd, C2L_NSITE, sizes, lean)) ok = 0;
+  st->gd.f32 = st->prec; /* a float32 fit samples its guide in float, as torch does */
+  if (ok && !lean) { /* n_s, b_s, z_sr (contiguous) are sampled and updated in c2l_eval */
+    st->gd.fa = st->gd.off[S_NS];
+    st->gd.fb = st->gd.off[S_K];
+  }
   C2L_ALLOC(st->mw, SFl, double);
   C2L_ALLOC(st->D, SFl, double);
   C2L_ALLOC(st->xt, (R_xlen_t)R * F, double);
@@ -986,35 +995,43 @@ static void c2l_small_gemm_tn(int n, int m, int p, const double *A, R_xlen_t lda
  * chain rule gz_z += D x^T and the block's share of gx = z^T D. Small inner sizes (R groups,
  * F types): own register-blocked loops per block of spots rather than BLAS calls, whose own
  * threads would compete with ours. */
-static void c2l_mw_block(int S, int F, int R, int s0, int n, const double *z, const double *xt,
-                         double *mw) {
+static void c2l_mw_block(int S, int F, int R, int s0, int n, const double *zb, R_xlen_t ld,
+                         const double *xt, double *mw) {
   for (int f = 0; f < F; f++) memset(mw + s0 + (R_xlen_t)f * S, 0, (size_t)n * sizeof(double));
-  c2l_small_gemm_nt(n, F, R, z + s0, S, xt, F, mw + s0, S); /* xt = x^T (F x R) */
+  c2l_small_gemm_nt(n, F, R, zb, ld, xt, F, mw + s0, S); /* xt = x^T (F x R) */
 }
 
-static void c2l_dmw_block(int S, int R, int F, int s0, int n, const double *z, const double *x,
-                          const double *D, double *gzz, double *gxk) {
+static void c2l_dmw_block(int S, int R, int F, int s0, int n, const double *zb, R_xlen_t ld,
+                          const double *x, const double *D, double *gzb, double *gxk) {
   /* gz_z (n x R) += D (n x F) x^T: B[j + l * ldb] = x[r + f * R] with j = r, l = f, ldb = R */
-  c2l_small_gemm_nt(n, R, F, D + s0, S, x, R, gzz + s0, S);
-  c2l_small_gemm_tn(n, R, F, z + s0, S, D + s0, S, gxk, R);
+  c2l_small_gemm_nt(n, R, F, D + s0, S, x, R, gzb, ld);
+  c2l_small_gemm_tn(n, R, F, zb, ld, D + s0, S, gxk, R);
 }
+
+/* The sites n_s, b_s and z_sr of one block of spots: values, logs and gradients from the
+ * block's first spot, z_sr's column r at r * ld (the global arrays with ld = S, or a block's
+ * own buffers when the guide's step is fused, c2l_eval). */
+typedef struct {
+  const double *zn, *un, *zb, *ub, *zz, *uz;
+  double *gn, *gb, *gzz;
+  R_xlen_t ld;
+} c2l_nbz;
 
 /* The local priors of spots s0..s1-1 (spec 6.3, items 6-11): log densities per spot into
  * lpspot, their gradients, and D (d log p / d mw) for the two GEMMs that follow. Loops run over
  * spots innermost, so that they vectorise (the special functions are branch-free). */
 C2L_CLONES
-static void c2l_spot_block(c2l_state *st, const double *u, const double *z, int s0, int s1) {
+static void c2l_spot_block(c2l_state *st, const double *u, const double *z, const c2l_nbz *q,
+                           int s0, int s1) {
   const int S = st->S, F = st->F, R = st->R;
   const double *h = st->hyp;
   const double Nc = h[3], vN = h[4], Bg = h[5], cw = h[7];
   double *gz = st->gd.gz;
-  const R_xlen_t *off = st->gd.off;
-  const double *zn = z + off[S_NS], *un = u + off[S_NS], *zb = z + off[S_BS], *ub = u + off[S_BS],
-               *zz = z + off[S_Z], *uz = u + off[S_Z], *zw = z + off[S_W], *uw = u + off[S_W],
-               *zys = z + off[S_YS], *uys = u + off[S_YS], *zye = z + off[S_YE],
-               *uye = u + off[S_YE];
-  double *gn = gz + off[S_NS], *gb = gz + off[S_BS], *gzz = gz + off[S_Z], *gw = gz + off[S_W],
-         *gys = gz + off[S_YS];
+  const R_xlen_t *off = st->gd.off, ld = q->ld;
+  const double *zn = q->zn, *un = q->un, *zb = q->zb, *ub = q->ub, *zz = q->zz, *uz = q->uz,
+               *zw = z + off[S_W], *uw = u + off[S_W], *zys = z + off[S_YS],
+               *uys = u + off[S_YS], *zye = z + off[S_YE], *uye = u + off[S_YE];
+  double *gn = q->gn, *gb = q->gb, *gzz = q->gzz, *gw = gz + off[S_W], *gys = gz + off[S_YS];
   const double lcw = log(cw), c0 = Nc * vN * log(vN) - scn_lgamma(Nc * vN) - scn_lgamma(Bg);
   double *l = st->lpspot, *al = st->spx, *be = al + S, *lbe = be + S, *s1v = lbe + S,
          *s2v = s1v + S;
@@ -1023,21 +1040,21 @@ static void c2l_spot_block(c2l_state *st, const double *u, const double *z, int 
 #pragma omp simd
   for (int j = 0; j < nb; j++) {
     int s = s0 + j;
-    double n = zn[s], b = zb[s], a = b / R, lg, dg;
+    double n = zn[j], b = zb[j], a = b / R, lg, dg;
     scn_lgamma_digamma_fast(a, &lg, &dg);
-    al[s] = a, be[s] = b / n, lbe[s] = ub[s] - un[s];
+    al[s] = a, be[s] = b / n, lbe[s] = ub[j] - un[j];
     lgd[j] = lg, dgd[j] = dg;
-    l[s] = c0 + (Nc * vN - 1.0) * un[s] - vN * n + (Bg - 1.0) * ub[s] - b;
+    l[s] = c0 + (Nc * vN - 1.0) * un[j] - vN * n + (Bg - 1.0) * ub[j] - b;
     s1v[s] = 0.0, s2v[s] = 0.0;
   }
   for (int r = 0; r < R; r++) {
-    const R_xlen_t o = (R_xlen_t)r * S;
+    const R_xlen_t o = (R_xlen_t)r * ld;
 #pragma omp simd
     for (int j = 0; j < nb; j++) {
       int s = s0 + j;
-      double n = zn[s], zr = zz[o + s], uzr = uz[o + s], a = al[s], bb = be[s], lb = lbe[s];
+      double n = zn[j], zr = zz[o + j], uzr = uz[o + j], a = al[s], bb = be[s], lb = lbe[s];
       l[s] += a * lb + (a - 1.0) * uzr - bb * zr - lgd[j];
-      gzz[o + s] = (a - 1.0) / zr - bb;
+      gzz[o + j] = (a - 1.0) / zr - bb;
       s1v[s] += zr - n / R;
       s2v[s] += (lb + uzr - dgd[j]) / R + (n / R - zr) / n;
     }
@@ -1045,9 +1062,9 @@ static void c2l_spot_block(c2l_state *st, const double *u, const double *z, int 
 #pragma omp simd
   for (int j = 0; j < nb; j++) {
     int s = s0 + j;
-    double n = zn[s], b = zb[s];
-    gn[s] = (Nc * vN - 1.0) / n - vN + b / (n * n) * s1v[s];
-    gb[s] = (Bg - 1.0) / b - 1.0 + s2v[s];
+    double n = zn[j], b = zb[j];
+    gn[j] = (Nc * vN - 1.0) / n - vN + b / (n * n) * s1v[s];
+    gb[j] = (Bg - 1.0) / b - 1.0 + s2v[s];
   }
   for (int f = 0; f < F; f++) {
     const R_xlen_t o = (R_xlen_t)f * S;
@@ -1134,13 +1151,66 @@ static double c2l_eval(c2l_state *st, const double *u, const double *z, int nth)
     int nths = scn_threads_for(nblk, nth);
     for (int r = 0; r < R; r++)
       for (int f = 0; f < F; f++) st->xt[f + (R_xlen_t)r * F] = Z(S_X)[r + (R_xlen_t)f * R];
-#pragma omp parallel for num_threads(nths) schedule(static)
-    for (int k = 0; k < nblk; k++) {
-      int s0 = k * C2L_SPOT_BLOCK, s1 = s0 + C2L_SPOT_BLOCK < S ? s0 + C2L_SPOT_BLOCK : S;
-      c2l_mw_block(S, F, R, s0, s1 - s0, Z(S_Z), st->xt, st->mw);
-      c2l_spot_block(st, u, z, s0, s1);
-      c2l_dmw_block(S, R, F, s0, s1 - s0, Z(S_Z), Z(S_X), st->D, GZ(S_Z),
-                    st->gxpart + (R_xlen_t)k * R * F);
+    /* In a fused step (scn_guide) the guide's sample and update of n_s, b_s and z_sr happen
+     * here, per block of spots, in the block's own buffers (6 x (R + 2) x block, per thread):
+     * those sites' values never go through memory between the sample, the priors and the
+     * update. Their log q sums go per block into lqb (added in block order). */
+    scn_guide *gd = &st->gd;
+    const int fused = gd->fused;
+    const size_t per = 6 * (size_t)(R + 2) * C2L_SPOT_BLOCK;
+    if (fused && (nths > st->nbzcap || !st->nbzbuf)) {
+      free(st->nbzbuf);
+      st->nbzbuf = malloc(((size_t)nths * per + nblk) * sizeof(double));
+      st->nbzcap = st->nbzbuf ? nths : 0;
+      if (!st->nbzbuf) error(_("out of memory in the cell2location local priors"));
+    }
+    double *lqb = fused ? st->nbzbuf + (size_t)st->nbzcap * per : NULL;
+#pragma omp parallel num_threads(nths)
+    {
+      double *fb = fused ? st->nbzbuf + (size_t)omp_get_thread_num() * per : NULL;
+#pragma omp for schedule(static)
+      for (int k = 0; k < nblk; k++) {
+        int s0 = k * C2L_SPOT_BLOCK, s1 = s0 + C2L_SPOT_BLOCK < S ? s0 + C2L_SPOT_BLOCK : S;
+        const int n = s1 - s0;
+        c2l_nbz q;
+        if (fused) { /* buffers: n_s, b_s, z_sr columns, each of n, per array */
+          const R_xlen_t w = (R_xlen_t)(R + 2) * n;
+          double *eps = fb, *bu = eps + w, *bz = bu + w, *bg = bz + w, *bds = bg + w,
+                 *bdsr = bds + w, lqk = 0.0;
+          for (int r = -2; r < R; r++) { /* -2: n_s, -1: b_s, r: z_sr column r */
+            const int j = r == -2 ? S_NS : r == -1 ? S_BS : S_Z;
+            const R_xlen_t i0 = (r < 0 ? 0 : (R_xlen_t)r * S) + s0, o = (R_xlen_t)(r + 2) * n;
+            lqk += scn_guide_fused_sample(gd, j, i0, n, eps + o, bu + o, bz + o, bds + o,
+                                          bdsr + o);
+          }
+          lqb[k] = lqk;
+          q = (c2l_nbz){bz, bu, bz + n, bu + n, bz + 2 * n, bu + 2 * n, bg, bg + n, bg + 2 * n, n};
+        } else {
+          const R_xlen_t *o = gd->off;
+          q = (c2l_nbz){z + o[S_NS] + s0, u + o[S_NS] + s0, z + o[S_BS] + s0, u + o[S_BS] + s0,
+                        z + o[S_Z] + s0,  u + o[S_Z] + s0,  gz + o[S_NS] + s0, gz + o[S_BS] + s0,
+                        gz + o[S_Z] + s0, S};
+        }
+        c2l_mw_block(S, F, R, s0, n, q.zz, q.ld, st->xt, st->mw);
+        c2l_spot_block(st, u, z, &q, s0, s1);
+        c2l_dmw_block(S, R, F, s0, n, q.zz, q.ld, Z(S_X), st->D, q.gzz,
+                      st->gxpart + (R_xlen_t)k * R * F);
+        if (fused) { /* the optimiser step of the block's n_s, b_s, z_sr (sc is 1 here) */
+          const R_xlen_t w = (R_xlen_t)(R + 2) * n;
+          const double *eps = fb, *bz = eps + 2 * w, *bg = eps + 3 * w, *bds = eps + 4 * w,
+                       *bdsr = eps + 5 * w;
+          for (int r = -2; r < R; r++) {
+            const int j = r == -2 ? S_NS : r == -1 ? S_BS : S_Z;
+            const R_xlen_t a = gd->off[j] + (r < 0 ? 0 : (R_xlen_t)r * S) + s0,
+                           o = (R_xlen_t)(r + 2) * n;
+            scn_guide_fused_update(gd, a, n, eps + o, bz + o, bg + o, bds + o, bdsr + o);
+          }
+        }
+      }
+    }
+    if (fused) {
+      if (sc != 1.0) SCN_INTERNAL_ERROR("a fused step with a plate scale");
+      for (int k = 0; k < nblk; k++) gd->flq += lqb[k];
     }
     for (int s = 0; s < S; s++) lp += sc * st->lpspot[s];
     /* x_rf: the blocks' shares in block order (independent of the thread count) */

@@ -2,7 +2,8 @@
  *   scn_select_kth()      k-th smallest by quickselect (permutes its input)
  *   scn_quantile_linear() numpy's quantile/percentile with the default "linear" method;
  *   scn_quantile_linear32() the same of a float32 array (values held as doubles)
- *   scn_vsqrt()           square roots of an array through the vector instructions */
+ *   scn_vsqrt()           square roots of an array through the vector instructions
+ *   scn_vsqrtf()          the same for floats */
 #include "scnative.h"
 
 /* Square roots of n doubles. With errno semantics (R's default flags) sqrt() keeps a loop from
@@ -30,9 +31,32 @@ void scn_vsqrt(int n, const double *x, double *y) {
   else if (__builtin_cpu_supports("avx")) vsqrt_avx(n, x, y);
   else vsqrt_sse2(n, x, y);
 }
+__attribute__((target("avx512f"))) static void vsqrtf_avx512(int n, const float *x, float *y) {
+  int i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_sqrt_ps(_mm512_loadu_ps(x + i)));
+  for (; i < n; i++) y[i] = sqrtf(x[i]);
+}
+__attribute__((target("avx"))) static void vsqrtf_avx(int n, const float *x, float *y) {
+  int i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_sqrt_ps(_mm256_loadu_ps(x + i)));
+  for (; i < n; i++) y[i] = sqrtf(x[i]);
+}
+static void vsqrtf_sse2(int n, const float *x, float *y) {
+  int i = 0;
+  for (; i + 4 <= n; i += 4) _mm_storeu_ps(y + i, _mm_sqrt_ps(_mm_loadu_ps(x + i)));
+  for (; i < n; i++) y[i] = sqrtf(x[i]);
+}
+void scn_vsqrtf(int n, const float *x, float *y) {
+  if (__builtin_cpu_supports("avx512f")) vsqrtf_avx512(n, x, y);
+  else if (__builtin_cpu_supports("avx")) vsqrtf_avx(n, x, y);
+  else vsqrtf_sse2(n, x, y);
+}
 #else
 void scn_vsqrt(int n, const double *x, double *y) {
   for (int i = 0; i < n; i++) y[i] = sqrt(x[i]);
+}
+void scn_vsqrtf(int n, const float *x, float *y) {
+  for (int i = 0; i < n; i++) y[i] = sqrtf(x[i]);
 }
 #endif
 

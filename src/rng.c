@@ -85,35 +85,42 @@ static inline void sincos_2pi(double u, double *sn, double *cs) {
  * multiple of every vector width: a vectorised loop's remainder iterations may round
  * differently (FMA contraction), and value i must not depend on where a fill starts. */
 #define NORMAL_BLOCK 64
-SCN_CLONES
-static void normal_block(uint64_t seed, uint64_t stream, uint64_t k0, double *r2, double *cs,
-                         double *sn) {
-  const int np = NORMAL_BLOCK;
-  uint32_t key0[10], key1[10];
-  key0[0] = (uint32_t)seed, key1[0] = (uint32_t)(seed >> 32);
-  for (int r = 1; r < 10; r++) key0[r] = key0[r - 1] + PHILOX_W0, key1[r] = key1[r - 1] + PHILOX_W1;
-  const uint32_t st0 = (uint32_t)stream, st1 = (uint32_t)(stream >> 32);
-#pragma omp simd
-  for (int j = 0; j < np; j++) {
-    uint64_t ctr = k0 + (uint64_t)j;
-    uint32_t c0 = (uint32_t)ctr, c1 = (uint32_t)(ctr >> 32), c2 = st0, c3 = st1;
+
+/* The ten Philox rounds on (c0, c1, c2, c3), unrolled for a vectorised loop over blocks (a
+ * loop over the rounds, or the words in an array, keeps GCC from vectorising). */
 #define PHILOX_VROUND(r) \
   do { \
     uint64_t p0 = (uint64_t)PHILOX_M0 * c0, p1 = (uint64_t)PHILOX_M1 * c2; \
     uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ key0[r], n2 = (uint32_t)(p0 >> 32) ^ c3 ^ key1[r]; \
     c0 = n0, c1 = (uint32_t)p1, c2 = n2, c3 = (uint32_t)p0; \
   } while (0)
-    PHILOX_VROUND(0);
-    PHILOX_VROUND(1);
-    PHILOX_VROUND(2);
-    PHILOX_VROUND(3);
-    PHILOX_VROUND(4);
-    PHILOX_VROUND(5);
-    PHILOX_VROUND(6);
-    PHILOX_VROUND(7);
-    PHILOX_VROUND(8);
-    PHILOX_VROUND(9);
-#undef PHILOX_VROUND
+#define PHILOX10_V(ctr) \
+  uint32_t c0 = (uint32_t)(ctr), c1 = (uint32_t)((ctr) >> 32), c2 = st0, c3 = st1; \
+  PHILOX_VROUND(0); \
+  PHILOX_VROUND(1); \
+  PHILOX_VROUND(2); \
+  PHILOX_VROUND(3); \
+  PHILOX_VROUND(4); \
+  PHILOX_VROUND(5); \
+  PHILOX_VROUND(6); \
+  PHILOX_VROUND(7); \
+  PHILOX_VROUND(8); \
+  PHILOX_VROUND(9)
+
+static void philox_keys(uint64_t seed, uint32_t key0[10], uint32_t key1[10]) {
+  key0[0] = (uint32_t)seed, key1[0] = (uint32_t)(seed >> 32);
+  for (int r = 1; r < 10; r++) key0[r] = key0[r - 1] + PHILOX_W0, key1[r] = key1[r - 1] + PHILOX_W1;
+}
+
+SCN_CLONES
+static void normal_block(uint64_t seed, uint64_t stream, uint64_t k0, double *r2, double *cs,
+                         double *sn) {
+  uint32_t key0[10], key1[10];
+  philox_keys(seed, key0, key1);
+  const uint32_t st0 = (uint32_t)stream, st1 = (uint32_t)(stream >> 32);
+#pragma omp simd
+  for (int j = 0; j < NORMAL_BLOCK; j++) {
+    PHILOX10_V(k0 + (uint64_t)j);
     double u1 = ((double)(int32_t)(c0 >> 5) * 67108864.0 + (double)(int32_t)(c1 >> 6) + 1.0) * TWO_M53;
     double u2 = ((double)(int32_t)(c2 >> 5) * 67108864.0 + (double)(int32_t)(c3 >> 6)) * TWO_M53;
     r2[j] = -2.0 * scn_log_fast(u1);
@@ -121,8 +128,44 @@ static void normal_block(uint64_t seed, uint64_t stream, uint64_t k0, double *r2
   }
 }
 
+/* The same in float (the normals of a float32 fit's guide, as torch draws float32 normals):
+ * u1 and u2 from the top 24 bits of words 0 and 2 of the same blocks, float log and a float
+ * sine and cosine (Taylor to x^9 and x^8 on |x| <= pi / 4). */
+SCN_CLONES
+static void normal_block_f(uint64_t seed, uint64_t stream, uint64_t k0, double *r2, double *cs,
+                           double *sn) {
+  uint32_t key0[10], key1[10];
+  philox_keys(seed, key0, key1);
+  const uint32_t st0 = (uint32_t)stream, st1 = (uint32_t)(stream >> 32);
+#pragma omp simd
+  for (int j = 0; j < NORMAL_BLOCK; j++) {
+    PHILOX10_V(k0 + (uint64_t)j);
+    (void)c1, (void)c3;
+    float u1 = ((float)(int32_t)(c0 >> 8) + 1.0f) * 5.9604644775390625e-8f; /* (0, 1] */
+    float u2 = (float)(int32_t)(c2 >> 8) * 5.9604644775390625e-8f;          /* [0, 1) */
+    r2[j] = -2.0f * scn_logf_fast(u1);
+    float qd = (float)(int32_t)(4.0f * u2 + 0.5f), f = u2 - 0.25f * qd,
+          x = 6.2831853071795864769f * f, x2 = x * x;
+    float ps = 1.0f / 362880.0f;
+    ps = ps * x2 - 1.0f / 5040.0f;
+    ps = ps * x2 + 1.0f / 120.0f;
+    ps = ps * x2 - 1.0f / 6.0f;
+    float sv = x + x * x2 * ps;
+    float pc = 1.0f / 40320.0f;
+    pc = pc * x2 - 1.0f / 720.0f;
+    pc = pc * x2 + 1.0f / 24.0f;
+    pc = pc * x2 - 0.5f;
+    float cv = 1.0f + x2 * pc;
+    int32_t q = (int32_t)qd & 3, o = q & 1, h = q >> 1;
+    float cq = scn_blendf(o, -sv, cv), sq = scn_blendf(o, cv, sv);
+    cs[j] = scn_blendf(h, -cq, cq);
+    sn[j] = scn_blendf(h, -sq, sq);
+  }
+}
+
 /* Normal i of a stream is r cos(th) (i even) or r sin(th) (i odd) of Philox block i / 2. */
-void scn_rng_normals(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n, double *out) {
+static void rng_normals(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n, double *out,
+                        int f32) {
   double r2[NORMAL_BLOCK], cs[NORMAL_BLOCK], sn[NORMAL_BLOCK], rr[NORMAL_BLOCK];
   R_xlen_t j = 0;
   uint64_t i = offset;
@@ -130,7 +173,10 @@ void scn_rng_normals(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n
     /* blocks covering normals i .. i + n - j - 1 */
     uint64_t k0 = i >> 1, k1 = (i + (uint64_t)(n - j) + 1) >> 1;
     int np = k1 - k0 < NORMAL_BLOCK ? (int)(k1 - k0) : NORMAL_BLOCK;
-    normal_block(seed, stream, k0, r2, cs, sn);
+    if (f32)
+      normal_block_f(seed, stream, k0, r2, cs, sn);
+    else
+      normal_block(seed, stream, k0, r2, cs, sn);
     scn_vsqrt(np, r2, rr);
     if ((i & 1u) == 0 && n - j >= 2 * (R_xlen_t)np) { /* whole blocks: both normals of each */
       double *o = out + j;
@@ -153,6 +199,15 @@ void scn_rng_normals(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n
       i++;
     }
   }
+}
+
+void scn_rng_normals(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n, double *out) {
+  rng_normals(seed, stream, offset, n, out, 0);
+}
+
+void scn_rng_normals_f(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n,
+                       double *out) {
+  rng_normals(seed, stream, offset, n, out, 1);
 }
 
 void scn_rng_uniforms(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n, double *out) {

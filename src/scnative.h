@@ -69,6 +69,9 @@ int scn_sgemm(char transA, char transB, int m, int n, int k, float alpha, const 
 void scn_philox(uint64_t seed, uint64_t stream, uint64_t counter, uint32_t out[4]);
 /* out[j] = the (offset + j)-th standard normal of stream `stream`, j = 0..n-1. */
 void scn_rng_normals(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n, double *out);
+/* the same blocks' normals computed in float (a float32 fit's guide) */
+void scn_rng_normals_f(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n,
+                       double *out);
 /* out[j] = the (offset + j)-th uniform on (0, 1) of stream `stream`. */
 void scn_rng_uniforms(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n, double *out);
 /* perm = a uniformly random permutation of 0..n-1 (Fisher-Yates on the n uniforms of `stream`
@@ -81,6 +84,7 @@ uint64_t scn_seed_from_sexp(SEXP seed);
 /* ---- numeric kernels (numeric.c) ---- */
 /* y = sqrt(x) elementwise (x >= 0), vectorised whatever the errno flags (identical results). */
 void scn_vsqrt(int n, const double *x, double *y);
+void scn_vsqrtf(int n, const float *x, float *y);
 /* k-th smallest (0-based) of a[0..n-1] by quickselect; permutes a; no NaN in a. */
 double scn_select_kth(double *a, ptrdiff_t n, ptrdiff_t k);
 /* numpy's quantile with the default "linear" method, q in [0, 1]; permutes a; NaN if any NaN. */
@@ -109,6 +113,14 @@ static inline double scn_lgamma_pdf(double z, double lz, double a, double b) {
  * vectorising (except with AVX-512's masks). */
 static SCN_INLINE double scn_blend(int64_t cond, double a, double b) {
   uint64_t m = (uint64_t)0 - (uint64_t)cond, ua, ub;
+  memcpy(&ua, &a, sizeof ua);
+  memcpy(&ub, &b, sizeof ub);
+  ua = (ua & m) | (ub & ~m);
+  memcpy(&a, &ua, sizeof a);
+  return a;
+}
+static SCN_INLINE float scn_blendf(int32_t cond, float a, float b) {
+  uint32_t m = (uint32_t)0 - (uint32_t)cond, ua, ub;
   memcpy(&ua, &a, sizeof ua);
   memcpy(&ub, &b, sizeof ub);
   ua = (ua & m) | (ub & ~m);
@@ -180,6 +192,60 @@ static SCN_INLINE double scn_exp_fast(double x) {
   double y = scn_blend(x > 709.782712893384, HUGE_VAL, p * s1 * s2);
   return scn_blend(x < -745.2, 0.0, y);
 }
+/* log for positive normal floats, branch-free and without a division so that loops vectorise:
+ * x = 2^e m with m in [sqrt(1/2), sqrt(2)), f = m - 1 (exact), log m = f - f^2 / 2 + f^3 P(f)
+ * with P of degree 7 fitted to log1p on that range (relative error of P's part below 6e-9;
+ * the float evaluation is within about 1e-7 of log). */
+static SCN_INLINE float scn_logf_fast(float x) {
+  uint32_t b;
+  memcpy(&b, &x, sizeof b);
+  int32_t mant = (int32_t)(b & 0x007fffffU);
+  int32_t big = mant > 0x3504F3 ? 1 : 0;
+  int32_t e = (int32_t)(b >> 23) - 127 + big;
+  uint32_t mb = (uint32_t)mant | ((uint32_t)(127 - big) << 23);
+  float m;
+  memcpy(&m, &mb, sizeof m);
+  float f = m - 1.0f, f2 = f * f;
+  float p = -0.07633508741855621f;
+  p = p * f + 0.12760266661643982f;
+  p = p * f - 0.13159936666488647f;
+  p = p * f + 0.14201922714710236f;
+  p = p * f - 0.16623398661613464f;
+  p = p * f + 0.20001220703125f;
+  p = p * f - 0.2500081956386566f;
+  p = p * f + 0.3333333134651184f;
+  float y = f2 * f * p - 0.5f * f2;
+  float ed = (float)e;
+  return ed * 0.693145751953125f + (f + (y + ed * 1.428606765330187e-06f));
+}
+/* exp for floats, branch-free: x = k ln 2 + r, |r| <= ln 2 / 2, e^r by its Taylor polynomial of
+ * degree 7 (relative error below 1e-8 before rounding); 0 below -87.3, Inf above 88.7. */
+static SCN_INLINE float scn_expf_fast(float x) {
+  const float shifter = 12582912.0f; /* 1.5 * 2^23 */
+  float xc = scn_blendf(x < -87.3f, -87.3f, x);
+  xc = scn_blendf(xc > 88.0f, 88.0f, xc);
+  float kd = xc * 1.44269504088896341f + shifter;
+  uint32_t kb;
+  memcpy(&kb, &kd, sizeof kb);
+  kd -= shifter;
+  int32_t k = (int32_t)(kb & 0x7fffffU) - 0x400000; /* 1.5 * 2^23 + k: k + 2^22 in the low bits */
+  float r = xc - kd * 0.693145751953125f;
+  r -= kd * 1.428606765330187e-06f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  uint32_t sb = (uint32_t)(k + 127) << 23;
+  float sc;
+  memcpy(&sc, &sb, sizeof sc);
+  float y = p * sc;
+  y = scn_blendf(x > 88.7f, HUGE_VALF, y);
+  return scn_blendf(x < -87.3f, 0.0f, y);
+}
 /* log1p for x >= 0 (branch-free): log(1 + x) corrected for the rounding of 1 + x. */
 static SCN_INLINE double scn_log1p_fast(double x) {
   double w = 1.0 + x;
@@ -228,6 +294,16 @@ typedef struct {
   double *eps, *u, *z, *gz;
   double *ds, *dsr; /* the step's d sigma / d rho and (d sigma / d rho) / sigma, per element */
   double *lqp;     /* per piece of the step's loops: partial sums of log q */
+  /* Elements [fa, fb) (whole sites) are sampled and updated by the model inside its own pass
+   * (scn_guide_fused_sample / _update, while they are in cache), not by scn_svi_step's loops;
+   * fa = fb = P: none. During scn_svi_step's model call `fused` is 1 and fseed, fstep, fc
+   * hold the step's seed, step and optimiser constants; the model puts the fused elements'
+   * sum of log q (without the constant) into flq. */
+  R_xlen_t fa, fb;
+  int fused;
+  int f32; /* 1: the sample's arithmetic in float, as torch's float32 guide (storage stays double) */
+  uint64_t fseed;
+  double fstep, fc[4], flq;
 } scn_guide;
 typedef double (*scn_logp_fn)(void *ctx, int nth); /* log p(x, z); fills the guide's gz */
 int scn_guide_alloc(scn_guide *g, int nsite, const R_xlen_t *sizes); /* 0: out of memory */
@@ -246,6 +322,14 @@ double scn_svi_step_sub(scn_guide *g, scn_guide *sub, const R_xlen_t *idx, const
                         scn_logp_fn logp, void *ctx, uint64_t seed, double step,
                         const scn_optim *opt, int nth);
 void scn_guide_set_u(scn_guide *g, const double *u); /* u and z = exp(u) */
+/* The fused elements (see scn_guide): site j's elements i0 .. i0 + n - 1 drawn and sampled
+ * into the caller's buffers (returns their log q without the constant), and, once the model
+ * has filled gz for them, their optimiser step (global element a = off[j] + i0). */
+double scn_guide_fused_sample(const scn_guide *g, int j, R_xlen_t i0, R_xlen_t n, double *eps,
+                              double *u, double *z, double *ds, double *dsr);
+void scn_guide_fused_update(scn_guide *g, R_xlen_t a, R_xlen_t n, const double *eps,
+                            const double *z, const double *gz, const double *ds,
+                            const double *dsr);
 /* loc and rho from R vectors of length P; resets the optimiser state. Returns R's NULL. */
 SEXP scn_guide_set_params(scn_guide *g, SEXP loc, SEXP rho);
 /* Priors shared by both models; each returns its log density and SETS the gradients

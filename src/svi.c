@@ -15,11 +15,16 @@
  * Cost: every step touches every parameter (a normal, softplus, exp, log and two Adam updates),
  * which matters next to the model's own pass when the data are small (S x F parameters against
  * an S x G likelihood). The per-parameter loops run over fixed pieces (threads) and are
- * vectorised (the square roots through the vector instructions, see scn_vsqrt). Profiled at
- * 1,000 spots (all arrays in L2) the divisions, square roots and special functions bound them;
- * at 5,000 spots the update pass is bound by its loads as well. So the sample keeps d sigma /
- * d rho for the update instead of recomputing softplus there, and each Adam update has one
- * division; doing the arithmetic in float did not help while the arrays stay double.
+ * vectorised (the square roots through the vector instructions, see scn_vsqrt). Profiled, they
+ * are bound by their arithmetic (the special functions, divisions and square roots), so:
+ *   - the sample keeps d sigma / d rho for the update instead of recomputing softplus there,
+ *     and each Adam update has one division;
+ *   - a float32 fit (g->f32, cell2location's precision = "single") does the arithmetic of the
+ *     normals, the sample and Adam in float, as torch's float32 guide and optimiser do (twice
+ *     the vector lanes, shorter polynomials); the arrays stay double;
+ *   - a model may take whole sites out of the step's loops (the fused range [fa, fb)) and
+ *     sample and update them itself, block by block, while they are in cache
+ *     (scn_guide_fused_sample / _update; cell2location's n_s, b_s and z_sr).
  *
  * Random numbers: eps of site j at step t is the block [t * n_j, (t + 1) * n_j) of the
  * counter-based stream 1 + j (rng.c), filled in fixed pieces, so a fit for a given seed does
@@ -131,7 +136,7 @@ int scn_guide_alloc2(scn_guide *g, int nsite, const R_xlen_t *sizes, int lean) {
   g->off[0] = 0;
   for (int j = 0; j < nsite; j++) g->off[j + 1] = g->off[j] + sizes[j];
   R_xlen_t P = g->P = g->off[nsite];
-  size_t n = (size_t)(P > 0 ? P : 1), npiece = n / SVI_PIECE + 1;
+  size_t n = (size_t)(P > 0 ? P : 1), npiece = n / SVI_PIECE + 2; /* + the fused split */
   double *blk = malloc(((lean ? 8 : 12) * n + npiece) * sizeof(double));
   if (!blk) {
     free(g->off);
@@ -147,6 +152,7 @@ int scn_guide_alloc2(scn_guide *g, int nsite, const R_xlen_t *sizes, int lean) {
     g->lqp = blk + 12 * n;
   }
   for (R_xlen_t i = 0; i < P; i++) g->loc[i] = 0.0, g->rho[i] = -2.2521684610440906;
+  g->fa = g->fb = P;
   scn_guide_reset_optim(g);
   live_guides++;
   return 1;
@@ -166,20 +172,29 @@ void scn_guide_reset_optim(scn_guide *g) {
   g->t = 0;
 }
 
+static void svi_draw_eps(scn_guide *g, uint64_t seed, double step, const R_xlen_t *stride,
+                         int skip_fused, int nth);
+
 void scn_guide_draw_eps(scn_guide *g, uint64_t seed, double step, int nth) {
-  scn_guide_draw_eps_at(g, seed, step, g->off, nth);
+  svi_draw_eps(g, seed, step, g->off, 0, nth);
+}
+
+void scn_guide_draw_eps_at(scn_guide *g, uint64_t seed, double step, const R_xlen_t *stride,
+                           int nth) {
+  svi_draw_eps(g, seed, step, stride, 0, nth);
 }
 
 /* eps of site j: the first n_j numbers of block `step` of stream 1 + j, blocks of
  * stride[j + 1] - stride[j] numbers (the site's own size in a full step; the full guide's in a
  * minibatch step, so that the blocks of consecutive steps never overlap). */
-void scn_guide_draw_eps_at(scn_guide *g, uint64_t seed, double step, const R_xlen_t *stride,
-                           int nth) {
+static void svi_draw_eps(scn_guide *g, uint64_t seed, double step, const R_xlen_t *stride,
+                         int skip_fused, int nth) {
   const R_xlen_t piece = 4096;
   const int ns = g->nsite;
   R_xlen_t npieces[SCN_GUIDE_MAXSITE], tot = 0;
   for (int j = 0; j < ns; j++) {
     R_xlen_t n = g->off[j + 1] - g->off[j];
+    if (skip_fused && g->off[j] >= g->fa && g->off[j + 1] <= g->fb) n = 0; /* the model's */
     npieces[j] = (n + piece - 1) / piece;
     tot += npieces[j];
   }
@@ -191,7 +206,8 @@ void scn_guide_draw_eps_at(scn_guide *g, uint64_t seed, double step, const R_xle
     while (k >= npieces[j]) k -= npieces[j++];
     R_xlen_t n = g->off[j + 1] - g->off[j], a = k * piece, b = a + piece < n ? a + piece : n;
     uint64_t off0 = (uint64_t)step * (uint64_t)(stride[j + 1] - stride[j]) + (uint64_t)a;
-    scn_rng_normals(seed, (uint64_t)(SVI_SITE_STREAM + j), off0, b - a, g->eps + g->off[j] + a);
+    (g->f32 ? scn_rng_normals_f : scn_rng_normals)(seed, (uint64_t)(SVI_SITE_STREAM + j), off0,
+                                                   b - a, g->eps + g->off[j] + a);
   }
 }
 
@@ -227,6 +243,40 @@ static double svi_sample_piece(R_xlen_t n, const double *loc, const double *rho,
   return lq;
 }
 
+/* The same in float arithmetic (a float32 fit's guide, as torch samples it): sigma, u and z are
+ * float values (held in the double arrays); log q is summed in double. */
+static SCN_INLINE void svi_softplus_f(float r, float *s, float *ds) {
+  int32_t big = r > 20.0f;
+  float e = scn_expf_fast(scn_blendf(big, 20.0f, r)), w = 1.0f + e, iw = 1.0f / w;
+  *s = scn_blendf(big, r, scn_logf_fast(w) - ((w - 1.0f) - e) * iw);
+  *ds = scn_blendf(big, 1.0f, e * iw);
+}
+
+SCN_CLONES
+static double svi_sample_piece_f(R_xlen_t n, const double *loc, const double *rho,
+                                 const double *eps, double *u, double *z, double *dsv,
+                                 double *dsr) {
+  double lq = 0.0;
+#pragma omp simd reduction(+ : lq)
+  for (R_xlen_t i = 0; i < n; i++) {
+    float s, ds;
+    svi_softplus_f((float)rho[i], &s, &ds);
+    float ep = (float)eps[i], uu = (float)loc[i] + s * ep;
+    u[i] = uu;
+    z[i] = scn_expf_fast(uu);
+    dsv[i] = ds;
+    dsr[i] = ds / s;
+    lq += (double)(-0.5f * ep * ep - scn_logf_fast(s) - uu);
+  }
+  return lq;
+}
+
+static double svi_sample(const scn_guide *g, R_xlen_t n, const double *loc, const double *rho,
+                         const double *eps, double *u, double *z, double *dsv, double *dsr) {
+  return g->f32 ? svi_sample_piece_f(n, loc, rho, eps, u, z, dsv, dsr)
+                : svi_sample_piece(n, loc, rho, eps, u, z, dsv, dsr);
+}
+
 /* The gradients of the loss in loc and rho (spec 6.1) and one optimiser step on both. */
 SCN_CLONES
 static void svi_update_piece(R_xlen_t n, double *loc, double *rho, const double *eps,
@@ -248,31 +298,109 @@ static void svi_update_piece(R_xlen_t n, double *loc, double *rho, const double 
   }
 }
 
+/* The same in float arithmetic (a float32 fit, as torch's Adam steps its float32 parameters):
+ * the gradients, moments and step in float, the moments held in the double arrays, the step
+ * subtracted from the double parameters. */
+SCN_CLONES
+static void svi_update_piece_f(R_xlen_t n, double *loc, double *rho, const double *eps,
+                               const double *z, const double *gz, const double *dsv,
+                               const double *dsr, double *ml, double *vl, double *mr, double *vr,
+                               const adam_step *c) {
+  const float b1 = 0.9f, b2 = 0.999f, hi = (float)c->clip, lo = -hi;
+  const float ab = (float)(c->a * c->b), beps = (float)(c->b * c->eps);
+  float mf[2 * SVI_BLOCK], vf[2 * SVI_BLOCK], sq[2 * SVI_BLOCK];
+  for (R_xlen_t i0 = 0; i0 < n; i0 += SVI_BLOCK) {
+    int k = n - i0 < SVI_BLOCK ? (int)(n - i0) : SVI_BLOCK;
+#pragma omp simd
+    for (int j = 0; j < k; j++) {
+      R_xlen_t i = i0 + j;
+      float gu = (float)(z[i] * gz[i]) + 1.0f;
+      float gl = -gu, gr = -(gu * (float)eps[i] * (float)dsv[i] + (float)dsr[i]);
+      gl = scn_blendf(gl > hi, hi, gl), gl = scn_blendf(gl < lo, lo, gl);
+      gr = scn_blendf(gr > hi, hi, gr), gr = scn_blendf(gr < lo, lo, gr);
+      float m1 = b1 * (float)ml[i] + (1.0f - b1) * gl, v1 = b2 * (float)vl[i] + (1.0f - b2) * gl * gl;
+      float m2 = b1 * (float)mr[i] + (1.0f - b1) * gr, v2 = b2 * (float)vr[i] + (1.0f - b2) * gr * gr;
+      ml[i] = m1, vl[i] = v1, mr[i] = m2, vr[i] = v2;
+      mf[j] = m1, vf[j] = v1, mf[SVI_BLOCK + j] = m2, vf[SVI_BLOCK + j] = v2;
+    }
+    scn_vsqrtf(k, vf, sq);
+    scn_vsqrtf(k, vf + SVI_BLOCK, sq + SVI_BLOCK);
+#pragma omp simd
+    for (int j = 0; j < k; j++) {
+      loc[i0 + j] -= ab * mf[j] / (sq[j] + beps);
+      rho[i0 + j] -= ab * mf[SVI_BLOCK + j] / (sq[SVI_BLOCK + j] + beps);
+    }
+  }
+}
+
+static void svi_update(const scn_guide *g, R_xlen_t n, double *loc, double *rho,
+                       const double *eps, const double *z, const double *gz, const double *dsv,
+                       const double *dsr, double *ml, double *vl, double *mr, double *vr,
+                       const adam_step *c) {
+  if (g->f32)
+    svi_update_piece_f(n, loc, rho, eps, z, gz, dsv, dsr, ml, vl, mr, vr, c);
+  else
+    svi_update_piece(n, loc, rho, eps, z, gz, dsv, dsr, ml, vl, mr, vr, c);
+}
+
+/* The pieces of a step's loops: [0, fa) then [fb, P) in pieces of SVI_PIECE (the fused
+ * elements [fa, fb) are the model's); piece k starts at *a and has *n elements. */
+static SCN_INLINE void svi_piece(const scn_guide *g, R_xlen_t np1, R_xlen_t k, R_xlen_t *a,
+                                 R_xlen_t *n) {
+  R_xlen_t s = k < np1 ? k * SVI_PIECE : g->fb + (k - np1) * SVI_PIECE,
+           e = k < np1 ? g->fa : g->P;
+  *a = s, *n = e - s < SVI_PIECE ? e - s : SVI_PIECE;
+}
+
 double scn_svi_step(scn_guide *g, scn_logp_fn logp, void *ctx, uint64_t seed, double step,
                     const scn_optim *opt, int nth) {
   static const double half_log_2pi = 0.91893853320467274178;
-  const R_xlen_t P = g->P, np = (P + SVI_PIECE - 1) / SVI_PIECE;
-  scn_guide_draw_eps(g, seed, step, nth);
+  const R_xlen_t P = g->P, np1 = (g->fa + SVI_PIECE - 1) / SVI_PIECE,
+                 np = np1 + (P - g->fb + SVI_PIECE - 1) / SVI_PIECE;
+  svi_draw_eps(g, seed, step, g->off, 1, nth); /* not the fused sites: the model draws them */
   int nt = scn_threads_for(np, nth);
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (R_xlen_t k = 0; k < np; k++) {
-    R_xlen_t a = k * SVI_PIECE, n = P - a < SVI_PIECE ? P - a : SVI_PIECE;
-    g->lqp[k] = svi_sample_piece(n, g->loc + a, g->rho + a, g->eps + a, g->u + a, g->z + a,
+    R_xlen_t a, n;
+    svi_piece(g, np1, k, &a, &n);
+    g->lqp[k] = svi_sample(g, n, g->loc + a, g->rho + a, g->eps + a, g->u + a, g->z + a,
                                  g->ds + a, g->dsr + a);
   }
   double lq = -half_log_2pi * (double)P;
   for (R_xlen_t k = 0; k < np; k++) lq += g->lqp[k];
-  double lp = logp(ctx, nth);
   g->t++;
   double lr_t = opt->clipped ? opt->lr * pow(opt->lrd, (double)g->t) : opt->lr;
   adam_step c = adam_consts(g->t, lr_t, opt->clipped, opt->clip);
+  g->fused = g->fb > g->fa, g->fseed = seed, g->fstep = step, g->flq = 0.0;
+  g->fc[0] = c.a, g->fc[1] = c.b, g->fc[2] = c.eps, g->fc[3] = c.clip;
+  double lp = logp(ctx, nth);
+  g->fused = 0;
+  lq += g->flq;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (R_xlen_t k = 0; k < np; k++) {
-    R_xlen_t a = k * SVI_PIECE, n = P - a < SVI_PIECE ? P - a : SVI_PIECE;
-    svi_update_piece(n, g->loc + a, g->rho + a, g->eps + a, g->z + a, g->gz + a, g->ds + a,
+    R_xlen_t a, n;
+    svi_piece(g, np1, k, &a, &n);
+    svi_update(g, n, g->loc + a, g->rho + a, g->eps + a, g->z + a, g->gz + a, g->ds + a,
                      g->dsr + a, g->m + a, g->v + a, g->m + P + a, g->v + P + a, &c);
   }
   return -lp + lq;
+}
+
+double scn_guide_fused_sample(const scn_guide *g, int j, R_xlen_t i0, R_xlen_t n, double *eps,
+                              double *u, double *z, double *ds, double *dsr) {
+  const R_xlen_t nj = g->off[j + 1] - g->off[j], a = g->off[j] + i0;
+  (g->f32 ? scn_rng_normals_f : scn_rng_normals)(g->fseed, (uint64_t)(SVI_SITE_STREAM + j),
+                                                 (uint64_t)g->fstep * (uint64_t)nj + (uint64_t)i0, n, eps);
+  return svi_sample(g, n, g->loc + a, g->rho + a, eps, u, z, ds, dsr);
+}
+
+void scn_guide_fused_update(scn_guide *g, R_xlen_t a, R_xlen_t n, const double *eps,
+                            const double *z, const double *gz, const double *ds,
+                            const double *dsr) {
+  const adam_step c = {g->fc[0], g->fc[1], g->fc[2], g->fc[3]};
+  const R_xlen_t P = g->P;
+  svi_update(g, n, g->loc + a, g->rho + a, eps, z, gz, ds, dsr, g->m + a, g->v + a,
+                   g->m + P + a, g->v + P + a, &c);
 }
 
 /* One minibatch step (spec: cell2location, Minibatch regime). `sub` is the model's guide
@@ -303,7 +431,7 @@ double scn_svi_step_sub(scn_guide *g, scn_guide *sub, const R_xlen_t *idx, const
     double l = -half_log_2pi * (double)n;
     for (R_xlen_t q = a; q < a + n; q += SVI_PIECE) {
       R_xlen_t m = a + n - q < SVI_PIECE ? a + n - q : SVI_PIECE;
-      l += svi_sample_piece(m, sub->loc + q, sub->rho + q, sub->eps + q, sub->u + q, sub->z + q,
+      l += svi_sample(sub, m, sub->loc + q, sub->rho + q, sub->eps + q, sub->u + q, sub->z + q,
                             sub->ds + q, sub->dsr + q);
     }
     lq += scale[j] * l;
