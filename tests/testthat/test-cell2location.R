@@ -202,7 +202,8 @@ test_that("single and double fits agree on the bundled hippocampus data", {
   expect_identical(fd$precision, "double")
   # posterior mean abundance of the AutoNormal guide: exp(loc + softplus(rho)^2 / 2)
   ab <- function(f) with(f$params$w_sf, exp(loc + log1p(exp(rho))^2 / 2))
-  # observed: 1 - r about 1e-15, abundances within 1.2e-7 relative, losses within 4e-8
+  # observed (the float32 fit samples and steps its guide in float): 1 - r about 3e-11,
+  # abundances within 1e-3 relative, losses within 2.1e-6
   expect_gte(stats::cor(as.vector(ab(fs)), as.vector(ab(fd))), 0.999)
   expect_lt(max(abs(fs$history$elbo_train / fd$history$elbo_train - 1)), 1e-5)
   # train_more keeps the fit's precision unless told
