@@ -299,37 +299,42 @@ static void svi_update_piece(R_xlen_t n, double *loc, double *rho, const double 
 }
 
 /* The same in float arithmetic (a float32 fit, as torch's Adam steps its float32 parameters):
- * the gradients, moments and step in float, the moments held in the double arrays, the step
+ * the moments and the step in float, the moments held in the double arrays, the step
  * subtracted from the double parameters. */
+static SCN_INLINE void adam_block_f(int n, double *theta, const float *grad, double *m, double *v,
+                                    const adam_step *c, float *mf, float *vf) {
+  const float b1 = 0.9f, b2 = 0.999f, hi = (float)c->clip, lo = -hi;
+  const float ab = (float)(c->a * c->b), beps = (float)(c->b * c->eps);
+#pragma omp simd
+  for (int i = 0; i < n; i++) {
+    float g = grad[i];
+    g = scn_blendf(g > hi, hi, g);
+    g = scn_blendf(g < lo, lo, g);
+    float mi = b1 * (float)m[i] + (1.0f - b1) * g, vi = b2 * (float)v[i] + (1.0f - b2) * g * g;
+    m[i] = mi, v[i] = vi, mf[i] = mi, vf[i] = vi;
+  }
+  scn_vsqrtf(n, vf, vf);
+#pragma omp simd
+  for (int i = 0; i < n; i++) theta[i] -= ab * mf[i] / (vf[i] + beps);
+}
+
 SCN_CLONES
 static void svi_update_piece_f(R_xlen_t n, double *loc, double *rho, const double *eps,
                                const double *z, const double *gz, const double *dsv,
                                const double *dsr, double *ml, double *vl, double *mr, double *vr,
                                const adam_step *c) {
-  const float b1 = 0.9f, b2 = 0.999f, hi = (float)c->clip, lo = -hi;
-  const float ab = (float)(c->a * c->b), beps = (float)(c->b * c->eps);
-  float mf[2 * SVI_BLOCK], vf[2 * SVI_BLOCK], sq[2 * SVI_BLOCK];
+  float gl[SVI_BLOCK], gr[SVI_BLOCK], mf[SVI_BLOCK], vf[SVI_BLOCK];
   for (R_xlen_t i0 = 0; i0 < n; i0 += SVI_BLOCK) {
     int k = n - i0 < SVI_BLOCK ? (int)(n - i0) : SVI_BLOCK;
 #pragma omp simd
     for (int j = 0; j < k; j++) {
       R_xlen_t i = i0 + j;
       float gu = (float)(z[i] * gz[i]) + 1.0f;
-      float gl = -gu, gr = -(gu * (float)eps[i] * (float)dsv[i] + (float)dsr[i]);
-      gl = scn_blendf(gl > hi, hi, gl), gl = scn_blendf(gl < lo, lo, gl);
-      gr = scn_blendf(gr > hi, hi, gr), gr = scn_blendf(gr < lo, lo, gr);
-      float m1 = b1 * (float)ml[i] + (1.0f - b1) * gl, v1 = b2 * (float)vl[i] + (1.0f - b2) * gl * gl;
-      float m2 = b1 * (float)mr[i] + (1.0f - b1) * gr, v2 = b2 * (float)vr[i] + (1.0f - b2) * gr * gr;
-      ml[i] = m1, vl[i] = v1, mr[i] = m2, vr[i] = v2;
-      mf[j] = m1, vf[j] = v1, mf[SVI_BLOCK + j] = m2, vf[SVI_BLOCK + j] = v2;
+      gl[j] = -gu;
+      gr[j] = -(gu * (float)eps[i] * (float)dsv[i] + (float)dsr[i]);
     }
-    scn_vsqrtf(k, vf, sq);
-    scn_vsqrtf(k, vf + SVI_BLOCK, sq + SVI_BLOCK);
-#pragma omp simd
-    for (int j = 0; j < k; j++) {
-      loc[i0 + j] -= ab * mf[j] / (sq[j] + beps);
-      rho[i0 + j] -= ab * mf[SVI_BLOCK + j] / (sq[SVI_BLOCK + j] + beps);
-    }
+    adam_block_f(k, loc + i0, gl, ml + i0, vl + i0, c, mf, vf);
+    adam_block_f(k, rho + i0, gr, mr + i0, vr + i0, c, mf, vf);
   }
 }
 
@@ -457,10 +462,18 @@ double scn_svi_step_sub(scn_guide *g, scn_guide *sub, const R_xlen_t *idx, const
   for (R_xlen_t k = 0; k < np; k++) {
     R_xlen_t a = k * SVI_PIECE, n = P - a < SVI_PIECE ? P - a : SVI_PIECE;
     double sq[SVI_BLOCK];
+    float gf[SVI_BLOCK], mf[SVI_BLOCK], vf[SVI_BLOCK];
     for (R_xlen_t i0 = a; i0 < a + n; i0 += SVI_BLOCK) {
       int m = a + n - i0 < SVI_BLOCK ? (int)(a + n - i0) : SVI_BLOCK;
-      adam_block(m, g->loc + i0, gl + i0, g->m + i0, g->v + i0, &c, sq);
-      adam_block(m, g->rho + i0, gr + i0, g->m + P + i0, g->v + P + i0, &c, sq);
+      if (sub->f32) { /* a float32 fit's Adam in float, as in a full-batch step */
+        for (int j = 0; j < m; j++) gf[j] = (float)gl[i0 + j];
+        adam_block_f(m, g->loc + i0, gf, g->m + i0, g->v + i0, &c, mf, vf);
+        for (int j = 0; j < m; j++) gf[j] = (float)gr[i0 + j];
+        adam_block_f(m, g->rho + i0, gf, g->m + P + i0, g->v + P + i0, &c, mf, vf);
+      } else {
+        adam_block(m, g->loc + i0, gl + i0, g->m + i0, g->v + i0, &c, sq);
+        adam_block(m, g->rho + i0, gr + i0, g->m + P + i0, g->v + P + i0, &c, sq);
+      }
     }
   }
   return -lp + lq;
