@@ -164,9 +164,12 @@ static void normal_block_f(uint64_t seed, uint64_t stream, uint64_t k0, double *
 }
 
 /* Normal i of a stream is r cos(th) (i even) or r sin(th) (i odd) of Philox block i / 2. */
-static void rng_normals(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n, double *out,
+/* out: n doubles, or n floats (f32: a float32 guide's normals, from normal_block_f) */
+static void rng_normals(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n, void *out,
                         int f32) {
   double r2[NORMAL_BLOCK], cs[NORMAL_BLOCK], sn[NORMAL_BLOCK], rr[NORMAL_BLOCK];
+  double *od = f32 ? NULL : (double *)out;
+  float *of = f32 ? (float *)out : NULL;
   R_xlen_t j = 0;
   uint64_t i = offset;
   while (j < n) {
@@ -179,11 +182,20 @@ static void rng_normals(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_
       normal_block(seed, stream, k0, r2, cs, sn);
     scn_vsqrt(np, r2, rr);
     if ((i & 1u) == 0 && n - j >= 2 * (R_xlen_t)np) { /* whole blocks: both normals of each */
-      double *o = out + j;
+      if (f32) {
+        float *o = of + j;
 #pragma omp simd
-      for (int b = 0; b < np; b++) {
-        o[2 * b] = rr[b] * cs[b];
-        o[2 * b + 1] = rr[b] * sn[b];
+        for (int b = 0; b < np; b++) {
+          o[2 * b] = (float)(rr[b] * cs[b]);
+          o[2 * b + 1] = (float)(rr[b] * sn[b]);
+        }
+      } else {
+        double *o = od + j;
+#pragma omp simd
+        for (int b = 0; b < np; b++) {
+          o[2 * b] = rr[b] * cs[b];
+          o[2 * b + 1] = rr[b] * sn[b];
+        }
       }
       j += 2 * (R_xlen_t)np, i += 2 * (uint64_t)np;
       continue;
@@ -191,11 +203,13 @@ static void rng_normals(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_
     for (int b = 0; b < np && j < n; b++) {
       double r = rr[b];
       if ((i & 1u) == 0) {
-        out[j++] = r * cs[b];
+        if (f32) of[j++] = (float)(r * cs[b]);
+        else od[j++] = r * cs[b];
         i++;
         if (j == n) break;
       }
-      out[j++] = r * sn[b];
+      if (f32) of[j++] = (float)(r * sn[b]);
+      else od[j++] = r * sn[b];
       i++;
     }
   }
@@ -205,8 +219,7 @@ void scn_rng_normals(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n
   rng_normals(seed, stream, offset, n, out, 0);
 }
 
-void scn_rng_normals_f(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n,
-                       double *out) {
+void scn_rng_normals_f(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n, float *out) {
   rng_normals(seed, stream, offset, n, out, 1);
 }
 

@@ -69,9 +69,8 @@ int scn_sgemm(char transA, char transB, int m, int n, int k, float alpha, const 
 void scn_philox(uint64_t seed, uint64_t stream, uint64_t counter, uint32_t out[4]);
 /* out[j] = the (offset + j)-th standard normal of stream `stream`, j = 0..n-1. */
 void scn_rng_normals(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n, double *out);
-/* the same blocks' normals computed in float (a float32 fit's guide) */
-void scn_rng_normals_f(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n,
-                       double *out);
+/* the same blocks' normals computed in float, as floats (a float32 fit's guide) */
+void scn_rng_normals_f(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n, float *out);
 /* out[j] = the (offset + j)-th uniform on (0, 1) of stream `stream`. */
 void scn_rng_uniforms(uint64_t seed, uint64_t stream, uint64_t offset, R_xlen_t n, double *out);
 /* perm = a uniformly random permutation of 0..n-1 (Fisher-Yates on the n uniforms of `stream`
@@ -301,7 +300,7 @@ typedef struct {
    * sum of log q (without the constant) into flq. */
   R_xlen_t fa, fb;
   int fused;
-  int f32; /* 1: the sample's arithmetic in float, as torch's float32 guide (storage stays double) */
+  int f32; /* 1: a float32 guide (svi.c): float arithmetic; eps, ds, dsr, m, v hold floats */
   uint64_t fseed;
   double fstep, fc[4], flq;
 } scn_guide;
@@ -324,7 +323,8 @@ double scn_svi_step_sub(scn_guide *g, scn_guide *sub, const R_xlen_t *idx, const
 void scn_guide_set_u(scn_guide *g, const double *u); /* u and z = exp(u) */
 /* The fused elements (see scn_guide): site j's elements i0 .. i0 + n - 1 drawn and sampled
  * into the caller's buffers (returns their log q without the constant), and, once the model
- * has filled gz for them, their optimiser step (global element a = off[j] + i0). */
+ * has filled gz for them, their optimiser step (global element a = off[j] + i0). For a float32
+ * guide, eps, ds and dsr hold n floats (in buffers of n doubles). */
 double scn_guide_fused_sample(const scn_guide *g, int j, R_xlen_t i0, R_xlen_t n, double *eps,
                               double *u, double *z, double *ds, double *dsr);
 void scn_guide_fused_update(scn_guide *g, R_xlen_t a, R_xlen_t n, const double *eps,

@@ -111,6 +111,10 @@ void scn_adam(R_xlen_t n, double *theta, const double *grad, double *m, double *
 /* ---- the guide ------------------------------------------------------------------------ */
 
 #define SVI_SITE_STREAM 1
+/* A float32 guide (g->f32) keeps eps, ds, dsr and Adam's moments as floats, in the same
+ * allocations (the first P floats of eps, ds and dsr, the first 2P of m and v): its loops move
+ * half the bytes and convert nothing but loc, rho, u, z and gz. */
+#define SVI_F(p) ((float *)(void *)(p))
 /* The per-element loops of a step run over fixed pieces of the flat parameter vector; per-piece
  * partial sums are added in piece order, so the result does not depend on the thread count. */
 #define SVI_PIECE 8192
@@ -206,8 +210,11 @@ static void svi_draw_eps(scn_guide *g, uint64_t seed, double step, const R_xlen_
     while (k >= npieces[j]) k -= npieces[j++];
     R_xlen_t n = g->off[j + 1] - g->off[j], a = k * piece, b = a + piece < n ? a + piece : n;
     uint64_t off0 = (uint64_t)step * (uint64_t)(stride[j + 1] - stride[j]) + (uint64_t)a;
-    (g->f32 ? scn_rng_normals_f : scn_rng_normals)(seed, (uint64_t)(SVI_SITE_STREAM + j), off0,
-                                                   b - a, g->eps + g->off[j] + a);
+    if (g->f32)
+      scn_rng_normals_f(seed, (uint64_t)(SVI_SITE_STREAM + j), off0, b - a,
+                        SVI_F(g->eps) + g->off[j] + a);
+    else
+      scn_rng_normals(seed, (uint64_t)(SVI_SITE_STREAM + j), off0, b - a, g->eps + g->off[j] + a);
   }
 }
 
@@ -244,7 +251,8 @@ static double svi_sample_piece(R_xlen_t n, const double *loc, const double *rho,
 }
 
 /* The same in float arithmetic (a float32 fit's guide, as torch samples it): sigma, u and z are
- * float values (held in the double arrays); log q is summed in double. */
+ * float values (u and z held in the double arrays), eps, ds and dsr floats; log q is summed in
+ * double. */
 static SCN_INLINE void svi_softplus_f(float r, float *s, float *ds) {
   int32_t big = r > 20.0f;
   float e = scn_expf_fast(scn_blendf(big, 20.0f, r)), w = 1.0f + e, iw = 1.0f / w;
@@ -254,14 +262,14 @@ static SCN_INLINE void svi_softplus_f(float r, float *s, float *ds) {
 
 SCN_CLONES
 static double svi_sample_piece_f(R_xlen_t n, const double *loc, const double *rho,
-                                 const double *eps, double *u, double *z, double *dsv,
-                                 double *dsr) {
+                                 const float *eps, double *u, double *z, float *dsv,
+                                 float *dsr) {
   double lq = 0.0;
 #pragma omp simd reduction(+ : lq)
   for (R_xlen_t i = 0; i < n; i++) {
     float s, ds;
     svi_softplus_f((float)rho[i], &s, &ds);
-    float ep = (float)eps[i], uu = (float)loc[i] + s * ep;
+    float ep = eps[i], uu = (float)loc[i] + s * ep;
     u[i] = uu;
     z[i] = scn_expf_fast(uu);
     dsv[i] = ds;
@@ -271,10 +279,13 @@ static double svi_sample_piece_f(R_xlen_t n, const double *loc, const double *rh
   return lq;
 }
 
-static double svi_sample(const scn_guide *g, R_xlen_t n, const double *loc, const double *rho,
-                         const double *eps, double *u, double *z, double *dsv, double *dsr) {
-  return g->f32 ? svi_sample_piece_f(n, loc, rho, eps, u, z, dsv, dsr)
-                : svi_sample_piece(n, loc, rho, eps, u, z, dsv, dsr);
+/* The sample of the guide's own elements a .. a + n - 1 */
+static double svi_sample_at(scn_guide *g, R_xlen_t a, R_xlen_t n) {
+  if (g->f32)
+    return svi_sample_piece_f(n, g->loc + a, g->rho + a, SVI_F(g->eps) + a, g->u + a, g->z + a,
+                              SVI_F(g->ds) + a, SVI_F(g->dsr) + a);
+  return svi_sample_piece(n, g->loc + a, g->rho + a, g->eps + a, g->u + a, g->z + a, g->ds + a,
+                          g->dsr + a);
 }
 
 /* The gradients of the loss in loc and rho (spec 6.1) and one optimiser step on both. */
@@ -299,10 +310,9 @@ static void svi_update_piece(R_xlen_t n, double *loc, double *rho, const double 
 }
 
 /* The same in float arithmetic (a float32 fit, as torch's Adam steps its float32 parameters):
- * the moments and the step in float, the moments held in the double arrays, the step
- * subtracted from the double parameters. */
-static SCN_INLINE void adam_block_f(int n, double *theta, const float *grad, double *m, double *v,
-                                    const adam_step *c, float *mf, float *vf) {
+ * float moments, the step in float subtracted from the double parameters. */
+static SCN_INLINE void adam_block_f(int n, double *theta, const float *grad, float *m, float *v,
+                                    const adam_step *c, float *sq) {
   const float b1 = 0.9f, b2 = 0.999f, hi = (float)c->clip, lo = -hi;
   const float ab = (float)(c->a * c->b), beps = (float)(c->b * c->eps);
 #pragma omp simd
@@ -310,20 +320,20 @@ static SCN_INLINE void adam_block_f(int n, double *theta, const float *grad, dou
     float g = grad[i];
     g = scn_blendf(g > hi, hi, g);
     g = scn_blendf(g < lo, lo, g);
-    float mi = b1 * (float)m[i] + (1.0f - b1) * g, vi = b2 * (float)v[i] + (1.0f - b2) * g * g;
-    m[i] = mi, v[i] = vi, mf[i] = mi, vf[i] = vi;
+    m[i] = b1 * m[i] + (1.0f - b1) * g;
+    v[i] = b2 * v[i] + (1.0f - b2) * g * g;
   }
-  scn_vsqrtf(n, vf, vf);
+  scn_vsqrtf(n, v, sq);
 #pragma omp simd
-  for (int i = 0; i < n; i++) theta[i] -= ab * mf[i] / (vf[i] + beps);
+  for (int i = 0; i < n; i++) theta[i] -= ab * m[i] / (sq[i] + beps);
 }
 
 SCN_CLONES
-static void svi_update_piece_f(R_xlen_t n, double *loc, double *rho, const double *eps,
-                               const double *z, const double *gz, const double *dsv,
-                               const double *dsr, double *ml, double *vl, double *mr, double *vr,
+static void svi_update_piece_f(R_xlen_t n, double *loc, double *rho, const float *eps,
+                               const double *z, const double *gz, const float *dsv,
+                               const float *dsr, float *ml, float *vl, float *mr, float *vr,
                                const adam_step *c) {
-  float gl[SVI_BLOCK], gr[SVI_BLOCK], mf[SVI_BLOCK], vf[SVI_BLOCK];
+  float gl[SVI_BLOCK], gr[SVI_BLOCK], sq[SVI_BLOCK];
   for (R_xlen_t i0 = 0; i0 < n; i0 += SVI_BLOCK) {
     int k = n - i0 < SVI_BLOCK ? (int)(n - i0) : SVI_BLOCK;
 #pragma omp simd
@@ -331,21 +341,25 @@ static void svi_update_piece_f(R_xlen_t n, double *loc, double *rho, const doubl
       R_xlen_t i = i0 + j;
       float gu = (float)(z[i] * gz[i]) + 1.0f;
       gl[j] = -gu;
-      gr[j] = -(gu * (float)eps[i] * (float)dsv[i] + (float)dsr[i]);
+      gr[j] = -(gu * eps[i] * dsv[i] + dsr[i]);
     }
-    adam_block_f(k, loc + i0, gl, ml + i0, vl + i0, c, mf, vf);
-    adam_block_f(k, rho + i0, gr, mr + i0, vr + i0, c, mf, vf);
+    adam_block_f(k, loc + i0, gl, ml + i0, vl + i0, c, sq);
+    adam_block_f(k, rho + i0, gr, mr + i0, vr + i0, c, sq);
   }
 }
 
-static void svi_update(const scn_guide *g, R_xlen_t n, double *loc, double *rho,
-                       const double *eps, const double *z, const double *gz, const double *dsv,
-                       const double *dsr, double *ml, double *vl, double *mr, double *vr,
-                       const adam_step *c) {
-  if (g->f32)
-    svi_update_piece_f(n, loc, rho, eps, z, gz, dsv, dsr, ml, vl, mr, vr, c);
-  else
-    svi_update_piece(n, loc, rho, eps, z, gz, dsv, dsr, ml, vl, mr, vr, c);
+/* The gradients and optimiser step of the guide's own elements a .. a + n - 1 */
+static void svi_update_at(scn_guide *g, R_xlen_t a, R_xlen_t n, const adam_step *c) {
+  const R_xlen_t P = g->P;
+  if (g->f32) {
+    float *m = SVI_F(g->m), *v = SVI_F(g->v);
+    svi_update_piece_f(n, g->loc + a, g->rho + a, SVI_F(g->eps) + a, g->z + a, g->gz + a,
+                       SVI_F(g->ds) + a, SVI_F(g->dsr) + a, m + a, v + a, m + P + a, v + P + a,
+                       c);
+  } else {
+    svi_update_piece(n, g->loc + a, g->rho + a, g->eps + a, g->z + a, g->gz + a, g->ds + a,
+                     g->dsr + a, g->m + a, g->v + a, g->m + P + a, g->v + P + a, c);
+  }
 }
 
 /* The pieces of a step's loops: [0, fa) then [fb, P) in pieces of SVI_PIECE (the fused
@@ -368,8 +382,7 @@ double scn_svi_step(scn_guide *g, scn_logp_fn logp, void *ctx, uint64_t seed, do
   for (R_xlen_t k = 0; k < np; k++) {
     R_xlen_t a, n;
     svi_piece(g, np1, k, &a, &n);
-    g->lqp[k] = svi_sample(g, n, g->loc + a, g->rho + a, g->eps + a, g->u + a, g->z + a,
-                                 g->ds + a, g->dsr + a);
+    g->lqp[k] = svi_sample_at(g, a, n);
   }
   double lq = -half_log_2pi * (double)P;
   for (R_xlen_t k = 0; k < np; k++) lq += g->lqp[k];
@@ -385,8 +398,7 @@ double scn_svi_step(scn_guide *g, scn_logp_fn logp, void *ctx, uint64_t seed, do
   for (R_xlen_t k = 0; k < np; k++) {
     R_xlen_t a, n;
     svi_piece(g, np1, k, &a, &n);
-    svi_update(g, n, g->loc + a, g->rho + a, g->eps + a, g->z + a, g->gz + a, g->ds + a,
-                     g->dsr + a, g->m + a, g->v + a, g->m + P + a, g->v + P + a, &c);
+    svi_update_at(g, a, n, &c);
   }
   return -lp + lq;
 }
@@ -394,9 +406,14 @@ double scn_svi_step(scn_guide *g, scn_logp_fn logp, void *ctx, uint64_t seed, do
 double scn_guide_fused_sample(const scn_guide *g, int j, R_xlen_t i0, R_xlen_t n, double *eps,
                               double *u, double *z, double *ds, double *dsr) {
   const R_xlen_t nj = g->off[j + 1] - g->off[j], a = g->off[j] + i0;
-  (g->f32 ? scn_rng_normals_f : scn_rng_normals)(g->fseed, (uint64_t)(SVI_SITE_STREAM + j),
-                                                 (uint64_t)g->fstep * (uint64_t)nj + (uint64_t)i0, n, eps);
-  return svi_sample(g, n, g->loc + a, g->rho + a, eps, u, z, ds, dsr);
+  const uint64_t stream = (uint64_t)(SVI_SITE_STREAM + j),
+                 off0 = (uint64_t)g->fstep * (uint64_t)nj + (uint64_t)i0;
+  if (g->f32) {
+    scn_rng_normals_f(g->fseed, stream, off0, n, SVI_F(eps));
+    return svi_sample_piece_f(n, g->loc + a, g->rho + a, SVI_F(eps), u, z, SVI_F(ds), SVI_F(dsr));
+  }
+  scn_rng_normals(g->fseed, stream, off0, n, eps);
+  return svi_sample_piece(n, g->loc + a, g->rho + a, eps, u, z, ds, dsr);
 }
 
 void scn_guide_fused_update(scn_guide *g, R_xlen_t a, R_xlen_t n, const double *eps,
@@ -404,8 +421,16 @@ void scn_guide_fused_update(scn_guide *g, R_xlen_t a, R_xlen_t n, const double *
                             const double *dsr) {
   const adam_step c = {g->fc[0], g->fc[1], g->fc[2], g->fc[3]};
   const R_xlen_t P = g->P;
-  svi_update(g, n, g->loc + a, g->rho + a, eps, z, gz, ds, dsr, g->m + a, g->v + a,
-                   g->m + P + a, g->v + P + a, &c);
+  if (g->f32) {
+    float *m = SVI_F(g->m), *v = SVI_F(g->v);
+    const float *ef = (const float *)(const void *)eps, *df = (const float *)(const void *)ds,
+                *rf = (const float *)(const void *)dsr;
+    svi_update_piece_f(n, g->loc + a, g->rho + a, ef, z, gz, df, rf, m + a, v + a, m + P + a,
+                       v + P + a, &c);
+  } else {
+    svi_update_piece(n, g->loc + a, g->rho + a, eps, z, gz, ds, dsr, g->m + a, g->v + a,
+                     g->m + P + a, g->v + P + a, &c);
+  }
 }
 
 /* One minibatch step (spec: cell2location, Minibatch regime). `sub` is the model's guide
@@ -436,8 +461,7 @@ double scn_svi_step_sub(scn_guide *g, scn_guide *sub, const R_xlen_t *idx, const
     double l = -half_log_2pi * (double)n;
     for (R_xlen_t q = a; q < a + n; q += SVI_PIECE) {
       R_xlen_t m = a + n - q < SVI_PIECE ? a + n - q : SVI_PIECE;
-      l += svi_sample(sub, m, sub->loc + q, sub->rho + q, sub->eps + q, sub->u + q, sub->z + q,
-                            sub->ds + q, sub->dsr + q);
+      l += svi_sample_at(sub, q, m);
     }
     lq += scale[j] * l;
   }
@@ -450,7 +474,10 @@ double scn_svi_step_sub(scn_guide *g, scn_guide *sub, const R_xlen_t *idx, const
     for (R_xlen_t i = sub->off[j]; i < sub->off[j + 1]; i++) {
       double gu = sub->z[i] * sub->gz[i] + sc;
       gl[idx[i]] = -gu;
-      gr[idx[i]] = -(gu * sub->eps[i] * sub->ds[i] + sc * sub->dsr[i]);
+      double ep = sub->f32 ? SVI_F(sub->eps)[i] : sub->eps[i],
+             ds = sub->f32 ? SVI_F(sub->ds)[i] : sub->ds[i],
+             dr = sub->f32 ? SVI_F(sub->dsr)[i] : sub->dsr[i];
+      gr[idx[i]] = -(gu * ep * ds + sc * dr);
     }
   }
   g->t++;
@@ -462,14 +489,14 @@ double scn_svi_step_sub(scn_guide *g, scn_guide *sub, const R_xlen_t *idx, const
   for (R_xlen_t k = 0; k < np; k++) {
     R_xlen_t a = k * SVI_PIECE, n = P - a < SVI_PIECE ? P - a : SVI_PIECE;
     double sq[SVI_BLOCK];
-    float gf[SVI_BLOCK], mf[SVI_BLOCK], vf[SVI_BLOCK];
+    float gf[SVI_BLOCK], sqf[SVI_BLOCK], *mF = SVI_F(g->m), *vF = SVI_F(g->v);
     for (R_xlen_t i0 = a; i0 < a + n; i0 += SVI_BLOCK) {
       int m = a + n - i0 < SVI_BLOCK ? (int)(a + n - i0) : SVI_BLOCK;
-      if (sub->f32) { /* a float32 fit's Adam in float, as in a full-batch step */
+      if (g->f32) { /* a float32 fit's Adam in float (float moments), as in a full-batch step */
         for (int j = 0; j < m; j++) gf[j] = (float)gl[i0 + j];
-        adam_block_f(m, g->loc + i0, gf, g->m + i0, g->v + i0, &c, mf, vf);
+        adam_block_f(m, g->loc + i0, gf, mF + i0, vF + i0, &c, sqf);
         for (int j = 0; j < m; j++) gf[j] = (float)gr[i0 + j];
-        adam_block_f(m, g->rho + i0, gf, g->m + P + i0, g->v + P + i0, &c, mf, vf);
+        adam_block_f(m, g->rho + i0, gf, mF + P + i0, vF + P + i0, &c, sqf);
       } else {
         adam_block(m, g->loc + i0, gl + i0, g->m + i0, g->v + i0, &c, sq);
         adam_block(m, g->rho + i0, gr + i0, g->m + P + i0, g->v + P + i0, &c, sq);
