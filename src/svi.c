@@ -21,7 +21,8 @@
  *     and each Adam update has one division;
  *   - a float32 fit (g->f32, cell2location's precision = "single") does the arithmetic of the
  *     normals, the sample and Adam in float, as torch's float32 guide and optimiser do (twice
- *     the vector lanes, shorter polynomials); the arrays stay double;
+ *     the vector lanes, shorter polynomials), and keeps eps, the d sigma terms and Adam's
+ *     moments as floats (SVI_F); loc, rho, u, z and gz stay double (the model's interface);
  *   - a model may take whole sites out of the step's loops (the fused range [fa, fb)) and
  *     sample and update them itself, block by block, while they are in cache
  *     (scn_guide_fused_sample / _update; cell2location's n_s, b_s and z_sr).
