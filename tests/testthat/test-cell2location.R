@@ -246,6 +246,24 @@ def c2l_torch_adam(theta0, grads, lr, clipped):
                refc, tolerance = 1e-12)
 })
 
+test_that("training over several spot blocks does not depend on the thread count", {
+  # n_s, b_s and z_sr are sampled and updated per block of 256 spots inside the model's pass
+  # (the fused guide sites), so thread independence needs more than one block: 700 spots
+  d <- c2l_toy(S = 700, G = 25, F = 4, seed = 11)
+  fit <- function(threads, precision) {
+    suppressMessages(cell2location(d$x, d$sig, batch = d$batch, N_cells_per_location = 5,
+                                   n_groups = 6, max_epochs = 15, seed = 3, threads = threads,
+                                   progress = FALSE, precision = precision))
+  }
+  for (precision in c("single", "double")) {
+    f1 <- fit(1, precision)
+    f2 <- fit(2, precision)
+    expect_identical(f1$history, f2$history, info = precision)
+    expect_identical(f1$params, f2$params, info = precision)
+    expect_true(all(is.finite(f1$history$elbo_train)), info = precision)
+  }
+})
+
 test_that("training: loss decreases, threads do not change results, init continues", {
   d <- c2l_toy(S = 40, G = 30, F = 3, seed = 8)
   expect_message(
