@@ -395,9 +395,13 @@ c2l_fit_minibatch <- function(fit) fit$minibatch
 #' presence 0.997 vs 0.999 (early stop vs full run). The accuracy still rose slowly long after
 #' the loss had nearly levelled off (r 0.956 at epoch 3000, 0.967 at 7000, 0.978 at 11000,
 #' 0.987 at 20000), so a larger `min_delta` or a smaller `patience` saves more epochs at some
-#' cost in accuracy. On a smaller simulation (200 spots x 100 genes x 6 types, `lr = 0.01`,
-#' 8000 epochs) the defaults stopped at epoch 6821: r = 0.996 between the two fits, truth r
-#' 0.876 vs 0.877, AUPRC 1 vs 1.
+#' cost in accuracy. At the size of a Visium section (4000 spots x 10000 genes x 34 types,
+#' the same script, 2 threads) the defaults stopped at epoch 8773 of 30000 (71% of the epochs
+#' saved; 10 minutes instead of 47 on a shared 2-core machine), the averaged -ELBO 0.24% above
+#' the full run's; abundances r = 0.985 with the full run's, truth Pearson r 0.969 vs 0.974 and
+#' AUPRC 0.975 vs 0.985. On a smaller simulation (200 spots x 100 genes x 6 types,
+#' `lr = 0.01`, 8000 epochs) the defaults stopped at epoch 6821: r = 0.996 between the two
+#' fits, truth r 0.876 vs 0.877, AUPRC 1 vs 1.
 #'
 #' @section Minibatches:
 #' With `batch_size` (or `train_size < 1`) training follows upstream's minibatch regime
