@@ -21,6 +21,10 @@
 #   10,000 x 10,000 x 50, 1 thread: upstream 18.7 s (8144), + autozyme 7.29, scnative 0.457
 #     (1791): 40.9x; 2 threads: upstream 12.1 s (8132), + autozyme 4.42, scnative 0.290 (1792):
 #     41.7x, 3.0 x floor/2
+# Measured 2026-12-02 (AMD EPYC Zen 5, 2 cores, quiet; 1 thread CPU s, 2 reps, after the fused
+# guide sites, the float32 guide and the AVX-512 Philox):
+#   4,000 x 10,000 x 34, 1 thread: upstream 5.44 s (3618 MB), + autozyme 2.34, scnative 0.0919
+#     (782 MB): 59.2x; training loop alone 88.9 ms = 2.01 x the float32 floor of 44.3 ms
 # Small panels (issue 18): bench/cell2location_small_panels.md.
 source("bench/harness.R")
 source("bench/cell2location_data.R")
