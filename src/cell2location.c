@@ -1154,11 +1154,13 @@ static double c2l_eval(c2l_state *st, const double *u, const double *z, int nth)
     /* In a fused step (scn_guide) the guide's sample and update of n_s, b_s and z_sr happen
      * here, per block of spots, in the block's own buffers (6 x (R + 2) x block, per thread):
      * those sites' values never go through memory between the sample, the priors and the
-     * update. Their log q sums go per block into lqb (added in block order). */
+     * update. Their log q sums go per block into lqb (added in block order). Segment r of a
+     * block (-2: n_s, -1: b_s, 0..R-1: z_sr's column r) is its n spots of one site. */
     scn_guide *gd = &st->gd;
     const int fused = gd->fused;
+    if (fused && sc != 1.0) SCN_INTERNAL_ERROR("a fused step with a plate scale");
     const size_t per = 6 * (size_t)(R + 2) * C2L_SPOT_BLOCK;
-    if (fused && (nths > st->nbzcap || !st->nbzbuf)) {
+    if (fused && nths > st->nbzcap) { /* once per fit (or when more threads are asked for) */
       free(st->nbzbuf);
       st->nbzbuf = malloc(((size_t)nths * per + nblk) * sizeof(double));
       st->nbzcap = st->nbzbuf ? nths : 0;
@@ -1172,12 +1174,16 @@ static double c2l_eval(c2l_state *st, const double *u, const double *z, int nth)
       for (int k = 0; k < nblk; k++) {
         int s0 = k * C2L_SPOT_BLOCK, s1 = s0 + C2L_SPOT_BLOCK < S ? s0 + C2L_SPOT_BLOCK : S;
         const int n = s1 - s0;
+        /* the thread's six buffers (eps, u, z, gz, ds, dsr), each of the block's segments */
+        const R_xlen_t w = (R_xlen_t)(R + 2) * n;
+        double *eps = NULL, *bu = NULL, *bz = NULL, *bg = NULL, *bds = NULL, *bdsr = NULL;
+        if (fused)
+          eps = fb, bu = fb + w, bz = fb + 2 * w, bg = fb + 3 * w, bds = fb + 4 * w,
+          bdsr = fb + 5 * w;
         c2l_nbz q;
-        if (fused) { /* buffers: n_s, b_s, z_sr columns, each of n, per array */
-          const R_xlen_t w = (R_xlen_t)(R + 2) * n;
-          double *eps = fb, *bu = eps + w, *bz = bu + w, *bg = bz + w, *bds = bg + w,
-                 *bdsr = bds + w, lqk = 0.0;
-          for (int r = -2; r < R; r++) { /* -2: n_s, -1: b_s, r: z_sr column r */
+        if (fused) {
+          double lqk = 0.0;
+          for (int r = -2; r < R; r++) {
             const int j = r == -2 ? S_NS : r == -1 ? S_BS : S_Z;
             const R_xlen_t i0 = (r < 0 ? 0 : (R_xlen_t)r * S) + s0, o = (R_xlen_t)(r + 2) * n;
             lqk += scn_guide_fused_sample(gd, j, i0, n, eps + o, bu + o, bz + o, bds + o,
@@ -1195,23 +1201,17 @@ static double c2l_eval(c2l_state *st, const double *u, const double *z, int nth)
         c2l_spot_block(st, u, z, &q, s0, s1);
         c2l_dmw_block(S, R, F, s0, n, q.zz, q.ld, Z(S_X), st->D, q.gzz,
                       st->gxpart + (R_xlen_t)k * R * F);
-        if (fused) { /* the optimiser step of the block's n_s, b_s, z_sr (sc is 1 here) */
-          const R_xlen_t w = (R_xlen_t)(R + 2) * n;
-          const double *eps = fb, *bz = eps + 2 * w, *bg = eps + 3 * w, *bds = eps + 4 * w,
-                       *bdsr = eps + 5 * w;
+        if (fused) /* the optimiser step of the block's segments, now that gz is complete */
           for (int r = -2; r < R; r++) {
             const int j = r == -2 ? S_NS : r == -1 ? S_BS : S_Z;
             const R_xlen_t a = gd->off[j] + (r < 0 ? 0 : (R_xlen_t)r * S) + s0,
                            o = (R_xlen_t)(r + 2) * n;
             scn_guide_fused_update(gd, a, n, eps + o, bz + o, bg + o, bds + o, bdsr + o);
           }
-        }
       }
     }
-    if (fused) {
-      if (sc != 1.0) SCN_INTERNAL_ERROR("a fused step with a plate scale");
+    if (fused)
       for (int k = 0; k < nblk; k++) gd->flq += lqb[k];
-    }
     for (int s = 0; s < S; s++) lp += sc * st->lpspot[s];
     /* x_rf: the blocks' shares in block order (independent of the thread count) */
     double *gx = GZ(S_X);
