@@ -103,12 +103,96 @@ static SCN_INLINE void C2L_CAT(c2l_scatter_add, C2L_F32_SUFFIX)(int k, const uin
   for (int j = 0; j < k; j++) y[ix[j]] += v[j];
 }
 
+#ifdef C2L_F32_AVX512
+/* log of 16 positive floats: scn_logf_fast's reduction and polynomial, with the exponent and
+ * mantissa taken by getexp/scalef (x = m 2^e, m in [1/sqrt 2, sqrt 2)) instead of bit tricks. */
+C2L_F32_TARGET
+static SCN_INLINE __m512 c2l_log16(__m512 x) {
+  __m512 e = _mm512_getexp_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.41421356237f)));
+  __m512 m = _mm512_scalef_ps(x, _mm512_sub_ps(_mm512_setzero_ps(), e));
+  __m512 f = _mm512_sub_ps(m, _mm512_set1_ps(1.0f)), f2 = _mm512_mul_ps(f, f);
+  __m512 p = _mm512_set1_ps(-0.07633508741855621f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.12760266661643982f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(-0.13159936666488647f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.14201922714710236f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(-0.16623398661613464f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.20001220703125f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(-0.2500081956386566f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.3333333134651184f));
+  __m512 y = _mm512_fmsub_ps(_mm512_mul_ps(f2, f), p, _mm512_mul_ps(_mm512_set1_ps(0.5f), f2));
+  y = _mm512_fmadd_ps(e, _mm512_set1_ps(1.428606765330187e-06f), y);
+  return _mm512_fmadd_ps(e, _mm512_set1_ps(0.693145751953125f), _mm512_add_ps(f, y));
+}
+
+/* One gene over the nb spots of a tile, 16 at a time (AVX-512): the terms of the dense path
+ * below with x the counts as a dense column (has_x), or the zero-count forms only (x = 0, the
+ * sparse path's pass). One division gives both 1 / (a + mu) and 1 / mu; the non-zero counts'
+ * x log(mu / (a + mu)) is taken after the loop over the compressed (mu / (a + mu), x) pairs
+ * (cbuf: 2 nb + 32 floats), so the second log runs only where x > 0. The sums U = T + Tc and U A
+ * are one sum each (the backward GEMM takes U m_g). out: sum L, sum mu / (a + mu), sum U,
+ * sum U A, sum -x / (a + mu), sum x log(mu / (a + mu)). */
+C2L_F32_TARGET
+static SCN_INLINE __attribute__((always_inline)) void c2l_gene16(
+    int nb, int has_x, float *col, const float *ys, const float *xd, float *ysacc, float mg_,
+    float sg_, float ag_, float ia_, float *cbuf, double *out) {
+  const __m512 mg = _mm512_set1_ps(mg_), sg = _mm512_set1_ps(sg_), ag = _mm512_set1_ps(ag_),
+               ia = _mm512_set1_ps(ia_), one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+  __m512 sL = zero, sM = zero, sU = zero, sUA = zero, cQ = zero, cl = zero;
+  float *cm = cbuf, *cx = cbuf + nb + 16;
+  int nc = 0;
+  for (int i = 0; i < nb; i += 16) {
+    const __mmask16 km = nb - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (nb - i)) - 1u);
+    __m512 A = _mm512_loadu_ps(col + i), y = _mm512_loadu_ps(ys + i);
+    __m512 base = _mm512_fmadd_ps(A, mg, sg), mu = _mm512_mul_ps(base, y);
+    __m512 r = _mm512_mul_ps(mu, ia), w = _mm512_add_ps(one, r), apa = _mm512_add_ps(ag, mu);
+    __m512 inv, dRa;
+    if (has_x) {
+      __m512 x = _mm512_loadu_ps(xd + i);
+      __m512 q = _mm512_div_ps(one, _mm512_mul_ps(mu, apa));
+      inv = _mm512_mul_ps(mu, q);
+      __m512 dR = _mm512_mul_ps(x, _mm512_fmsub_ps(apa, q, inv));
+      dRa = _mm512_fnmadd_ps(ag, inv, dR);
+      cQ = _mm512_fnmadd_ps(x, inv, cQ);
+      __mmask16 kx = _mm512_cmp_ps_mask(x, zero, _CMP_GT_OQ);
+      _mm512_storeu_ps(cm + nc, _mm512_maskz_compress_ps(kx, _mm512_mul_ps(mu, inv)));
+      _mm512_storeu_ps(cx + nc, _mm512_maskz_compress_ps(kx, x));
+      nc += __builtin_popcount((unsigned)kx);
+    } else {
+      inv = _mm512_div_ps(one, apa);
+      dRa = _mm512_mul_ps(_mm512_set1_ps(-ag_), inv);
+    }
+    /* log1p(r) = log(w) + (r - (w - 1)) / w, and 1 / w = a / (a + mu) */
+    __m512 ainv = _mm512_mul_ps(ag, inv);
+    __m512 L = _mm512_fmadd_ps(_mm512_sub_ps(r, _mm512_sub_ps(w, one)), ainv, c2l_log16(w));
+    __m512 U = _mm512_mul_ps(dRa, y);
+    sL = _mm512_mask_add_ps(sL, km, sL, L);
+    sM = _mm512_mask_mov_ps(sM, km, _mm512_fmadd_ps(mu, inv, sM));
+    sU = _mm512_mask_add_ps(sU, km, sU, U);
+    sUA = _mm512_mask_mov_ps(sUA, km, _mm512_fmadd_ps(U, A, sUA));
+    _mm512_storeu_ps(ysacc + i, _mm512_fmadd_ps(dRa, base, _mm512_loadu_ps(ysacc + i)));
+    _mm512_storeu_ps(col + i, _mm512_mul_ps(U, mg));
+  }
+  for (int j = 0; j < nc; j += 16) {
+    const __mmask16 km = nc - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (nc - j)) - 1u);
+    __m512 q = _mm512_mask_loadu_ps(one, km, cm + j), x = _mm512_maskz_loadu_ps(km, cx + j);
+    cl = _mm512_fmadd_ps(x, c2l_log16(q), cl);
+  }
+  out[0] = _mm512_reduce_add_ps(sL);
+  out[1] = _mm512_reduce_add_ps(sM);
+  out[2] = _mm512_reduce_add_ps(sU);
+  out[3] = _mm512_reduce_add_ps(sUA);
+  out[4] = _mm512_reduce_add_ps(cQ);
+  out[5] = _mm512_reduce_add_ps(cl);
+}
+#endif
+
 /* One tile: nb spots (rows of col, leading dimension ld), genes g0..g1-1 of batch e, after the
  * forward GEMM (col = A = W sig). Per gene g: mg = m_g, sg = s_eg, ag = a_eg, the non-zero
  * counts of the block from the CSC copy (cursor[g] onwards). Sums per gene (double, added to
  * acc): [0] sum log1p(mu / a), [1] sum mu / (a + mu), [2] sum T, [3] sum T A, [4] sum over
  * non-zeros of -x / (a + mu); per spot ysacc (float) += d/dy; col is overwritten with T m_g for
- * the backward GEMM; the loss gets the non-zero counts' x log(mu / (a + mu)). */
+ * the backward GEMM; the loss gets the non-zero counts' x log(mu / (a + mu)). scr: 6 ld + 48
+ * floats (the gathers, the dense counts and, on AVX-512, c2l_gene16's compressed pairs). */
 C2L_F32_TARGET
 static void C2L_CAT(c2l_tile_f32, C2L_F32_SUFFIX)(
     int nb, int ld, int E, R_xlen_t G, int e, int g0, int g1, float *buf, const double *mg_,
@@ -132,6 +216,19 @@ static void C2L_CAT(c2l_tile_f32, C2L_F32_SUFFIX)(
       /* Many non-zeros: the counts as a dense column and one pass with the non-zero terms for
        * every spot (zero counts add zeros), instead of gathers and scatters per non-zero. */
       float *xd = scx;
+#ifdef C2L_F32_AVX512
+      memset(xd, 0, (size_t)ld * sizeof(float));
+      for (int j = 0; j < k; j++) xd[scri[j]] = xv[j];
+      double s6[6];
+      c2l_gene16(nb, 1, col, ys, xd, ysacc, mg, sg, ag, ia, scr + 4 * ld, s6);
+      lnz += s6[5];
+      acc[g] += s6[0];
+      acc[G + g] += s6[1];
+      acc[2 * G + g] += s6[2];
+      acc[3 * G + g] += s6[3];
+      acc[4 * G + g] += s6[4];
+      continue;
+#else
       memset(xd, 0, (size_t)nb * sizeof(float));
       for (int j = 0; j < k; j++) xd[scri[j]] = xv[j];
       float sL = 0.0f, sM = 0.0f, sT = 0.0f, sTA = 0.0f, cT = 0.0f, cTA = 0.0f, cQ = 0.0f,
@@ -161,6 +258,7 @@ static void C2L_CAT(c2l_tile_f32, C2L_F32_SUFFIX)(
       acc[3 * G + g] += (double)sTA + cTA;
       acc[4 * G + g] += cQ;
       continue;
+#endif
     }
 #pragma omp simd
     for (int j = 0; j < kp; j++) {
@@ -186,6 +284,11 @@ static void C2L_CAT(c2l_tile_f32, C2L_F32_SUFFIX)(
     lnz += cl;
     /* the spots of one gene are distinct, so the scatters have no conflicts */
     C2L_CAT(c2l_scatter_add, C2L_F32_SUFFIX)(k, scri, scr, ysacc);
+#ifdef C2L_F32_AVX512
+    double s6[6];
+    c2l_gene16(nb, 0, col, ys, NULL, ysacc, mg, sg, ag, ia, scr + 4 * ld, s6);
+    const double sL = s6[0], sM = s6[1], sT = s6[2], sTA = s6[3];
+#else
     float sL = 0.0f, sM = 0.0f, sT = 0.0f, sTA = 0.0f;
 #pragma omp simd reduction(+ : sL, sM, sT, sTA)
     for (int i = 0; i < nb; i++) {
@@ -202,6 +305,7 @@ static void C2L_CAT(c2l_tile_f32, C2L_F32_SUFFIX)(
       ysacc[i] -= ainv * base;
       col[i] = T * mg;
     }
+#endif
     C2L_CAT(c2l_scatter_add, C2L_F32_SUFFIX)(k, scri, scA, col);
     acc[g] += sL;
     acc[G + g] += sM;
