@@ -721,8 +721,8 @@ static void c2l_pass_f32(c2l_state *st, const double *z, int nth_c) {
                *zys = z + st->gd.off[S_YS];
   const int nchunk = st->nchunk, nb = st->nb, gb = st->gb, ld = (nb + 15) / 16 * 16;
   /* per thread: the tile, W and dW of the block, y_s and its gradient, the kernel's scratch
-   * (6 ld + 48 floats, c2l_f32.h) */
-  const size_t per = (size_t)ld * gb + 2 * (size_t)ld * F + 8 * (size_t)ld + 48;
+   * (20 ld + 16 floats, c2l_f32.h) */
+  const size_t per = (size_t)ld * gb + 2 * (size_t)ld * F + 22 * (size_t)ld + 16;
   if (nth_c > st->fcap) {
     free(st->fbuf);
     st->fbuf = malloc((size_t)nth_c * per * sizeof(float));
