@@ -9,7 +9,8 @@
  *                        C in registers.
  *   c2l_tile_f32_<sfx>:  one tile's elementwise negative-binomial terms (spec 6.5) in float,
  *                        written as log(a + mu) = log(a) + log1p(mu / a) (spec 6.5: reuse for the
- *                        loss), so that the per-gene sums hold the small terms only.
+ *                        loss), so that the per-gene sums hold the small terms only. The
+ *                        AVX-512 copy runs each gene through c2l_gene16 (intrinsics).
  */
 #define C2L_CAT2(a, b) a##_##b
 #define C2L_CAT(a, b) C2L_CAT2(a, b)

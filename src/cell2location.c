@@ -32,8 +32,11 @@
  * in float32, as torch trains: W and y_s are copied to float per block (rows padded to a
  * multiple of 16), our register-blocked sgemm (or the BLAS's sgemm_ when asked) does both
  * GEMMs, the NB terms use log(a + mu) = log a + log1p(mu / a) so that the per-gene sums hold
- * small terms, and the counts are read from a block-major float copy. Per-gene sums go to the
- * same double accumulators; everything after the pass (and the whole double path) is as above.
+ * small terms, and the counts are read from a block-major float copy. On AVX-512 each gene of
+ * a tile is one intrinsics loop (c2l_gene16): one division per element, the log by getexp and
+ * an Estrin polynomial (the loop is bound by latency), and the non-zero counts' second log
+ * only over their compressed pairs, several genes at once. Per-gene sums go to the same double
+ * accumulators; everything after the pass (and the whole double path) is as above.
  *
  * Buffers: everything (tile buffers included) is allocated once per fit and held by the state
  * (an external pointer with a finalizer); no S x G matrix exists at any time.
