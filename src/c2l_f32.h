@@ -26,6 +26,19 @@ typedef float c2l_v16 __attribute__((vector_size(64)));
 /* a gene of a tile takes the dense path when it has more than nb / C2L_DENSE_RATIO non-zero
  * counts (measured: a non-zero costs ~10 times an element of the dense pass) */
 #define C2L_DENSE_RATIO 12
+#define C2L_DENSE(k, nb) ((k) * C2L_DENSE_RATIO > (nb))
+
+/* The block-major copy for the AVX-512 tile: the k increasing local spot indices of a dense
+ * (block, gene) pair (nb spots) are replaced, in place, by its ceil(nb / 16) masks (bit j of
+ * mask w: spot 16 w + j has a stored count), which c2l_gene16 expands the counts with. A dense
+ * pair always has k >= ceil(nb / 16) entries (k > nb / 12), checked all the same. */
+static void c2l_dense_masks(int k, int nb, uint16_t *ix) {
+  const int nw = (nb + 15) / 16;
+  if (!C2L_DENSE(k, nb) || k < nw) return;
+  uint16_t m[4096 / 16] = {0};
+  for (int j = 0; j < k; j++) m[ix[j] >> 4] |= (uint16_t)(1u << (ix[j] & 15));
+  memcpy(ix, m, (size_t)nw * sizeof(uint16_t));
+}
 #endif
 
 #ifdef C2L_F32_SUFFIX
@@ -133,8 +146,8 @@ static SCN_INLINE __m512 c2l_log16(__m512 x) {
 }
 
 /* One gene over the nb spots of a tile, 16 at a time (AVX-512): the terms of the dense path
- * below with x the counts as a dense column (has_x), or the zero-count forms only (x = 0, the
- * sparse path's pass). One division gives both 1 / (a + mu) and 1 / mu. The non-zero counts'
+ * below with the counts expanded from the pair's spot masks xm and values xv (has_x; see
+ * c2l_dense_masks), or the zero-count forms only (x = 0, the sparse path's pass). One division gives both 1 / (a + mu) and 1 / mu. The non-zero counts'
  * (mu / (a + mu), x) pairs are appended, compressed, to cm and cx at *ncp (room for nb + 16
  * more each), and their x log(mu / (a + mu)) is taken later over many genes at once
  * (c2l_xlog16), so the second log runs only where x > 0 and on full vectors. The sums U = T + Tc
@@ -142,12 +155,13 @@ static SCN_INLINE __m512 c2l_log16(__m512 x) {
  * sum U, sum U A, sum -x / (a + mu). */
 C2L_F32_TARGET
 static SCN_INLINE __attribute__((always_inline)) void c2l_gene16(
-    int nb, int has_x, float *col, const float *ys, const float *xd, float *ysacc, float mg_,
-    float sg_, float ag_, float ia_, float *cm, float *cx, int *ncp, double *out) {
+    int nb, int has_x, float *col, const float *ys, const uint16_t *xm, const float *xv,
+    float *ysacc, float mg_, float sg_, float ag_, float ia_, float *cm, float *cx, int *ncp,
+    double *out) {
   const __m512 mg = _mm512_set1_ps(mg_), sg = _mm512_set1_ps(sg_), ag = _mm512_set1_ps(ag_),
                ia = _mm512_set1_ps(ia_), one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
   __m512 sL = zero, sM = zero, sU = zero, sUA = zero, cQ = zero;
-  int nc = *ncp;
+  int nc = *ncp, xo = 0;
   for (int i = 0; i < nb; i += 16) {
     const __mmask16 km = nb - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (nb - i)) - 1u);
     __m512 A = _mm512_loadu_ps(col + i), y = _mm512_loadu_ps(ys + i);
@@ -155,7 +169,9 @@ static SCN_INLINE __attribute__((always_inline)) void c2l_gene16(
     __m512 r = _mm512_mul_ps(mu, ia), w = _mm512_add_ps(one, r), apa = _mm512_add_ps(ag, mu);
     __m512 inv, dRa;
     if (has_x) {
-      __m512 x = _mm512_loadu_ps(xd + i);
+      const unsigned xk = xm[i >> 4]; /* the stored counts of these 16 spots, expanded */
+      __m512 x = _mm512_maskz_expandloadu_ps((__mmask16)xk, xv + xo);
+      xo += __builtin_popcount(xk);
       __m512 q = _mm512_div_ps(one, _mm512_mul_ps(mu, apa));
       inv = _mm512_mul_ps(mu, q);
       __m512 dR = _mm512_mul_ps(x, _mm512_fmsub_ps(apa, q, inv));
@@ -208,7 +224,7 @@ static double c2l_xlog16(int nc, const float *cm, const float *cx) {
  * acc): [0] sum log1p(mu / a), [1] sum mu / (a + mu), [2] sum T, [3] sum T A, [4] sum over
  * non-zeros of -x / (a + mu); per spot ysacc (float) += d/dy; col is overwritten with T m_g for
  * the backward GEMM; the loss gets the non-zero counts' x log(mu / (a + mu)). scr: 20 ld + 16
- * floats (the gathers, the dense counts and, on AVX-512, c2l_gene16's compressed pairs). */
+ * floats (the gathers, the dense counts, or on AVX-512 c2l_gene16's compressed pairs). */
 C2L_F32_TARGET
 static void C2L_CAT(c2l_tile_f32, C2L_F32_SUFFIX)(
     int nb, int ld, int E, R_xlen_t G, int e, int g0, int g1, float *buf, const double *mg_,
@@ -227,24 +243,21 @@ static void C2L_CAT(c2l_tile_f32, C2L_F32_SUFFIX)(
                 ia = (float)(1.0 / a_eg[ie]);
     /* the block's non-zero counts of gene g: local spots bi, values bv (block-major copy).
      * Gathered for kp = k rounded up to 16 entries (whole vectors, no scalar remainder): the
-     * entries past k are the next ones' spots (the copies have 16 zeros of slack at the end)
-     * with x = 0, so they add zeros and are not scattered back. */
+     * entries past k read spot 0 with x = 0 (the copies have 16 zeros of slack at the end), so
+     * they add zeros and are not scattered back. */
     const uint16_t *scri = bi + boff[g];
     const float *xv = bv + boff[g];
     const int k = (int)(boff[g + 1] - boff[g]), kp = (k + 15) & ~15;
-    if (k * C2L_DENSE_RATIO > nb) {
+    if (C2L_DENSE(k, nb)) {
       /* Many non-zeros: the counts as a dense column and one pass with the non-zero terms for
        * every spot (zero counts add zeros), instead of gathers and scatters per non-zero. */
-      float *xd = scx;
 #ifdef C2L_F32_AVX512
-      memset(xd, 0, (size_t)ld * sizeof(float));
-      for (int j = 0; j < k; j++) xd[scri[j]] = xv[j];
       double s6[5];
       if (nc + ld + 16 > 8 * ld) {
         lnz += c2l_xlog16(nc, cm, cx);
         nc = 0;
       }
-      c2l_gene16(nb, 1, col, ys, xd, ysacc, mg, sg, ag, ia, cm, cx, &nc, s6);
+      c2l_gene16(nb, 1, col, ys, scri, xv, ysacc, mg, sg, ag, ia, cm, cx, &nc, s6);
       acc[g] += s6[0];
       acc[G + g] += s6[1];
       acc[2 * G + g] += s6[2];
@@ -252,6 +265,7 @@ static void C2L_CAT(c2l_tile_f32, C2L_F32_SUFFIX)(
       acc[4 * G + g] += s6[4];
       continue;
 #else
+      float *xd = scx;
       memset(xd, 0, (size_t)nb * sizeof(float));
       for (int j = 0; j < k; j++) xd[scri[j]] = xv[j];
       float sL = 0.0f, sM = 0.0f, sT = 0.0f, sTA = 0.0f, cT = 0.0f, cTA = 0.0f, cQ = 0.0f,
@@ -285,7 +299,7 @@ static void C2L_CAT(c2l_tile_f32, C2L_F32_SUFFIX)(
     }
 #pragma omp simd
     for (int j = 0; j < kp; j++) {
-      int ix = scri[j];
+      int ix = j < k ? scri[j] : 0; /* past k: the next pair's entries (masks, on AVX-512) */
       scA[j] = col[ix];
       scy[j] = ys[ix];
       scx[j] = j < k ? xv[j] : 0.0f;
@@ -309,7 +323,7 @@ static void C2L_CAT(c2l_tile_f32, C2L_F32_SUFFIX)(
     C2L_CAT(c2l_scatter_add, C2L_F32_SUFFIX)(k, scri, scr, ysacc);
 #ifdef C2L_F32_AVX512
     double s6[5];
-    c2l_gene16(nb, 0, col, ys, NULL, ysacc, mg, sg, ag, ia, cm, cx, &nc, s6);
+    c2l_gene16(nb, 0, col, ys, NULL, NULL, ysacc, mg, sg, ag, ia, cm, cx, &nc, s6);
     const double sL = s6[0], sM = s6[1], sT = s6[2], sTA = s6[3];
 #else
     float sL = 0.0f, sM = 0.0f, sT = 0.0f, sTA = 0.0f;

@@ -100,6 +100,7 @@ typedef struct {
                float *, double *, float *, double *);
   void (*logpass)(R_xlen_t, float *);
   const char *name;
+  int masks; /* the tile reads a dense gene's counts through spot masks (c2l_f32.h) */
 } c2l_f32_kern;
 
 /* The float kernels for this CPU (AVX-512 + FMA, AVX2 + FMA, else the portable copy). */
@@ -109,11 +110,11 @@ static c2l_f32_kern c2l_f32_pick(void) {
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
       __builtin_cpu_supports("fma"))
     return (c2l_f32_kern){c2l_sgemm_avx512, c2l_tile_f32_avx512, c2l_logpass_f32_avx512,
-                          "avx512"};
+                          "avx512", 1};
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    return (c2l_f32_kern){c2l_sgemm_avx2, c2l_tile_f32_avx2, c2l_logpass_f32_avx2, "avx2"};
+    return (c2l_f32_kern){c2l_sgemm_avx2, c2l_tile_f32_avx2, c2l_logpass_f32_avx2, "avx2", 0};
 #endif
-  return (c2l_f32_kern){c2l_sgemm_base, c2l_tile_f32_base, c2l_logpass_f32_base, "base"};
+  return (c2l_f32_kern){c2l_sgemm_base, c2l_tile_f32_base, c2l_logpass_f32_base, "base", 0};
 }
 
 typedef struct c2l_state_s {
@@ -475,6 +476,12 @@ static c2l_state *c2l_build(const int *xp_, const int *xi_, const double *xv_, R
     for (R_xlen_t i = (R_xlen_t)nblock * G; i > 0; i--) bo[i] = bo[i - 1]; /* back to starts */
     bo[0] = 0;
     free(sblk);
+    if (st->kern.masks) /* the dense pairs' spot indices become spot masks (c2l_f32.h) */
+      for (int bb = 0; bb < nblock; bb++)
+        for (int g = 0; g < G; g++) {
+          R_xlen_t a = bo[(R_xlen_t)bb * G + g];
+          c2l_dense_masks((int)(bo[(R_xlen_t)bb * G + g + 1] - a), st->blk_n[bb], st->bi + a);
+        }
   }
   for (int c = 0; c <= st->nchunk; c++)
     st->chunk_b0[c] = (int)(((long)nblock * c) / st->nchunk);
