@@ -268,9 +268,11 @@ c2l_prepare <- function(x, signatures, batch, N_cells_per_location, N_given, det
 # The C state for a prepared problem.
 # precision: "double" or "single" (the S x G pass in float32); gemm (single only): 0 ours,
 # 1 the BLAS's sgemm where it exports one (internal, for benchmarks); lean: a state that only
-# trains in minibatches (no full-size pass buffers; C_scnative_c2l_train refuses it).
+# trains in minibatches (no full-size pass buffers; C_scnative_c2l_train refuses it); kernel
+# (single only, internal, for tests): 0 the CPU's best float kernels, 1 AVX-512, 2 AVX2, 3 the
+# portable copy (one the CPU lacks gives its best; attr(state, "kernel") names the one used).
 c2l_make_state <- function(prep, tiles = c(0L, 0L), precision = "double", gemm = 0L,
-                           lean = FALSE) {
+                           lean = FALSE, kernel = 0L) {
   st <- prep$settings
   h <- st$hyper
   ord <- st$spot_order
@@ -287,7 +289,7 @@ c2l_make_state <- function(prep, tiles = c(0L, 0L), precision = "double", gemm =
   .Call(C_scnative_c2l_setup, as.integer(xt@p), as.integer(xt@i), as.double(xt@x),
         as.integer(dims), as.integer(bstart), t(prep$signatures) + 0, as.double(hyp),
         as.double(st$detection_mean_e), as.double(st$detection_alpha),
-        as.integer(c(tiles, precision == "single", gemm, if (lean) 1L)))
+        as.integer(c(tiles, precision == "single", gemm, lean, kernel)))
 }
 
 # ---- training -----------------------------------------------------------------------------

@@ -104,6 +104,22 @@ typedef struct {
 } c2l_f32_kern;
 
 /* The float kernels for this CPU (AVX-512 + FMA, AVX2 + FMA, else the portable copy). */
+static c2l_f32_kern c2l_f32_pick(void);
+
+/* want: 0 this CPU's best, 1 AVX-512, 2 AVX2, 3 the portable copy; one the CPU lacks gives
+ * its best (the state's "kernel" attribute names the one in use). Lets the tests run every
+ * copy on a machine that would only pick one. */
+static c2l_f32_kern c2l_f32_pick_kind(int want) {
+  c2l_f32_kern best = c2l_f32_pick();
+#ifdef C2L_F32_X86
+  if (want == 2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return (c2l_f32_kern){c2l_sgemm_avx2, c2l_tile_f32_avx2, c2l_logpass_f32_avx2, "avx2", 0};
+#endif
+  if (want == 3)
+    return (c2l_f32_kern){c2l_sgemm_base, c2l_tile_f32_base, c2l_logpass_f32_base, "base", 0};
+  return best;
+}
+
 static c2l_f32_kern c2l_f32_pick(void) {
 #ifdef C2L_F32_X86
   __builtin_cpu_init();
@@ -169,7 +185,7 @@ typedef struct c2l_state_s {
   /* minibatch training (spec: cell2location, Minibatch regime): the plate scale n / b on the
    * local terms and the likelihood (1 in full batch), and the current minibatch's state */
   double sc;
-  int tl[4]; /* the tile settings of setup (for the minibatch states) */
+  int tl[6]; /* the tile settings of setup (for the minibatch states, never lean) */
   struct c2l_state_s *sub;
   int *rp, *rg; /* the counts by spot (CSR), made at the first minibatch: spot s's genes */
   double *rv;   /* rg[rp[s] .. rp[s + 1] - 1] and values rv */
@@ -355,9 +371,9 @@ static c2l_state *c2l_build(const int *xp_, const int *xi_, const double *xv_, R
   const R_xlen_t SFl = lean ? 1 : (R_xlen_t)S * F;
   st->sc = 1.0;
   if (st->prec && nb > 4096) nb = st->nb = 4096; /* local spot indices are 16-bit */
-  st->kern = c2l_f32_pick();
+  st->kern = c2l_f32_pick_kind(ntl >= 6 ? tl[5] : 0);
   {
-    int gm = ntl == 4 ? tl[3] : 0;
+    int gm = ntl >= 4 ? tl[3] : 0;
     /* automatic: ours (register-blocked, vectorised for the CPU); the BLAS's sgemm only when
      * asked for (it may have been built for an older CPU, e.g. OpenBLAS's SSE3 kernels) */
     st->sgemm_blas = gm == 1 && scn_have_sgemm();
@@ -564,9 +580,10 @@ static c2l_state *c2l_build(const int *xp_, const int *xi_, const double *xv_, R
 }
 
 /* .Call(C_scnative_c2l_setup, xp, xi, xv, dims = c(S, G, F, R, E), bstart, sigT, hyper, de,
- *       alphad, tiles = c(nb, gb, precision, gemm[, lean])): precision 0 double, 1 single; gemm
- *       (single only) 0 automatic, 1 the BLAS's sgemm, 2 ours; lean 1: a minibatch-only state
- *       (c2l_build); tiles = c(nb, gb) is double. */
+ *       alphad, tiles = c(nb, gb, precision, gemm[, lean[, kernel]])): precision 0 double,
+ *       1 single; gemm (single only) 0 automatic, 1 the BLAS's sgemm, 2 ours; lean 1: a
+ *       minibatch-only state (c2l_build); kernel (single only): c2l_f32_pick_kind; tiles =
+ *       c(nb, gb) is double. The pointer's attribute "kernel" names the float kernels used. */
 SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP sigT, SEXP hyper,
                         SEXP de, SEXP alphad, SEXP tiles) {
   if (!isInteger(dims) || XLENGTH(dims) != 5) SCN_INTERNAL_ERROR("dims");
@@ -576,8 +593,9 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
       XLENGTH(xi) != XLENGTH(xv) || !isInteger(bstart) || XLENGTH(bstart) != E + 1 ||
       !isReal(sigT) || XLENGTH(sigT) != (R_xlen_t)F * G || !isReal(hyper) ||
       XLENGTH(hyper) != C2L_NHYP || !isReal(de) || XLENGTH(de) != E || !isReal(alphad) ||
-      XLENGTH(alphad) != E || !isInteger(tiles) ||
-      (XLENGTH(tiles) != 2 && XLENGTH(tiles) != 4 && XLENGTH(tiles) != 5))
+      XLENGTH(alphad) != E || !isInteger(tiles) || XLENGTH(tiles) < 2 || XLENGTH(tiles) == 3 ||
+      XLENGTH(tiles) > 6 || (XLENGTH(tiles) == 6 && (INTEGER(tiles)[5] < 0 ||
+                                                      INTEGER(tiles)[5] > 3)))
     SCN_INTERNAL_ERROR("bad arguments");
   c2l_state *st = c2l_build(INTEGER(xp), INTEGER(xi), REAL(xv), XLENGTH(xi), d, INTEGER(bstart),
                             REAL(sigT), REAL(hyper), REAL(de), REAL(alphad), INTEGER(tiles),
@@ -585,8 +603,11 @@ SEXP scnative_c2l_setup(SEXP xp, SEXP xi, SEXP xv, SEXP dims, SEXP bstart, SEXP 
   st->tl[0] = INTEGER(tiles)[0], st->tl[1] = INTEGER(tiles)[1];
   st->tl[2] = XLENGTH(tiles) >= 4 ? INTEGER(tiles)[2] : 0;
   st->tl[3] = XLENGTH(tiles) >= 4 ? INTEGER(tiles)[3] : 0;
+  st->tl[4] = 0;
+  st->tl[5] = XLENGTH(tiles) >= 6 ? INTEGER(tiles)[5] : 0;
   SEXP ans = PROTECT(R_MakeExternalPtr(st, R_NilValue, R_NilValue));
   R_RegisterCFinalizerEx(ans, c2l_finalizer, TRUE);
+  setAttrib(ans, install("kernel"), mkString(st->kern.name));
   UNPROTECT(1);
   return ans;
 }
@@ -1369,7 +1390,7 @@ static c2l_state *c2l_mb_state(c2l_state *st, const int *bsp, int b, double n,
   st->sub = NULL;
   int d[5] = {b, G, st->F, st->R, E};
   st->sub = c2l_build(w->xp, w->xi, w->xv, q, d, w->bstart, st->sigT, st->hyp, st->de,
-                      st->alphad, st->tl, 4);
+                      st->alphad, st->tl, 6);
   c2l_state *sb = st->sub;
   sb->sc = n / (double)b;
   for (int j = 0; j < C2L_NSITE; j++) {

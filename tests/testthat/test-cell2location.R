@@ -166,14 +166,19 @@ test_that("the float32 pass agrees with the double one for any tiling and thread
   d3$x[sparse_genes, 1] <- 1L # no all-zero gene
   prep3 <- c2l_prep(d3, N = 30, R = 4)
   ref3 <- ns$c2l_logjoint(prep3, u)
-  for (tiles in list(c(20L, 7L), c(0L, 0L))) {
-    state <- ns$c2l_make_state(prep3, tiles = tiles, precision = "single")
+  # every copy of the float kernels this CPU runs (AVX-512, AVX2, portable), not only the one
+  # it would pick
+  kernels <- character()
+  for (tiles in list(c(20L, 7L), c(0L, 0L))) for (kernel in 0:3) {
+    state <- ns$c2l_make_state(prep3, tiles = tiles, precision = "single", kernel = kernel)
+    kernels <- c(kernels, attr(state, "kernel"))
     r <- .Call(ns$C_scnative_c2l_logjoint, state, u, 1L)
     expect_lt(abs(r$logp / ref3$logp - 1), 1e-6)
     worst <- tapply(abs(r$grad - ref3$grad), site, max) /
       pmax(1, tapply(abs(ref3$grad), site, max))
     expect_true(all(worst < 1e-5), info = paste(names(worst), signif(worst, 3), collapse = "; "))
   }
+  expect_true("base" %in% kernels) # the portable copy runs everywhere
   # explicitly stored zeros in the dgCMatrix (a spot-mask bit with a zero count on AVX-512's
   # dense path; more entries on the gather path): the same log joint as with them dropped
   x0 <- Matrix::Matrix(d$x, sparse = TRUE)
